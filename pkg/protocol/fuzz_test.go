@@ -1,0 +1,178 @@
+package protocol
+
+import (
+	"encoding/json"
+	"errors"
+	"reflect"
+	"slices"
+	"testing"
+)
+
+func FuzzParseClientMessage(f *testing.F) {
+	for _, s := range []string{
+		`{"type":"ping"}`,
+		`{"type":"authentication","data":{"session":"abc"}}`,
+		`{"type":"subscribe","data":[{"subscriptionId":"a","channels":["files"],"queries":["{\"method\":\"select\",\"values\":[\"*\"]}"]}]}`,
+		`{"type":"unsubscribe","data":[{"subscriptionId":"a"}]}`,
+		`{"type":42}`, `[]`, `null`, "\xff",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := ParseClientMessage(b)
+		if err != nil {
+			var pe *Error
+			if !errors.As(err, &pe) || pe.Code != CodeInvalidMessage {
+				t.Fatalf("error %v is not a 1003 *Error", err)
+			}
+			return
+		}
+		if m.Type == "" {
+			t.Fatal("accepted an empty type")
+		}
+		if m.Data != nil && !json.Valid(m.Data) {
+			t.Fatalf("Data is not valid JSON: %q", m.Data)
+		}
+		// The data parsers must never panic, and what they accept must
+		// encode into valid frames.
+		_, _ = ParseAuthentication(m.Data)
+		if subs, err := ParseSubscribe(m.Data); err == nil {
+			for _, s := range subs {
+				if len(s.Channels) > MaxChannels {
+					t.Fatalf("%d channels accepted", len(s.Channels))
+				}
+				for _, q := range s.Queries {
+					_, _ = ParseQuery(q)
+				}
+			}
+			if frame := AppendSubscribeResponse(nil, subs); !json.Valid(frame) {
+				t.Fatalf("invalid subscribe response: %s", frame)
+			}
+		}
+		if ids, err := ParseUnsubscribe(m.Data); err == nil {
+			if frame := AppendUnsubscribeResponse(nil, ids, nil); !json.Valid(frame) {
+				t.Fatalf("invalid unsubscribe response: %s", frame)
+			}
+		}
+	})
+}
+
+func FuzzParseEvent(f *testing.F) {
+	for _, s := range []string{
+		`{"project":"P","roles":["any"],"permissionsChanged":false,"userId":null,"data":{"events":["e"],"channels":["files"],"timestamp":"2026-01-01T12:00:00.000+00:00","payload":{"$id":"F"}}}`,
+		`{"project":"P","roles":[],"permissionsChanged":true,"userId":"U","data":{}}`,
+		`{"project":"P","roles":["a\"b"],"data":{"channels":["c\u0000"],"timestamp":1,"payload":[null]}}`,
+		`{"project":"P"}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		e, err := ParseEvent(b)
+		if err != nil {
+			return
+		}
+		frame := AppendEventTail(AppendEventPrefix(nil, e), []string{"s1", "s\"2"})
+		var decoded struct {
+			Type string `json:"type"`
+			Data struct {
+				Channels      []string `json:"channels"`
+				Subscriptions []string `json:"subscriptions"`
+			} `json:"data"`
+		}
+		if err := json.Unmarshal(frame, &decoded); err != nil {
+			t.Fatalf("event frame is not valid JSON: %v\n%s", err, frame)
+		}
+		if decoded.Type != TypeEvent || !slices.Equal(decoded.Data.Subscriptions, []string{"s1", "s\"2"}) {
+			t.Fatalf("bad frame: %s", frame)
+		}
+		m, err := MarshalEvent(e)
+		if err != nil {
+			t.Fatalf("MarshalEvent of a parsed event: %v", err)
+		}
+		again, err := ParseEvent(m)
+		if err != nil {
+			t.Fatalf("ParseEvent(MarshalEvent): %v\n%s", err, m)
+		}
+		// Strings that were valid UTF-8 survive exactly; invalid bytes are
+		// replaced by both encoders, so compare after one normalising trip.
+		m2, _ := MarshalEvent(again)
+		if string(m2) != string(m) {
+			t.Fatalf("MarshalEvent not stable:\n%s\n%s", m, m2)
+		}
+	})
+}
+
+func FuzzParseHandshakeQuery(f *testing.F) {
+	for _, s := range []string{
+		"project=p1&channels[]=files&channels[]=documents",
+		"project=p1&channels[]=files&channels[]=documents&files[1][]=%7B%22method%22%3A%22equal%22%7D&documents[0][]=x",
+		"channels[]=a.b&a_b[3][]=q&channels%5B%5D=c",
+		"project=%zz", "channels[]=&&&=", "x[1][]=y[2][]",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, q string) {
+		h, err := ParseHandshakeQuery(q)
+		if err != nil {
+			var pe *Error
+			if !errors.As(err, &pe) || pe.Code != CodeInvalidMessage {
+				t.Fatalf("error %v is not a 1003 *Error", err)
+			}
+			return
+		}
+		if len(h.Channels) > MaxChannels || len(h.Slots) != len(h.SlotIndexes) || len(h.Slots) > maxSlots {
+			t.Fatalf("bounds: %d channels, %d slots, %d indexes", len(h.Channels), len(h.Slots), len(h.SlotIndexes))
+		}
+		if !slices.IsSorted(h.SlotIndexes) || len(slices.Compact(slices.Clone(h.SlotIndexes))) != len(h.SlotIndexes) {
+			t.Fatalf("slot indexes not strictly ascending: %v", h.SlotIndexes)
+		}
+		seen := map[string]bool{}
+		for _, c := range h.Channels {
+			if seen[c] || !validName(c, MaxChannelLength) {
+				t.Fatalf("bad or duplicate channel %q", c)
+			}
+			seen[c] = true
+		}
+		// Every requested channel is in at least one slot, and slots hold
+		// only requested channels.
+		inSlot := map[string]bool{}
+		for _, s := range h.Slots {
+			for _, c := range s.Channels {
+				if !seen[c] {
+					t.Fatalf("slot holds unrequested channel %q", c)
+				}
+				inSlot[c] = true
+			}
+		}
+		if len(inSlot) != len(seen) {
+			t.Fatalf("channels %v, slotted %v", h.Channels, inSlot)
+		}
+		ids := make([]string, len(h.SlotIndexes))
+		frame := AppendConnected(nil, ConvertAccountChannels(h.Channels, "u"), h.SlotIndexes, ids, nil)
+		if !json.Valid(frame) {
+			t.Fatalf("invalid connected frame: %s", frame)
+		}
+	})
+}
+
+// FuzzAppendJSONString checks the hand-written string encoder against
+// encoding/json on arbitrary bytes.
+func FuzzAppendJSONString(f *testing.F) {
+	for _, s := range []string{"", "plain", "q\"b\\", "\x00\x1f\x7f", "é世🎉", "\xff\xed\xa0\x80", "\u2028"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got := appendJSONString(nil, s)
+		ref, _ := json.Marshal(s)
+		var a, b string
+		if err := json.Unmarshal(got, &a); err != nil {
+			t.Fatalf("invalid JSON string %s: %v", got, err)
+		}
+		if err := json.Unmarshal(ref, &b); err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(a, b) {
+			t.Fatalf("%q encodes to %s, decoding to %q; encoding/json gives %q", s, got, a, b)
+		}
+	})
+}
