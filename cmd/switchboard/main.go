@@ -1,0 +1,50 @@
+// Command switchboard runs and operates Switchboard, a realtime WebSocket
+// server speaking the Appwrite Realtime protocol.
+//
+// Usage:
+//
+//	switchboard serve [flags]   run a node
+//
+// Every flag can also be given as an environment variable
+// SWITCHBOARD_<FLAG_IN_UPPER_SNAKE>, e.g. SWITCHBOARD_ADMIN_LISTEN; a flag on
+// the command line wins over the environment.
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
+}
+
+// run dispatches a subcommand and returns the process exit status.
+func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		usage(stderr)
+		return 2
+	}
+	switch args[0] {
+	case "serve":
+		return serve(args[1:], getenv, stderr)
+	case "help", "-h", "-help", "--help":
+		usage(stdout)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "switchboard: unknown command %q\n\n", args[0])
+		usage(stderr)
+		return 2
+	}
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `Switchboard: a realtime WebSocket server speaking the Appwrite Realtime protocol.
+
+Usage:
+  switchboard serve [flags]    run a node (see 'switchboard serve --help')
+
+Every flag can also be set as SWITCHBOARD_<FLAG_IN_UPPER_SNAKE>.
+`)
+}

@@ -1,0 +1,144 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"golang.org/x/sys/unix"
+
+	"github.com/switchboard-rt/switchboard/pkg/auth"
+	"github.com/switchboard-rt/switchboard/pkg/broker"
+	"github.com/switchboard-rt/switchboard/pkg/server"
+)
+
+func serve(args []string, getenv func(string) string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = usageWithEnv(fs, "switchboard serve [flags]")
+	var (
+		cfg             server.Config
+		projects        string
+		authMode        string
+		jwtSecret       string
+		logLevel        string
+		logFormat       string
+		shutdownTimeout time.Duration
+		brokerBuffer    int
+	)
+	fs.StringVar(&cfg.Listen, "listen", ":9505", "WebSocket listen address")
+	fs.StringVar(&cfg.AdminListen, "admin-listen", "127.0.0.1:9506", "admin HTTP listen address (publish, metrics, health, pprof)")
+	fs.StringVar(&cfg.Path, "path", "/v1/realtime", "WebSocket endpoint path")
+	fs.StringVar(&projects, "projects", "", "comma-separated project ids to accept; empty accepts any")
+	fs.StringVar(&cfg.APIKey, "api-key", "", "bearer key required by POST /v1/publish; empty requires none")
+	fs.StringVar(&authMode, "auth", "none", "auth resolver: none (everyone is a guest) or jwt (HS256)")
+	fs.StringVar(&jwtSecret, "jwt-secret", "", "HS256 secret for --auth jwt")
+	fs.DurationVar(&cfg.AuthTimeout, "auth-timeout", 5*time.Second, "bound on one auth resolver call")
+	fs.IntVar(&cfg.MaxMessageSize, "max-message-size", 64<<10, "largest client message in bytes after reassembly; larger closes with 1009")
+	fs.IntVar(&cfg.MaxHeaderBytes, "max-header-bytes", 8<<10, "largest upgrade request head in bytes")
+	fs.IntVar(&cfg.MaxQueueBytes, "max-queue-bytes", 1<<20, "outbound bytes queued per connection before it is closed as a slow consumer")
+	fs.IntVar(&cfg.WriteWorkers, "write-workers", 0, "write pool goroutines (0: 2 x GOMAXPROCS)")
+	fs.IntVar(&cfg.IndexShards, "index-shards", 64, "subscription index shards (rounded up to a power of two)")
+	fs.IntVar(&brokerBuffer, "broker-buffer", 4096, "embedded broker: messages buffered between publish and delivery")
+	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&logFormat, "log-format", "auto", "log format: auto (console on a terminal, else json), json, console")
+	fs.DurationVar(&shutdownTimeout, "shutdown-timeout", 10*time.Second, "bound on the drain after SIGTERM/SIGINT")
+	if err := parseFlags(fs, args, getenv); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintln(stderr, "switchboard serve:", err)
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "switchboard serve: unexpected arguments %q\n", fs.Args())
+		return 2
+	}
+
+	log, err := newLogger(logLevel, logFormat, os.Stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "switchboard serve:", err)
+		return 2
+	}
+	defer log.Sync()
+
+	cfg.Projects = splitList(projects)
+	switch authMode {
+	case "none":
+		cfg.Resolver = auth.None{}
+	case "jwt":
+		r, err := auth.NewJWT([]byte(jwtSecret))
+		if err != nil {
+			fmt.Fprintln(stderr, "switchboard serve: --auth jwt:", err)
+			return 2
+		}
+		cfg.Resolver = r
+	default:
+		fmt.Fprintf(stderr, "switchboard serve: unknown --auth %q (want none or jwt)\n", authMode)
+		return 2
+	}
+	cfg.Broker = broker.NewMemory(brokerBuffer)
+	cfg.Logger = log
+	cfg.Registry = prometheus.NewRegistry()
+	cfg.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	srv, err := server.New(cfg)
+	if err != nil {
+		log.Error("configuration", zap.Error(err))
+		return 2
+	}
+	if err := srv.Start(); err != nil {
+		log.Error("start", zap.Error(err))
+		return 1
+	}
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	s := <-sig
+	log.Info("draining", zap.String("signal", s.String()), zap.Duration("timeout", shutdownTimeout))
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		log.Warn("shutdown did not finish cleanly", zap.Error(err))
+	}
+	log.Info("stopped")
+	return 0
+}
+
+// newLogger builds the zap logger: console lines for a person at a
+// terminal, JSON for everything else.
+func newLogger(level, format string, out *os.File) (*zap.Logger, error) {
+	lvl, err := zapcore.ParseLevel(level)
+	if err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	if format == "auto" {
+		format = "json"
+		if _, err := unix.IoctlGetTermios(int(out.Fd()), unix.TCGETS); err == nil {
+			format = "console"
+		}
+	}
+	encCfg := zap.NewProductionEncoderConfig()
+	encCfg.EncodeTime = zapcore.ISO8601TimeEncoder
+	var enc zapcore.Encoder
+	switch format {
+	case "json":
+		enc = zapcore.NewJSONEncoder(encCfg)
+	case "console":
+		encCfg.EncodeLevel = zapcore.CapitalColorLevelEncoder
+		enc = zapcore.NewConsoleEncoder(encCfg)
+	default:
+		return nil, fmt.Errorf("--log-format %q: want auto, json or console", format)
+	}
+	return zap.New(zapcore.NewCore(enc, zapcore.Lock(out), lvl)), nil
+}

@@ -1,0 +1,244 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// binary is the switchboard binary built once for the end-to-end tests.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "switchboard-e2e")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "switchboard")
+	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building switchboard: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+type node struct {
+	cmd         *exec.Cmd
+	addr, admin string
+	stderr      *bytes.Buffer
+	exited      chan error
+}
+
+// startNode runs `switchboard serve` as a subprocess, configured through
+// the environment for the admin address to prove SWITCHBOARD_* works.
+func startNode(t *testing.T, args ...string) *node {
+	t.Helper()
+	n := &node{addr: freePort(t), admin: freePort(t), stderr: new(bytes.Buffer), exited: make(chan error, 1)}
+	n.cmd = exec.Command(binary, append([]string{"serve", "--listen", n.addr}, args...)...)
+	n.cmd.Env = append(os.Environ(), "SWITCHBOARD_ADMIN_LISTEN="+n.admin, "SWITCHBOARD_LOG_LEVEL=warn")
+	n.cmd.Stderr = n.stderr
+	if err := n.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { n.exited <- n.cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = n.cmd.Process.Kill()
+		<-n.exited
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get("http://" + n.admin + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return n
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node never became healthy: %v\n%s", err, n.stderr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// metric reads one unlabelled sample from the node's /metrics.
+func (n *node) metric(t *testing.T, name string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + n.admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("metric %s not found", name)
+	return 0
+}
+
+// rawClient is a minimal WebSocket client on a plain socket: the test holds
+// thousands of them without a goroutine each.
+type rawClient struct {
+	conn net.Conn
+	buf  []byte
+}
+
+func rawDial(addr, query string) (*rawClient, error) {
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	req := "GET /v1/realtime?" + query + " HTTP/1.1\r\nHost: " + addr +
+		"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+	if _, err := io.WriteString(conn, req); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	c := &rawClient{conn: conn}
+	if err := c.readUntil([]byte(`"type":"connected"`)); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// readUntil reads until want has arrived, keeping what follows it.
+func (c *rawClient) readUntil(want []byte) error {
+	_ = c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		if i := bytes.Index(c.buf, want); i >= 0 {
+			c.buf = c.buf[i+len(want):]
+			return nil
+		}
+		var b [4096]byte
+		n, err := c.conn.Read(b[:])
+		if err != nil {
+			return fmt.Errorf("waiting for %q: %w (have %q)", want, err, c.buf)
+		}
+		c.buf = append(c.buf, b[:n]...)
+	}
+}
+
+func TestServeHolds10000ConnectionsWithoutGoroutinePerConnection(t *testing.T) {
+	if testing.Short() {
+		t.Skip("opens 10,000 sockets")
+	}
+	n := startNode(t)
+	const conns = 10000
+	before := n.metric(t, "go_goroutines")
+	rssBefore := n.metric(t, "process_resident_memory_bytes")
+	clients := make([]*rawClient, 0, conns)
+	defer func() {
+		for _, c := range clients {
+			c.conn.Close()
+		}
+	}()
+	start := time.Now()
+	for i := 0; i < conns; i++ {
+		c, err := rawDial(n.addr, "project=p1&channels[]=files")
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		clients = append(clients, c)
+	}
+	connectTime := time.Since(start)
+	if got := n.metric(t, "switchboard_connections"); got != conns {
+		t.Fatalf("switchboard_connections = %v, want %d", got, conns)
+	}
+	after := n.metric(t, "go_goroutines")
+	rssAfter := n.metric(t, "process_resident_memory_bytes")
+	t.Logf("goroutines before=%v after=%v with %d connections; RSS %+.0f bytes/conn; connected in %v",
+		before, after, conns, (rssAfter-rssBefore)/conns, connectTime)
+	if after-before > 32 {
+		t.Fatalf("goroutines grew from %v to %v with %d idle connections", before, after, conns)
+	}
+
+	// One broadcast reaches every one of them.
+	resp, err := http.Post("http://"+n.admin+"/v1/publish", "application/json",
+		strings.NewReader(`{"project":"p1","roles":["any"],"data":{"events":["e"],"channels":["files"],"timestamp":"t","payload":{"k":"broadcast"}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	for i, c := range clients {
+		if err := c.readUntil([]byte(`{"k":"broadcast"}`)); err != nil {
+			t.Fatalf("client %d: %v", i, err)
+		}
+	}
+
+	// SIGTERM: every client is told 1001 and the process exits 0.
+	if err := n.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	// FIN+close opcode, payload length, status 1001 (0x03e9), then the reason.
+	goingAway := append([]byte{0x88, byte(2 + len("server shutting down")), 0x03, 0xe9}, "server shutting down"...)
+	for i, c := range clients {
+		if err := c.readUntil(goingAway); err != nil {
+			t.Fatalf("client %d: %v", i, err)
+		}
+	}
+	select {
+	case err := <-n.exited:
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v\n%s", err, n.stderr)
+		}
+		n.exited <- nil
+	case <-time.After(15 * time.Second):
+		t.Fatal("node did not exit after SIGTERM")
+	}
+}
+
+func TestServeFlagsAndEnvironment(t *testing.T) {
+	var out bytes.Buffer
+	if code := run([]string{"serve", "--help"}, func(string) string { return "" }, &out, &out); code != 0 {
+		t.Fatalf("serve --help exit %d", code)
+	}
+	for _, want := range []string{"--listen", "SWITCHBOARD_LISTEN", ":9505", "--admin-listen", "127.0.0.1:9506", "SWITCHBOARD_MAX_MESSAGE_SIZE"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("serve --help lacks %q:\n%s", want, out.String())
+		}
+	}
+	out.Reset()
+	env := func(k string) string {
+		if k == "SWITCHBOARD_MAX_MESSAGE_SIZE" {
+			return "not-a-number"
+		}
+		return ""
+	}
+	if code := run([]string{"serve"}, env, &out, &out); code != 2 || !strings.Contains(out.String(), "SWITCHBOARD_MAX_MESSAGE_SIZE") {
+		t.Fatalf("bad env value: exit %d, %s", code, out.String())
+	}
+	if code := run([]string{"bogus"}, env, &out, &out); code != 2 {
+		t.Fatalf("unknown command exit %d", code)
+	}
+}

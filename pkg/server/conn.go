@@ -1,0 +1,327 @@
+package server
+
+import (
+	"context"
+	"sync"
+	"unicode/utf8"
+
+	"github.com/cloudwego/netpoll"
+	"github.com/gobwas/ws"
+
+	"github.com/switchboard-rt/switchboard/pkg/index"
+)
+
+// conn is one client connection. It is deliberately small: an idle,
+// subscribed connection holds this struct, its subscriptions and netpoll's
+// own state, and nothing else (no goroutine, timer or buffer).
+type conn struct {
+	// The conn is its own netpoll context (context.Background underneath),
+	// which saves a context allocation per connection.
+	context.Context
+
+	srv *Server
+	nc  netpoll.Connection
+	fd  int
+	id  index.ID
+
+	// Read side: only netpoll's OnRequest touches these, and netpoll never
+	// runs it concurrently for one connection.
+	upgraded   bool
+	readClosed bool      // we decided to close: discard further input
+	fragOp     ws.OpCode // opcode of the fragmented message in progress, 0 when none
+	pend       []byte    // bytes of an incomplete handshake or frame; nil when none
+	frag       []byte    // payload of a fragmented message being reassembled
+
+	// Everything below is guarded by mu: the router, the write pool and the
+	// read side all reach it.
+	mu       sync.Mutex
+	queued   bool // in the write pool's channel
+	waitOut  bool // socket full: waiting for EPOLLOUT before writing again
+	outArmed bool // fd registered with the outWaiter's epoll
+	closing  bool // accepts no more frames
+	abort    bool // close as soon as one non-blocking flush was tried
+	closed   bool // netpoll closes the fd: never write again
+	outOff   int  // bytes of out[0] already written
+	outBytes int  // bytes queued in out
+	out      []outFrame
+	project  string
+	userID   string
+	roles    []string
+	subs     []subscription
+}
+
+// subscription is one subscription of a connection (a URL slot or one
+// entry of a subscribe message).
+type subscription struct {
+	id       string
+	channels []string
+	queries  []string
+}
+
+// onRead consumes what netpoll has buffered for c. Complete frames are
+// parsed in place from netpoll's buffer; only an incomplete tail is copied
+// into c.pend, so that no goroutine waits for the rest of a frame.
+func (c *conn) onRead(r netpoll.Reader) {
+	n := r.Len()
+	if n == 0 {
+		return
+	}
+	buf, err := r.Peek(n)
+	if err != nil {
+		c.nc.Close()
+		return
+	}
+	data := buf
+	if c.pend != nil {
+		c.pend = append(c.pend, buf...)
+		data = c.pend
+	}
+	used := c.consume(data)
+	rest := data[used:]
+	switch {
+	case len(rest) == 0:
+		c.pend = nil
+	case c.pend != nil:
+		c.pend = append(c.pend[:0], rest...)
+	default:
+		c.pend = append(make([]byte, 0, len(rest)), rest...)
+	}
+	_ = r.Skip(n)
+	_ = r.Release()
+}
+
+// consume handles every complete handshake and frame at the start of data
+// and returns how many bytes it used.
+func (c *conn) consume(data []byte) int {
+	if c.readClosed {
+		return len(data)
+	}
+	off := 0
+	if !c.upgraded {
+		off = c.upgrade(data)
+		if !c.upgraded || c.readClosed {
+			if c.readClosed {
+				return len(data)
+			}
+			return off
+		}
+	}
+	max := int64(c.srv.cfg.MaxMessageSize)
+	for off < len(data) && !c.readClosed {
+		h, hn, ok := parseFrameHeader(data[off:])
+		if !ok {
+			break
+		}
+		state := ws.StateServerSide
+		if c.fragOp != 0 {
+			state = state.Set(ws.StateFragmented)
+		}
+		if err := ws.CheckHeader(h, state); err != nil {
+			c.srv.metrics.protocolErrors.WithLabelValues("frame").Inc()
+			c.closeWith(ws.StatusProtocolError, err.Error())
+			return len(data)
+		}
+		if h.Length > max || (h.OpCode == ws.OpContinuation && int64(len(c.frag))+h.Length > max) {
+			c.srv.metrics.protocolErrors.WithLabelValues("too_big").Inc()
+			c.closeWith(ws.StatusMessageTooBig, "message too big")
+			return len(data)
+		}
+		end := off + hn + int(h.Length)
+		if end > len(data) {
+			break
+		}
+		payload := data[off+hn : end]
+		ws.Cipher(payload, h.Mask, 0)
+		off = end
+		c.handleFrame(h, payload)
+	}
+	if c.readClosed {
+		return len(data)
+	}
+	return off
+}
+
+// handleFrame acts on one complete, unmasked frame. payload is only valid
+// during the call.
+func (c *conn) handleFrame(h ws.Header, payload []byte) {
+	switch h.OpCode {
+	case ws.OpPing:
+		c.send(outFrame{head: compileFrame(ws.OpPong, payload)})
+	case ws.OpPong:
+	case ws.OpClose:
+		code := ws.StatusNormalClosure
+		if len(payload) >= 2 {
+			code, _ = ws.ParseCloseFrameData(payload)
+		}
+		if len(payload) == 1 || (len(payload) >= 2 && ws.CheckCloseFrameData(code, "") != nil) {
+			code = ws.StatusProtocolError
+		}
+		c.closeWith(code, "")
+	case ws.OpText, ws.OpBinary:
+		if !h.Fin {
+			c.fragOp = h.OpCode
+			c.frag = append(c.frag[:0], payload...)
+			return
+		}
+		c.handleData(h.OpCode, payload)
+	case ws.OpContinuation:
+		c.frag = append(c.frag, payload...)
+		if h.Fin {
+			op, msg := c.fragOp, c.frag
+			c.fragOp, c.frag = 0, nil
+			c.handleData(op, msg)
+		}
+	}
+}
+
+// handleData checks one complete data message and hands it to the protocol.
+func (c *conn) handleData(op ws.OpCode, msg []byte) {
+	if op == ws.OpBinary {
+		c.srv.metrics.messagesIn.WithLabelValues("binary").Inc()
+		c.sendError(1003, "Binary messages are not supported.")
+		return
+	}
+	if !utf8.Valid(msg) {
+		c.srv.metrics.protocolErrors.WithLabelValues("utf8").Inc()
+		c.closeWith(ws.StatusInvalidFramePayloadData, "invalid UTF-8 in text frame")
+		return
+	}
+	c.handleMessage(msg)
+}
+
+// send queues f and writes what the socket takes at once. It is the path of
+// replies to the client's own messages, so it needs no pool wake-up.
+func (c *conn) send(f outFrame) {
+	c.mu.Lock()
+	c.appendLocked(f)
+	err := c.flushLocked()
+	abort := c.abort
+	c.mu.Unlock()
+	if err != nil || abort {
+		c.nc.Close()
+	}
+}
+
+// closeWith sends a close frame and closes the connection. Input that
+// arrives afterwards is discarded.
+func (c *conn) closeWith(code ws.StatusCode, reason string) {
+	c.readClosed = true
+	c.mu.Lock()
+	if !c.closing && !c.closed {
+		c.appendLocked(outFrame{head: closeFrame(code, reason)})
+		c.closing = true
+		_ = c.flushLocked()
+	}
+	c.mu.Unlock()
+	c.nc.Close()
+}
+
+// appendLocked queues f. A connection whose queue would exceed the byte
+// limit is a slow consumer: its queue is dropped (but for a frame already
+// half written, which must be finished for the close frame to parse) and it
+// is closed with 1008.
+func (c *conn) appendLocked(f outFrame) {
+	if c.closing || c.closed {
+		return
+	}
+	if len(c.out) > 0 && c.outBytes+f.size() > c.srv.cfg.MaxQueueBytes {
+		c.srv.metrics.slowConsumers.Inc()
+		keep := 0
+		if c.outOff > 0 {
+			keep = 1
+		}
+		clear(c.out[keep:])
+		c.out = c.out[:keep]
+		c.outBytes = 0
+		if keep == 1 {
+			c.outBytes = c.out[0].size()
+		}
+		f = outFrame{head: slowConsumerClose}
+		c.closing, c.abort = true, true
+	}
+	c.out = append(c.out, f)
+	c.outBytes += f.size()
+}
+
+var slowConsumerClose = closeFrame(ws.StatusPolicyViolation, "slow consumer")
+
+// flushLocked writes the queue until it is empty or the socket is full. A
+// full socket arms a one-shot EPOLLOUT wait and is not an error.
+func (c *conn) flushLocked() error {
+	if len(c.out) == 0 || c.waitOut || c.closed {
+		return nil
+	}
+	done, off, err := writevQueue(c.fd, c.out, c.outOff)
+	for _, f := range c.out[:done] {
+		c.outBytes -= f.size()
+	}
+	n := copy(c.out, c.out[done:])
+	clear(c.out[n:])
+	c.out, c.outOff = c.out[:n], off
+	c.srv.metrics.framesOut.Add(float64(done))
+	if n == 0 {
+		c.out = nil // an idle connection keeps no queue
+	}
+	if err == errWouldBlock {
+		c.waitOut = true
+		return c.srv.waiter.arm(c)
+	}
+	return err
+}
+
+// schedule hands c to the write pool unless it is already queued there.
+func (c *conn) schedule() {
+	c.mu.Lock()
+	c.waitOut = false
+	ok := !c.queued && !c.closed
+	if ok {
+		c.queued = true
+	}
+	c.mu.Unlock()
+	if ok {
+		c.srv.pool.ch <- c
+	}
+}
+
+// drain runs on a write-pool worker.
+func (c *conn) drain() {
+	c.mu.Lock()
+	c.queued = false
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	err := c.flushLocked()
+	closeNow := err != nil || c.abort || (c.closing && len(c.out) == 0)
+	c.mu.Unlock()
+	if closeNow {
+		c.nc.Close()
+	}
+}
+
+// onClosed is netpoll's close callback. netpoll runs it before it closes
+// the fd, so after this no writer can touch a descriptor number that a new
+// connection may reuse.
+func (c *conn) onClosed(netpoll.Connection) error {
+	c.mu.Lock()
+	c.closed = true
+	c.srv.waiter.forget(c)
+	clear(c.out)
+	c.out, c.outBytes = nil, 0
+	c.mu.Unlock()
+	c.srv.idx.Delete(c.id)
+	c.srv.metrics.connections.Dec()
+	return nil
+}
+
+// goAway tells the client the node is going away (1001) and closes.
+func (c *conn) goAway() {
+	c.mu.Lock()
+	c.appendLocked(outFrame{head: goingAwayClose})
+	c.closing = true
+	_ = c.flushLocked()
+	c.mu.Unlock()
+	c.nc.Close()
+}
+
+var goingAwayClose = closeFrame(ws.StatusGoingAway, "server shutting down")

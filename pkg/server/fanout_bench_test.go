@@ -1,0 +1,62 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"testing"
+
+	"github.com/switchboard-rt/switchboard/pkg/broker"
+)
+
+// BenchmarkFanout measures the router's encode-once path for one event to
+// every subscriber: parse the backbone message, resolve recipients, build
+// one frame per distinct subscription-id list, queue it on each recipient.
+// Sockets are left out (no write pool runs), so this is the cost per
+// delivery that is not the write syscall.
+func BenchmarkFanout(b *testing.B) {
+	for _, n := range []int{1000, 10000} {
+		for _, shared := range []bool{true, false} {
+			name := fmt.Sprintf("conns=%d/ids=unique", n)
+			if shared {
+				name = fmt.Sprintf("conns=%d/ids=shared", n)
+			}
+			b.Run(name, func(b *testing.B) { benchFanout(b, n, shared) })
+		}
+	}
+}
+
+func benchFanout(b *testing.B, n int, shared bool) {
+	s, err := New(Config{Broker: broker.NewMemory(1)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	s.pool = &writePool{ch: make(chan *conn, n)}
+	conns := make([]*conn, n)
+	for i := range conns {
+		c := &conn{Context: context.Background(), srv: s, fd: -1, project: "p1", roles: []string{"guests"}}
+		id := "sub-shared"
+		if !shared {
+			id = fmt.Sprintf("sub-%d", i)
+		}
+		c.subs = []subscription{{id: id, channels: []string{"files"}}}
+		c.id = s.idx.Insert(c)
+		s.idx.Set(c.id, "p1", c.roles, c.subs[0].channels)
+		conns[i] = c
+	}
+	msg := []byte(event("p1", []string{"any"}, []string{"files", "buckets.b1.files"}, `{"$id":"f1","name":"report.pdf","size":12345}`))
+	r := newRouter(s)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		r.route(msg)
+		b.StopTimer()
+		for range conns {
+			c := <-s.pool.ch
+			c.queued, c.out, c.outBytes = false, nil, 0
+		}
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/delivery")
+	runtime.KeepAlive(conns)
+}

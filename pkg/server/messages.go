@@ -1,0 +1,258 @@
+package server
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"hash/fnv"
+	"math/rand/v2"
+
+	"github.com/gobwas/ws"
+	"go.uber.org/zap"
+
+	"github.com/switchboard-rt/switchboard/pkg/auth"
+	"github.com/switchboard-rt/switchboard/pkg/protocol"
+)
+
+// handleMessage answers one client message (a complete, valid UTF-8 text
+// message). Only a policy violation closes the connection; every other bad
+// message is answered with an error frame and the connection stays open.
+func (c *conn) handleMessage(b []byte) {
+	m := c.srv.metrics
+	msg, err := protocol.ParseClientMessage(b)
+	if err != nil {
+		m.messagesIn.WithLabelValues("invalid").Inc()
+		c.sendErr(err)
+		return
+	}
+	switch msg.Type {
+	case protocol.TypePing:
+		m.messagesIn.WithLabelValues(msg.Type).Inc()
+		c.sendText(protocol.AppendPong(nil))
+	case protocol.TypeAuthentication:
+		m.messagesIn.WithLabelValues(msg.Type).Inc()
+		c.authenticate(msg)
+	case protocol.TypeSubscribe:
+		m.messagesIn.WithLabelValues(msg.Type).Inc()
+		c.subscribe(msg)
+	case protocol.TypeUnsubscribe:
+		m.messagesIn.WithLabelValues(msg.Type).Inc()
+		c.unsubscribe(msg)
+	default:
+		m.messagesIn.WithLabelValues("unknown").Inc()
+		c.sendError(protocol.CodeInvalidMessage, "Message type is not valid.")
+	}
+}
+
+func (c *conn) authenticate(msg protocol.ClientMessage) {
+	session, err := protocol.ParseAuthentication(msg.Data)
+	if err != nil {
+		c.sendErr(err)
+		return
+	}
+	c.mu.Lock()
+	project := c.project
+	c.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), c.srv.cfg.AuthTimeout)
+	id, err := c.srv.cfg.Resolver.Resolve(ctx, auth.Credentials{Project: project, Session: session})
+	cancel()
+	if err != nil {
+		if !errors.Is(err, auth.ErrUnauthorized) {
+			c.srv.log.Warn("auth resolver failed", zap.Uint32("conn", uint32(c.id)), zap.Error(err))
+		}
+		c.sendError(protocol.CodeInvalidMessage, "Session is not valid.")
+		return
+	}
+	// Re-bind account channels to the new user and switch roles; reindex
+	// replaces the connection's index entry in one step, so no event is
+	// matched against half-old, half-new state.
+	c.mu.Lock()
+	c.userID, c.roles = id.UserID, id.Roles
+	for i := range c.subs {
+		c.subs[i].channels = protocol.ConvertAccountChannels(c.subs[i].channels, id.UserID)
+	}
+	c.mu.Unlock()
+	c.reindex()
+	c.sendText(protocol.AppendAuthResponse(nil, id.User))
+}
+
+func (c *conn) subscribe(msg protocol.ClientMessage) {
+	reqs, err := protocol.ParseSubscribe(msg.Data)
+	if err != nil {
+		c.sendErr(err)
+		return
+	}
+	c.mu.Lock()
+	uid := c.userID
+	c.mu.Unlock()
+	subs := make([]subscription, 0, len(reqs))
+	for _, r := range reqs {
+		if r.ID == "" {
+			r.ID = randomSubscriptionID()
+		}
+		sub, err := newSubscription(r.ID, r, uid)
+		if err != nil {
+			c.sendErr(err)
+			return
+		}
+		subs = append(subs, sub)
+	}
+	c.mu.Lock()
+	for _, sub := range subs {
+		c.putSubscriptionLocked(sub)
+	}
+	c.mu.Unlock()
+	c.reindex()
+
+	resp := make([]protocol.Subscription, len(subs))
+	for i, sub := range subs {
+		resp[i] = protocol.Subscription{ID: sub.id, Channels: sub.channels, Queries: sub.queries}
+	}
+	c.sendText(protocol.AppendSubscribeResponse(nil, resp))
+}
+
+// putSubscriptionLocked adds sub, replacing one with the same id.
+func (c *conn) putSubscriptionLocked(sub subscription) {
+	for i := range c.subs {
+		if c.subs[i].id == sub.id {
+			c.subs[i] = sub
+			return
+		}
+	}
+	c.subs = append(c.subs, sub)
+}
+
+func (c *conn) unsubscribe(msg protocol.ClientMessage) {
+	ids, err := protocol.ParseUnsubscribe(msg.Data)
+	if err != nil {
+		c.sendErr(err)
+		return
+	}
+	removed := make([]bool, len(ids))
+	c.mu.Lock()
+	for i, id := range ids {
+		for j := range c.subs {
+			if c.subs[j].id == id {
+				c.subs = append(c.subs[:j], c.subs[j+1:]...)
+				removed[i] = true
+				break
+			}
+		}
+	}
+	c.mu.Unlock()
+	c.reindex()
+	c.sendText(protocol.AppendUnsubscribeResponse(nil, ids, removed))
+}
+
+// reindex publishes the connection's current project, roles and channels to
+// the index. Only the connection's own read side calls it, so two calls
+// for one connection never race.
+func (c *conn) reindex() {
+	c.mu.Lock()
+	project, roles := c.project, c.roles
+	var channels []string
+	for _, sub := range c.subs {
+		channels = appendUnique(channels, sub.channels...)
+	}
+	c.mu.Unlock()
+	c.srv.idx.Set(c.id, project, roles, channels)
+}
+
+// newSubscription validates a requested subscription for user uid.
+// Until query filters are evaluated, any query other than select(["*"]) is
+// refused with an error naming it rather than silently ignored.
+func newSubscription(id string, r protocol.Subscription, uid string) (subscription, error) {
+	for _, q := range r.Queries {
+		pq, err := protocol.ParseQuery(q)
+		if err != nil {
+			return subscription{}, err
+		}
+		if !pq.IsSelectAll() {
+			return subscription{}, &protocol.Error{Code: protocol.CodeInvalidMessage, Message: "Query is not supported yet: " + q}
+		}
+	}
+	return subscription{id: id, channels: protocol.ConvertAccountChannels(r.Channels, uid), queries: r.Queries}, nil
+}
+
+// slotSubscriptionID derives the id of a URL slot from its content, so that
+// every connection opened with the same URL gets the same ids and an event
+// frame is shared by all of them instead of being encoded per recipient.
+func slotSubscriptionID(slot int, r protocol.Subscription) string {
+	h := fnv.New64a()
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], uint64(slot))
+	h.Write(b[:])
+	for _, ch := range r.Channels {
+		h.Write([]byte(ch))
+		h.Write([]byte{0})
+	}
+	h.Write([]byte{1})
+	for _, q := range r.Queries {
+		h.Write([]byte(q))
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func randomSubscriptionID() string {
+	var b [10]byte
+	binary.LittleEndian.PutUint64(b[:8], rand.Uint64())
+	binary.LittleEndian.PutUint16(b[8:], uint16(rand.Uint32()))
+	return hex.EncodeToString(b[:])
+}
+
+func appendUnique(dst []string, items ...string) []string {
+outer:
+	for _, it := range items {
+		for _, have := range dst {
+			if have == it {
+				continue outer
+			}
+		}
+		dst = append(dst, it)
+	}
+	return dst
+}
+
+func (c *conn) sendText(p []byte) {
+	c.srv.metrics.messagesOut.Inc()
+	c.send(outFrame{head: compileFrame(ws.OpText, p)})
+}
+
+func (c *conn) sendError(code int, message string) {
+	c.srv.metrics.protocolErrors.WithLabelValues(itoa(code)).Inc()
+	c.sendText(protocol.AppendError(nil, code, message))
+}
+
+// sendErr answers err: a *protocol.Error with its own code, anything else
+// as an invalid message.
+func (c *conn) sendErr(err error) {
+	var pe *protocol.Error
+	if errors.As(err, &pe) {
+		if pe.Code == protocol.CodePolicyViolation {
+			c.fail(pe.Code, pe.Message)
+			return
+		}
+		c.sendError(pe.Code, pe.Message)
+		return
+	}
+	c.sendError(protocol.CodeInvalidMessage, err.Error())
+}
+
+// fail sends an error frame and then closes with 1008: older SDKs look for
+// the error frame, newer ones for the close code.
+func (c *conn) fail(code int, message string) {
+	c.srv.metrics.protocolErrors.WithLabelValues(itoa(code)).Inc()
+	c.sendText(protocol.AppendError(nil, code, message))
+	c.closeWith(ws.StatusPolicyViolation, message)
+}
+
+func (c *conn) failErr(err error) {
+	var pe *protocol.Error
+	if errors.As(err, &pe) {
+		c.fail(pe.Code, pe.Message)
+		return
+	}
+	c.fail(protocol.CodeInvalidMessage, err.Error())
+}

@@ -1,0 +1,64 @@
+package server
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// metrics are the node's Prometheus series. They live in the registry the
+// caller passes in, never in the global default one.
+type metrics struct {
+	connections    prometheus.Gauge
+	upgrades       *prometheus.CounterVec
+	messagesIn     *prometheus.CounterVec
+	messagesOut    prometheus.Counter
+	framesOut      prometheus.Counter
+	deliveries     prometheus.Counter
+	slowConsumers  prometheus.Counter
+	protocolErrors *prometheus.CounterVec
+	events         prometheus.Counter
+	invalidEvents  prometheus.Counter
+	publishErrors  *prometheus.CounterVec
+	published      prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		connections: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "switchboard_connections", Help: "Open client sockets (upgraded or still in the handshake).",
+		}),
+		upgrades: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchboard_upgrades_total", Help: "WebSocket upgrade attempts by result (ok, rejected).",
+		}, []string{"result"}),
+		messagesIn: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchboard_messages_in_total", Help: "Client messages received, by type (invalid and unknown included).",
+		}, []string{"type"}),
+		messagesOut: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_messages_out_total", Help: "Non-event messages sent to clients (connected, response, pong, error).",
+		}),
+		framesOut: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_frames_written_total", Help: "Frames fully written to sockets.",
+		}),
+		deliveries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_deliveries_total", Help: "Event frames queued for a recipient.",
+		}),
+		slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_slow_consumer_closes_total", Help: "Connections closed because their outbound queue overflowed.",
+		}),
+		protocolErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchboard_protocol_errors_total", Help: "Errors answered to clients, by code or kind.",
+		}, []string{"code"}),
+		events: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_events_total", Help: "Valid backbone messages routed.",
+		}),
+		invalidEvents: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_invalid_events_total", Help: "Backbone messages dropped as invalid.",
+		}),
+		publishErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchboard_publish_errors_total", Help: "Rejected POST /v1/publish requests, by reason.",
+		}, []string{"reason"}),
+		published: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_published_total", Help: "Events accepted by POST /v1/publish.",
+		}),
+	}
+	reg.MustRegister(m.connections, m.upgrades, m.messagesIn, m.messagesOut, m.framesOut, m.deliveries,
+		m.slowConsumers, m.protocolErrors, m.events, m.invalidEvents, m.publishErrors, m.published)
+	return m
+}

@@ -1,0 +1,138 @@
+package server
+
+import (
+	"github.com/gobwas/ws"
+	"go.uber.org/zap"
+
+	"github.com/switchboard-rt/switchboard/pkg/index"
+	"github.com/switchboard-rt/switchboard/pkg/protocol"
+)
+
+// router turns backbone messages into queued frames. It runs on the
+// broker's single consumer goroutine, so its scratch space needs no lock.
+type router struct {
+	srv *Server
+
+	// Per-event state, reset by route.
+	ev     *protocol.Event
+	prefix []byte              // the event's shared, encode-once part
+	frames map[string]outFrame // frame per distinct matched-id list
+	sched  []*conn             // connections to hand to the write pool
+	count  int                 // frames queued for this event
+
+	ids  []string // scratch: matched subscription ids of one recipient
+	key  []byte   // scratch: ids joined, as the frames key
+	tail []byte   // scratch: encoded tail
+}
+
+// maxFrameCache bounds the per-event frame cache: events whose recipients
+// all have distinct subscription ids just skip it beyond this.
+const maxFrameCache = 1024
+
+func newRouter(s *Server) *router {
+	return &router{srv: s, frames: make(map[string]outFrame)}
+}
+
+// route handles one backbone message.
+func (r *router) route(msg []byte) {
+	s := r.srv
+	ev, err := protocol.ParseEvent(msg)
+	if err != nil {
+		s.metrics.invalidEvents.Inc()
+		s.invalidLog.Warn("invalid backbone message", zap.Error(err), zap.Int("bytes", len(msg)))
+		return
+	}
+	s.metrics.events.Inc()
+	if len(ev.Roles) == 0 || len(ev.Channels) == 0 {
+		// A bare permission change carries nothing to deliver.
+		return
+	}
+	r.ev = ev
+	// A fresh slice per event: queued frames keep referencing it after
+	// route returns.
+	r.prefix = protocol.AppendEventPrefix(make([]byte, 0, 256+len(ev.Payload)), ev)
+	r.count = 0
+	s.idx.Lookup(ev.Project, ev.Roles, ev.Channels, r.visit)
+	for i, c := range r.sched {
+		s.pool.ch <- c
+		r.sched[i] = nil
+	}
+	r.sched = r.sched[:0]
+	clear(r.frames)
+	r.ev, r.prefix = nil, nil
+	s.metrics.deliveries.Add(float64(r.count))
+}
+
+// visit queues the event for one recipient. It runs under an index shard's
+// read lock: it takes only the connection's own lock and never blocks.
+func (r *router) visit(_ index.ID, c *conn) {
+	c.mu.Lock()
+	if c.closing || c.closed {
+		c.mu.Unlock()
+		return
+	}
+	r.ids = c.matchLocked(r.ev, r.ids[:0])
+	if len(r.ids) == 0 {
+		c.mu.Unlock()
+		return
+	}
+	c.appendLocked(r.frameFor(r.ids))
+	r.count++
+	// A slow consumer that was just cut off is woken even while it waits
+	// for EPOLLOUT, so that it is closed now rather than when it reads.
+	wake := !c.queued && (!c.waitOut || c.abort)
+	if wake {
+		c.queued = true
+	}
+	c.mu.Unlock()
+	if wake {
+		r.sched = append(r.sched, c)
+	}
+}
+
+// matchLocked appends the ids of c's subscriptions that ev matches. The
+// index already matched project, roles and some channel; this picks the
+// subscriptions, and is also what keeps a subscription that was just
+// removed (but not yet re-indexed) from receiving.
+func (c *conn) matchLocked(ev *protocol.Event, dst []string) []string {
+	for i := range c.subs {
+		sub := &c.subs[i]
+		if anyIn(sub.channels, ev.Channels) {
+			dst = append(dst, sub.id)
+		}
+	}
+	return dst
+}
+
+func anyIn(a, b []string) bool {
+	for _, x := range a {
+		for _, y := range b {
+			if x == y {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// frameFor returns the frame for one list of matched ids: the shared prefix
+// plus a header and tail built once per distinct list.
+func (r *router) frameFor(ids []string) outFrame {
+	r.key = r.key[:0]
+	for _, id := range ids {
+		r.key = append(append(r.key, id...), 0)
+	}
+	if f, ok := r.frames[string(r.key)]; ok {
+		return f
+	}
+	r.tail = protocol.AppendEventTail(r.tail[:0], ids)
+	buf := make([]byte, 0, maxServerHeader+len(r.tail))
+	buf = appendFrameHeader(buf, ws.OpText, len(r.prefix)+len(r.tail))
+	h := len(buf)
+	buf = append(buf, r.tail...)
+	f := outFrame{head: buf[:h:h], body: r.prefix, tail: buf[h:]}
+	if len(r.frames) < maxFrameCache {
+		r.frames[string(r.key)] = f
+	}
+	return f
+}

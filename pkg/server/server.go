@@ -1,0 +1,235 @@
+// Package server is the Switchboard node: a netpoll event loop holding the
+// client sockets, the WebSocket upgrade and frame codec, the write pool that
+// fans events out, the router that feeds it from the broker, and the admin
+// HTTP endpoints.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cloudwego/netpoll"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/switchboard-rt/switchboard/pkg/auth"
+	"github.com/switchboard-rt/switchboard/pkg/broker"
+	"github.com/switchboard-rt/switchboard/pkg/index"
+)
+
+// Config is a node's configuration. Zero values take the documented defaults.
+type Config struct {
+	Listen      string // WebSocket address; default ":9505"
+	AdminListen string // admin HTTP address; default "127.0.0.1:9506"
+	Path        string // WebSocket path; default "/v1/realtime"
+
+	Projects []string // when non-empty, the only projects accepted
+	APIKey   string   // when set, POST /v1/publish needs "Authorization: Bearer <APIKey>"
+
+	MaxMessageSize int // largest client message after reassembly; default 64 KiB
+	MaxHeaderBytes int // largest upgrade request head; default 8 KiB
+	MaxQueueBytes  int // outbound bytes queued per connection before it is a slow consumer; default 1 MiB
+	WriteWorkers   int // write pool size; default 2 x GOMAXPROCS
+	IndexShards    int // subscription index shards; default 64
+
+	AuthTimeout time.Duration // bound on one resolver call; default 5 s
+
+	Broker   broker.Broker        // required
+	Resolver auth.Resolver        // default auth.None
+	Logger   *zap.Logger          // default zap.NewNop
+	Registry *prometheus.Registry // default a new registry
+}
+
+func (c *Config) setDefaults() {
+	def := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	if c.Listen == "" {
+		c.Listen = ":9505"
+	}
+	if c.AdminListen == "" {
+		c.AdminListen = "127.0.0.1:9506"
+	}
+	if c.Path == "" {
+		c.Path = "/v1/realtime"
+	}
+	def(&c.MaxMessageSize, 64<<10)
+	def(&c.MaxHeaderBytes, 8<<10)
+	def(&c.MaxQueueBytes, 1<<20)
+	def(&c.WriteWorkers, 2*runtime.GOMAXPROCS(0))
+	def(&c.IndexShards, 64)
+	if c.AuthTimeout <= 0 {
+		c.AuthTimeout = 5 * time.Second
+	}
+	if c.Resolver == nil {
+		c.Resolver = auth.None{}
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	if c.Registry == nil {
+		c.Registry = prometheus.NewRegistry()
+	}
+}
+
+// Server is one Switchboard node.
+type Server struct {
+	cfg        Config
+	log        *zap.Logger
+	invalidLog *zap.Logger // sampled: garbage on the backbone must not flood the log
+	metrics    *metrics
+	projects   map[string]bool
+
+	idx    *index.Index[*conn]
+	pool   *writePool
+	waiter *outWaiter
+
+	serving  atomic.Bool
+	draining atomic.Bool
+
+	ln, adminLn net.Listener
+	loop        netpoll.EventLoop
+	admin       *http.Server
+	stopRouter  context.CancelFunc
+	wg          sync.WaitGroup // router, waiter, event loop, admin server
+}
+
+// New validates cfg and builds a node; Start makes it listen.
+func New(cfg Config) (*Server, error) {
+	cfg.setDefaults()
+	if cfg.Broker == nil {
+		return nil, errors.New("server: config has no broker")
+	}
+	if cfg.MaxMessageSize > 16<<20 {
+		return nil, fmt.Errorf("server: max message size %d is over 16 MiB", cfg.MaxMessageSize)
+	}
+	s := &Server{
+		cfg: cfg,
+		log: cfg.Logger,
+		invalidLog: cfg.Logger.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
+			return zapcore.NewSamplerWithOptions(c, time.Second, 5, 0)
+		})),
+		metrics: newMetrics(cfg.Registry),
+		idx:     index.New[*conn](cfg.IndexShards),
+	}
+	if len(cfg.Projects) > 0 {
+		s.projects = make(map[string]bool, len(cfg.Projects))
+		for _, p := range cfg.Projects {
+			s.projects[p] = true
+		}
+	}
+	return s, nil
+}
+
+func (s *Server) projectAllowed(p string) bool {
+	return s.projects == nil || s.projects[p]
+}
+
+// Start binds both listeners and starts serving; it returns once clients
+// can connect.
+func (s *Server) Start() error {
+	var err error
+	if s.ln, err = net.Listen("tcp", s.cfg.Listen); err != nil {
+		return fmt.Errorf("listen %s: %w", s.cfg.Listen, err)
+	}
+	if s.adminLn, err = net.Listen("tcp", s.cfg.AdminListen); err != nil {
+		s.ln.Close()
+		return fmt.Errorf("admin listen %s: %w", s.cfg.AdminListen, err)
+	}
+	s.pool = newWritePool(s.cfg.WriteWorkers, 1<<16)
+	if s.waiter, err = newOutWaiter(s.pool); err != nil {
+		s.ln.Close()
+		s.adminLn.Close()
+		return err
+	}
+	s.loop, err = netpoll.NewEventLoop(s.onRequest, netpoll.WithOnPrepare(s.onPrepare))
+	if err != nil {
+		return fmt.Errorf("netpoll event loop: %w", err)
+	}
+	s.admin = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stopRouter = cancel
+	rt := newRouter(s)
+	s.wg.Add(4)
+	go func() { defer s.wg.Done(); s.waiter.run() }()
+	go func() {
+		defer s.wg.Done()
+		if err := s.cfg.Broker.Run(ctx, rt.route); err != nil && !errors.Is(err, context.Canceled) {
+			s.log.Error("broker stopped", zap.Error(err))
+		}
+	}()
+	go func() {
+		defer s.wg.Done()
+		if err := s.loop.Serve(s.ln); err != nil && !s.draining.Load() {
+			s.log.Error("event loop stopped", zap.Error(err))
+		}
+	}()
+	go func() {
+		defer s.wg.Done()
+		if err := s.admin.Serve(s.adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("admin server stopped", zap.Error(err))
+		}
+	}()
+	s.serving.Store(true)
+	s.log.Info("serving", zap.String("listen", s.ln.Addr().String()), zap.String("admin", s.adminLn.Addr().String()))
+	return nil
+}
+
+// Addr is the WebSocket listener's address.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// AdminAddr is the admin listener's address.
+func (s *Server) AdminAddr() net.Addr { return s.adminLn.Addr() }
+
+// Shutdown drains the node: new upgrades are refused and /readyz turns 503
+// at once, every client gets close 1001, then the listeners and the
+// remaining sockets are closed. It returns when everything has stopped or
+// ctx ends.
+func (s *Server) Shutdown(ctx context.Context) error {
+	if !s.draining.CompareAndSwap(false, true) {
+		return errors.New("server: already shut down")
+	}
+	s.stopRouter()
+
+	var conns []*conn
+	s.idx.Range(func(_ index.ID, c *conn) { conns = append(conns, c) })
+	for _, c := range conns {
+		c.goAway()
+	}
+	err := s.loop.Shutdown(ctx)
+	if e := s.admin.Shutdown(ctx); err == nil {
+		err = e
+	}
+	s.waiter.close()
+	s.wg.Wait()
+	s.pool.stop()
+	s.serving.Store(false)
+	return err
+}
+
+// onPrepare runs when netpoll accepts a socket, before it is polled.
+func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
+	c := &conn{Context: context.Background(), srv: s, nc: nc, fd: nc.(interface{ Fd() int }).Fd()}
+	c.id = s.idx.Insert(c)
+	_ = nc.AddCloseCallback(c.onClosed)
+	s.metrics.connections.Inc()
+	return c
+}
+
+// onRequest runs on netpoll's pool when c has bytes to read.
+func (s *Server) onRequest(ctx context.Context, nc netpoll.Connection) error {
+	c := ctx.(*conn)
+	c.onRead(nc.Reader())
+	return nil
+}

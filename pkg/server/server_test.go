@@ -1,0 +1,381 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"reflect"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/switchboard-rt/switchboard/pkg/auth"
+)
+
+func TestEventReachesExactlyMatchingClients(t *testing.T) {
+	s := testNode(t, nil)
+	files := dial(t, s, "project=p1&channels[]=files", nil)
+	otherProject := dial(t, s, "project=p2&channels[]=files", nil)
+	otherChannel := dial(t, s, "project=p1&channels[]=documents", nil)
+	for _, c := range []*client{files, otherProject, otherChannel} {
+		c.expect("connected")
+	}
+
+	publish(t, s, event("p1", []string{"any"}, []string{"files", "buckets.b1.files"}, `{"$id":"f1"}`))
+	d := files.expectPayload(`{"$id":"f1"}`)
+	if !reflect.DeepEqual(d.Events, []string{"buckets.b1.files.f1.create"}) ||
+		!reflect.DeepEqual(d.Channels, []string{"files", "buckets.b1.files"}) ||
+		d.Timestamp != "2026-01-01T12:00:00.000+00:00" || len(d.Subscriptions) != 1 {
+		t.Fatalf("event data = %+v", d)
+	}
+
+	// Roles that no guest holds: nobody may receive it.
+	publish(t, s, event("p1", []string{"user:u9", "team:t1"}, []string{"files"}, `{"leak":true}`))
+	// Markers, one per client, published after the events they must not see.
+	publish(t, s, event("p1", []string{"guests"}, []string{"files"}, `{"marker":1}`))
+	publish(t, s, event("p2", []string{"any"}, []string{"files"}, `{"marker":2}`))
+	publish(t, s, event("p1", []string{"any"}, []string{"documents"}, `{"marker":3}`))
+	files.expectPayload(`{"marker":1}`)
+	otherProject.expectPayload(`{"marker":2}`)
+	otherChannel.expectPayload(`{"marker":3}`)
+}
+
+func TestConnectedMessage(t *testing.T) {
+	s := testNode(t, nil)
+	c := dial(t, s, "project=p1&channels[]=files&channels[]=documents", nil)
+	m := c.expect("connected")
+	var d struct {
+		Channels      []string          `json:"channels"`
+		Subscriptions map[string]string `json:"subscriptions"`
+		User          json.RawMessage   `json:"user"`
+	}
+	if err := json.Unmarshal(m.Data, &d); err != nil {
+		t.Fatalf("connected data %s: %v", m.Data, err)
+	}
+	if !reflect.DeepEqual(d.Channels, []string{"files", "documents"}) || len(d.Subscriptions) != 1 || d.Subscriptions["0"] == "" || string(d.User) != "null" {
+		t.Fatalf("connected = %s", m.Data)
+	}
+	// The event names the subscription id the client was given.
+	publish(t, s, event("p1", []string{"any"}, []string{"documents"}, `{}`))
+	if ev := c.expectEvent(); !reflect.DeepEqual(ev.Subscriptions, []string{d.Subscriptions["0"]}) {
+		t.Fatalf("event subscriptions %v, want [%s]", ev.Subscriptions, d.Subscriptions["0"])
+	}
+}
+
+func TestMessageModeSubscribeUnsubscribe(t *testing.T) {
+	s := testNode(t, nil)
+	c := dial(t, s, "project=p1", nil)
+	c.expect("connected")
+
+	c.send(`{"type":"subscribe","data":[{"subscriptionId":"s1","channels":["files"],"queries":["{\"method\":\"select\",\"values\":[\"*\"]}"]}]}`)
+	m := c.expect("response")
+	var resp struct {
+		To            string `json:"to"`
+		Success       bool   `json:"success"`
+		Subscriptions []struct {
+			SubscriptionID string   `json:"subscriptionId"`
+			Channels       []string `json:"channels"`
+		} `json:"subscriptions"`
+	}
+	if err := json.Unmarshal(m.Data, &resp); err != nil || resp.To != "subscribe" || !resp.Success ||
+		len(resp.Subscriptions) != 1 || resp.Subscriptions[0].SubscriptionID != "s1" {
+		t.Fatalf("subscribe response %s (%v)", m.Data, err)
+	}
+
+	publish(t, s, event("p1", []string{"any"}, []string{"files"}, `{"n":1}`))
+	if d := c.expectPayload(`{"n":1}`); !reflect.DeepEqual(d.Subscriptions, []string{"s1"}) {
+		t.Fatalf("subscriptions = %v", d.Subscriptions)
+	}
+
+	// A second subscription without an id gets one from the server.
+	c.send(`{"type":"subscribe","data":[{"channels":["documents"]}]}`)
+	m = c.expect("response")
+	if err := json.Unmarshal(m.Data, &resp); err != nil || resp.Subscriptions[0].SubscriptionID == "" {
+		t.Fatalf("subscribe response %s", m.Data)
+	}
+	s2 := resp.Subscriptions[0].SubscriptionID
+
+	c.send(`{"type":"unsubscribe","data":[{"subscriptionId":"s1"},{"subscriptionId":"nope"}]}`)
+	m = c.expect("response")
+	var un struct {
+		To            string `json:"to"`
+		Subscriptions []struct {
+			SubscriptionID string `json:"subscriptionId"`
+			Removed        bool   `json:"removed"`
+		} `json:"subscriptions"`
+	}
+	if err := json.Unmarshal(m.Data, &un); err != nil || un.To != "unsubscribe" || len(un.Subscriptions) != 2 ||
+		!un.Subscriptions[0].Removed || un.Subscriptions[1].Removed {
+		t.Fatalf("unsubscribe response %s", m.Data)
+	}
+
+	publish(t, s, event("p1", []string{"any"}, []string{"files"}, `{"n":2}`))
+	publish(t, s, event("p1", []string{"any"}, []string{"documents"}, `{"n":3}`))
+	if d := c.expectPayload(`{"n":3}`); !reflect.DeepEqual(d.Subscriptions, []string{s2}) {
+		t.Fatalf("subscriptions = %v, want [%s]", d.Subscriptions, s2)
+	}
+}
+
+func TestQueryFiltersAreRefusedUntilSupported(t *testing.T) {
+	s := testNode(t, nil)
+	c := dial(t, s, "project=p1", nil)
+	c.expect("connected")
+	c.send(`{"type":"subscribe","data":[{"channels":["files"],"queries":["{\"method\":\"equal\",\"attribute\":\"a\",\"values\":[1]}"]}]}`)
+	m := c.expect("error")
+	if !strings.Contains(string(m.Data), `"code":1003`) || !strings.Contains(string(m.Data), "equal") {
+		t.Fatalf("error = %s", m.Data)
+	}
+}
+
+func TestPingAndBadMessagesKeepConnectionOpen(t *testing.T) {
+	s := testNode(t, nil)
+	c := dial(t, s, "project=p1&channels[]=files", nil)
+	c.expect("connected")
+	c.send(`{"type":"ping"}`)
+	c.expect("pong")
+
+	for _, bad := range []string{`{not json`, `[]`, `{"data":{}}`, `{"type":"dance"}`, `{"type":"authentication","data":{}}`} {
+		c.send(bad)
+		m := c.expect("error")
+		var e struct {
+			Code    int    `json:"code"`
+			Message string `json:"message"`
+		}
+		if err := json.Unmarshal(m.Data, &e); err != nil || e.Code != 1003 || e.Message == "" {
+			t.Fatalf("%s -> %s", bad, m.Data)
+		}
+	}
+	// Still open and still subscribed.
+	c.send(`{"type":"ping"}`)
+	c.expect("pong")
+	publish(t, s, event("p1", []string{"any"}, []string{"files"}, `{"ok":1}`))
+	c.expectPayload(`{"ok":1}`)
+}
+
+func TestFragmentedMessageIsReassembled(t *testing.T) {
+	s := testNode(t, nil)
+	c := dial(t, s, "project=p1", nil)
+	c.expect("connected")
+	msg := []byte(`{"type":"ping"}`)
+	parts := [][]byte{msg[:3], msg[3:9], msg[9:]}
+	for i, p := range parts {
+		op := ws.OpContinuation
+		if i == 0 {
+			op = ws.OpText
+		}
+		f := ws.MaskFrame(ws.NewFrame(op, i == len(parts)-1, p))
+		if err := ws.WriteFrame(c.conn, f); err != nil {
+			t.Fatal(err)
+		}
+		// A control frame in the middle of a fragmented message is legal.
+		if i == 1 {
+			if err := ws.WriteFrame(c.conn, ws.MaskFrame(ws.NewPingFrame([]byte("hi")))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	c.expect("pong")
+}
+
+func TestUnknownProjectIsRefused(t *testing.T) {
+	s := testNode(t, func(c *Config) { c.Projects = []string{"p1"} })
+	for _, q := range []string{"project=p2&channels[]=files", "channels[]=files"} {
+		c := dial(t, s, q, nil)
+		code, msgs := c.expectClose()
+		if code != ws.StatusPolicyViolation || len(msgs) != 1 || msgs[0].Type != "error" ||
+			!strings.Contains(string(msgs[0].Data), `"code":1008`) || !strings.Contains(string(msgs[0].Data), "project") {
+			t.Fatalf("%s: close %d after %v", q, code, msgs)
+		}
+	}
+	// The header wins over the query parameter.
+	c := dial(t, s, "project=p2", http.Header{"X-Appwrite-Project": {"p1"}})
+	c.expect("connected")
+}
+
+func TestProtocolViolationsCloseOnlyTheOffender(t *testing.T) {
+	s := testNode(t, func(c *Config) { c.MaxMessageSize = 1024 })
+	bystander := dial(t, s, "project=p1&channels[]=files", nil)
+	bystander.expect("connected")
+
+	cases := []struct {
+		name  string
+		frame ws.Frame
+		want  ws.StatusCode
+	}{
+		{"unmasked", ws.NewTextFrame([]byte(`{"type":"ping"}`)), ws.StatusProtocolError},
+		{"too big", ws.MaskFrame(ws.NewTextFrame(make([]byte, 2048))), ws.StatusMessageTooBig},
+		{"reserved bits", ws.MaskFrame(ws.Frame{Header: ws.Header{Fin: true, Rsv: 4, OpCode: ws.OpText, Length: 2}, Payload: []byte("{}")}), ws.StatusProtocolError},
+		{"bad utf-8", ws.MaskFrame(ws.NewTextFrame([]byte{0xff, 0xfe})), ws.StatusInvalidFramePayloadData},
+		{"fragmented control", ws.MaskFrame(ws.NewFrame(ws.OpPing, false, []byte("x"))), ws.StatusProtocolError},
+		{"stray continuation", ws.MaskFrame(ws.NewFrame(ws.OpContinuation, true, []byte("x"))), ws.StatusProtocolError},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dial(t, s, "project=p1&channels[]=files", nil)
+			c.expect("connected")
+			if err := ws.WriteFrame(c.conn, tc.frame); err != nil {
+				t.Fatal(err)
+			}
+			if code, _ := c.expectClose(); code != tc.want {
+				t.Fatalf("close code %d, want %d", code, tc.want)
+			}
+		})
+	}
+	publish(t, s, event("p1", []string{"any"}, []string{"files"}, `{"still":"here"}`))
+	bystander.expectPayload(`{"still":"here"}`)
+}
+
+func TestClientCloseIsEchoed(t *testing.T) {
+	s := testNode(t, nil)
+	c := dial(t, s, "project=p1", nil)
+	c.expect("connected")
+	if err := ws.WriteFrame(c.conn, ws.MaskFrame(ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusNormalClosure, "bye")))); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := c.expectClose(); code != ws.StatusNormalClosure {
+		t.Fatalf("close code %d", code)
+	}
+}
+
+func TestNonUpgradeRequestsGetHTTPErrors(t *testing.T) {
+	s := testNode(t, nil)
+	resp, err := http.Get("http://" + s.Addr().String() + "/v1/realtime?project=p1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode/100 != 4 {
+		t.Fatalf("plain GET: %d", resp.StatusCode)
+	}
+	if _, err := tryDial(s, "", nil); err != nil {
+		t.Logf("empty query dial: %v", err) // upgrade happens; the project check answers inside
+	}
+	d := ws.Dialer{Timeout: 5 * time.Second}
+	if _, _, _, err := d.Dial(t.Context(), "ws://"+s.Addr().String()+"/elsewhere"); err == nil {
+		t.Fatal("upgrade on an unknown path succeeded")
+	}
+}
+
+func jwtFor(t *testing.T, secret string, claims jwt.MapClaims) string {
+	t.Helper()
+	claims["exp"] = time.Now().Add(time.Hour).Unix()
+	tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString([]byte(secret))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+func TestJWTRolesDecideDelivery(t *testing.T) {
+	r, err := auth.NewJWT([]byte("k"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := testNode(t, func(c *Config) { c.Resolver = r })
+
+	u1 := dial(t, s, "project=p1&channels[]=files&jwt="+jwtFor(t, "k", jwt.MapClaims{"sub": "u1", "roles": []string{"team:t1"}}), nil)
+	m := u1.expect("connected")
+	if !strings.Contains(string(m.Data), `"$id":"u1"`) {
+		t.Fatalf("connected user: %s", m.Data)
+	}
+	u2 := dial(t, s, "project=p1&channels[]=files", http.Header{"X-Appwrite-Jwt": {jwtFor(t, "k", jwt.MapClaims{"userId": "u2"})}})
+	u2.expect("connected")
+	guest := dial(t, s, "project=p1&channels[]=files", nil)
+	guest.expect("connected")
+
+	publish(t, s, event("p1", []string{"user:u1"}, []string{"files"}, `{"for":"u1"}`))
+	publish(t, s, event("p1", []string{"team:t1", "user:u2"}, []string{"files"}, `{"for":"t1,u2"}`))
+	publish(t, s, event("p1", []string{"users"}, []string{"files"}, `{"for":"users"}`))
+	publish(t, s, event("p1", []string{"guests"}, []string{"files"}, `{"for":"guests"}`))
+	u1.expectPayload(`{"for":"u1"}`)
+	u1.expectPayload(`{"for":"t1,u2"}`)
+	u1.expectPayload(`{"for":"users"}`)
+	u2.expectPayload(`{"for":"t1,u2"}`)
+	u2.expectPayload(`{"for":"users"}`)
+	guest.expectPayload(`{"for":"guests"}`)
+
+	// A guest that authenticates afterwards gets the user's roles.
+	guest.send(`{"type":"authentication","data":{"session":"` + jwtFor(t, "k", jwt.MapClaims{"sub": "u3"}) + `"}}`)
+	if m := guest.expect("response"); !strings.Contains(string(m.Data), `"to":"authentication"`) || !strings.Contains(string(m.Data), `"u3"`) {
+		t.Fatalf("authentication response %s", m.Data)
+	}
+	publish(t, s, event("p1", []string{"guests"}, []string{"files"}, `{"for":"guests again"}`))
+	publish(t, s, event("p1", []string{"user:u3"}, []string{"files"}, `{"for":"u3"}`))
+	guest.expectPayload(`{"for":"u3"}`)
+
+	guest.send(`{"type":"authentication","data":{"session":"forged"}}`)
+	if m := guest.expect("error"); !strings.Contains(string(m.Data), "Session is not valid") {
+		t.Fatalf("bad session: %s", m.Data)
+	}
+
+	bad := dial(t, s, "project=p1&channels[]=files&jwt=forged", nil)
+	code, msgs := bad.expectClose()
+	if code != ws.StatusPolicyViolation || len(msgs) != 1 || !strings.Contains(string(msgs[0].Data), `"code":401`) {
+		t.Fatalf("bad jwt: close %d after %v", code, msgs)
+	}
+	both := dial(t, s, "project=p1&jwt="+jwtFor(t, "k", jwt.MapClaims{"sub": "u1"}), http.Header{"Cookie": {"a_session_p1=abc"}})
+	code, msgs = both.expectClose()
+	if code != ws.StatusPolicyViolation || len(msgs) != 1 || !strings.Contains(string(msgs[0].Data), `"code":403`) {
+		t.Fatalf("jwt and session: close %d after %v", code, msgs)
+	}
+}
+
+func TestSlowConsumerIsClosedOthersUnharmed(t *testing.T) {
+	s := testNode(t, func(c *Config) { c.MaxQueueBytes = 256 << 10 })
+	// The slow client never reads, and a small receive buffer keeps the
+	// kernel from absorbing megabytes on its behalf.
+	d := ws.Dialer{Timeout: 5 * time.Second, NetDial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		nd := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			err := rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+			return errors.Join(err, serr)
+		}}
+		return nd.DialContext(ctx, network, addr)
+	}}
+	slow, err := tryDialWith(d, s, "project=p1&channels[]=files", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slow.t = t
+	defer slow.conn.Close()
+	slow.expect("connected")
+	fast := dial(t, s, "project=p1&channels[]=files", nil)
+	fast.expect("connected")
+
+	big := `{"blob":"` + strings.Repeat("x", 32<<10) + `"}`
+	const batches, perBatch = 20, 10 // 200 x 32 KiB: far more than the slow client's buffers and queue
+	for b := 0; b < batches; b++ {
+		for i := 0; i < perBatch; i++ {
+			publish(t, s, event("p1", []string{"any"}, []string{"files"}, big))
+		}
+		// The healthy client keeps up: it reads each batch before the next.
+		for i := 0; i < perBatch; i++ {
+			fast.expect("event")
+		}
+	}
+	if got := counterValue(t, s, "switchboard_slow_consumer_closes_total"); got != 1 {
+		t.Fatalf("slow consumer closes = %v, want 1", got)
+	}
+	// The slow client, reading at last, finds its connection cut: it gets
+	// fewer events than were published, then the end of the stream.
+	got := 0
+	for {
+		m, err := slow.tryRead(10 * time.Second)
+		if err != nil {
+			break
+		}
+		if m.Type == "event" {
+			got++
+		}
+	}
+	if got >= batches*perBatch {
+		t.Fatalf("slow client received all %d events", got)
+	}
+	t.Logf("slow client received %d of %d events before it was cut off", got, batches*perBatch)
+}

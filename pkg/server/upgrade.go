@@ -1,0 +1,254 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/gobwas/ws"
+	"go.uber.org/zap"
+
+	"github.com/switchboard-rt/switchboard/pkg/auth"
+	"github.com/switchboard-rt/switchboard/pkg/protocol"
+)
+
+// handshake is what the upgrade request told us, copied out of the read
+// buffer (gobwas hands header bytes that are only valid during its callback).
+type handshake struct {
+	uri         string
+	project     string // x-appwrite-project header
+	jwt         string // x-appwrite-jwt header
+	session     string // x-appwrite-session header
+	cookie      string
+	fallback    string // x-fallback-cookies header
+	origin      string
+	tooManyHdrs bool
+}
+
+var crlfcrlf = []byte("\r\n\r\n")
+
+// upgrade runs the HTTP upgrade once the whole request head is buffered and
+// returns how many bytes it used (0 while the head is incomplete).
+func (c *conn) upgrade(data []byte) int {
+	s := c.srv
+	end := bytes.Index(data, crlfcrlf)
+	if end < 0 || end+4 > s.cfg.MaxHeaderBytes {
+		if len(data) > s.cfg.MaxHeaderBytes || end+4 > s.cfg.MaxHeaderBytes {
+			c.rejectHTTP(http.StatusRequestHeaderFieldsTooLarge, "request head too large")
+			return len(data)
+		}
+		return 0
+	}
+	req := data[:end+4]
+
+	var h handshake
+	u := ws.Upgrader{
+		OnRequest: func(uri []byte) error {
+			path, _, _ := bytes.Cut(uri, []byte{'?'})
+			if string(path) != s.cfg.Path {
+				return ws.RejectConnectionError(ws.RejectionStatus(http.StatusNotFound), ws.RejectionReason("not found"))
+			}
+			if s.draining.Load() {
+				return ws.RejectConnectionError(ws.RejectionStatus(http.StatusServiceUnavailable), ws.RejectionReason("server is draining"))
+			}
+			h.uri = string(uri)
+			return nil
+		},
+		OnHeader: func(key, value []byte) error {
+			switch {
+			case headerIs(key, "X-Appwrite-Project"):
+				h.project = string(value)
+			case headerIs(key, "X-Appwrite-Jwt"):
+				h.jwt = string(value)
+			case headerIs(key, "X-Appwrite-Session"):
+				h.session = string(value)
+			case headerIs(key, "Cookie"):
+				if h.cookie != "" {
+					h.cookie += "; "
+				}
+				h.cookie += string(value)
+			case headerIs(key, "X-Fallback-Cookies"):
+				h.fallback = string(value)
+			case headerIs(key, "Origin"):
+				h.origin = string(value)
+			}
+			return nil
+		},
+	}
+	var resp bytes.Buffer
+	_, err := u.Upgrade(struct {
+		io.Reader
+		io.Writer
+	}{bytes.NewReader(req), &resp})
+	if err != nil {
+		s.metrics.upgrades.WithLabelValues("rejected").Inc()
+		s.log.Debug("upgrade rejected", zap.Uint32("conn", uint32(c.id)), zap.Error(err))
+		c.readClosed = true
+		c.mu.Lock()
+		c.appendLocked(outFrame{head: resp.Bytes()})
+		c.closing = true
+		_ = c.flushLocked()
+		c.mu.Unlock()
+		c.nc.Close()
+		return len(data)
+	}
+	c.upgraded = true
+	s.metrics.upgrades.WithLabelValues("ok").Inc()
+	c.send(outFrame{head: resp.Bytes()})
+	c.open(&h)
+	return end + 4
+}
+
+func headerIs(key []byte, name string) bool {
+	return len(key) == len(name) && strings.EqualFold(string(key), name)
+}
+
+// rejectHTTP answers a request that never became a WebSocket.
+func (c *conn) rejectHTTP(status int, reason string) {
+	c.srv.metrics.upgrades.WithLabelValues("rejected").Inc()
+	c.readClosed = true
+	resp := "HTTP/1.1 " + itoa(status) + " " + http.StatusText(status) + "\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: " +
+		itoa(len(reason)) + "\r\n\r\n" + reason
+	c.mu.Lock()
+	c.appendLocked(outFrame{head: []byte(resp)})
+	c.closing = true
+	_ = c.flushLocked()
+	c.mu.Unlock()
+	c.nc.Close()
+}
+
+func itoa(n int) string {
+	var b [20]byte
+	i := len(b)
+	for {
+		i--
+		b[i] = byte('0' + n%10)
+		n /= 10
+		if n == 0 {
+			return string(b[i:])
+		}
+	}
+}
+
+// open runs the Appwrite side of the handshake on an upgraded connection:
+// project, credentials, URL subscriptions, then the `connected` message.
+func (c *conn) open(h *handshake) {
+	s := c.srv
+	_, rawQuery, _ := strings.Cut(h.uri, "?")
+	q, qerr := protocol.ParseHandshakeQuery(rawQuery)
+	project := h.project
+	if project == "" {
+		project = q.Project
+	}
+	if project == "" || !s.projectAllowed(project) {
+		c.fail(protocol.CodePolicyViolation, "Missing or unknown project ID")
+		return
+	}
+	if qerr != nil {
+		c.failErr(qerr)
+		return
+	}
+	creds := auth.Credentials{Project: project, JWT: h.jwt, Session: sessionFromHandshake(project, h)}
+	if creds.JWT == "" {
+		creds.JWT = q.JWT
+	}
+	if creds.JWT != "" && creds.Session != "" {
+		c.fail(http.StatusForbidden, "Only one of JWT or session can be used at a time.")
+		return
+	}
+	id, ok := c.resolve(creds, http.StatusUnauthorized)
+	if !ok {
+		return
+	}
+
+	subs := make([]subscription, 0, len(q.Slots))
+	var slots []int
+	var ids []string
+	var channels []string
+	for i, sl := range q.Slots {
+		sub, err := newSubscription(slotSubscriptionID(q.SlotIndexes[i], sl), sl, id.UserID)
+		if err != nil {
+			c.failErr(err)
+			return
+		}
+		subs = append(subs, sub)
+		slots = append(slots, q.SlotIndexes[i])
+		ids = append(ids, sub.id)
+		channels = appendUnique(channels, sub.channels...)
+	}
+
+	c.mu.Lock()
+	c.project, c.userID, c.roles, c.subs = project, id.UserID, id.Roles, subs
+	c.mu.Unlock()
+	c.reindex()
+	c.sendText(protocol.AppendConnected(nil, channels, slots, ids, id.User))
+}
+
+// resolve asks the resolver; failure is answered (with failCode for invalid
+// credentials) and reported as ok=false.
+func (c *conn) resolve(creds auth.Credentials, failCode int) (auth.Identity, bool) {
+	s := c.srv
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.AuthTimeout)
+	defer cancel()
+	id, err := s.cfg.Resolver.Resolve(ctx, creds)
+	switch {
+	case err == nil:
+		return id, true
+	case errors.Is(err, auth.ErrUnauthorized):
+		s.log.Debug("credentials rejected", zap.Uint32("conn", uint32(c.id)), zap.Error(err))
+		c.fail(failCode, "Session is not valid.")
+	default:
+		s.log.Warn("auth resolver failed", zap.Uint32("conn", uint32(c.id)), zap.Error(err))
+		c.fail(protocol.CodePolicyViolation, "Authentication is unavailable, try again later.")
+	}
+	return auth.Identity{}, false
+}
+
+// sessionFromHandshake finds the Appwrite session in the order PROTOCOL.md
+// gives: cookie a_session_<P>, cookie a_session_<P>_legacy, header
+// x-appwrite-session, header x-fallback-cookies (a JSON object).
+func sessionFromHandshake(project string, h *handshake) string {
+	name := "a_session_" + project
+	if v := cookieValue(h.cookie, name); v != "" {
+		return v
+	}
+	if v := cookieValue(h.cookie, name+"_legacy"); v != "" {
+		return v
+	}
+	if h.session != "" {
+		return h.session
+	}
+	if h.fallback != "" {
+		var m map[string]any
+		if json.Unmarshal([]byte(h.fallback), &m) == nil {
+			if v, ok := m[name].(string); ok {
+				return v
+			}
+		}
+	}
+	return ""
+}
+
+// cookieValue returns the (URL-decoded) value of cookie name in a Cookie
+// header, or "".
+func cookieValue(header, name string) string {
+	for header != "" {
+		var part string
+		part, header, _ = strings.Cut(header, ";")
+		k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if !ok || k != name {
+			continue
+		}
+		v = strings.Trim(v, `"`)
+		if dec, err := url.QueryUnescape(v); err == nil {
+			v = dec
+		}
+		return v
+	}
+	return ""
+}
