@@ -58,9 +58,7 @@ type subscription struct {
 	queries  []string
 }
 
-// onRead consumes what netpoll has buffered for c. Complete frames are
-// parsed in place from netpoll's buffer; only an incomplete tail is copied
-// into c.pend, so that no goroutine waits for the rest of a frame.
+// onRead consumes what netpoll has buffered for c.
 func (c *conn) onRead(r netpoll.Reader) {
 	n := r.Len()
 	if n == 0 {
@@ -71,6 +69,15 @@ func (c *conn) onRead(r netpoll.Reader) {
 		c.nc.Close()
 		return
 	}
+	c.feed(buf)
+	_ = r.Skip(n)
+	_ = r.Release()
+}
+
+// feed handles newly read bytes. Complete frames are parsed in place from
+// buf (netpoll's buffer); only an incomplete tail is copied into c.pend, so
+// that no goroutine has to wait for the rest of a frame.
+func (c *conn) feed(buf []byte) {
 	data := buf
 	if c.pend != nil {
 		c.pend = append(c.pend, buf...)
@@ -86,8 +93,6 @@ func (c *conn) onRead(r netpoll.Reader) {
 	default:
 		c.pend = append(make([]byte, 0, len(rest)), rest...)
 	}
-	_ = r.Skip(n)
-	_ = r.Release()
 }
 
 // consume handles every complete handshake and frame at the start of data

@@ -1,0 +1,73 @@
+package server
+
+import (
+	"context"
+	"os"
+	"testing"
+
+	"github.com/cloudwego/netpoll"
+	"github.com/gobwas/ws"
+
+	"github.com/switchboard-rt/switchboard/pkg/broker"
+)
+
+// fakeNC stands in for netpoll's connection where the read path only ever
+// closes it.
+type fakeNC struct {
+	netpoll.Connection
+	closed bool
+}
+
+func (f *fakeNC) Close() error { f.closed = true; return nil }
+
+const upgradeRequest = "GET /v1/realtime?project=p1&channels[]=files HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+	"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+
+// FuzzConsume drives the whole read path (upgrade request, frame headers,
+// unmasking, fragment reassembly, client JSON) with arbitrary bytes fed in
+// arbitrary pieces. Writes go to /dev/null.
+func FuzzConsume(f *testing.F) {
+	mask := func(fr ws.Frame) []byte {
+		b, _ := ws.CompileFrame(ws.MaskFrame(fr))
+		return b
+	}
+	f.Add([]byte(upgradeRequest), uint8(7))
+	f.Add(append([]byte(upgradeRequest), mask(ws.NewTextFrame([]byte(`{"type":"ping"}`)))...), uint8(50))
+	f.Add(append([]byte(upgradeRequest), mask(ws.NewTextFrame([]byte(`{"type":"subscribe","data":[{"channels":["a"]}]}`)))...), uint8(3))
+	f.Add(append(append([]byte(upgradeRequest), mask(ws.NewFrame(ws.OpText, false, []byte(`{"ty`)))...), mask(ws.NewFrame(ws.OpContinuation, true, []byte(`pe":"ping"}`)))...), uint8(1))
+	f.Add([]byte("GET / HTTP/1.1\r\n\r\n"), uint8(0))
+	f.Add([]byte(upgradeRequest+"\x81\xff\x7f\xff\xff\xff\xff\xff\xff\xff"), uint8(9))
+
+	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer devnull.Close()
+	s, err := New(Config{Broker: broker.NewMemory(1), MaxMessageSize: 4096, MaxHeaderBytes: 1024})
+	if err != nil {
+		f.Fatal(err)
+	}
+	s.pool = &writePool{ch: make(chan *conn, 1)}
+	if s.waiter, err = newOutWaiter(s.pool); err != nil {
+		f.Fatal(err)
+	}
+
+	f.Fuzz(func(t *testing.T, data []byte, piece uint8) {
+		nc := &fakeNC{}
+		c := &conn{Context: context.Background(), srv: s, nc: nc, fd: int(devnull.Fd())}
+		c.id = s.idx.Insert(c)
+		defer s.idx.Delete(c.id)
+		step := int(piece)%64 + 1
+		for off := 0; off < len(data) && !nc.closed; off += step {
+			end := min(off+step, len(data))
+			// feed may unmask in place, as it does in netpoll's buffer.
+			c.feed(append([]byte(nil), data[off:end]...))
+			if limit := s.cfg.MaxHeaderBytes + s.cfg.MaxMessageSize + 14; len(c.pend) > limit {
+				t.Fatalf("pending input grew to %d bytes (limit %d)", len(c.pend), limit)
+			}
+			if len(c.frag) > s.cfg.MaxMessageSize {
+				t.Fatalf("reassembly buffer grew to %d bytes", len(c.frag))
+			}
+		}
+	})
+}
