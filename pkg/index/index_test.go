@@ -331,8 +331,9 @@ func checkInvariants(t testing.TB, x *Index[string]) {
 		s := &x.shards[si]
 		s.mu.RLock()
 		members := 0
+		holders := map[roleKey]uint32{}
 		for l := uint32(0); l < s.n; l++ {
-			_, c := s.entry(l)
+			c := s.coldAt(l)
 			if !c.live {
 				if c.meta != nil || c.project != noSym {
 					t.Errorf("shard %d: dead entry %d holds state", si, l)
@@ -355,10 +356,19 @@ func checkInvariants(t testing.TB, x *Index[string]) {
 				t.Errorf("shard %d: entry %d: unsorted symbols", si, l)
 			}
 			for i := uint32(0); i <= c.nroles; i++ {
-				r := uint32(noSym)
-				if i < c.nroles {
-					r = c.roles()[i]
+				r := c.role(i)
+				rv, ok := s.roles[roleKey{c.project, r}]
+				if !ok {
+					t.Errorf("shard %d: entry %d: role %d missing", si, l, r)
+					continue
 				}
+				if rv&inline != 0 {
+					if rv&^inline != l {
+						t.Errorf("shard %d: entry %d: single role %d held by %d", si, l, r, rv&^inline)
+					}
+					continue
+				}
+				holders[roleKey{c.project, r}]++
 				for j, ch := range c.channels() {
 					members++
 					pos := *c.pos(i, uint32(j))
@@ -378,6 +388,12 @@ func checkInvariants(t testing.TB, x *Index[string]) {
 					}
 				}
 			}
+		}
+		for k, v := range s.roles {
+			if v&inline == 0 && holders[k] != v {
+				t.Errorf("shard %d: role %v counts %d holders, entries say %d", si, k, v, holders[k])
+			}
+			delete(holders, k)
 		}
 		held := 0
 		for _, v := range s.sets {

@@ -13,29 +13,40 @@ const (
 	pageMask = pageSize - 1
 )
 
-// inline marks a set map value that is the set's only member (a local ID)
-// rather than an index into shard.pool.
+// inline marks a map value that is a single connection's local ID rather
+// than a count (in shard.roles) or an index into shard.pool (in shard.sets).
 const inline = 1 << 31
 
-// setKey names one set of connections: those of project subscribed to
-// channel under role. Role noSym is the pseudo-role every connection of the
-// project has.
+// roleKey names the connections of a project holding a role. Role noSym is
+// the pseudo-role every connection of the project holds.
+type roleKey struct {
+	project, role uint32
+}
+
+// setKey names the connections of a project holding a role and subscribed
+// to a channel.
 type setKey struct {
 	project, role, channel uint32
 }
 
-// hot is the part of a connection entry that Lookup reads.
-type hot[T any] struct {
-	val   T
-	stamp uint32 // the epoch of the last Lookup that visited this entry
+// hotPage holds the part of a page of connection entries that Lookup reads
+// for every recipient, apart from the cold part, and in columns: the dedup
+// stamps of 256 entries fill 1 KB, so checking and setting them stays in
+// cache while a lookup walks a large set, and a value is read only for an
+// actual recipient.
+type hotPage[T any] struct {
+	stamp [pageSize]uint32 // the epoch of the last Lookup that visited the entry
+	val   [pageSize]T
 }
 
-// cold is the part of a connection entry that only writers read.
+// cold is the part of a connection entry that writers read, and Lookup only
+// for a role held by a single connection of the shard.
 //
 // meta holds, in one allocation, the sorted role symbols (nroles of them),
 // the sorted channel symbols, then the connection's position in each set it
 // belongs to: (nroles+1) x nchans slots, row i for role i, row nroles for the
-// all-connections pseudo-role. One small slice per connection, no map.
+// all-connections pseudo-role. A row is meaningful only while its role is
+// expanded (see shard.roles). One small slice per connection, no map.
 type cold struct {
 	meta    []uint32
 	project uint32 // noSym until the first Set
@@ -52,6 +63,23 @@ func (c *cold) roles() []uint32    { return c.meta[:c.nroles] }
 func (c *cold) channels() []uint32 { return c.meta[c.nroles : c.nroles+c.nchans()] }
 func (c *cold) syms() []uint32     { return c.meta[:c.nroles+c.nchans()] }
 
+// role returns the role of row i: the pseudo-role for the last row.
+func (c *cold) role(i uint32) uint32 {
+	if i == c.nroles {
+		return noSym
+	}
+	return c.meta[i]
+}
+
+// row returns the row of role r, and whether the connection holds r.
+func (c *cold) row(r uint32) (uint32, bool) {
+	if r == noSym {
+		return c.nroles, true
+	}
+	i, ok := slices.BinarySearch(c.roles(), r)
+	return uint32(i), ok
+}
+
 // pos returns the slot holding the position of the entry in the set of role
 // row i and channel column j.
 func (c *cold) pos(i, j uint32) *uint32 {
@@ -59,28 +87,61 @@ func (c *cold) pos(i, j uint32) *uint32 {
 	return &c.meta[c.nroles+nc+i*nc+j]
 }
 
-type page[T any] struct {
-	hot  [pageSize]hot[T]
-	cold [pageSize]cold
+// subscribed reports whether the connection is subscribed to one of
+// channels.
+func (c *cold) subscribed(channels []uint32) bool {
+	mine := c.channels()
+	for _, ch := range channels {
+		if _, ok := slices.BinarySearch(mine, ch); ok {
+			return true
+		}
+	}
+	return false
 }
 
 // shard holds the whole state of the connections whose ID selects it.
+//
+// A role of a project is in one of two modes in a shard:
+//
+//   - single: one connection of the shard holds it. roles maps the role to
+//     that connection (| inline) and no set mentions it; a Lookup checks the
+//     event's channels against the connection's own sorted channel list.
+//     Per-user roles (user:U) and the roles of small teams are nearly always
+//     single, and this saves a map entry per channel for each of them.
+//   - expanded: roles maps the role to the number of connections holding it,
+//     and each of them is a member of the set (project, role, channel) of
+//     every channel it subscribes to.
+//
+// A role expands when a second connection takes it and goes back to nothing
+// when the last one leaves. It does not collapse back to single at one
+// holder: the remaining holder's channels are not at hand, and expanded is
+// correct at any count.
 type shard[T any] struct {
-	mu    sync.RWMutex
-	pages []*page[T]
-	n     uint32   // slots handed out so far (live or free)
-	free  []uint32 // local IDs of deleted entries, reused first
+	mu   sync.RWMutex
+	hot  []*hotPage[T]
+	cold []*[pageSize]cold
+	n    uint32   // slots handed out so far (live or free)
+	free []uint32 // local IDs of deleted entries, reused first
+
+	roles map[roleKey]uint32
 
 	// sets maps a set to its only member (| inline) or to its members in
-	// pool. Sets of one member dominate in number (user:U roles, rare
-	// channels), so keeping them in the map value saves a slice per set.
+	// pool, a dense slice that Lookup walks in order and that shrinks in
+	// O(1) by moving its last member into the hole.
 	sets     map[setKey]uint32
 	pool     [][]uint32
 	poolFree []uint32
 
-	// Shards sit side by side in a slice; keep one shard's hot lock word off
+	seen []uint64
+
+	// Shards sit side by side in a slice; keep one shard's lock word off
 	// its neighbour's cache line.
 	_ [64]byte
+}
+
+func (s *shard[T]) init() {
+	s.roles = make(map[roleKey]uint32)
+	s.sets = make(map[setKey]uint32)
 }
 
 // alloc returns a free local ID. limit is the number of bits a local ID may
@@ -92,94 +153,135 @@ func (s *shard[T]) alloc(limit uint) uint32 {
 		return l
 	}
 	l := s.n
-	if limit < 32 && l >= 1<<limit {
+	if l >= inline || (limit < 32 && l >= 1<<limit) {
 		panic("index: too many connections")
 	}
-	if int(l>>pageBits) == len(s.pages) {
-		s.pages = append(s.pages, new(page[T]))
+	if int(l>>pageBits) == len(s.hot) {
+		s.hot = append(s.hot, new(hotPage[T]))
+		s.cold = append(s.cold, new([pageSize]cold))
 	}
 	s.n++
 	return l
 }
 
-func (s *shard[T]) entry(l uint32) (*hot[T], *cold) {
-	p := s.pages[l>>pageBits]
-	return &p.hot[l&pageMask], &p.cold[l&pageMask]
-}
+// hotAt returns the page and the index within it of entry l's hot part.
+func (s *shard[T]) hotAt(l uint32) (*hotPage[T], uint32) { return s.hot[l>>pageBits], l & pageMask }
+func (s *shard[T]) coldAt(l uint32) *cold  { return &s.cold[l>>pageBits][l&pageMask] }
 
-// entryChecked is entry for a caller-supplied ID: nil when it is not live.
-func (s *shard[T]) entryChecked(l uint32) (*hot[T], *cold) {
+// live returns the cold entry of a caller-supplied local ID, nil when it is
+// not live.
+func (s *shard[T]) live(l uint32) *cold {
 	if l >= s.n {
-		return nil, nil
+		return nil
 	}
-	h, c := s.entry(l)
-	if !c.live {
-		return nil, nil
+	if c := s.coldAt(l); c.live {
+		return c
 	}
-	return h, c
+	return nil
 }
 
-// reindex moves entry l from its current sets to those of (p, meta): it
-// leaves alone the memberships that both states share, removes the ones only
-// the old state has and adds the ones only the new state has. meta is laid
-// out as cold.meta, positions not yet filled.
-func (s *shard[T]) reindex(l uint32, c *cold, p uint32, meta []uint32, nroles uint32) {
-	next := cold{meta: meta, project: p, nroles: nroles, live: true}
-	same := c.project == p && c.project != noSym
-	ors, ocs := c.roles(), c.channels()
-	nrs, ncs := next.roles(), next.channels()
+// reindex moves entry l from its current state to next (whose positions are
+// not yet filled): it leaves alone the memberships that both states share,
+// removes the ones only the old state has and adds the ones only the new
+// state has.
+func (s *shard[T]) reindex(l uint32, next cold) {
+	c := s.coldAt(l)
+	old := *c
+	same := old.project == next.project && old.project != noSym
 
-	// Old memberships: carry over the shared ones, drop the others.
-	for i := uint32(0); i <= c.nroles; i++ {
-		r, ni, keepRole := uint32(noSym), next.nroles, same
-		if i < c.nroles {
-			r = ors[i]
-			ni32, found := slices.BinarySearch(nrs, r)
-			ni, keepRole = uint32(ni32), same && found
+	// Leave what the new state lacks; carry over the positions of what it
+	// keeps.
+	for i := uint32(0); i <= old.nroles; i++ {
+		r := old.role(i)
+		ni, kept := next.row(r)
+		if !same || !kept {
+			s.leave(roleKey{old.project, r}, &old, i)
+			continue
 		}
-		for j, ch := range ocs {
-			pos := *c.pos(i, uint32(j))
-			if keepRole {
-				if nj, ok := slices.BinarySearch(ncs, ch); ok {
-					*next.pos(ni, uint32(nj)) = pos
-					continue
-				}
+		if s.roles[roleKey{old.project, r}]&inline != 0 {
+			continue // single: l itself, its channels live in its entry
+		}
+		for j, ch := range old.channels() {
+			if nj, ok := slices.BinarySearch(next.channels(), ch); ok {
+				*next.pos(ni, uint32(nj)) = *old.pos(i, uint32(j))
+			} else {
+				s.remove(setKey{old.project, r, ch}, *old.pos(i, uint32(j)))
 			}
-			s.remove(setKey{c.project, r, ch}, pos)
 		}
 	}
 
-	// New memberships that the old state did not have.
-	for i := uint32(0); i <= next.nroles; i++ {
-		r, hadRole := uint32(noSym), same
-		if i < next.nroles {
-			r = nrs[i]
-			_, found := slices.BinarySearch(ors, r)
-			hadRole = same && found
-		}
-		for j, ch := range ncs {
-			if hadRole {
-				if _, ok := slices.BinarySearch(ocs, ch); ok {
-					continue
-				}
-			}
-			*next.pos(i, uint32(j)) = s.add(setKey{p, r, ch}, l)
-		}
-	}
+	// Lookups see the new channels of single roles from here on; the shard
+	// is write-locked, so none is running.
 	*c = next
+
+	// Join what the old state lacked.
+	for i := uint32(0); i <= c.nroles; i++ {
+		r := c.role(i)
+		_, had := old.row(r)
+		if !same || !had {
+			s.join(roleKey{c.project, r}, l, c, i)
+			continue
+		}
+		if s.roles[roleKey{c.project, r}]&inline != 0 {
+			continue
+		}
+		for j, ch := range c.channels() {
+			if _, ok := slices.BinarySearch(old.channels(), ch); !ok {
+				*c.pos(i, uint32(j)) = s.add(setKey{c.project, r, ch}, l)
+			}
+		}
+	}
 }
 
-// unindex removes entry l from every set it belongs to.
-func (s *shard[T]) unindex(l uint32, c *cold) {
-	ors, ocs := c.roles(), c.channels()
+// unindex removes entry l from every role and set it belongs to.
+func (s *shard[T]) unindex(l uint32) {
+	c := s.coldAt(l)
+	if c.project == noSym {
+		return
+	}
 	for i := uint32(0); i <= c.nroles; i++ {
-		r := uint32(noSym)
-		if i < c.nroles {
-			r = ors[i]
+		s.leave(roleKey{c.project, c.role(i)}, c, i)
+	}
+}
+
+// join adds entry l, whose state c holds role k.role in row i, to the role.
+func (s *shard[T]) join(k roleKey, l uint32, c *cold, i uint32) {
+	v, ok := s.roles[k]
+	if !ok {
+		s.roles[k] = inline | l
+		return
+	}
+	if v&inline != 0 {
+		// A second holder: the first one moves into the sets.
+		l0 := v &^ inline
+		c0 := s.coldAt(l0)
+		i0, _ := c0.row(k.role)
+		for j, ch := range c0.channels() {
+			*c0.pos(i0, uint32(j)) = s.add(setKey{k.project, k.role, ch}, l0)
 		}
-		for j, ch := range ocs {
-			s.remove(setKey{c.project, r, ch}, *c.pos(i, uint32(j)))
-		}
+		v = 1
+	}
+	s.roles[k] = v + 1
+	for j, ch := range c.channels() {
+		*c.pos(i, uint32(j)) = s.add(setKey{k.project, k.role, ch}, l)
+	}
+}
+
+// leave removes the entry whose state c holds role k.role in row i from the
+// role.
+func (s *shard[T]) leave(k roleKey, c *cold, i uint32) {
+	v := s.roles[k]
+	if v&inline != 0 {
+		delete(s.roles, k)
+		return
+	}
+	for j, ch := range c.channels() {
+		s.remove(setKey{k.project, k.role, ch}, *c.pos(i, uint32(j)))
+	}
+	if v == 1 {
+		delete(s.roles, k)
+	} else {
+		s.roles[k] = v - 1
 	}
 }
 
@@ -226,7 +328,10 @@ func (s *shard[T]) remove(k setKey, pos uint32) {
 		// Fill the hole with the last member and tell its entry.
 		m := ids[last]
 		ids[pos] = m
-		s.setPos(m, k, pos)
+		c := s.coldAt(m)
+		i, _ := c.row(k.role)
+		j, _ := slices.BinarySearch(c.channels(), k.channel)
+		*c.pos(i, uint32(j)) = pos
 	}
 	ids = ids[:last]
 	switch {
@@ -243,51 +348,68 @@ func (s *shard[T]) remove(k setKey, pos uint32) {
 	s.pool[v] = ids
 }
 
-// setPos records that member m of set k now sits at pos.
-func (s *shard[T]) setPos(m uint32, k setKey, pos uint32) {
-	_, c := s.entry(m)
-	i := c.nroles
-	if k.role != noSym {
-		ri, _ := slices.BinarySearch(c.roles(), k.role)
-		i = uint32(ri)
-	}
-	j, _ := slices.BinarySearch(c.channels(), k.channel)
-	*c.pos(i, uint32(j)) = pos
-}
-
-// lookup visits the members of the sets (p, r, c) for r in roles and c in
-// channels that this shard holds, each entry once per epoch. si and bits
-// rebuild global IDs.
-func (s *shard[T]) lookup(si uint32, bits uint, epoch, p uint32, roles, channels []uint32, visit func(ID, T)) {
+// lookup visits the connections of project p holding one of roles and
+// subscribed to one of channels. With dedup, each entry is visited at most
+// once per epoch; without (one role and one channel: no connection can be
+// reached twice), stamps are neither read nor written. si and bits rebuild
+// global IDs.
+func (s *shard[T]) lookup(si uint32, bits uint, epoch, p uint32, roles, channels []uint32, dedup bool, visit func(ID, T)) {
 	s.mu.RLock()
 	// Deferred so that a panicking visit does not leave the shard locked.
 	defer s.mu.RUnlock()
-	if len(s.sets) == 0 {
-		return
+	if dedup {
+		w := int(s.n+63) / 64
+		if cap(s.seen) < w {
+			s.seen = make([]uint64, w)
+		}
+		s.seen = s.seen[:w]
+		clear(s.seen)
 	}
-	for _, ch := range channels {
-		for _, r := range roles {
+	seen := s.seen
+	for _, r := range roles {
+		v, ok := s.roles[roleKey{p, r}]
+		if !ok {
+			continue
+		}
+		if v&inline != 0 {
+			l := v &^ inline
+			if s.coldAt(l).subscribed(channels) {
+				s.visitOne(l, si, bits, epoch, visit)
+			}
+			continue
+		}
+		for _, ch := range channels {
 			v, ok := s.sets[setKey{p, r, ch}]
-			if !ok {
-				continue
-			}
-			if v&inline != 0 {
-				l := v &^ inline
-				h := &s.pages[l>>pageBits].hot[l&pageMask]
-				if h.stamp != epoch {
-					h.stamp = epoch
-					visit(ID(l<<bits|si), h.val)
+			switch {
+			case !ok:
+			case v&inline != 0:
+				s.visitOne(v&^inline, si, bits, epoch, visit)
+			case dedup:
+				// pages in a local: visit is opaque to the compiler, which
+				// would otherwise reload s.hot after every call.
+				pages := s.hot
+				for _, l := range s.pool[v] {
+					b := uint64(1) << (l & 63)
+					if seen[l>>6]&b == 0 {
+						seen[l>>6] |= b
+						visit(ID(l<<bits|si), pages[l>>pageBits].val[l&pageMask])
+					}
 				}
-				continue
-			}
-			for _, l := range s.pool[v] {
-				h := &s.pages[l>>pageBits].hot[l&pageMask]
-				if h.stamp != epoch {
-					h.stamp = epoch
-					visit(ID(l<<bits|si), h.val)
+			default:
+				pages := s.hot
+				for _, l := range s.pool[v] {
+					visit(ID(l<<bits|si), pages[l>>pageBits].val[l&pageMask])
 				}
 			}
 		}
+	}
+}
+
+func (s *shard[T]) visitOne(l, si uint32, bits uint, epoch uint32, visit func(ID, T)) {
+	pg, i := s.hotAt(l)
+	if pg.stamp[i] != epoch {
+		pg.stamp[i] = epoch
+		visit(ID(l<<bits|si), pg.val[i])
 	}
 }
 
@@ -295,9 +417,9 @@ func (s *shard[T]) rangeAll(si uint32, bits uint, f func(ID, T)) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	for l := uint32(0); l < s.n; l++ {
-		h, c := s.entry(l)
-		if c.live {
-			f(ID(l<<bits|si), h.val)
+		if s.coldAt(l).live {
+			pg, i := s.hotAt(l)
+			f(ID(l<<bits|si), pg.val[i])
 		}
 	}
 }

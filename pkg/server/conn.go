@@ -211,12 +211,16 @@ func (c *conn) send(f outFrame) {
 // arrives afterwards is discarded.
 func (c *conn) closeWith(code ws.StatusCode, reason string) {
 	c.readClosed = true
+	c.sendLast(outFrame{head: closeFrame(code, reason)})
+}
+
+// sendLast writes f as the connection's last frame (as far as the socket
+// takes it without blocking) and closes the connection.
+func (c *conn) sendLast(f outFrame) {
 	c.mu.Lock()
-	if !c.closing && !c.closed {
-		c.appendLocked(outFrame{head: closeFrame(code, reason)})
-		c.closing = true
-		_ = c.flushLocked()
-	}
+	c.appendLocked(f)
+	c.closing = true
+	_ = c.flushLocked()
 	c.mu.Unlock()
 	c.nc.Close()
 }
@@ -320,13 +324,6 @@ func (c *conn) onClosed(netpoll.Connection) error {
 }
 
 // goAway tells the client the node is going away (1001) and closes.
-func (c *conn) goAway() {
-	c.mu.Lock()
-	c.appendLocked(outFrame{head: goingAwayClose})
-	c.closing = true
-	_ = c.flushLocked()
-	c.mu.Unlock()
-	c.nc.Close()
-}
+func (c *conn) goAway() { c.sendLast(outFrame{head: goingAwayClose}) }
 
 var goingAwayClose = closeFrame(ws.StatusGoingAway, "server shutting down")

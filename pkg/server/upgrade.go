@@ -89,12 +89,7 @@ func (c *conn) upgrade(data []byte) int {
 		s.metrics.upgrades.WithLabelValues("rejected").Inc()
 		s.log.Debug("upgrade rejected", zap.Uint32("conn", uint32(c.id)), zap.Error(err))
 		c.readClosed = true
-		c.mu.Lock()
-		c.appendLocked(outFrame{head: resp.Bytes()})
-		c.closing = true
-		_ = c.flushLocked()
-		c.mu.Unlock()
-		c.nc.Close()
+		c.sendLast(outFrame{head: resp.Bytes()})
 		return len(data)
 	}
 	c.upgraded = true
@@ -114,12 +109,7 @@ func (c *conn) rejectHTTP(status int, reason string) {
 	c.readClosed = true
 	resp := "HTTP/1.1 " + itoa(status) + " " + http.StatusText(status) + "\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: " +
 		itoa(len(reason)) + "\r\n\r\n" + reason
-	c.mu.Lock()
-	c.appendLocked(outFrame{head: []byte(resp)})
-	c.closing = true
-	_ = c.flushLocked()
-	c.mu.Unlock()
-	c.nc.Close()
+	c.sendLast(outFrame{head: []byte(resp)})
 }
 
 func itoa(n int) string {
