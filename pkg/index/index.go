@@ -8,27 +8,33 @@
 // connection: Set drops it.
 //
 // The index is shaped project -> role -> channel -> set of connections, plus
-// one pseudo-role per project holding every connection, so that an event for
-// "any" costs what its recipients cost rather than a walk over every role.
-// It is split into shards by connection ID. Each shard has its own lock and
-// holds the whole state of its connections, so changing a connection is
-// atomic under one lock and never blocks lookups on the other shards.
+// one pseudo-role per project that every connection holds, so that an event
+// for "any" costs what its recipients cost rather than a walk over every
+// role. It is split into shards by connection ID. Each shard has its own
+// lock and holds the whole state of its connections, so changing a
+// connection is atomic under one lock and never blocks lookups on the other
+// shards.
 //
-// Memory layout, per shard:
+// Per shard:
 //
-//   - a slab of connection entries in fixed-size pages. Each entry holds the
-//     connection's value and dedup stamp ("hot", the only part Lookup reads)
-//     apart from its project, roles, channels and set positions ("cold"), so
-//     that a lookup touches 16 bytes per recipient, not the whole entry;
-//   - one flat map from (project, role, channel) symbols to a set. A set of
-//     one connection, the common case for roles like user:U, is stored in
-//     the map value itself; larger sets are dense slices of local IDs in a
-//     pool, iterated in order by Lookup and shrunk in O(1) by moving the last
-//     member into the hole.
+//   - connection entries in fixed-size pages, split in columns: the values
+//     (what Lookup hands out), and the project, roles, channels and set
+//     positions (what writers need), so that walking a large set reads 8
+//     bytes per recipient from a dense array;
+//   - a role map from (project, role) to the role's holders. A role held by
+//     a few connections of the shard (user:U, small teams) maps to them
+//     directly, and a Lookup checks their own channel lists; a role held by
+//     more maps to a count, and its holders are in per-channel sets;
+//   - a set map from (project, role, channel) to a set: a single member in
+//     the map value itself, or a dense slice of local IDs that Lookup walks
+//     in order and that shrinks in O(1) by moving its last member into the
+//     hole. Each entry records its position in every set it is in, so
+//     removing a connection costs O(its own subscriptions), with no scan
+//     and no position map;
+//   - dedup state for Lookup, one epoch-stamped bit per connection.
 //
-// A connection entry records, for every (role, channel) pair it is indexed
-// under, its position in that set, so removing it costs O(its own
-// subscriptions) and no set needs a position map.
+// Project, role and channel strings are interned into per-Index 32-bit
+// symbols, which is what entries and maps store.
 package index
 
 import (
@@ -62,8 +68,8 @@ type Index[T any] struct {
 	in     interner
 
 	// lookupMu serializes Lookups. Holding it, a Lookup owns the dedup
-	// stamps (so they need no atomics), the scratch slices below, and the
-	// right to recycle dead symbols.
+	// state of every shard (so it needs no atomics), the scratch slices
+	// below, and the right to recycle dead symbols.
 	lookupMu sync.Mutex
 	epoch    uint32
 	roles    []uint32 // scratch: the event's roles as symbols
@@ -103,8 +109,7 @@ func (x *Index[T]) Insert(v T) ID {
 	s := &x.shards[si]
 	s.mu.Lock()
 	l := s.alloc(32 - x.bits)
-	pg, i := s.hotAt(l)
-	pg.val[i], pg.stamp[i] = v, 0
+	*s.valAt(l) = v
 	*s.coldAt(l) = cold{live: true}
 	s.mu.Unlock()
 	x.conns.Add(1)
@@ -139,7 +144,7 @@ func (x *Index[T]) Set(id ID, project string, roles, channels []string) {
 		return
 	}
 	old := *c
-	s.reindex(l, cold{meta: meta, project: p, nroles: uint32(nr), live: true})
+	s.reindex(l, cold{meta: meta, project: p, nr: uint16(nr), live: true})
 	s.mu.Unlock()
 
 	x.subs.Add(int64(nc) - int64(old.nchans()))
@@ -160,8 +165,7 @@ func (x *Index[T]) Delete(id ID) {
 	s.unindex(l)
 	// Zero the entry so the index stops keeping the value alive.
 	var zero T
-	pg, i := s.hotAt(l)
-	pg.val[i], pg.stamp[i] = zero, 0
+	*s.valAt(l) = zero
 	*c = cold{}
 	s.free = append(s.free, l)
 	s.mu.Unlock()
@@ -175,9 +179,11 @@ func (x *Index[T]) Delete(id ID) {
 // roles, channels), in no particular order.
 //
 // visit runs while a shard read lock is held: it must not call back into the
-// Index. Lookups are serialized among themselves (a mutex) so the
-// per-connection dedup stamp needs no atomics; they run concurrently with
-// Set/Delete on other shards. Lookup does not allocate.
+// Index. Lookups are serialized among themselves (a mutex) so the dedup
+// state (an epoch-stamped bit per connection) needs no atomics; they run
+// concurrently with Set/Delete on other shards. Lookup does not allocate.
+// Event roles, channels and a project that no connection holds are simply
+// skipped.
 func (x *Index[T]) Lookup(project string, roles, channels []string, visit func(ID, T)) {
 	x.lookupMu.Lock()
 	defer x.lookupMu.Unlock()
@@ -190,14 +196,15 @@ func (x *Index[T]) Lookup(project string, roles, channels []string, visit func(I
 	if x.epoch == 0 {
 		// The counter wrapped: a stamp written 2^32 lookups ago could now
 		// equal the current epoch and hide a recipient.
-		x.resetStamps()
+		x.resetDedup()
 		x.epoch = 1
 	}
-	// One role bucket and one channel reach no connection twice: skip the
-	// stamps, which saves a store per recipient on the commonest event.
-	dedup := len(x.roles) > 1 || len(x.channels) > 1
+	// One role and one channel reach no connection twice: skip the dedup
+	// state, which saves a load and a store per recipient on the commonest
+	// event.
+	repeats := len(x.roles) > 1 || len(x.channels) > 1
 	for i := range x.shards {
-		x.shards[i].lookup(uint32(i), x.bits, x.epoch, p, x.roles, x.channels, dedup, visit)
+		x.shards[i].lookup(uint32(i), x.bits, x.epoch, p, x.roles, x.channels, repeats, visit)
 	}
 }
 
@@ -276,6 +283,14 @@ func (x *Index[T]) acquire(buf []uint32, project string, roles, channels []strin
 	rs = buf[:nr:nr]
 	slices.Sort(rs)
 	rs = slices.Compact(rs)
+	if len(rs) > maxRoles {
+		// Beyond any real resolver; dropping roles only ever withholds
+		// events. The dropped symbols may be new: let reclaim have them.
+		for _, sym := range rs[maxRoles:] {
+			in.forgetLocked(sym)
+		}
+		rs = rs[:maxRoles]
+	}
 	cs = buf[nr:]
 	slices.Sort(cs)
 	cs = slices.Compact(cs)
@@ -310,17 +325,14 @@ func (x *Index[T]) release(project uint32, syms []uint32) {
 	in.mu.Unlock()
 }
 
-// resetStamps zeroes every dedup stamp. The caller holds lookupMu, and
-// stamps are written only by Lookup or under a shard's write lock, so a read
+// resetDedup zeroes every dedup stamp. The caller holds lookupMu; the dedup
+// state is written only by Lookup or under a shard's write lock, so a read
 // lock suffices.
-func (x *Index[T]) resetStamps() {
+func (x *Index[T]) resetDedup() {
 	for i := range x.shards {
 		s := &x.shards[i]
 		s.mu.RLock()
-		for l := uint32(0); l < s.n; l++ {
-			pg, i := s.hotAt(l)
-			pg.stamp[i] = 0
-		}
+		clear(s.dd.stamp)
 		s.mu.RUnlock()
 	}
 }

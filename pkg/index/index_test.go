@@ -355,20 +355,26 @@ func checkInvariants(t testing.TB, x *Index[string]) {
 			if !slices.IsSorted(c.roles()) || !slices.IsSorted(c.channels()) {
 				t.Errorf("shard %d: entry %d: unsorted symbols", si, l)
 			}
-			for i := uint32(0); i <= c.nroles; i++ {
+			for i := uint32(0); i <= c.nroles(); i++ {
 				r := c.role(i)
 				rv, ok := s.roles[roleKey{c.project, r}]
 				if !ok {
 					t.Errorf("shard %d: entry %d: role %d missing", si, l, r)
 					continue
 				}
-				if rv&inline != 0 {
+				holders[roleKey{c.project, r}]++
+				switch {
+				case rv&inline != 0:
 					if rv&^inline != l {
 						t.Errorf("shard %d: entry %d: single role %d held by %d", si, l, r, rv&^inline)
 					}
 					continue
+				case rv&listed != 0:
+					if !slices.Contains(s.pool[rv&^listed], l) {
+						t.Errorf("shard %d: entry %d: not in the list of role %d", si, l, r)
+					}
+					continue
 				}
-				holders[roleKey{c.project, r}]++
 				for j, ch := range c.channels() {
 					members++
 					pos := *c.pos(i, uint32(j))
@@ -389,11 +395,36 @@ func checkInvariants(t testing.TB, x *Index[string]) {
 				}
 			}
 		}
+		lists := 0
 		for k, v := range s.roles {
-			if v&inline == 0 && holders[k] != v {
-				t.Errorf("shard %d: role %v counts %d holders, entries say %d", si, k, v, holders[k])
+			want := v
+			switch {
+			case v&inline != 0:
+				want = 1
+			case v&listed != 0:
+				lists++
+				hs := s.pool[v&^listed]
+				want = uint32(len(hs))
+				if len(hs) < 2 || len(hs) > maxListed {
+					t.Errorf("shard %d: role %v lists %d holders", si, k, len(hs))
+				}
+			}
+			if holders[k] != want {
+				t.Errorf("shard %d: role %v has %d holders, entries say %d", si, k, want, holders[k])
 			}
 			delete(holders, k)
+		}
+		if len(holders) != 0 {
+			t.Errorf("shard %d: entries hold roles missing from the role map: %v", si, holders)
+		}
+		pooled := 0
+		for _, v := range s.sets {
+			if v&inline == 0 {
+				pooled++
+			}
+		}
+		if used := len(s.pool) - len(s.poolFree); used != pooled+lists {
+			t.Errorf("shard %d: %d pool slots in use, %d sets and %d lists need them", si, used, pooled, lists)
 		}
 		held := 0
 		for _, v := range s.sets {
@@ -432,4 +463,71 @@ func checkInvariants(t testing.TB, x *Index[string]) {
 	for sym := range refs {
 		t.Errorf("entries hold symbol %d, which is not interned", sym)
 	}
+}
+
+func TestManyRoles(t *testing.T) {
+	x := New[string](1)
+	a := x.Insert("a")
+	roles := make([]string, maxRoles+10)
+	for i := range roles {
+		roles[i] = fmt.Sprintf("r%06d", i)
+	}
+	x.Set(a, "p", roles, l("c"))
+	expect(t, x, "p", l("r000000"), l("c"), "a")
+	checkInvariants(t, x)
+	x.Delete(a)
+	x.Lookup("p", l("any"), l("c"), func(ID, string) {}) // reclaims
+	if n := len(x.in.syms); n != 0 {
+		t.Errorf("intern table holds %d strings after every connection left", n)
+	}
+}
+
+func TestReclaimWithoutLookups(t *testing.T) {
+	// A node that churns connections of ever new users but never sees an
+	// event must not keep every user's strings.
+	x := New[string](2)
+	for i := range 5000 {
+		id := x.Insert("c")
+		x.Set(id, "p", l("users", fmt.Sprint("user:", i)), l(fmt.Sprint("account.", i)))
+		x.Delete(id)
+	}
+	if n := len(x.in.syms); n > 2500 {
+		t.Errorf("intern table holds %d strings after churn", n)
+	}
+	checkInvariants(t, x)
+}
+
+func TestLargeSetShrinks(t *testing.T) {
+	x := New[string](1)
+	var ids []ID
+	for i := range 300 {
+		id := x.Insert(fmt.Sprint(i))
+		x.Set(id, "p", l("users"), l("c", "d"))
+		ids = append(ids, id)
+	}
+	for _, id := range ids[:295] {
+		x.Delete(id)
+	}
+	checkInvariants(t, x)
+	expect(t, x, "p", l("users"), l("c"), "295", "296", "297", "298", "299")
+	expect(t, x, "p", l("any"), l("c", "d"), "295", "296", "297", "298", "299")
+	s := &x.shards[0]
+	for k, v := range s.sets {
+		if c := cap(s.pool[v]); c > 64 {
+			t.Errorf("set %v of 5 members keeps capacity %d", k, c)
+		}
+	}
+}
+
+func TestVisitPanicReleasesLocks(t *testing.T) {
+	x := New[string](2)
+	a := x.Insert("a")
+	x.Set(a, "p", l("users"), l("c"))
+	func() {
+		defer func() { _ = recover() }()
+		x.Lookup("p", l("users"), l("c"), func(ID, string) { panic("visit") })
+	}()
+	// Would deadlock if the panic had left a lock held.
+	x.Set(a, "p", l("guests"), l("c"))
+	expect(t, x, "p", l("guests"), l("c"), "a")
 }

@@ -89,6 +89,15 @@ func (in *interner) unrefLocked(sym uint32) {
 	in.refs[sym] = r
 }
 
+// forgetLocked queues sym for reclaim if nothing references it: for a
+// symbol made by symLocked that the caller decided not to keep.
+func (in *interner) forgetLocked(sym uint32) {
+	if in.refs[sym] == 0 {
+		in.refs[sym] = queued
+		in.dead = append(in.dead, sym)
+	}
+}
+
 // reclaimLocked frees the queued symbols that are still unreferenced. Only a
 // holder of the Index's lookup mutex may call it.
 func (in *interner) reclaimLocked() {

@@ -63,12 +63,30 @@ func (m *model) subscriptions() int {
 	return n
 }
 
-var (
-	propProjects = []string{"p0", "p1", "p2", ""}
-	propRoles    = []string{"guests", "users", "user:u0", "user:u1", "user:u2", "user:u3",
-		"team:t0", "team:t1", "team:t0/owner", "label:vip", "any", ""}
-	propChannels = []string{"c0", "c1", "c2", "c3", "c4", "files", "account.u0", ""}
-)
+// A universe is what a random world draws from. The sparse one has many
+// distinct strings and few connections, so most roles are single or listed
+// in a shard; the dense one has few strings and many connections on one or
+// two shards, so roles pass maxListed and expand into per-channel sets.
+type universe struct {
+	projects, roles, channels []string
+	shardBits, ops, maxConns  int
+}
+
+var universes = []universe{
+	{
+		projects: []string{"p0", "p1", "p2", ""},
+		roles: []string{"guests", "users", "user:u0", "user:u1", "user:u2", "user:u3",
+			"team:t0", "team:t1", "team:t0/owner", "label:vip", "any", ""},
+		channels:  []string{"c0", "c1", "c2", "c3", "c4", "files", "account.u0", ""},
+		shardBits: 4, ops: 100, maxConns: 30,
+	},
+	{
+		projects:  []string{"p0", "p1"},
+		roles:     []string{"guests", "users", "team:t0", "team:t1", "user:u0", "any"},
+		channels:  []string{"c0", "c1", "c2", "c3"},
+		shardBits: 2, ops: 200, maxConns: 60,
+	},
+}
 
 // pick returns up to max random elements of from, duplicates allowed.
 func pick(rng *rand.Rand, from []string, max int) []string {
@@ -83,20 +101,21 @@ func pick(rng *rand.Rand, from []string, max int) []string {
 // TestMatchesModel compares Lookup with the brute-force model over
 // thousands of random worlds with churn.
 func TestMatchesModel(t *testing.T) {
-	worlds := 3000
+	worlds := 2000
 	if testing.Short() {
 		worlds = 300
 	}
 	for w := range worlds {
 		rng := rand.New(rand.NewPCG(0x5b0a7d, uint64(w)))
-		x := New[string](1 << rng.IntN(4))
+		u := universes[w%len(universes)]
+		x := New[string](1 << rng.IntN(u.shardBits))
 		m := &model{conns: map[ID]*mconn{}}
 		var live []ID
 		serial := 0
-		ops := 20 + rng.IntN(80)
+		ops := u.ops/5 + rng.IntN(u.ops)
 		for op := range ops {
 			switch k := rng.IntN(10); {
-			case k < 3 || len(live) == 0:
+			case len(live) == 0 || (k < 3 && len(live) < u.maxConns):
 				name := fmt.Sprint("c", serial)
 				serial++
 				id := x.Insert(name)
@@ -109,9 +128,9 @@ func TestMatchesModel(t *testing.T) {
 				id := live[rng.IntN(len(live))]
 				c := m.conns[id]
 				c.set = true
-				c.project = propProjects[rng.IntN(len(propProjects))]
-				c.roles = pick(rng, propRoles, 5)
-				c.channels = pick(rng, propChannels, 5)
+				c.project = u.projects[rng.IntN(len(u.projects))]
+				c.roles = pick(rng, u.roles, 5)
+				c.channels = pick(rng, u.channels, 5)
 				x.Set(id, c.project, c.roles, c.channels)
 			default:
 				i := rng.IntN(len(live))
@@ -120,9 +139,9 @@ func TestMatchesModel(t *testing.T) {
 				live = slices.Delete(live, i, i+1)
 			}
 			for range 3 {
-				project := propProjects[rng.IntN(len(propProjects))]
-				roles := pick(rng, propRoles, 5)
-				channels := pick(rng, propChannels, 4)
+				project := u.projects[rng.IntN(len(u.projects))]
+				roles := pick(rng, u.roles, 5)
+				channels := pick(rng, u.channels, 4)
 				got := collect(t, x, project, roles, channels)
 				if want := m.match(project, roles, channels); !slices.Equal(got, want) {
 					t.Fatalf("world %d op %d: Lookup(%q, %q, %q) = %q, want %q", w, op, project, roles, channels, got, want)

@@ -13,9 +13,22 @@ const (
 	pageMask = pageSize - 1
 )
 
-// inline marks a map value that is a single connection's local ID rather
-// than a count (in shard.roles) or an index into shard.pool (in shard.sets).
-const inline = 1 << 31
+// Map values in shard.roles and shard.sets are tagged by their top bits:
+// inline marks a single connection's local ID, listed (roles only) an index
+// into shard.pool holding a role's few holders. Untagged, a value is an
+// index into shard.pool (sets) or a count of holders (roles). Local IDs and
+// pool indices therefore stay below 1<<30.
+const (
+	inline  = 1 << 31
+	listed  = 1 << 30
+	tagMask = inline | listed
+)
+
+// maxListed is the number of holders up to which a role keeps a plain list
+// of them in a shard rather than a set per channel. A Lookup then checks
+// each holder's own channels: at most maxListed binary searches per role
+// and shard, against a map entry and a set per channel and holder saved.
+const maxListed = 8
 
 // roleKey names the connections of a project holding a role. Role noSym is
 // the pseudo-role every connection of the project holds.
@@ -29,18 +42,37 @@ type setKey struct {
 	project, role, channel uint32
 }
 
-// hotPage holds the part of a page of connection entries that Lookup reads
-// for every recipient, apart from the cold part, and in columns: the dedup
-// stamps of 256 entries fill 1 KB, so checking and setting them stays in
-// cache while a lookup walks a large set, and a value is read only for an
-// actual recipient.
-type hotPage[T any] struct {
-	stamp [pageSize]uint32 // the epoch of the last Lookup that visited the entry
-	val   [pageSize]T
+// dedup is the state that keeps a Lookup from visiting an entry twice. It
+// is an epoch-stamped bitmap over a shard's entries rather than a stamp per
+// entry: bit l%64 of seen[l/64] says that entry l was visited by the Lookup
+// whose epoch is stamp[l/64], and a word with an older stamp counts as all
+// clear, so no Lookup ever clears anything. A shard's whole dedup state is
+// then 12 bytes per 64 connections, dense enough to stay in L1 while a
+// lookup walks its sets, where a 4-byte stamp per entry cost a cache miss
+// per recipient. Only Lookup reads or writes it, under lookupMu.
+type dedup struct {
+	stamp []uint32
+	seen  []uint64
+}
+
+// first marks entry l as visited in epoch and reports whether it was not
+// already.
+func (d *dedup) first(l, epoch uint32) bool {
+	w := l >> 6
+	if d.stamp[w] != epoch {
+		d.stamp[w] = epoch
+		d.seen[w] = 0
+	}
+	b := uint64(1) << (l & 63)
+	if d.seen[w]&b != 0 {
+		return false
+	}
+	d.seen[w] |= b
+	return true
 }
 
 // cold is the part of a connection entry that writers read, and Lookup only
-// for a role held by a single connection of the shard.
+// for a role that is single or listed in the shard (see shard).
 //
 // meta holds, in one allocation, the sorted role symbols (nroles of them),
 // the sorted channel symbols, then the connection's position in each set it
@@ -50,22 +82,27 @@ type hotPage[T any] struct {
 type cold struct {
 	meta    []uint32
 	project uint32 // noSym until the first Set
-	nroles  uint32
+	nr      uint16 // number of roles; 16 bits keep the entry at 32 bytes
 	live    bool
 }
 
+// maxRoles is the number of distinct roles a connection can hold.
+const maxRoles = 1<<16 - 1
+
+func (c *cold) nroles() uint32 { return uint32(c.nr) }
+
 func (c *cold) nchans() uint32 {
 	// len(meta) = nr + nc + (nr+1)*nc = nr + nc*(nr+2)
-	return (uint32(len(c.meta)) - c.nroles) / (c.nroles + 2)
+	return (uint32(len(c.meta)) - c.nroles()) / (c.nroles() + 2)
 }
 
-func (c *cold) roles() []uint32    { return c.meta[:c.nroles] }
-func (c *cold) channels() []uint32 { return c.meta[c.nroles : c.nroles+c.nchans()] }
-func (c *cold) syms() []uint32     { return c.meta[:c.nroles+c.nchans()] }
+func (c *cold) roles() []uint32    { return c.meta[:c.nroles()] }
+func (c *cold) channels() []uint32 { return c.meta[c.nroles() : c.nroles()+c.nchans()] }
+func (c *cold) syms() []uint32     { return c.meta[:c.nroles()+c.nchans()] }
 
 // role returns the role of row i: the pseudo-role for the last row.
 func (c *cold) role(i uint32) uint32 {
-	if i == c.nroles {
+	if i == c.nroles() {
 		return noSym
 	}
 	return c.meta[i]
@@ -74,7 +111,7 @@ func (c *cold) role(i uint32) uint32 {
 // row returns the row of role r, and whether the connection holds r.
 func (c *cold) row(r uint32) (uint32, bool) {
 	if r == noSym {
-		return c.nroles, true
+		return c.nroles(), true
 	}
 	i, ok := slices.BinarySearch(c.roles(), r)
 	return uint32(i), ok
@@ -84,7 +121,7 @@ func (c *cold) row(r uint32) (uint32, bool) {
 // row i and channel column j.
 func (c *cold) pos(i, j uint32) *uint32 {
 	nc := c.nchans()
-	return &c.meta[c.nroles+nc+i*nc+j]
+	return &c.meta[c.nroles()+nc+i*nc+j]
 }
 
 // subscribed reports whether the connection is subscribed to one of
@@ -101,24 +138,26 @@ func (c *cold) subscribed(channels []uint32) bool {
 
 // shard holds the whole state of the connections whose ID selects it.
 //
-// A role of a project is in one of two modes in a shard:
+// A role of a project is in one of three modes in a shard:
 //
-//   - single: one connection of the shard holds it. roles maps the role to
-//     that connection (| inline) and no set mentions it; a Lookup checks the
-//     event's channels against the connection's own sorted channel list.
-//     Per-user roles (user:U) and the roles of small teams are nearly always
-//     single, and this saves a map entry per channel for each of them.
-//   - expanded: roles maps the role to the number of connections holding it,
-//     and each of them is a member of the set (project, role, channel) of
-//     every channel it subscribes to.
+//   - single: one connection of the shard holds it; roles maps the role to
+//     that connection (| inline). Per-user roles (user:U) nearly always are.
+//   - listed: 2 to maxListed connections hold it; roles maps the role to a
+//     list of them in pool (| listed). Roles of small teams usually are.
+//   - expanded: more hold it, or once did; roles maps the role to the number
+//     of holders, and each holder is a member of the set (project, role,
+//     channel) of every channel it subscribes to.
 //
-// A role expands when a second connection takes it and goes back to nothing
-// when the last one leaves. It does not collapse back to single at one
-// holder: the remaining holder's channels are not at hand, and expanded is
-// correct at any count.
+// In the first two modes no set mentions the role: a Lookup checks the
+// event's channels against each holder's own sorted channel list. That
+// saves, for every such holder, a map entry per channel, which is most of
+// the index's memory when every user has a role of their own. An expanded
+// role does not go back to listed before its last holder leaves: its
+// holders are not at hand, and expanded is correct at any count.
 type shard[T any] struct {
 	mu   sync.RWMutex
-	hot  []*hotPage[T]
+	vals []*[pageSize]T
+	dd   dedup
 	cold []*[pageSize]cold
 	n    uint32   // slots handed out so far (live or free)
 	free []uint32 // local IDs of deleted entries, reused first
@@ -131,8 +170,6 @@ type shard[T any] struct {
 	sets     map[setKey]uint32
 	pool     [][]uint32
 	poolFree []uint32
-
-	seen []uint64
 
 	// Shards sit side by side in a slice; keep one shard's lock word off
 	// its neighbour's cache line.
@@ -153,20 +190,23 @@ func (s *shard[T]) alloc(limit uint) uint32 {
 		return l
 	}
 	l := s.n
-	if l >= inline || (limit < 32 && l >= 1<<limit) {
+	if l >= listed || (limit < 32 && l >= 1<<limit) {
 		panic("index: too many connections")
 	}
-	if int(l>>pageBits) == len(s.hot) {
-		s.hot = append(s.hot, new(hotPage[T]))
+	if int(l>>6) == len(s.dd.seen) {
+		s.dd.seen = append(s.dd.seen, 0)
+		s.dd.stamp = append(s.dd.stamp, 0)
+	}
+	if int(l>>pageBits) == len(s.vals) {
+		s.vals = append(s.vals, new([pageSize]T))
 		s.cold = append(s.cold, new([pageSize]cold))
 	}
 	s.n++
 	return l
 }
 
-// hotAt returns the page and the index within it of entry l's hot part.
-func (s *shard[T]) hotAt(l uint32) (*hotPage[T], uint32) { return s.hot[l>>pageBits], l & pageMask }
-func (s *shard[T]) coldAt(l uint32) *cold  { return &s.cold[l>>pageBits][l&pageMask] }
+func (s *shard[T]) valAt(l uint32) *T     { return &s.vals[l>>pageBits][l&pageMask] }
+func (s *shard[T]) coldAt(l uint32) *cold { return &s.cold[l>>pageBits][l&pageMask] }
 
 // live returns the cold entry of a caller-supplied local ID, nil when it is
 // not live.
@@ -189,17 +229,18 @@ func (s *shard[T]) reindex(l uint32, next cold) {
 	old := *c
 	same := old.project == next.project && old.project != noSym
 
-	// Leave what the new state lacks; carry over the positions of what it
-	// keeps.
-	for i := uint32(0); i <= old.nroles; i++ {
+	// Leave what the new state lacks; in expanded roles that l keeps, carry
+	// over the positions of the channels it keeps and leave the others. An
+	// entry never Set before (no project) is in nothing.
+	for i := uint32(0); i <= old.nroles() && old.project != noSym; i++ {
 		r := old.role(i)
 		ni, kept := next.row(r)
 		if !same || !kept {
-			s.leave(roleKey{old.project, r}, &old, i)
+			s.leave(roleKey{old.project, r}, l, &old, i)
 			continue
 		}
-		if s.roles[roleKey{old.project, r}]&inline != 0 {
-			continue // single: l itself, its channels live in its entry
+		if s.roles[roleKey{old.project, r}]&tagMask != 0 {
+			continue // single or listed: channels are read from the entry
 		}
 		for j, ch := range old.channels() {
 			if nj, ok := slices.BinarySearch(next.channels(), ch); ok {
@@ -210,19 +251,18 @@ func (s *shard[T]) reindex(l uint32, next cold) {
 		}
 	}
 
-	// Lookups see the new channels of single roles from here on; the shard
-	// is write-locked, so none is running.
+	// The shard is write-locked: no Lookup sees the entry half-changed.
 	*c = next
 
 	// Join what the old state lacked.
-	for i := uint32(0); i <= c.nroles; i++ {
+	for i := uint32(0); i <= c.nroles(); i++ {
 		r := c.role(i)
 		_, had := old.row(r)
 		if !same || !had {
 			s.join(roleKey{c.project, r}, l, c, i)
 			continue
 		}
-		if s.roles[roleKey{c.project, r}]&inline != 0 {
+		if s.roles[roleKey{c.project, r}]&tagMask != 0 {
 			continue
 		}
 		for j, ch := range c.channels() {
@@ -239,50 +279,99 @@ func (s *shard[T]) unindex(l uint32) {
 	if c.project == noSym {
 		return
 	}
-	for i := uint32(0); i <= c.nroles; i++ {
-		s.leave(roleKey{c.project, c.role(i)}, c, i)
+	for i := uint32(0); i <= c.nroles(); i++ {
+		s.leave(roleKey{c.project, c.role(i)}, l, c, i)
 	}
 }
 
 // join adds entry l, whose state c holds role k.role in row i, to the role.
 func (s *shard[T]) join(k roleKey, l uint32, c *cold, i uint32) {
 	v, ok := s.roles[k]
-	if !ok {
+	switch {
+	case !ok:
 		s.roles[k] = inline | l
 		return
-	}
-	if v&inline != 0 {
-		// A second holder: the first one moves into the sets.
-		l0 := v &^ inline
-		c0 := s.coldAt(l0)
-		i0, _ := c0.row(k.role)
-		for j, ch := range c0.channels() {
-			*c0.pos(i0, uint32(j)) = s.add(setKey{k.project, k.role, ch}, l0)
+	case v&inline != 0:
+		s.roles[k] = listed | s.newList(v&^inline, l)
+		return
+	case v&listed != 0:
+		pi := v &^ listed
+		if len(s.pool[pi]) < maxListed {
+			s.pool[pi] = append(s.pool[pi], l)
+			return
 		}
-		v = 1
+		// One holder too many: every holder moves into the sets.
+		for _, h := range s.pool[pi] {
+			hc := s.coldAt(h)
+			hi, _ := hc.row(k.role)
+			s.addAll(k, h, hc, hi)
+		}
+		v = uint32(len(s.pool[pi]))
+		s.freeList(pi)
 	}
 	s.roles[k] = v + 1
+	s.addAll(k, l, c, i)
+}
+
+// addAll adds entry l, whose state c holds role k.role in row i, to the sets
+// of every channel it subscribes to.
+func (s *shard[T]) addAll(k roleKey, l uint32, c *cold, i uint32) {
 	for j, ch := range c.channels() {
 		*c.pos(i, uint32(j)) = s.add(setKey{k.project, k.role, ch}, l)
 	}
 }
 
-// leave removes the entry whose state c holds role k.role in row i from the
+// leave removes entry l, whose state c holds role k.role in row i, from the
 // role.
-func (s *shard[T]) leave(k roleKey, c *cold, i uint32) {
+func (s *shard[T]) leave(k roleKey, l uint32, c *cold, i uint32) {
 	v := s.roles[k]
-	if v&inline != 0 {
+	switch {
+	case v&inline != 0:
 		delete(s.roles, k)
-		return
+	case v&listed != 0:
+		pi := v &^ listed
+		hs := s.pool[pi]
+		at := slices.Index(hs, l)
+		hs[at] = hs[len(hs)-1]
+		hs = hs[:len(hs)-1]
+		if len(hs) == 1 {
+			s.roles[k] = inline | hs[0]
+			s.freeList(pi)
+		} else {
+			s.pool[pi] = hs
+		}
+	default:
+		for j, ch := range c.channels() {
+			s.remove(setKey{k.project, k.role, ch}, *c.pos(i, uint32(j)))
+		}
+		if v == 1 {
+			delete(s.roles, k)
+		} else {
+			s.roles[k] = v - 1
+		}
 	}
-	for j, ch := range c.channels() {
-		s.remove(setKey{k.project, k.role, ch}, *c.pos(i, uint32(j)))
-	}
-	if v == 1 {
-		delete(s.roles, k)
+}
+
+// newList stores the list [a, b] in pool and returns its index.
+func (s *shard[T]) newList(a, b uint32) uint32 {
+	var pi uint32
+	if n := len(s.poolFree); n > 0 {
+		pi = s.poolFree[n-1]
+		s.poolFree = s.poolFree[:n-1]
 	} else {
-		s.roles[k] = v - 1
+		pi = uint32(len(s.pool))
+		if pi >= listed {
+			panic("index: too many sets")
+		}
+		s.pool = append(s.pool, nil)
 	}
+	s.pool[pi] = append(make([]uint32, 0, 2), a, b)
+	return pi
+}
+
+func (s *shard[T]) freeList(pi uint32) {
+	s.pool[pi] = nil
+	s.poolFree = append(s.poolFree, pi)
 }
 
 // add puts l into set k and returns its position there.
@@ -295,19 +384,7 @@ func (s *shard[T]) add(k setKey, l uint32) uint32 {
 	case v&inline != 0:
 		// Second member: the set moves to the pool. The first member
 		// stays at position 0, which is what its entry already records.
-		var pi uint32
-		if n := len(s.poolFree); n > 0 {
-			pi = s.poolFree[n-1]
-			s.poolFree = s.poolFree[:n-1]
-		} else {
-			pi = uint32(len(s.pool))
-			if pi >= inline {
-				panic("index: too many sets")
-			}
-			s.pool = append(s.pool, nil)
-		}
-		s.pool[pi] = append(make([]uint32, 0, 2), v&^inline, l)
-		s.sets[k] = pi
+		s.sets[k] = s.newList(v&^inline, l)
 		return 1
 	default:
 		s.pool[v] = append(s.pool[v], l)
@@ -338,8 +415,7 @@ func (s *shard[T]) remove(k setKey, pos uint32) {
 	case last == 1:
 		// Back to one member, at position 0: inline it and free the slice.
 		s.sets[k] = inline | ids[0]
-		s.pool[v] = nil
-		s.poolFree = append(s.poolFree, v)
+		s.freeList(v)
 		return
 	case cap(ids) >= 64 && len(ids) <= cap(ids)/4:
 		// A set that emptied out (a mass disconnect) gives memory back.
@@ -349,32 +425,24 @@ func (s *shard[T]) remove(k setKey, pos uint32) {
 }
 
 // lookup visits the connections of project p holding one of roles and
-// subscribed to one of channels. With dedup, each entry is visited at most
-// once per epoch; without (one role and one channel: no connection can be
-// reached twice), stamps are neither read nor written. si and bits rebuild
-// global IDs.
-func (s *shard[T]) lookup(si uint32, bits uint, epoch, p uint32, roles, channels []uint32, dedup bool, visit func(ID, T)) {
+// subscribed to one of channels, each at most once per epoch. When repeats
+// are impossible (one role and one channel), walking a set skips the dedup
+// state altogether. si and bits rebuild global IDs.
+func (s *shard[T]) lookup(si uint32, bits uint, epoch, p uint32, roles, channels []uint32, repeats bool, visit func(ID, T)) {
 	s.mu.RLock()
 	// Deferred so that a panicking visit does not leave the shard locked.
 	defer s.mu.RUnlock()
-	if dedup {
-		w := int(s.n+63) / 64
-		if cap(s.seen) < w {
-			s.seen = make([]uint64, w)
-		}
-		s.seen = s.seen[:w]
-		clear(s.seen)
-	}
-	seen := s.seen
 	for _, r := range roles {
 		v, ok := s.roles[roleKey{p, r}]
-		if !ok {
+		switch {
+		case !ok:
 			continue
-		}
-		if v&inline != 0 {
-			l := v &^ inline
-			if s.coldAt(l).subscribed(channels) {
-				s.visitOne(l, si, bits, epoch, visit)
+		case v&inline != 0:
+			s.visitIf(v&^inline, si, bits, epoch, channels, visit)
+			continue
+		case v&listed != 0:
+			for _, l := range s.pool[v&^listed] {
+				s.visitIf(l, si, bits, epoch, channels, visit)
 			}
 			continue
 		}
@@ -384,32 +452,41 @@ func (s *shard[T]) lookup(si uint32, bits uint, epoch, p uint32, roles, channels
 			case !ok:
 			case v&inline != 0:
 				s.visitOne(v&^inline, si, bits, epoch, visit)
-			case dedup:
-				// pages in a local: visit is opaque to the compiler, which
-				// would otherwise reload s.hot after every call.
-				pages := s.hot
+			case repeats:
+				// Slices in locals, first inlined by hand: visit is opaque to
+				// the compiler, which would otherwise reload every slice
+				// header from s after each call.
+				pages, stamp, seen := s.vals, s.dd.stamp, s.dd.seen
 				for _, l := range s.pool[v] {
-					b := uint64(1) << (l & 63)
-					if seen[l>>6]&b == 0 {
-						seen[l>>6] |= b
-						visit(ID(l<<bits|si), pages[l>>pageBits].val[l&pageMask])
+					w, b := l>>6, uint64(1)<<(l&63)
+					if stamp[w] != epoch {
+						stamp[w], seen[w] = epoch, 0
+					}
+					if seen[w]&b == 0 {
+						seen[w] |= b
+						visit(ID(l<<bits|si), pages[l>>pageBits][l&pageMask])
 					}
 				}
 			default:
-				pages := s.hot
+				pages := s.vals
 				for _, l := range s.pool[v] {
-					visit(ID(l<<bits|si), pages[l>>pageBits].val[l&pageMask])
+					visit(ID(l<<bits|si), pages[l>>pageBits][l&pageMask])
 				}
 			}
 		}
 	}
 }
 
+// visitIf visits entry l if it subscribes to one of channels.
+func (s *shard[T]) visitIf(l, si uint32, bits uint, epoch uint32, channels []uint32, visit func(ID, T)) {
+	if s.coldAt(l).subscribed(channels) {
+		s.visitOne(l, si, bits, epoch, visit)
+	}
+}
+
 func (s *shard[T]) visitOne(l, si uint32, bits uint, epoch uint32, visit func(ID, T)) {
-	pg, i := s.hotAt(l)
-	if pg.stamp[i] != epoch {
-		pg.stamp[i] = epoch
-		visit(ID(l<<bits|si), pg.val[i])
+	if s.dd.first(l, epoch) {
+		visit(ID(l<<bits|si), *s.valAt(l))
 	}
 }
 
@@ -418,8 +495,7 @@ func (s *shard[T]) rangeAll(si uint32, bits uint, f func(ID, T)) {
 	defer s.mu.RUnlock()
 	for l := uint32(0); l < s.n; l++ {
 		if s.coldAt(l).live {
-			pg, i := s.hotAt(l)
-			f(ID(l<<bits|si), pg.val[i])
+			f(ID(l<<bits|si), *s.valAt(l))
 		}
 	}
 }
