@@ -47,6 +47,7 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	fs.IntVar(&cfg.MaxMessageSize, "max-message-size", 64<<10, "largest client message in bytes after reassembly; larger closes with 1009")
 	fs.IntVar(&cfg.MaxHeaderBytes, "max-header-bytes", 8<<10, "largest upgrade request head in bytes")
 	fs.IntVar(&cfg.MaxQueueBytes, "max-queue-bytes", 1<<20, "outbound bytes queued per connection before it is closed as a slow consumer")
+	fs.IntVar(&cfg.MaxSubscriptions, "max-subscriptions", 100, "subscriptions per connection; more are refused with error 1003")
 	fs.IntVar(&cfg.WriteWorkers, "write-workers", 0, "write pool goroutines (0: 2 x GOMAXPROCS)")
 	fs.IntVar(&cfg.IndexShards, "index-shards", 64, "subscription index shards (rounded up to a power of two)")
 	fs.IntVar(&brokerBuffer, "broker-buffer", 4096, "embedded broker: messages buffered between publish and delivery")

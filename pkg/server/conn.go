@@ -32,6 +32,13 @@ type conn struct {
 	pend       []byte    // bytes of an incomplete handshake or frame; nil when none
 	frag       []byte    // payload of a fragmented message being reassembled
 
+	// idxMu orders index writes for this connection: a reindex that read
+	// the connection's state can never land after onClosed's Delete (the ID
+	// may already belong to a new connection by then). The router never
+	// takes it, so holding it across an index call cannot deadlock.
+	idxMu   sync.Mutex
+	removed bool // deleted from the index; guarded by idxMu
+
 	// Everything below is guarded by mu: the router, the write pool and the
 	// read side all reach it.
 	mu       sync.Mutex
@@ -318,7 +325,10 @@ func (c *conn) onClosed(netpoll.Connection) error {
 	clear(c.out)
 	c.out, c.outBytes = nil, 0
 	c.mu.Unlock()
+	c.idxMu.Lock()
+	c.removed = true
 	c.srv.idx.Delete(c.id)
+	c.idxMu.Unlock()
 	c.srv.metrics.connections.Dec()
 	return nil
 }

@@ -99,9 +99,16 @@ func (c *conn) subscribe(msg protocol.ClientMessage) {
 		subs = append(subs, sub)
 	}
 	c.mu.Lock()
+	next := append([]subscription(nil), c.subs...)
 	for _, sub := range subs {
-		c.putSubscriptionLocked(sub)
+		next = putSubscription(next, sub)
 	}
+	if err := c.srv.checkSubscriptionLimits(next); err != nil {
+		c.mu.Unlock()
+		c.sendErr(err)
+		return
+	}
+	c.subs = next
 	c.mu.Unlock()
 	c.reindex()
 
@@ -112,15 +119,34 @@ func (c *conn) subscribe(msg protocol.ClientMessage) {
 	c.sendText(protocol.AppendSubscribeResponse(nil, resp))
 }
 
-// putSubscriptionLocked adds sub, replacing one with the same id.
-func (c *conn) putSubscriptionLocked(sub subscription) {
-	for i := range c.subs {
-		if c.subs[i].id == sub.id {
-			c.subs[i] = sub
-			return
+// putSubscription adds sub to subs, replacing one with the same id.
+func putSubscription(subs []subscription, sub subscription) []subscription {
+	for i := range subs {
+		if subs[i].id == sub.id {
+			subs[i] = sub
+			return subs
 		}
 	}
-	c.subs = append(c.subs, sub)
+	return append(subs, sub)
+}
+
+// checkSubscriptionLimits bounds what one connection can make the node hold:
+// its subscriptions, and its distinct channels (each costs index memory
+// for every role the connection has).
+func (s *Server) checkSubscriptionLimits(subs []subscription) error {
+	if len(subs) > s.cfg.MaxSubscriptions {
+		return &protocol.Error{Code: protocol.CodeInvalidMessage,
+			Message: "Too many subscriptions: at most " + itoa(s.cfg.MaxSubscriptions) + " per connection."}
+	}
+	var channels []string
+	for _, sub := range subs {
+		channels = appendUnique(channels, sub.channels...)
+	}
+	if len(channels) > protocol.MaxChannels {
+		return &protocol.Error{Code: protocol.CodeInvalidMessage,
+			Message: "Too many channels: at most " + itoa(protocol.MaxChannels) + " per connection."}
+	}
+	return nil
 }
 
 func (c *conn) unsubscribe(msg protocol.ClientMessage) {
@@ -146,9 +172,13 @@ func (c *conn) unsubscribe(msg protocol.ClientMessage) {
 }
 
 // reindex publishes the connection's current project, roles and channels to
-// the index. Only the connection's own read side calls it, so two calls
-// for one connection never race.
+// the index, in one step.
 func (c *conn) reindex() {
+	c.idxMu.Lock()
+	defer c.idxMu.Unlock()
+	if c.removed {
+		return
+	}
 	c.mu.Lock()
 	project, roles := c.project, c.roles
 	var channels []string

@@ -34,11 +34,12 @@ type Config struct {
 	Projects []string // when non-empty, the only projects accepted
 	APIKey   string   // when set, POST /v1/publish needs "Authorization: Bearer <APIKey>"
 
-	MaxMessageSize int // largest client message after reassembly; default 64 KiB
-	MaxHeaderBytes int // largest upgrade request head; default 8 KiB
-	MaxQueueBytes  int // outbound bytes queued per connection before it is a slow consumer; default 1 MiB
-	WriteWorkers   int // write pool size; default 2 x GOMAXPROCS
-	IndexShards    int // subscription index shards; default 64
+	MaxMessageSize   int // largest client message after reassembly; default 64 KiB
+	MaxHeaderBytes   int // largest upgrade request head; default 8 KiB
+	MaxQueueBytes    int // outbound bytes queued per connection before it is a slow consumer; default 1 MiB
+	MaxSubscriptions int // subscriptions per connection; default 100
+	WriteWorkers     int // write pool size; default 2 x GOMAXPROCS
+	IndexShards      int // subscription index shards; default 64
 
 	AuthTimeout time.Duration // bound on one resolver call; default 5 s
 
@@ -66,6 +67,7 @@ func (c *Config) setDefaults() {
 	def(&c.MaxMessageSize, 64<<10)
 	def(&c.MaxHeaderBytes, 8<<10)
 	def(&c.MaxQueueBytes, 1<<20)
+	def(&c.MaxSubscriptions, 100)
 	def(&c.WriteWorkers, 2*runtime.GOMAXPROCS(0))
 	def(&c.IndexShards, 64)
 	if c.AuthTimeout <= 0 {

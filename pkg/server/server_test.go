@@ -376,3 +376,24 @@ func TestSlowConsumerIsClosedOthersUnharmed(t *testing.T) {
 	}
 	t.Logf("slow client received %d of %d events before it was cut off", got, batches*perBatch)
 }
+
+func TestSubscriptionLimit(t *testing.T) {
+	s := testNode(t, func(c *Config) { c.MaxSubscriptions = 3 })
+	c := dial(t, s, "project=p1&channels[]=files", nil)
+	c.expect("connected")
+	c.send(`{"type":"subscribe","data":[{"subscriptionId":"a","channels":["x"]},{"subscriptionId":"b","channels":["y"]}]}`)
+	c.expect("response")
+	// Replacing an existing id does not count twice.
+	c.send(`{"type":"subscribe","data":[{"subscriptionId":"b","channels":["z"]}]}`)
+	c.expect("response")
+	c.send(`{"type":"subscribe","data":[{"subscriptionId":"c","channels":["w"]}]}`)
+	if m := c.expect("error"); !strings.Contains(string(m.Data), "Too many subscriptions") {
+		t.Fatalf("error = %s", m.Data)
+	}
+	// The refused subscription changed nothing; the others still deliver.
+	publish(t, s, event("p1", []string{"any"}, []string{"w"}, `{"to":"w"}`))
+	publish(t, s, event("p1", []string{"any"}, []string{"z"}, `{"to":"z"}`))
+	if d := c.expectPayload(`{"to":"z"}`); !reflect.DeepEqual(d.Subscriptions, []string{"b"}) {
+		t.Fatalf("subscriptions = %v", d.Subscriptions)
+	}
+}

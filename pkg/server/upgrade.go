@@ -172,6 +172,10 @@ func (c *conn) open(h *handshake) {
 		channels = appendUnique(channels, sub.channels...)
 	}
 
+	if err := s.checkSubscriptionLimits(subs); err != nil {
+		c.failErr(err)
+		return
+	}
 	c.mu.Lock()
 	c.project, c.userID, c.roles, c.subs = project, id.UserID, id.Roles, subs
 	c.mu.Unlock()
