@@ -3,7 +3,8 @@
 //
 // Usage:
 //
-//	switchboard serve [flags]   run a node
+//	switchboard serve [flags]     run a node
+//	switchboard publish [flags]   publish one event through a node's admin API
 //
 // Every flag can also be given as an environment variable
 // SWITCHBOARD_<FLAG_IN_UPPER_SNAKE>, e.g. SWITCHBOARD_ADMIN_LISTEN; a flag on
@@ -29,6 +30,8 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	switch args[0] {
 	case "serve":
 		return serve(args[1:], getenv, stderr)
+	case "publish":
+		return publishCmd(args[1:], getenv, stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		usage(stdout)
 		return 0
@@ -44,6 +47,7 @@ func usage(w io.Writer) {
 
 Usage:
   switchboard serve [flags]    run a node (see 'switchboard serve --help')
+  switchboard publish [flags]  publish one event through a node (see 'switchboard publish --help')
 
 Every flag can also be set as SWITCHBOARD_<FLAG_IN_UPPER_SNAKE>.
 `)

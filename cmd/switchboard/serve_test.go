@@ -242,3 +242,37 @@ func TestServeFlagsAndEnvironment(t *testing.T) {
 		t.Fatalf("unknown command exit %d", code)
 	}
 }
+
+func TestPublishCommandReachesClient(t *testing.T) {
+	n := startNode(t, "--api-key", "k1")
+	c, err := rawDial(n.addr, "project=p1&channels[]=files")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.conn.Close()
+	payload := filepath.Join(t.TempDir(), "payload.json")
+	if err := os.WriteFile(payload, []byte(`{"$id":"from-file"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	args := []string{"publish", "--admin", "http://" + n.admin, "--project", "p1", "--channels", "files", "--events", "files.create", "--payload", "@" + payload}
+	if code := run(args, func(k string) string {
+		if k == "SWITCHBOARD_API_KEY" {
+			return "k1"
+		}
+		return ""
+	}, &out, &errOut); code != 0 {
+		t.Fatalf("publish exit %d: %s", code, errOut.String())
+	}
+	if !strings.Contains(out.String(), `"payload":{"$id":"from-file"}`) {
+		t.Fatalf("publish printed %s", out.String())
+	}
+	if err := c.readUntil([]byte(`"payload":{"$id":"from-file"}`)); err != nil {
+		t.Fatal(err)
+	}
+	// Without the key the node refuses, and the command says so.
+	errOut.Reset()
+	if code := run(args, func(string) string { return "" }, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), "401") {
+		t.Fatalf("publish without key: exit %d, %s", code, errOut.String())
+	}
+}
