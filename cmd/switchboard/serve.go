@@ -31,6 +31,7 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 		projects        string
 		authMode        string
 		jwtSecret       string
+		authOpts        auth.HTTPOptions
 		logLevel        string
 		logFormat       string
 		shutdownTimeout time.Duration
@@ -41,8 +42,11 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	fs.StringVar(&cfg.Path, "path", "/v1/realtime", "WebSocket endpoint path")
 	fs.StringVar(&projects, "projects", "", "comma-separated project ids to accept; empty accepts any")
 	fs.StringVar(&cfg.APIKey, "api-key", "", "bearer key required by POST /v1/publish; empty requires none")
-	fs.StringVar(&authMode, "auth", "none", "auth resolver: none (everyone is a guest) or jwt (HS256)")
+	fs.StringVar(&authMode, "auth", "none", "auth resolver: none (everyone is a guest), jwt (HS256) or http (ask --auth-url)")
 	fs.StringVar(&jwtSecret, "jwt-secret", "", "HS256 secret for --auth jwt")
+	fs.StringVar(&authOpts.URL, "auth-url", "", "backend URL for --auth http (POST {project, session|jwt|userId})")
+	fs.DurationVar(&authOpts.CacheTTL, "auth-cache-ttl", 30*time.Second, "how long --auth http reuses an answer per session (negative: never)")
+	fs.StringVar(&authOpts.BearerAuth, "auth-key", "", "bearer key sent to --auth-url")
 	fs.DurationVar(&cfg.AuthTimeout, "auth-timeout", 5*time.Second, "bound on one auth resolver call")
 	fs.IntVar(&cfg.MaxMessageSize, "max-message-size", 64<<10, "largest client message in bytes after reassembly; larger closes with 1009")
 	fs.IntVar(&cfg.MaxHeaderBytes, "max-header-bytes", 8<<10, "largest upgrade request head in bytes")
@@ -84,8 +88,16 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 			return 2
 		}
 		cfg.Resolver = r
+	case "http":
+		authOpts.Timeout = cfg.AuthTimeout
+		r, err := auth.NewHTTP(authOpts)
+		if err != nil {
+			fmt.Fprintln(stderr, "switchboard serve: --auth http:", err)
+			return 2
+		}
+		cfg.Resolver = r
 	default:
-		fmt.Fprintf(stderr, "switchboard serve: unknown --auth %q (want none or jwt)\n", authMode)
+		fmt.Fprintf(stderr, "switchboard serve: unknown --auth %q (want none, jwt or http)\n", authMode)
 		return 2
 	}
 	cfg.Broker = broker.NewMemory(brokerBuffer)

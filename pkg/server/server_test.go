@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"reflect"
 	"strings"
 	"syscall"
@@ -395,5 +397,72 @@ func TestSubscriptionLimit(t *testing.T) {
 	publish(t, s, event("p1", []string{"any"}, []string{"z"}, `{"to":"z"}`))
 	if d := c.expectPayload(`{"to":"z"}`); !reflect.DeepEqual(d.Subscriptions, []string{"b"}) {
 		t.Fatalf("subscriptions = %v", d.Subscriptions)
+	}
+}
+
+// authBackend is a fake Appwrite-style API for the http resolver: session
+// "s-<uid>" is user uid with the roles in its table.
+func authBackend(t *testing.T, roles map[string][]string) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var req map[string]string
+		_ = json.NewDecoder(r.Body).Decode(&req)
+		uid, _ := strings.CutPrefix(req["session"], "s-")
+		if req["session"] == "down" {
+			http.Error(w, "down", http.StatusBadGateway)
+			return
+		}
+		rs, ok := roles[uid]
+		if !ok {
+			http.Error(w, "unknown session", http.StatusUnauthorized)
+			return
+		}
+		_ = json.NewEncoder(w).Encode(map[string]any{"userId": uid, "roles": rs})
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+func TestHTTPResolverSessionsFromEveryPlace(t *testing.T) {
+	url := authBackend(t, map[string][]string{"u1": {"team:t1"}, "u2": nil, "u3": nil, "u4": nil})
+	r, err := auth.NewHTTP(auth.HTTPOptions{URL: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := testNode(t, func(c *Config) { c.Resolver = r })
+	cookie := dial(t, s, "project=p1&channels[]=files", http.Header{"Cookie": {"a=b; a_session_p1=s-u1"}})
+	legacy := dial(t, s, "project=p1&channels[]=files", http.Header{"Cookie": {"a_session_p1_legacy=s-u2"}})
+	header := dial(t, s, "project=p1&channels[]=files", http.Header{"X-Appwrite-Session": {"s-u3"}})
+	fallback := dial(t, s, "project=p1&channels[]=files", http.Header{"X-Fallback-Cookies": {`{"a_session_p1":"s-u4"}`}})
+	invalid := dial(t, s, "project=p1&channels[]=files", http.Header{"Cookie": {"a_session_p1=s-nobody"}})
+	for i, c := range []*client{cookie, legacy, header, fallback} {
+		if m := c.expect("connected"); !strings.Contains(string(m.Data), fmt.Sprintf(`"$id":"u%d"`, i+1)) {
+			t.Fatalf("client %d connected as %s", i+1, m.Data)
+		}
+	}
+	// An invalid session leaves the client a guest, as in Appwrite.
+	if m := invalid.expect("connected"); !strings.Contains(string(m.Data), `"user":null`) {
+		t.Fatalf("invalid session connected as %s", m.Data)
+	}
+	publish(t, s, event("p1", []string{"team:t1"}, []string{"files"}, `{"to":"t1"}`))
+	publish(t, s, event("p1", []string{"user:u2", "user:u3", "user:u4"}, []string{"files"}, `{"to":"u2-4"}`))
+	publish(t, s, event("p1", []string{"guests"}, []string{"files"}, `{"to":"guests"}`))
+	cookie.expectPayload(`{"to":"t1"}`)
+	legacy.expectPayload(`{"to":"u2-4"}`)
+	header.expectPayload(`{"to":"u2-4"}`)
+	fallback.expectPayload(`{"to":"u2-4"}`)
+	invalid.expectPayload(`{"to":"guests"}`)
+
+	// The authentication message works on its own (browsers drop cookies).
+	invalid.send(`{"type":"authentication","data":{"session":"s-u1"}}`)
+	invalid.expect("response")
+	publish(t, s, event("p1", []string{"team:t1"}, []string{"files"}, `{"to":"t1 again"}`))
+	invalid.expectPayload(`{"to":"t1 again"}`)
+
+	// A backend that cannot answer grants nothing and says so.
+	down := dial(t, s, "project=p1&channels[]=files", http.Header{"X-Appwrite-Session": {"down"}})
+	code, msgs := down.expectClose()
+	if code != ws.StatusPolicyViolation || len(msgs) != 1 || !strings.Contains(string(msgs[0].Data), "unavailable") {
+		t.Fatalf("backend down: close %d after %v", code, msgs)
 	}
 }

@@ -151,7 +151,7 @@ func (c *conn) open(h *handshake) {
 		c.fail(http.StatusForbidden, "Only one of JWT or session can be used at a time.")
 		return
 	}
-	id, ok := c.resolve(creds, http.StatusUnauthorized)
+	id, ok := c.resolve(creds)
 	if !ok {
 		return
 	}
@@ -183,9 +183,12 @@ func (c *conn) open(h *handshake) {
 	c.sendText(protocol.AppendConnected(nil, channels, slots, ids, id.User))
 }
 
-// resolve asks the resolver; failure is answered (with failCode for invalid
-// credentials) and reported as ok=false.
-func (c *conn) resolve(creds auth.Credentials, failCode int) (auth.Identity, bool) {
+// resolve resolves the handshake's credentials. As in Appwrite, a session
+// that is not valid leaves the connection a guest (the SDK then sends an
+// authentication message and gets a clear error); a JWT that is not valid
+// is refused with 401 and the connection closed. A resolver that cannot
+// answer closes the connection with 1008 and grants nothing.
+func (c *conn) resolve(creds auth.Credentials) (auth.Identity, bool) {
 	s := c.srv
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.AuthTimeout)
 	defer cancel()
@@ -193,9 +196,12 @@ func (c *conn) resolve(creds auth.Credentials, failCode int) (auth.Identity, boo
 	switch {
 	case err == nil:
 		return id, true
+	case errors.Is(err, auth.ErrUnauthorized) && creds.JWT == "":
+		s.log.Debug("session rejected; connecting as guest", zap.Uint32("conn", uint32(c.id)), zap.Error(err))
+		return auth.Guest(), true
 	case errors.Is(err, auth.ErrUnauthorized):
-		s.log.Debug("credentials rejected", zap.Uint32("conn", uint32(c.id)), zap.Error(err))
-		c.fail(failCode, "Session is not valid.")
+		s.log.Debug("jwt rejected", zap.Uint32("conn", uint32(c.id)), zap.Error(err))
+		c.fail(http.StatusUnauthorized, "Invalid JWT.")
 	default:
 		s.log.Warn("auth resolver failed", zap.Uint32("conn", uint32(c.id)), zap.Error(err))
 		c.fail(protocol.CodePolicyViolation, "Authentication is unavailable, try again later.")
