@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cloudwego/netpoll"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
@@ -36,6 +37,7 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 		logFormat       string
 		shutdownTimeout time.Duration
 		brokerBuffer    int
+		readBuffer      int
 	)
 	fs.StringVar(&cfg.Listen, "listen", ":9505", "WebSocket listen address")
 	fs.StringVar(&cfg.AdminListen, "admin-listen", "127.0.0.1:9506", "admin HTTP listen address (publish, metrics, health, pprof)")
@@ -54,6 +56,7 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	fs.IntVar(&cfg.MaxSubscriptions, "max-subscriptions", 100, "subscriptions per connection; more are refused with error 1003")
 	fs.IntVar(&cfg.WriteWorkers, "write-workers", 0, "write pool goroutines (0: 2 x GOMAXPROCS)")
 	fs.IntVar(&cfg.IndexShards, "index-shards", 64, "subscription index shards (rounded up to a power of two)")
+	fs.IntVar(&readBuffer, "read-buffer", 1024, "netpoll's input buffer per connection in bytes (held while idle; larger messages grow it while they arrive)")
 	fs.IntVar(&brokerBuffer, "broker-buffer", 4096, "embedded broker: messages buffered between publish and delivery")
 	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&logFormat, "log-format", "auto", "log format: auto (console on a terminal, else json), json, console")
@@ -70,6 +73,13 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 		return 2
 	}
 
+	// netpoll's buffer size is process-wide and must be set before the
+	// first connection, so it is the command's business, not the server's.
+	netpoll.LinkBufferCap = readBuffer // the floor of every buffer node; netpoll's default is 4 KiB
+	if err := netpoll.Configure(netpoll.Config{BufferSize: readBuffer}); err != nil {
+		fmt.Fprintln(stderr, "switchboard serve: --read-buffer:", err)
+		return 2
+	}
 	log, err := newLogger(logLevel, logFormat, os.Stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "switchboard serve:", err)

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -17,16 +18,16 @@ import (
 	"time"
 )
 
-// binary is the switchboard binary built once for the end-to-end tests.
-var binary string
+// switchboardBin is the switchboard binary built once for the end-to-end tests.
+var switchboardBin string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "switchboard-e2e")
 	if err != nil {
 		panic(err)
 	}
-	binary = filepath.Join(dir, "switchboard")
-	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
+	switchboardBin = filepath.Join(dir, "switchboard")
+	if out, err := exec.Command("go", "build", "-o", switchboardBin, ".").CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "building switchboard: %v\n%s", err, out)
 		os.Exit(1)
 	}
@@ -57,7 +58,7 @@ type node struct {
 func startNode(t *testing.T, args ...string) *node {
 	t.Helper()
 	n := &node{addr: freePort(t), admin: freePort(t), stderr: new(bytes.Buffer), exited: make(chan error, 1)}
-	n.cmd = exec.Command(binary, append([]string{"serve", "--listen", n.addr}, args...)...)
+	n.cmd = exec.Command(switchboardBin, append([]string{"serve", "--listen", n.addr}, args...)...)
 	n.cmd.Env = append(os.Environ(), "SWITCHBOARD_ADMIN_LISTEN="+n.admin, "SWITCHBOARD_LOG_LEVEL=warn")
 	n.cmd.Stderr = n.stderr
 	if err := n.cmd.Start(); err != nil {
@@ -274,5 +275,36 @@ func TestPublishCommandReachesClient(t *testing.T) {
 	errOut.Reset()
 	if code := run(args, func(string) string { return "" }, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), "401") {
 		t.Fatalf("publish without key: exit %d, %s", code, errOut.String())
+	}
+}
+
+// A message far larger than the per-connection read buffer still arrives
+// whole: netpoll grows the buffer while it comes in.
+func TestLargeMessageThroughSmallReadBuffer(t *testing.T) {
+	n := startNode(t, "--read-buffer", "256")
+	c, err := rawDial(n.addr, "project=p1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.conn.Close()
+	payload := []byte(`{"type":"ping","pad":"` + strings.Repeat("x", 60<<10) + `"}`)
+	frame := []byte{0x81, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4} // text, masked, 64-bit length
+	binary.BigEndian.PutUint64(frame[2:10], uint64(len(payload)))
+	mask := [4]byte{1, 2, 3, 4}
+	for i := range payload {
+		payload[i] ^= mask[i%4]
+	}
+	// Send it in pieces, as a slow network would.
+	msg := append(frame, payload...)
+	for len(msg) > 0 {
+		k := min(len(msg), 7000)
+		if _, err := c.conn.Write(msg[:k]); err != nil {
+			t.Fatal(err)
+		}
+		msg = msg[k:]
+		time.Sleep(time.Millisecond)
+	}
+	if err := c.readUntil([]byte(`{"type":"pong"}`)); err != nil {
+		t.Fatal(err)
 	}
 }
