@@ -324,6 +324,7 @@ func (c *conn) onClosed(netpoll.Connection) error {
 	c.srv.waiter.forget(c)
 	clear(c.out)
 	c.out, c.outBytes = nil, 0
+	c.srv.users.remove(userKey{c.project, c.userID}, c)
 	c.mu.Unlock()
 	c.idxMu.Lock()
 	c.removed = true

@@ -64,16 +64,10 @@ func (c *conn) authenticate(msg protocol.ClientMessage) {
 		c.sendError(protocol.CodeInvalidMessage, "Session is not valid.")
 		return
 	}
-	// Re-bind account channels to the new user and switch roles; reindex
-	// replaces the connection's index entry in one step, so no event is
-	// matched against half-old, half-new state.
-	c.mu.Lock()
-	c.userID, c.roles = id.UserID, id.Roles
-	for i := range c.subs {
-		c.subs[i].channels = protocol.ConvertAccountChannels(c.subs[i].channels, id.UserID)
-	}
-	c.mu.Unlock()
-	c.reindex()
+	// Re-bind account channels to the new user and switch roles; the index
+	// entry is replaced in one step, so no event is matched against
+	// half-old, half-new state.
+	c.setIdentity(id)
 	c.sendText(protocol.AppendAuthResponse(nil, id.User))
 }
 

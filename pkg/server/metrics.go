@@ -17,6 +17,8 @@ type metrics struct {
 	invalidEvents  prometheus.Counter
 	publishErrors  *prometheus.CounterVec
 	published      prometheus.Counter
+
+	permissionChanges prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -57,8 +59,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		published: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_published_total", Help: "Events accepted by POST /v1/publish.",
 		}),
+		permissionChanges: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_permission_changes_total", Help: "Permission changes applied to users with connections on this node.",
+		}),
 	}
 	reg.MustRegister(m.connections, m.upgrades, m.messagesIn, m.messagesOut, m.framesOut, m.deliveries,
-		m.slowConsumers, m.protocolErrors, m.events, m.invalidEvents, m.publishErrors, m.published)
+		m.slowConsumers, m.protocolErrors, m.events, m.invalidEvents, m.publishErrors, m.published, m.permissionChanges)
 	return m
 }

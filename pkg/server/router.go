@@ -43,10 +43,19 @@ func (r *router) route(msg []byte) {
 		return
 	}
 	s.metrics.events.Inc()
-	if len(ev.Roles) == 0 || len(ev.Channels) == 0 {
-		// A bare permission change carries nothing to deliver.
-		return
+	if len(ev.Roles) > 0 && len(ev.Channels) > 0 {
+		r.deliver(ev)
 	}
+	if ev.PermissionsChanged && ev.UserID != "" {
+		// After the delivery: the announcing event (say, the user's own
+		// membership delete) still reaches them under the old roles.
+		s.permissionsChanged(ev.Project, ev.UserID)
+	}
+}
+
+// deliver queues ev for every recipient and wakes the write pool.
+func (r *router) deliver(ev *protocol.Event) {
+	s := r.srv
 	r.ev = ev
 	// A fresh slice per event: queued frames keep referencing it after
 	// route returns.

@@ -93,6 +93,7 @@ type Server struct {
 	projects   map[string]bool
 
 	idx    *index.Index[*conn]
+	users  userTable
 	pool   *writePool
 	waiter *outWaiter
 

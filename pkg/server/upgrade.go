@@ -178,6 +178,9 @@ func (c *conn) open(h *handshake) {
 	}
 	c.mu.Lock()
 	c.project, c.userID, c.roles, c.subs = project, id.UserID, id.Roles, subs
+	if !c.closed {
+		s.users.add(userKey{project, id.UserID}, c)
+	}
 	c.mu.Unlock()
 	c.reindex()
 	c.sendText(protocol.AppendConnected(nil, channels, slots, ids, id.User))

@@ -1,0 +1,112 @@
+package server
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/switchboard-rt/switchboard/pkg/auth"
+)
+
+// mutableBackend is an auth backend whose answers the test changes, the
+// way an Appwrite API's answers change when a membership is deleted.
+type mutableBackend struct {
+	mu    sync.Mutex
+	roles map[string][]string
+}
+
+func (b *mutableBackend) set(uid string, roles ...string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.roles[uid] = roles
+}
+
+func (b *mutableBackend) start(t *testing.T) string {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var req map[string]string
+		_ = json.NewDecoder(r.Body).Decode(&req)
+		uid := req["userId"]
+		if s, ok := strings.CutPrefix(req["session"], "s-"); ok {
+			uid = s
+		}
+		b.mu.Lock()
+		roles, ok := b.roles[uid]
+		b.mu.Unlock()
+		if !ok {
+			http.Error(w, "unknown", http.StatusUnauthorized)
+			return
+		}
+		_ = json.NewEncoder(w).Encode(map[string]any{"userId": uid, "roles": roles})
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+func permissionChange(project, uid string, roles, channels []string, payload string) string {
+	b, _ := json.Marshal(map[string]any{
+		"project": project, "roles": roles, "permissionsChanged": true, "userId": uid,
+		"data": map[string]any{"events": []string{"teams.t1.memberships.m1.delete"}, "channels": channels,
+			"timestamp": "2026-01-01T12:00:00.000+00:00", "payload": json.RawMessage(payload)},
+	})
+	return string(b)
+}
+
+func TestPermissionChangeRevokesTeamRoleAtOnce(t *testing.T) {
+	backend := &mutableBackend{roles: map[string][]string{}}
+	backend.set("u1", "team:t1")
+	backend.set("u2", "team:t1")
+	r, err := auth.NewHTTP(auth.HTTPOptions{URL: backend.start(t), CacheTTL: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := testNode(t, func(c *Config) { c.Resolver = r })
+	u1a := dial(t, s, "project=p1&channels[]=documents&channels[]=memberships", http.Header{"X-Appwrite-Session": {"s-u1"}})
+	u1b := dial(t, s, "project=p1&channels[]=documents", http.Header{"X-Appwrite-Session": {"s-u1"}})
+	u2 := dial(t, s, "project=p1&channels[]=documents", http.Header{"X-Appwrite-Session": {"s-u2"}})
+	for _, c := range []*client{u1a, u1b, u2} {
+		c.expect("connected")
+	}
+	publish(t, s, event("p1", []string{"team:t1"}, []string{"documents"}, `{"n":1}`))
+	for _, c := range []*client{u1a, u1b, u2} {
+		c.expectPayload(`{"n":1}`)
+	}
+
+	// u1 leaves the team: the backend changes its answer, then publishes the
+	// membership delete with permissionsChanged. u1 must still receive that
+	// very event (it was readable by team:t1 when published) and nothing
+	// of the team's afterwards, on both of its connections.
+	backend.set("u1")
+	publish(t, s, permissionChange("p1", "u1", []string{"team:t1"}, []string{"memberships"}, `{"membership":"deleted"}`))
+	publish(t, s, event("p1", []string{"team:t1"}, []string{"documents"}, `{"n":2}`))
+	publish(t, s, event("p1", []string{"user:u1"}, []string{"documents", "memberships"}, `{"n":3}`))
+	u1a.expectPayload(`{"membership":"deleted"}`)
+	u1a.expectPayload(`{"n":3}`)
+	u1b.expectPayload(`{"n":3}`)
+	u2.expectPayload(`{"n":2}`)
+	if got := counterValue(t, s, "switchboard_permission_changes_total"); got != 1 {
+		t.Fatalf("permission changes = %v", got)
+	}
+}
+
+func TestPermissionChangeWithJWTDropsToGuest(t *testing.T) {
+	r, err := auth.NewJWT([]byte("k"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := testNode(t, func(c *Config) { c.Resolver = r })
+	u1 := dial(t, s, "project=p1&channels[]=documents&jwt="+jwtFor(t, "k", jwt.MapClaims{"sub": "u1", "roles": []string{"team:t1"}}), nil)
+	u1.expect("connected")
+	publish(t, s, permissionChange("p1", "u1", []string{"team:t1"}, []string{"documents"}, `{"last":"team event"}`))
+	publish(t, s, event("p1", []string{"team:t1", "user:u1", "users"}, []string{"documents"}, `{"stale":true}`))
+	publish(t, s, event("p1", []string{"guests"}, []string{"documents"}, `{"as":"guest"}`))
+	u1.expectPayload(`{"last":"team event"}`)
+	if m := u1.expect("error"); !strings.Contains(string(m.Data), "authenticate again") {
+		t.Fatalf("error = %s", m.Data)
+	}
+	u1.expectPayload(`{"as":"guest"}`)
+}

@@ -1,0 +1,118 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"sync"
+
+	"go.uber.org/zap"
+
+	"github.com/switchboard-rt/switchboard/pkg/auth"
+	"github.com/switchboard-rt/switchboard/pkg/protocol"
+)
+
+// userKey names one user of one project.
+type userKey struct{ project, uid string }
+
+// userTable finds a signed-in user's connections, which is what a
+// permission change needs. Guests cost nothing here.
+type userTable struct {
+	mu    sync.Mutex
+	conns map[userKey]map[*conn]struct{}
+}
+
+func (t *userTable) add(k userKey, c *conn) {
+	if k.uid == "" {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.conns == nil {
+		t.conns = make(map[userKey]map[*conn]struct{})
+	}
+	set := t.conns[k]
+	if set == nil {
+		set = make(map[*conn]struct{}, 1)
+		t.conns[k] = set
+	}
+	set[c] = struct{}{}
+}
+
+func (t *userTable) remove(k userKey, c *conn) {
+	if k.uid == "" {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if set := t.conns[k]; set != nil {
+		delete(set, c)
+		if len(set) == 0 {
+			delete(t.conns, k)
+		}
+	}
+}
+
+func (t *userTable) list(k userKey) []*conn {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]*conn, 0, len(t.conns[k]))
+	for c := range t.conns[k] {
+		out = append(out, c)
+	}
+	return out
+}
+
+// setIdentity switches c to identity id: roles, user id, account channels,
+// the user table and the index, the index in one step.
+func (c *conn) setIdentity(id auth.Identity) {
+	s := c.srv
+	c.mu.Lock()
+	old := userKey{c.project, c.userID}
+	c.userID, c.roles = id.UserID, id.Roles
+	for i := range c.subs {
+		c.subs[i].channels = protocol.ConvertAccountChannels(c.subs[i].channels, id.UserID)
+	}
+	// The user table changes under c.mu, as in onClosed, so a closed
+	// connection can never be put back into it.
+	if !c.closed {
+		s.users.remove(old, c)
+		s.users.add(userKey{c.project, c.userID}, c)
+	}
+	c.mu.Unlock()
+	c.reindex()
+}
+
+// permissionsChanged re-resolves every local connection of the user after
+// a permission change, so that no later event is matched against the old
+// roles. It runs on the router, between events: the event that announced
+// the change has already been queued under the roles it was published for.
+// A resolver that cannot re-resolve a user (JWT), or that fails, drops the
+// connections to guest and asks them to authenticate again: stale roles
+// are never kept.
+func (s *Server) permissionsChanged(project, uid string) {
+	conns := s.users.list(userKey{project, uid})
+	if len(conns) == 0 {
+		return
+	}
+	s.metrics.permissionChanges.Inc()
+	id, err := auth.Identity{}, errors.ErrUnsupported
+	if ur, ok := s.cfg.Resolver.(auth.UserResolver); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.AuthTimeout)
+		id, err = ur.ResolveUser(ctx, project, uid)
+		cancel()
+	}
+	if err != nil {
+		if !errors.Is(err, auth.ErrUnauthorized) && !errors.Is(err, errors.ErrUnsupported) {
+			s.log.Warn("re-resolving user after a permission change failed; dropping to guest",
+				zap.String("project", project), zap.String("user", uid), zap.Error(err))
+		}
+		for _, c := range conns {
+			c.setIdentity(auth.Guest())
+			c.sendError(protocol.CodeInvalidMessage, "Permissions changed: authenticate again.")
+		}
+		return
+	}
+	for _, c := range conns {
+		c.setIdentity(id)
+	}
+}
