@@ -37,6 +37,7 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 		logFormat       string
 		shutdownTimeout time.Duration
 		brokerBuffer    int
+		origins         string
 		readBuffer      int
 	)
 	fs.StringVar(&cfg.Listen, "listen", ":9505", "WebSocket listen address")
@@ -54,6 +55,9 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	fs.IntVar(&cfg.MaxHeaderBytes, "max-header-bytes", 8<<10, "largest upgrade request head in bytes")
 	fs.IntVar(&cfg.MaxQueueBytes, "max-queue-bytes", 1<<20, "outbound bytes queued per connection before it is closed as a slow consumer")
 	fs.IntVar(&cfg.MaxSubscriptions, "max-subscriptions", 100, "subscriptions per connection; more are refused with error 1003")
+	fs.IntVar(&cfg.ConnectsPerIP, "connects-per-ip", 128, "WebSocket connects per client IP per minute; more get error 1013 and close (0: no limit)")
+	fs.IntVar(&cfg.MessagesPerMinute, "messages-per-minute", 32, "client messages per connection per minute; more get error 1013 (0: no limit)")
+	fs.StringVar(&origins, "allowed-origins", "", "comma-separated browser origins allowed to connect (scheme://host, host, *.domain); empty allows all")
 	fs.IntVar(&cfg.WriteWorkers, "write-workers", 0, "write pool goroutines (0: 2 x GOMAXPROCS)")
 	fs.IntVar(&cfg.IndexShards, "index-shards", 64, "subscription index shards (rounded up to a power of two)")
 	fs.IntVar(&readBuffer, "read-buffer", 1024, "netpoll's input buffer per connection in bytes (held while idle; larger messages grow it while they arrive)")
@@ -88,6 +92,7 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	defer log.Sync()
 
 	cfg.Projects = splitList(projects)
+	cfg.AllowedOrigins = splitList(origins)
 	switch authMode {
 	case "none":
 		cfg.Resolver = auth.None{}

@@ -29,6 +29,8 @@ type conn struct {
 	upgraded   bool
 	readClosed bool      // we decided to close: discard further input
 	fragOp     ws.OpCode // opcode of the fragmented message in progress, 0 when none
+	msgCount   uint16    // client messages in msgMinute
+	msgMinute  uint32    // unix minute msgCount counts
 	pend       []byte    // bytes of an incomplete handshake or frame; nil when none
 	frag       []byte    // payload of a fragmented message being reassembled
 

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"net"
 	"os"
 	"testing"
 
@@ -19,6 +20,8 @@ type fakeNC struct {
 }
 
 func (f *fakeNC) Close() error { f.closed = true; return nil }
+
+func (f *fakeNC) RemoteAddr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 9), Port: 1234} }
 
 const upgradeRequest = "GET /v1/realtime?project=p1&channels[]=files HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
 	"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"hash/fnv"
 	"math/rand/v2"
+	"time"
 
 	"github.com/gobwas/ws"
 	"go.uber.org/zap"
@@ -20,6 +21,11 @@ import (
 // message is answered with an error frame and the connection stays open.
 func (c *conn) handleMessage(b []byte) {
 	m := c.srv.metrics
+	if !c.allowMessage(time.Now()) {
+		m.messagesIn.WithLabelValues("limited").Inc()
+		c.sendError(protocol.CodeTooManyRequests, "Too many messages.")
+		return
+	}
 	msg, err := protocol.ParseClientMessage(b)
 	if err != nil {
 		m.messagesIn.WithLabelValues("invalid").Inc()

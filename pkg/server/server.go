@@ -38,8 +38,12 @@ type Config struct {
 	MaxHeaderBytes   int // largest upgrade request head; default 8 KiB
 	MaxQueueBytes    int // outbound bytes queued per connection before it is a slow consumer; default 1 MiB
 	MaxSubscriptions int // subscriptions per connection; default 100
-	WriteWorkers     int // write pool size; default 2 x GOMAXPROCS
-	IndexShards      int // subscription index shards; default 64
+
+	ConnectsPerIP     int      // upgrades per client IP per minute; 0 disables
+	MessagesPerMinute int      // client messages per connection per minute; 0 disables
+	AllowedOrigins    []string // when non-empty, browser origins allowed to connect
+	WriteWorkers      int      // write pool size; default 2 x GOMAXPROCS
+	IndexShards       int      // subscription index shards; default 64
 
 	AuthTimeout time.Duration // bound on one resolver call; default 5 s
 
@@ -92,10 +96,11 @@ type Server struct {
 	metrics    *metrics
 	projects   map[string]bool
 
-	idx    *index.Index[*conn]
-	users  userTable
-	pool   *writePool
-	waiter *outWaiter
+	idx      *index.Index[*conn]
+	users    userTable
+	connects connectLimiter
+	pool     *writePool
+	waiter   *outWaiter
 
 	serving  atomic.Bool
 	draining atomic.Bool
@@ -125,6 +130,7 @@ func New(cfg Config) (*Server, error) {
 		metrics: newMetrics(cfg.Registry),
 		idx:     index.New[*conn](cfg.IndexShards),
 	}
+	s.connects.limit = cfg.ConnectsPerIP
 	if len(cfg.Projects) > 0 {
 		s.projects = make(map[string]bool, len(cfg.Projects))
 		for _, p := range cfg.Projects {

@@ -466,3 +466,55 @@ func TestHTTPResolverSessionsFromEveryPlace(t *testing.T) {
 		t.Fatalf("backend down: close %d after %v", code, msgs)
 	}
 }
+
+func TestAbuseLimits(t *testing.T) {
+	s := testNode(t, func(c *Config) {
+		c.ConnectsPerIP = 3
+		c.MessagesPerMinute = 4
+		c.AllowedOrigins = []string{"https://app.example.com", "*.example.org"}
+	})
+	var open []*client
+	for i := 0; i < 3; i++ {
+		c := dial(t, s, "project=p1", nil)
+		c.expect("connected")
+		open = append(open, c)
+	}
+	over := dial(t, s, "project=p1", nil)
+	code, msgs := over.expectClose()
+	if code != 1013 || len(msgs) != 1 || !strings.Contains(string(msgs[0].Data), `"code":1013`) {
+		t.Fatalf("4th connect: close %d after %v", code, msgs)
+	}
+
+	c := open[0]
+	for i := 0; i < 4; i++ {
+		c.send(`{"type":"ping"}`)
+		c.expect("pong")
+	}
+	c.send(`{"type":"ping"}`)
+	if m := c.expect("error"); !strings.Contains(string(m.Data), `"code":1013`) {
+		t.Fatalf("5th message: %s", m.Data)
+	}
+	// Over the message limit, still open: events keep coming.
+	c.send(`{"type":"subscribe","data":[{"channels":["files"]}]}`)
+	c.expect("error")
+
+	s2 := testNode(t, func(c *Config) { c.AllowedOrigins = []string{"https://app.example.com", "*.example.org"} })
+	for origin, ok := range map[string]bool{
+		"https://app.example.com": true, "https://APP.example.com/": true, "https://x.example.org": true,
+		"": true, "https://evil.com": false, "https://app.example.com.evil.com": false,
+	} {
+		h := http.Header{}
+		if origin != "" {
+			h.Set("Origin", origin)
+		}
+		c := dial(t, s2, "project=p1", h)
+		if ok {
+			c.expect("connected")
+			continue
+		}
+		code, msgs := c.expectClose()
+		if code != ws.StatusPolicyViolation || len(msgs) != 1 || !strings.Contains(string(msgs[0].Data), "Invalid Origin") {
+			t.Fatalf("origin %q: close %d after %v", origin, code, msgs)
+		}
+	}
+}

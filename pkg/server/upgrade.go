@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/gobwas/ws"
 	"go.uber.org/zap"
@@ -135,8 +136,18 @@ func (c *conn) open(h *handshake) {
 	if project == "" {
 		project = q.Project
 	}
+	if !s.connects.allow(c.nc.RemoteAddr(), time.Now()) {
+		s.metrics.protocolErrors.WithLabelValues(itoa(protocol.CodeTooManyRequests)).Inc()
+		c.sendText(protocol.AppendError(nil, protocol.CodeTooManyRequests, "Too many requests"))
+		c.closeWith(statusTryAgainLater, "Too many requests")
+		return
+	}
 	if project == "" || !s.projectAllowed(project) {
 		c.fail(protocol.CodePolicyViolation, "Missing or unknown project ID")
+		return
+	}
+	if !s.originAllowed(h.origin) {
+		c.fail(protocol.CodePolicyViolation, "Invalid Origin. Register your new client ("+h.origin+") as a new platform on your project console dashboard")
 		return
 	}
 	if qerr != nil {
