@@ -1,6 +1,6 @@
 GO ?= go
 
-.PHONY: all build run test vet bench-go fuzz clean
+.PHONY: all build run test sdk-deps vet bench-go fuzz clean
 
 all: build
 
@@ -11,10 +11,15 @@ build:
 run:
 	$(GO) run ./cmd/switchboard serve
 
-# The test command of the README and of .ci/run.
-test:
+# The test command of the README and of .ci/run. The Appwrite SDK test
+# needs Node; its packages are pinned in test/sdk/package-lock.json.
+test: sdk-deps
 	$(GO) vet ./...
 	$(GO) test -race -count=1 ./...
+
+sdk-deps:
+	@if command -v npm >/dev/null; then npm ci --prefix test/sdk --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: the Appwrite SDK test will be skipped"; fi
 
 # Go micro-benchmarks (index lookup, encode-once fan-out, frame codec).
 bench-go:

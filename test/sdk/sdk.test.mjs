@@ -1,0 +1,121 @@
+// Drives the official Appwrite Web SDK against a running Switchboard node.
+// Three generations of the realtime protocol: appwrite 21.x (channels[] in
+// the URL), 24.2 (URL subscription slots) and 28 (subscribe messages).
+//
+// Usage: SWITCHBOARD_ADDR=host:port SWITCHBOARD_ADMIN=host:port
+//        SWITCHBOARD_JWT=<HS256 token for user u1> node sdk.test.mjs
+// Exits 0 when every check passed; prints one line per check.
+import WebSocket from 'ws';
+import * as sdk28 from 'appwrite';
+import * as sdk24 from 'appwrite24';
+import * as sdk21 from 'appwrite21';
+
+// The browser globals the SDK expects.
+globalThis.window = globalThis;
+globalThis.WebSocket = WebSocket;
+const store = new Map();
+globalThis.localStorage = {
+  getItem: (k) => (store.has(k) ? store.get(k) : null),
+  setItem: (k, v) => store.set(k, String(v)),
+  removeItem: (k) => store.delete(k),
+};
+
+const addr = process.env.SWITCHBOARD_ADDR;
+const admin = process.env.SWITCHBOARD_ADMIN;
+const jwt = process.env.SWITCHBOARD_JWT;
+if (!addr || !admin || !jwt) {
+  console.error('SWITCHBOARD_ADDR, SWITCHBOARD_ADMIN and SWITCHBOARD_JWT are required');
+  process.exit(2);
+}
+
+let seq = 0;
+async function publish(roles, channels, payload) {
+  const body = {
+    project: 'p1', roles, permissionsChanged: false, userId: null,
+    data: { events: ['test.event'], channels, timestamp: new Date().toISOString(), payload },
+  };
+  const res = await fetch(`http://${admin}/v1/publish`, { method: 'POST', body: JSON.stringify(body) });
+  if (res.status !== 202) throw new Error(`publish: ${res.status} ${await res.text()}`);
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// until publishes a probe every 200 ms until pred() holds (the SDK connects
+// and subscribes asynchronously, with no hook that says it is done).
+async function until(what, probe, pred, ms = 10000) {
+  const end = Date.now() + ms;
+  while (!pred()) {
+    if (Date.now() > end) throw new Error(`timed out: ${what}`);
+    await probe();
+    await sleep(200);
+  }
+}
+
+function client(mod, session) {
+  const c = new mod.Client().setEndpoint(`http://${addr}/v1`).setProject('p1');
+  if (session) c.setSession(session);
+  return c;
+}
+
+const payloads = (list) => list.map((r) => JSON.stringify(r.payload));
+
+async function check(name, mod) {
+  const anon = client(mod);
+  const user = client(mod, jwt);
+  const anonGot = [];
+  const userGot = [];
+  const unsubs = [
+    anon.subscribe('files', (r) => anonGot.push(r)),
+    user.subscribe('files', (r) => userGot.push(r)),
+  ];
+
+  // 1. client.subscribe('files', cb) receives a published event.
+  const probe = ++seq;
+  await until(`${name}: anonymous client receives an event on 'files'`,
+    () => publish(['any'], ['files'], { probe }),
+    () => anonGot.some((r) => r.payload.probe === probe));
+  const ev = anonGot.find((r) => r.payload.probe === probe);
+  if (!ev.channels.includes('files') || !Array.isArray(ev.events) || !ev.timestamp) {
+    throw new Error(`${name}: event shape ${JSON.stringify(ev)}`);
+  }
+  console.log(`ok ${name}: subscribe('files') receives the event`);
+
+  // 2. The signed-in client authenticates (the SDK sends its session after
+  // 'connected') and then receives a user:u1-only event...
+  const who = ++seq;
+  await until(`${name}: authenticated client receives a user:u1 event`,
+    () => publish(['user:u1'], ['files'], { who }),
+    () => userGot.some((r) => r.payload.who === who));
+
+  // ...and the anonymous one never does: it sees the guests marker that was
+  // published after the secret, and not the secret.
+  anonGot.length = 0;
+  userGot.length = 0;
+  await publish(['user:u1'], ['files'], { secret: seq });
+  await publish(['guests'], ['files'], { guestsOnly: seq });
+  await publish(['any'], ['files'], { end: seq });
+  await until(`${name}: both clients receive the end marker`, async () => {},
+    () => anonGot.some((r) => r.payload.end) && userGot.some((r) => r.payload.end));
+  const a = payloads(anonGot);
+  const u = payloads(userGot);
+  if (a.some((p) => p.includes('secret')) || !a.some((p) => p.includes('guestsOnly'))) {
+    throw new Error(`${name}: anonymous client got ${a}`);
+  }
+  if (!u.some((p) => p.includes('secret')) || u.some((p) => p.includes('guestsOnly'))) {
+    throw new Error(`${name}: signed-in client got ${u}`);
+  }
+  console.log(`ok ${name}: user:u1 event reaches the signed-in client only`);
+
+  for (const f of unsubs) f();
+}
+
+try {
+  await check('appwrite@28 (subscribe messages)', sdk28);
+  await check('appwrite@24.2 (URL slots)', sdk24);
+  await check('appwrite@21.5 (channels[])', sdk21);
+  console.log('3 passed, 0 failed');
+  process.exit(0);
+} catch (err) {
+  console.error(`FAIL ${err.stack || err}`);
+  process.exit(1);
+}
