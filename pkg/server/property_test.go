@@ -1,0 +1,277 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/switchboard-rt/switchboard/pkg/auth"
+	"github.com/switchboard-rt/switchboard/pkg/broker"
+	"github.com/switchboard-rt/switchboard/pkg/protocol"
+)
+
+// teamResolver is the property test's auth backend: session "s-<uid>" is
+// user uid, whose roles are users, user:uid and team:T for every team the
+// world currently puts them in.
+type teamResolver struct {
+	mu    sync.Mutex
+	teams map[string]map[string]bool // uid -> team -> member
+}
+
+func (r *teamResolver) roles(uid string) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var extra []string
+	for t, in := range r.teams[uid] {
+		if in {
+			extra = append(extra, "team:"+t)
+		}
+	}
+	sort.Strings(extra)
+	return auth.UserRoles(uid, extra)
+}
+
+func (r *teamResolver) Resolve(_ context.Context, c auth.Credentials) (auth.Identity, error) {
+	uid, ok := strings.CutPrefix(c.Session, "s-")
+	if !ok {
+		return auth.Identity{}, auth.ErrUnauthorized
+	}
+	return auth.Identity{UserID: uid, Roles: r.roles(uid), User: json.RawMessage(`{"$id":"` + uid + `"}`)}, nil
+}
+
+func (r *teamResolver) ResolveUser(_ context.Context, _ string, uid string) (auth.Identity, error) {
+	return auth.Identity{UserID: uid, Roles: r.roles(uid)}, nil
+}
+
+// modelConn is what the model believes about one connection.
+type modelConn struct {
+	c       *conn
+	project string
+	roles   []string
+	subs    map[string][]string // subscription id -> channels
+}
+
+// TestNoLeakProperty builds thousands of random worlds — projects, users,
+// teams, channels, connections that subscribe, unsubscribe, authenticate
+// and leave, membership changes announced with permissionsChanged — and
+// checks after every event that each connection received exactly the
+// events it is entitled to, each once, naming exactly the subscriptions
+// that matched. The code under test is the node's own: handshake
+// (post-upgrade), client messages, close callback, router and index.
+func TestNoLeakProperty(t *testing.T) {
+	worlds := 2000
+	if testing.Short() {
+		worlds = 200
+	}
+	for w := 0; w < worlds; w++ {
+		runWorld(t, uint64(w))
+		if t.Failed() {
+			return
+		}
+	}
+}
+
+func runWorld(t *testing.T, seed uint64) {
+	rng := rand.New(rand.NewPCG(seed, 0x5b))
+	projects := []string{"p1", "p2"}
+	users := []string{"u1", "u2", "u3"}
+	teams := []string{"t1", "t2"}
+	channels := []string{"c1", "c2", "c3", "c4"}
+	pick := func(list []string) string { return list[rng.IntN(len(list))] }
+	subset := func(list []string, min int) []string {
+		var out []string
+		for _, s := range list {
+			if rng.IntN(3) == 0 {
+				out = append(out, s)
+			}
+		}
+		for len(out) < min {
+			out = appendUnique(out, pick(list))
+		}
+		return out
+	}
+
+	res := &teamResolver{teams: map[string]map[string]bool{}}
+	for _, u := range users {
+		res.teams[u] = map[string]bool{}
+		for _, tm := range teams {
+			res.teams[u][tm] = rng.IntN(2) == 0
+		}
+	}
+	s, err := New(Config{Broker: broker.NewMemory(1), Resolver: res, IndexShards: 1 << rng.IntN(4)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.pool = &writePool{ch: make(chan *conn, 1<<16)}
+	r := newRouter(s)
+
+	var live []*modelConn
+	modelRoles := func(uid string) []string {
+		if uid == "" {
+			return []string{auth.RoleGuests}
+		}
+		return res.roles(uid)
+	}
+	connect := func() {
+		c := &conn{Context: context.Background(), srv: s, nc: &fakeNC{}, fd: -1}
+		c.id = s.idx.Insert(c)
+		m := &modelConn{c: c, project: pick(projects), subs: map[string][]string{}}
+		q := "project=" + m.project
+		chans := subset(channels, 0)
+		for _, ch := range chans {
+			q += "&channels[]=" + ch
+		}
+		h := handshake{uri: "/v1/realtime?" + q}
+		uid := ""
+		if rng.IntN(2) == 0 {
+			uid = pick(users)
+			h.session = "s-" + uid
+		}
+		c.upgraded = true
+		c.open(&h)
+		m.roles = modelRoles(uid)
+		if len(chans) > 0 {
+			m.subs[c.subs[0].id] = chans
+		}
+		live = append(live, m)
+	}
+	uidOf := func(m *modelConn) string {
+		m.c.mu.Lock()
+		defer m.c.mu.Unlock()
+		return m.c.userID
+	}
+
+	nEvent := 0
+	for step := 0; step < 40; step++ {
+		switch op := rng.IntN(10); {
+		case op < 2 || len(live) == 0:
+			connect()
+		case op == 2: // subscribe by message, sometimes replacing an id
+			m := live[rng.IntN(len(live))]
+			id := fmt.Sprintf("s%d", rng.IntN(3))
+			chans := subset(channels, 1)
+			b, _ := json.Marshal(map[string]any{"type": "subscribe", "data": []map[string]any{{"subscriptionId": id, "channels": chans}}})
+			m.c.handleMessage(b)
+			m.subs[id] = chans
+		case op == 3: // unsubscribe
+			m := live[rng.IntN(len(live))]
+			for id := range m.subs {
+				m.c.handleMessage([]byte(`{"type":"unsubscribe","data":[{"subscriptionId":"` + id + `"}]}`))
+				delete(m.subs, id)
+				break
+			}
+		case op == 4: // authenticate as someone (possibly again)
+			m := live[rng.IntN(len(live))]
+			uid := pick(users)
+			m.c.handleMessage([]byte(`{"type":"authentication","data":{"session":"s-` + uid + `"}}`))
+			m.roles = modelRoles(uid)
+		case op == 5: // leave
+			i := rng.IntN(len(live))
+			_ = live[i].c.onClosed(nil)
+			live = slices.Delete(live, i, i+1)
+		case op == 6: // membership change, announced to the user's own team
+			uid, tm := pick(users), pick(teams)
+			res.mu.Lock()
+			res.teams[uid][tm] = !res.teams[uid][tm]
+			res.mu.Unlock()
+			ev := &protocol.Event{Project: pick(projects), Roles: []string{"team:" + tm, "user:" + uid}, Channels: subset(channels, 1),
+				PermissionsChanged: true, UserID: uid, Payload: json.RawMessage(fmt.Sprintf(`{"n":%d}`, nEvent))}
+			// Entitled under the roles valid when it was published...
+			checkEvent(t, seed, step, r, live, ev, nEvent)
+			nEvent++
+			// ...then every connection of uid in that project has the new roles.
+			for _, m := range live {
+				if m.project == ev.Project && uidOf(m) == uid {
+					m.roles = modelRoles(uid)
+				}
+			}
+		default: // an ordinary event
+			roles := subset([]string{"any", "guests", "users", "user:u1", "user:u2", "user:u3", "team:t1", "team:t2"}, 1)
+			ev := &protocol.Event{Project: pick(projects), Roles: roles, Channels: subset(channels, 1), Payload: json.RawMessage(fmt.Sprintf(`{"n":%d}`, nEvent))}
+			checkEvent(t, seed, step, r, live, ev, nEvent)
+			nEvent++
+		}
+		if t.Failed() {
+			return
+		}
+	}
+}
+
+// checkEvent routes ev and compares every connection's queue with the model.
+func checkEvent(t *testing.T, seed uint64, step int, r *router, live []*modelConn, ev *protocol.Event, n int) {
+	t.Helper()
+	msg, err := protocol.MarshalEvent(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Earlier frames (connected, responses, errors) are not under test here.
+	for _, m := range live {
+		drainQueue(m.c)
+	}
+	r.route(msg)
+	for len(r.srv.pool.ch) > 0 {
+		<-r.srv.pool.ch
+	}
+	for i, m := range live {
+		var want []string
+		if m.project == ev.Project && (slices.Contains(ev.Roles, "any") || slices.ContainsFunc(m.roles, func(x string) bool { return slices.Contains(ev.Roles, x) })) {
+			for id, chans := range m.subs {
+				if slices.ContainsFunc(chans, func(x string) bool { return slices.Contains(ev.Channels, x) }) {
+					want = append(want, id)
+				}
+			}
+		}
+		sort.Strings(want)
+		var got [][]string
+		for _, f := range drainQueue(m.c) {
+			var fr struct {
+				Type string `json:"type"`
+				Data struct {
+					Payload       struct{ N int } `json:"payload"`
+					Subscriptions []string        `json:"subscriptions"`
+				} `json:"data"`
+			}
+			_, hn, _ := parseFrameHeader(f)
+			if err := json.Unmarshal(f[hn:], &fr); err != nil {
+				t.Fatalf("seed %d step %d: bad frame %q", seed, step, f)
+			}
+			if fr.Type == "event" {
+				if fr.Data.Payload.N != n {
+					t.Fatalf("seed %d step %d: conn %d got event %d while checking %d", seed, step, i, fr.Data.Payload.N, n)
+				}
+				ids := fr.Data.Subscriptions
+				sort.Strings(ids)
+				got = append(got, ids)
+			}
+		}
+		switch {
+		case len(want) == 0 && len(got) != 0:
+			t.Fatalf("seed %d step %d: LEAK: conn %d (project %s roles %v subs %v) got event %v roles %v channels %v",
+				seed, step, i, m.project, m.roles, m.subs, ev.Project, ev.Roles, ev.Channels)
+		case len(want) != 0 && len(got) != 1:
+			t.Fatalf("seed %d step %d: conn %d (project %s roles %v subs %v) got %d copies of event %s %v %v, want 1",
+				seed, step, i, m.project, m.roles, m.subs, len(got), ev.Project, ev.Roles, ev.Channels)
+		case len(want) != 0 && !slices.Equal(got[0], want):
+			t.Fatalf("seed %d step %d: conn %d event names subscriptions %v, want %v", seed, step, i, got[0], want)
+		}
+	}
+}
+
+// drainQueue removes and returns the connection's queued frames, joined.
+func drainQueue(c *conn) [][]byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out [][]byte
+	for _, f := range c.out {
+		out = append(out, slices.Concat(f.head, f.body, f.tail))
+	}
+	clear(c.out)
+	c.out, c.outBytes, c.outOff, c.queued, c.waitOut = nil, 0, 0, false, false
+	return out
+}
