@@ -58,6 +58,8 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	fs.IntVar(&cfg.ConnectsPerIP, "connects-per-ip", 128, "WebSocket connects per client IP per minute; more get error 1013 and close (0: no limit)")
 	fs.IntVar(&cfg.MessagesPerMinute, "messages-per-minute", 32, "client messages per connection per minute; more get error 1013 (0: no limit)")
 	fs.StringVar(&origins, "allowed-origins", "", "comma-separated browser origins allowed to connect (scheme://host, host, *.domain); empty allows all")
+	fs.IntVar(&cfg.MaxConns, "max-conns", 0, "upgraded connections held by this node; above it upgrades get HTTP 503 (0: no limit)")
+	fs.DurationVar(&cfg.HandshakeTimeout, "handshake-timeout", 5*time.Second, "a connection must complete its upgrade request within this")
 	fs.IntVar(&cfg.WriteWorkers, "write-workers", 0, "write pool goroutines (0: 2 x GOMAXPROCS)")
 	fs.IntVar(&cfg.IndexShards, "index-shards", 64, "subscription index shards (rounded up to a power of two)")
 	fs.IntVar(&readBuffer, "read-buffer", 1024, "netpoll's input buffer per connection in bytes (held while idle; larger messages grow it while they arrive)")

@@ -50,6 +50,7 @@ type conn struct {
 	closing  bool // accepts no more frames
 	abort    bool // close as soon as one non-blocking flush was tried
 	closed   bool // netpoll closes the fd: never write again
+	live     bool // upgraded: counted in Server.open, out of the handshake wheel's reach
 	outOff   int  // bytes of out[0] already written
 	outBytes int  // bytes queued in out
 	out      []outFrame
@@ -327,6 +328,9 @@ func (c *conn) onClosed(netpoll.Connection) error {
 	clear(c.out)
 	c.out, c.outBytes = nil, 0
 	c.srv.users.remove(userKey{c.project, c.userID}, c)
+	if c.live {
+		c.srv.open.Add(-1)
+	}
 	c.mu.Unlock()
 	c.idxMu.Lock()
 	c.removed = true

@@ -19,6 +19,8 @@ type metrics struct {
 	published      prometheus.Counter
 
 	permissionChanges prometheus.Counter
+	handshakeTimeouts prometheus.Counter
+	panics            prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -59,11 +61,17 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		published: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_published_total", Help: "Events accepted by POST /v1/publish.",
 		}),
+		handshakeTimeouts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_handshake_timeouts_total", Help: "Connections closed for not completing the upgrade in time.",
+		}),
+		panics: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_handler_panics_total", Help: "Panics recovered while handling a connection's input (the connection is closed with 1011).",
+		}),
 		permissionChanges: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_permission_changes_total", Help: "Permission changes applied to users with connections on this node.",
 		}),
 	}
 	reg.MustRegister(m.connections, m.upgrades, m.messagesIn, m.messagesOut, m.framesOut, m.deliveries,
-		m.slowConsumers, m.protocolErrors, m.events, m.invalidEvents, m.publishErrors, m.published, m.permissionChanges)
+		m.slowConsumers, m.protocolErrors, m.events, m.invalidEvents, m.publishErrors, m.published, m.permissionChanges, m.handshakeTimeouts, m.panics)
 	return m
 }

@@ -42,8 +42,11 @@ type Config struct {
 	ConnectsPerIP     int      // upgrades per client IP per minute; 0 disables
 	MessagesPerMinute int      // client messages per connection per minute; 0 disables
 	AllowedOrigins    []string // when non-empty, browser origins allowed to connect
-	WriteWorkers      int      // write pool size; default 2 x GOMAXPROCS
-	IndexShards       int      // subscription index shards; default 64
+
+	MaxConns         int           // upgraded connections held; above it upgrades get HTTP 503; 0 = no limit
+	HandshakeTimeout time.Duration // bound on the upgrade request arriving whole; default 5 s
+	WriteWorkers     int           // write pool size; default 2 x GOMAXPROCS
+	IndexShards      int           // subscription index shards; default 64
 
 	AuthTimeout time.Duration // bound on one resolver call; default 5 s
 
@@ -74,6 +77,9 @@ func (c *Config) setDefaults() {
 	def(&c.MaxSubscriptions, 100)
 	def(&c.WriteWorkers, 2*runtime.GOMAXPROCS(0))
 	def(&c.IndexShards, 64)
+	if c.HandshakeTimeout <= 0 {
+		c.HandshakeTimeout = 5 * time.Second
+	}
 	if c.AuthTimeout <= 0 {
 		c.AuthTimeout = 5 * time.Second
 	}
@@ -96,11 +102,14 @@ type Server struct {
 	metrics    *metrics
 	projects   map[string]bool
 
-	idx      *index.Index[*conn]
-	users    userTable
-	connects connectLimiter
-	pool     *writePool
-	waiter   *outWaiter
+	idx        *index.Index[*conn]
+	users      userTable
+	connects   connectLimiter
+	handshakes *handshakeWheel
+	open       atomic.Int64 // upgraded connections, for MaxConns
+	stopSweep  chan struct{}
+	pool       *writePool
+	waiter     *outWaiter
 
 	serving  atomic.Bool
 	draining atomic.Bool
@@ -131,6 +140,8 @@ func New(cfg Config) (*Server, error) {
 		idx:     index.New[*conn](cfg.IndexShards),
 	}
 	s.connects.limit = cfg.ConnectsPerIP
+	s.handshakes = newHandshakeWheel(cfg.HandshakeTimeout)
+	s.stopSweep = make(chan struct{})
 	if len(cfg.Projects) > 0 {
 		s.projects = make(map[string]bool, len(cfg.Projects))
 		for _, p := range cfg.Projects {
@@ -170,8 +181,9 @@ func (s *Server) Start() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stopRouter = cancel
 	rt := newRouter(s)
-	s.wg.Add(4)
+	s.wg.Add(5)
 	go func() { defer s.wg.Done(); s.waiter.run() }()
+	go func() { defer s.wg.Done(); s.runSweeper(s.stopSweep) }()
 	go func() {
 		defer s.wg.Done()
 		if err := s.cfg.Broker.Run(ctx, rt.route); err != nil && !errors.Is(err, context.Canceled) {
@@ -221,6 +233,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		err = e
 	}
 	s.waiter.close()
+	close(s.stopSweep)
 	s.wg.Wait()
 	s.pool.stop()
 	s.serving.Store(false)
@@ -233,12 +246,14 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 	c.id = s.idx.Insert(c)
 	_ = nc.AddCloseCallback(c.onClosed)
 	s.metrics.connections.Inc()
+	s.handshakes.add(c, time.Now())
 	return c
 }
 
 // onRequest runs on netpoll's pool when c has bytes to read.
 func (s *Server) onRequest(ctx context.Context, nc netpoll.Connection) error {
 	c := ctx.(*conn)
+	defer c.recoverConn()
 	c.onRead(nc.Reader())
 	return nil
 }

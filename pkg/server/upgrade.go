@@ -57,6 +57,9 @@ func (c *conn) upgrade(data []byte) int {
 			if s.draining.Load() {
 				return ws.RejectConnectionError(ws.RejectionStatus(http.StatusServiceUnavailable), ws.RejectionReason("server is draining"))
 			}
+			if s.cfg.MaxConns > 0 && s.open.Load() >= int64(s.cfg.MaxConns) {
+				return ws.RejectConnectionError(ws.RejectionStatus(http.StatusServiceUnavailable), ws.RejectionReason("server is full"))
+			}
 			h.uri = string(uri)
 			return nil
 		},
@@ -94,6 +97,10 @@ func (c *conn) upgrade(data []byte) int {
 		return len(data)
 	}
 	c.upgraded = true
+	c.mu.Lock()
+	c.live = !c.closed
+	c.mu.Unlock()
+	s.open.Add(1)
 	s.metrics.upgrades.WithLabelValues("ok").Inc()
 	c.send(outFrame{head: resp.Bytes()})
 	c.open(&h)
