@@ -14,6 +14,11 @@ import (
 // ErrClosed is returned by Publish after the broker has stopped.
 var ErrClosed = errors.New("broker: closed")
 
+// ErrNoProject is returned by a broker that routes by project (RedisSharded)
+// when asked to publish a message without a top-level "project" field: it
+// cannot know which partition would carry it.
+var ErrNoProject = errors.New("broker: message has no project")
+
 // Handler receives one raw backbone message. The slice is only valid until
 // the handler returns.
 type Handler func(msg []byte)
@@ -29,4 +34,16 @@ type Broker interface {
 	// Ready returns nil while the broker can carry messages, or the reason
 	// it cannot.
 	Ready() error
+}
+
+// ProjectAware is implemented by brokers that only receive the messages of
+// projects this node asked for (RedisSharded). The server calls Want when a
+// project's first connection arrives on this node and Unwant when its last
+// connection leaves; calls for one project must be balanced. A broker that
+// is not ProjectAware delivers every project's messages.
+type ProjectAware interface {
+	// Want starts (or keeps) the delivery of project's messages to this node.
+	Want(project string)
+	// Unwant undoes one Want; delivery stops when no Want remains.
+	Unwant(project string)
 }
