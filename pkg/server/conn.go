@@ -328,6 +328,7 @@ func (c *conn) onClosed(netpoll.Connection) error {
 	clear(c.out)
 	c.out, c.outBytes = nil, 0
 	c.srv.users.remove(userKey{c.project, c.userID}, c)
+	c.srv.projects.remove(c.project)
 	if c.live {
 		c.srv.open.Add(-1)
 	}

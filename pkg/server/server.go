@@ -100,10 +100,11 @@ type Server struct {
 	log        *zap.Logger
 	invalidLog *zap.Logger // sampled: garbage on the backbone must not flood the log
 	metrics    *metrics
-	projects   map[string]bool
+	allowed    map[string]bool
 
 	idx        *index.Index[*conn]
 	users      userTable
+	projects   projectTable
 	connects   connectLimiter
 	handshakes *handshakeWheel
 	open       atomic.Int64 // upgraded connections, for MaxConns
@@ -140,19 +141,20 @@ func New(cfg Config) (*Server, error) {
 		idx:     index.New[*conn](cfg.IndexShards),
 	}
 	s.connects.limit = cfg.ConnectsPerIP
+	s.projects.aware, _ = cfg.Broker.(broker.ProjectAware)
 	s.handshakes = newHandshakeWheel(cfg.HandshakeTimeout)
 	s.stopSweep = make(chan struct{})
 	if len(cfg.Projects) > 0 {
-		s.projects = make(map[string]bool, len(cfg.Projects))
+		s.allowed = make(map[string]bool, len(cfg.Projects))
 		for _, p := range cfg.Projects {
-			s.projects[p] = true
+			s.allowed[p] = true
 		}
 	}
 	return s, nil
 }
 
 func (s *Server) projectAllowed(p string) bool {
-	return s.projects == nil || s.projects[p]
+	return s.allowed == nil || s.allowed[p]
 }
 
 // Start binds both listeners and starts serving; it returns once clients

@@ -198,6 +198,7 @@ func (c *conn) open(h *handshake) {
 	c.project, c.userID, c.roles, c.subs = project, id.UserID, id.Roles, subs
 	if !c.closed {
 		s.users.add(userKey{project, id.UserID}, c)
+		s.projects.add(project)
 	}
 	c.mu.Unlock()
 	c.reindex()

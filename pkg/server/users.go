@@ -8,6 +8,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/switchboard-rt/switchboard/pkg/auth"
+	"github.com/switchboard-rt/switchboard/pkg/broker"
 	"github.com/switchboard-rt/switchboard/pkg/protocol"
 )
 
@@ -114,5 +115,42 @@ func (s *Server) permissionsChanged(project, uid string) {
 	}
 	for _, c := range conns {
 		c.setIdentity(id)
+	}
+}
+
+// projectTable counts this node's upgraded connections per project and
+// tells a project-aware broker (sharded Redis) when the first arrives and
+// the last leaves, so the node only receives the projects it serves.
+type projectTable struct {
+	mu     sync.Mutex
+	counts map[string]int
+	aware  broker.ProjectAware // nil: the broker delivers every project
+}
+
+func (t *projectTable) add(project string) {
+	if t.aware == nil || project == "" {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.counts == nil {
+		t.counts = make(map[string]int)
+	}
+	t.counts[project]++
+	if t.counts[project] == 1 {
+		t.aware.Want(project)
+	}
+}
+
+func (t *projectTable) remove(project string) {
+	if t.aware == nil || project == "" {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.counts[project]--
+	if t.counts[project] <= 0 {
+		delete(t.counts, project)
+		t.aware.Unwant(project)
 	}
 }
