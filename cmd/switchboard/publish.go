@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/switchboard-rt/switchboard/pkg/protocol"
 )
 
@@ -20,7 +22,7 @@ import (
 const appwriteTime = "2006-01-02T15:04:05.000-07:00"
 
 // publishCmd builds one backbone message from flags, sends it to a node's
-// admin API and prints what it sent.
+// admin API (or straight to Redis with --redis-url) and prints what it sent.
 func publishCmd(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("publish", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -29,8 +31,9 @@ func publishCmd(args []string, getenv func(string) string, stdout, stderr io.Wri
 		admin, apiKey, project, roles, channels, events, payload, userID string
 		permissionsChanged                                               bool
 		timeout                                                          time.Duration
+		bf                                                               brokerFlags
 	)
-	fs.StringVar(&admin, "admin", "http://127.0.0.1:9506", "admin base URL of a node")
+	fs.StringVar(&admin, "admin", "http://127.0.0.1:9506", "admin base URL of a node (unused with --redis-url)")
 	fs.StringVar(&apiKey, "api-key", "", "bearer key of the node's POST /v1/publish")
 	fs.StringVar(&project, "project", "", "project id (required)")
 	fs.StringVar(&roles, "roles", "any", "comma-separated roles that may read the event")
@@ -40,6 +43,7 @@ func publishCmd(args []string, getenv func(string) string, stdout, stderr io.Wri
 	fs.StringVar(&userID, "user-id", "", "user id (with --permissions-changed)")
 	fs.BoolVar(&permissionsChanged, "permissions-changed", false, "mark the message as a permission change of --user-id")
 	fs.DurationVar(&timeout, "timeout", 10*time.Second, "bound on the whole request")
+	bf.register(fs)
 	if err := parseFlags(fs, args, getenv); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -68,12 +72,27 @@ func publishCmd(args []string, getenv func(string) string, stdout, stderr io.Wri
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	if err := postEvent(ctx, admin, apiKey, msg); err != nil {
+	if bf.redisURL != "" {
+		err = publishRedis(ctx, &bf, msg)
+	} else {
+		err = postEvent(ctx, admin, apiKey, msg)
+	}
+	if err != nil {
 		fmt.Fprintln(stderr, "switchboard publish:", err)
 		return 1
 	}
 	fmt.Fprintf(stdout, "%s\n", msg)
 	return 0
+}
+
+// publishRedis PUBLISHes msg straight to the Redis backbone.
+func publishRedis(ctx context.Context, bf *brokerFlags, msg []byte) error {
+	b, closeBroker, err := bf.open(zap.NewNop(), nil)
+	if err != nil {
+		return err
+	}
+	defer closeBroker()
+	return b.Publish(ctx, msg)
 }
 
 // postEvent hands msg to a node's POST /v1/publish.

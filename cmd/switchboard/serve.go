@@ -19,7 +19,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/switchboard-rt/switchboard/pkg/auth"
-	"github.com/switchboard-rt/switchboard/pkg/broker"
 	"github.com/switchboard-rt/switchboard/pkg/server"
 )
 
@@ -36,7 +35,7 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 		logLevel        string
 		logFormat       string
 		shutdownTimeout time.Duration
-		brokerBuffer    int
+		bf              brokerFlags
 		origins         string
 		readBuffer      int
 	)
@@ -63,7 +62,7 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	fs.IntVar(&cfg.WriteWorkers, "write-workers", 0, "write pool goroutines (0: 2 x GOMAXPROCS)")
 	fs.IntVar(&cfg.IndexShards, "index-shards", 64, "subscription index shards (rounded up to a power of two)")
 	fs.IntVar(&readBuffer, "read-buffer", 1024, "netpoll's input buffer per connection in bytes (held while idle; larger messages grow it while they arrive)")
-	fs.IntVar(&brokerBuffer, "broker-buffer", 4096, "embedded broker: messages buffered between publish and delivery")
+	bf.register(fs)
 	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&logFormat, "log-format", "auto", "log format: auto (console on a terminal, else json), json, console")
 	fs.DurationVar(&shutdownTimeout, "shutdown-timeout", 10*time.Second, "bound on the drain after SIGTERM/SIGINT")
@@ -117,10 +116,16 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "switchboard serve: unknown --auth %q (want none, jwt or http)\n", authMode)
 		return 2
 	}
-	cfg.Broker = broker.NewMemory(brokerBuffer)
 	cfg.Logger = log
 	cfg.Registry = prometheus.NewRegistry()
 	cfg.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	b, closeBroker, err := bf.open(log, cfg.Registry)
+	if err != nil {
+		fmt.Fprintln(stderr, "switchboard serve:", err)
+		return 2
+	}
+	defer closeBroker()
+	cfg.Broker = b
 
 	srv, err := server.New(cfg)
 	if err != nil {

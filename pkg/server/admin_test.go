@@ -104,7 +104,7 @@ func TestInvalidBackboneMessagesAreCountedNotFatal(t *testing.T) {
 	}
 	publish(t, s, event("p1", []string{"any"}, []string{"files"}, `{"after":"garbage"}`))
 	c.expectPayload(`{"after":"garbage"}`)
-	if got := counterValue(t, s, "switchboard_invalid_events_total"); got != 5 {
+	if got := counterValue(t, s, "broker_invalid_messages_total"); got != 5 {
 		t.Fatalf("invalid events = %v, want 5", got)
 	}
 }

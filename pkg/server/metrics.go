@@ -53,7 +53,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "switchboard_events_total", Help: "Valid backbone messages routed.",
 		}),
 		invalidEvents: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "switchboard_invalid_events_total", Help: "Backbone messages dropped as invalid.",
+			Name: "broker_invalid_messages_total", Help: "Backbone messages dropped as invalid (not JSON, or no project, roles or channels).",
 		}),
 		publishErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchboard_publish_errors_total", Help: "Rejected POST /v1/publish requests, by reason.",

@@ -110,3 +110,12 @@ func TestPermissionChangeWithJWTDropsToGuest(t *testing.T) {
 	}
 	u1.expectPayload(`{"as":"guest"}`)
 }
+
+func newHTTPResolver(t *testing.T, url string) *auth.HTTP {
+	t.Helper()
+	r, err := auth.NewHTTP(auth.HTTPOptions{URL: url, CacheTTL: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}

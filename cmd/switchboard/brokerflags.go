@@ -1,0 +1,57 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"github.com/switchboard-rt/switchboard/pkg/broker"
+)
+
+// brokerFlags chooses the event backbone: the embedded memory broker
+// unless a Redis URL is given. Shared by serve and publish.
+type brokerFlags struct {
+	redisURL   string
+	channel    string
+	sharded    bool
+	partitions int
+	buffer     int
+}
+
+func (b *brokerFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&b.redisURL, "redis-url", "", "Redis backbone: redis://[:PASSWORD@]HOST:PORT/DB or rediss://; empty uses the embedded broker (one node)")
+	fs.StringVar(&b.channel, "redis-channel", broker.DefaultChannel, "Redis Pub/Sub channel carrying backbone messages")
+	fs.BoolVar(&b.sharded, "redis-sharded", false, "Redis Cluster sharded Pub/Sub: SPUBLISH/SSUBSCRIBE per project partition (--redis-url names the cluster: redis://H:P?addr=H2:P2&addr=H3:P3)")
+	fs.IntVar(&b.partitions, "redis-partitions", broker.DefaultPartitions, "with --redis-sharded: partitions projects are hashed over (every node and publisher must agree)")
+	fs.IntVar(&b.buffer, "broker-buffer", 4096, "messages buffered between the backbone and the router; beyond it Redis messages are dropped and counted")
+}
+
+// open builds the chosen broker. The returned close function is never nil.
+func (b *brokerFlags) open(log *zap.Logger, reg prometheus.Registerer) (broker.Broker, func() error, error) {
+	if b.redisURL == "" {
+		if b.sharded {
+			return nil, nil, errors.New("--redis-sharded needs --redis-url")
+		}
+		return broker.NewMemory(b.buffer), func() error { return nil }, nil
+	}
+	// go-redis logs through a process-wide logger; route it through ours so
+	// an outage is one line per state change, not one per dial.
+	redis.SetLogger(broker.NewRedisLogger(log))
+	opts := broker.RedisOptions{URL: b.redisURL, Channel: b.channel, Buffer: b.buffer, Logger: log, Registerer: reg}
+	if b.sharded {
+		r, err := broker.NewRedisSharded(broker.RedisShardedOptions{RedisOptions: opts, Partitions: b.partitions})
+		if err != nil {
+			return nil, nil, fmt.Errorf("--redis-url: %w", err)
+		}
+		return r, r.Close, nil
+	}
+	r, err := broker.NewRedis(opts)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--redis-url: %w", err)
+	}
+	return r, r.Close, nil
+}

@@ -1,0 +1,172 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/switchboard-rt/switchboard/internal/redistest"
+	"github.com/switchboard-rt/switchboard/pkg/broker"
+)
+
+// redisNode starts a node whose backbone is the Redis at url.
+func redisNode(t *testing.T, url string, mod func(*Config)) *Server {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	b, err := broker.NewRedis(broker.RedisOptions{URL: url, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	s := testNode(t, func(c *Config) {
+		c.Broker, c.Registry = b, reg
+		if mod != nil {
+			mod(c)
+		}
+	})
+	redistest.Eventually(t, 10*time.Second, "node subscribed to Redis", func() bool { return b.Ready() == nil })
+	return s
+}
+
+func readyStatus(t *testing.T, s *Server) int {
+	t.Helper()
+	code, _ := get(t, "http://"+s.AdminAddr().String()+"/readyz")
+	return code
+}
+
+func TestThreeNodesShareRedis(t *testing.T) {
+	rs := redistest.Start(t)
+	nodes := []*Server{redisNode(t, rs.URL(), nil), redisNode(t, rs.URL(), nil), redisNode(t, rs.URL(), nil)}
+
+	// Clients spread over the nodes: per node one that must receive, one
+	// in another project and one on another channel.
+	var want, others []*client
+	for _, n := range nodes {
+		c := dial(t, n, "project=p1&channels[]=files", nil)
+		c.expect("connected")
+		want = append(want, c)
+		for _, q := range []string{"project=p2&channels[]=files", "project=p1&channels[]=documents"} {
+			o := dial(t, n, q, nil)
+			o.expect("connected")
+			others = append(others, o)
+		}
+	}
+	// Published on node 0's admin API, delivered on all three.
+	publish(t, nodes[0], event("p1", []string{"any"}, []string{"files"}, `{"n":1}`))
+	// Markers for the others, published on node 2.
+	publish(t, nodes[2], event("p2", []string{"any"}, []string{"files"}, `{"marker":"p2"}`))
+	publish(t, nodes[2], event("p1", []string{"any"}, []string{"documents"}, `{"marker":"documents"}`))
+	for _, c := range want {
+		c.expectPayload(`{"n":1}`)
+	}
+	for i, o := range others {
+		if i%2 == 0 {
+			o.expectPayload(`{"marker":"p2"}`)
+		} else {
+			o.expectPayload(`{"marker":"documents"}`)
+		}
+	}
+	// No duplicates: the next thing each receiver sees is the next event.
+	publish(t, nodes[1], event("p1", []string{"any"}, []string{"files"}, `{"n":2}`))
+	for _, c := range want {
+		c.expectPayload(`{"n":2}`)
+	}
+}
+
+func TestRedisRestartKeepsClientsAndRecovers(t *testing.T) {
+	rs := redistest.Start(t)
+	nodes := []*Server{redisNode(t, rs.URL(), nil), redisNode(t, rs.URL(), nil)}
+	var clients []*client
+	for _, n := range nodes {
+		c := dial(t, n, "project=p1&channels[]=files", nil)
+		c.expect("connected")
+		clients = append(clients, c)
+	}
+	rs.Kill()
+	for i, n := range nodes {
+		redistest.Eventually(t, 10*time.Second, fmt.Sprintf("node %d reports not ready", i), func() bool { return readyStatus(t, n) == http.StatusServiceUnavailable })
+	}
+	// Publishing during the outage is refused, not hung.
+	if code, body := post(t, nodes[0], event("p1", []string{"any"}, []string{"files"}, `{}`), ""); code != http.StatusServiceUnavailable {
+		t.Fatalf("publish during outage: %d %s", code, body)
+	}
+	// The WebSocket clients are untouched by the outage.
+	for _, c := range clients {
+		c.send(`{"type":"ping"}`)
+		c.expect("pong")
+	}
+	rs.Start()
+	for i, n := range nodes {
+		redistest.Eventually(t, 15*time.Second, fmt.Sprintf("node %d ready again", i), func() bool { return readyStatus(t, n) == http.StatusOK })
+	}
+	publish(t, nodes[1], event("p1", []string{"any"}, []string{"files"}, `{"after":"restart"}`))
+	for _, c := range clients {
+		c.expectPayload(`{"after":"restart"}`)
+	}
+	for i, n := range nodes {
+		if got := counterValue(t, n, "broker_reconnects_total"); got < 1 {
+			t.Fatalf("node %d broker_reconnects_total = %v", i, got)
+		}
+	}
+}
+
+func TestGarbageOnTheRedisChannelIsCounted(t *testing.T) {
+	rs := redistest.Start(t)
+	n := redisNode(t, rs.URL(), nil)
+	c := dial(t, n, "project=p1&channels[]=files", nil)
+	c.expect("connected")
+	rc := redis.NewClient(&redis.Options{Addr: rs.Addr()})
+	defer rc.Close()
+	ctx := context.Background()
+	huge := `{"project":"p1","roles":["any"],"data":{"channels":["files"],"payload":{"x":"` + strings.Repeat("y", 4<<20) + `"` // unterminated
+	for _, g := range []string{"not json", `{"roles":["any"],"data":{"channels":["files"]}}`, `{"project":"p1","roles":[],"data":{"channels":["files"]}}`, huge, "\x00\xff"} {
+		if err := rc.Publish(ctx, "realtime", g).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish(t, n, event("p1", []string{"any"}, []string{"files"}, `{"valid":true}`))
+	c.expectPayload(`{"valid":true}`)
+	if got := counterValue(t, n, "broker_invalid_messages_total"); got != 5 {
+		t.Fatalf("broker_invalid_messages_total = %v, want 5", got)
+	}
+	if got := counterValue(t, n, "broker_messages_total"); got != 6 {
+		t.Fatalf("broker_messages_total = %v, want 6", got)
+	}
+}
+
+// A permission change published on one node revokes a team role for the
+// user's connections on every node.
+func TestPermissionChangeAcrossNodes(t *testing.T) {
+	rs := redistest.Start(t)
+	backend := &mutableBackend{roles: map[string][]string{}}
+	backend.set("u1", "team:t1")
+	url := backend.start(t)
+	var nodes []*Server
+	for range 2 {
+		nodes = append(nodes, redisNode(t, rs.URL(), func(c *Config) { c.Resolver = newHTTPResolver(t, url) }))
+	}
+	var u1 []*client
+	for _, n := range nodes {
+		c := dial(t, n, "project=p1&channels[]=documents", http.Header{"X-Appwrite-Session": {"s-u1"}})
+		c.expect("connected")
+		u1 = append(u1, c)
+	}
+	publish(t, nodes[0], event("p1", []string{"team:t1"}, []string{"documents"}, `{"n":1}`))
+	for _, c := range u1 {
+		c.expectPayload(`{"n":1}`)
+	}
+	backend.set("u1")
+	publish(t, nodes[1], permissionChange("p1", "u1", []string{"team:t1"}, []string{"documents"}, `{"removed":"u1"}`))
+	publish(t, nodes[0], event("p1", []string{"team:t1"}, []string{"documents"}, `{"n":2}`))
+	publish(t, nodes[0], event("p1", []string{"user:u1"}, []string{"documents"}, `{"n":3}`))
+	for _, c := range u1 {
+		c.expectPayload(`{"removed":"u1"}`)
+		c.expectPayload(`{"n":3}`)
+	}
+}
