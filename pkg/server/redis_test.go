@@ -170,3 +170,64 @@ func TestPermissionChangeAcrossNodes(t *testing.T) {
 		c.expectPayload(`{"n":3}`)
 	}
 }
+
+func TestShardedClusterDeliversOnlyWhereWanted(t *testing.T) {
+	cl := redistest.StartCluster(t)
+	// Two projects in different partitions.
+	const parts = 16
+	pa, pb := "pa", "pb"
+	for i := 0; broker.Partition(pa, parts) == broker.Partition(pb, parts); i++ {
+		pb = fmt.Sprintf("pb%d", i)
+	}
+	shardedNode := func() (*Server, *prometheus.Registry) {
+		reg := prometheus.NewRegistry()
+		b, err := broker.NewRedisSharded(broker.RedisShardedOptions{RedisOptions: broker.RedisOptions{URL: cl.URL(), Registerer: reg}, Partitions: parts})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = b.Close() })
+		s := testNode(t, func(c *Config) { c.Broker, c.Registry = b, reg })
+		redistest.Eventually(t, 15*time.Second, "sharded node ready", func() bool { return b.Ready() == nil })
+		return s, reg
+	}
+	a, _ := shardedNode()
+	b, _ := shardedNode()
+	ca := dial(t, a, "project="+pa+"&channels[]=files", nil)
+	ca.expect("connected")
+	cb := dial(t, b, "project="+pb+"&channels[]=files", nil)
+	cb.expect("connected")
+	// A new project's partition subscription is confirmed asynchronously:
+	// probe until it is delivered.
+	probe := func(n *Server, c *client, project string) {
+		for i := 0; ; i++ {
+			publish(t, n, event(project, []string{"any"}, []string{"files"}, fmt.Sprintf(`{"probe":%d}`, i)))
+			if m, err := c.tryRead(300 * time.Millisecond); err == nil && m.Type == "event" {
+				return
+			}
+			if i > 50 {
+				t.Fatalf("project %s never delivered", project)
+			}
+		}
+	}
+	probe(b, ca, pa) // published on B, delivered on A
+	probe(a, cb, pb)
+	before := counterValue(t, b, "broker_messages_total")
+	for i := 0; i < 5; i++ {
+		publish(t, b, event(pa, []string{"any"}, []string{"files"}, fmt.Sprintf(`{"a":%d}`, i)))
+	}
+	for i := 0; i < 5; i++ {
+		for {
+			d := ca.expectEvent()
+			if !strings.Contains(string(d.Payload), "probe") {
+				if !jsonEqual(d.Payload, fmt.Sprintf(`{"a":%d}`, i)) {
+					t.Fatalf("got %s, want a:%d", d.Payload, i)
+				}
+				break
+			}
+		}
+	}
+	// Node B holds no connection of project A: its broker never saw them.
+	if got := counterValue(t, b, "broker_messages_total"); got != before {
+		t.Fatalf("node B received %v messages for a project it does not serve", got-before)
+	}
+}
