@@ -16,7 +16,7 @@ import (
 )
 
 // redisNode starts a node whose backbone is the Redis at url.
-func redisNode(t *testing.T, url string, mod func(*Config)) *Server {
+func redisNode(t testing.TB, url string, mod func(*Config)) *Server {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	b, err := broker.NewRedis(broker.RedisOptions{URL: url, Registerer: reg})

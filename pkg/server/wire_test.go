@@ -21,7 +21,7 @@ import (
 )
 
 // testNode starts a node on loopback with the embedded broker.
-func testNode(t *testing.T, mod func(*Config)) *Server {
+func testNode(t testing.TB, mod func(*Config)) *Server {
 	t.Helper()
 	cfg := Config{
 		Listen:      "127.0.0.1:0",
