@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/switchboard-rt/switchboard/internal/redistest"
 )
 
 // switchboardBin is the switchboard binary built once for the end-to-end tests.
@@ -306,5 +308,41 @@ func TestLargeMessageThroughSmallReadBuffer(t *testing.T) {
 	}
 	if err := c.readUntil([]byte(`{"type":"pong"}`)); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestNodesShareRedisAndPublishGoesStraightToRedis(t *testing.T) {
+	rs := redistest.Start(t)
+	a := startNode(t, "--redis-url", rs.URL())
+	b := startNode(t, "--redis-url", rs.URL())
+	for _, n := range []*node{a, b} {
+		redistest.Eventually(t, 10*time.Second, "node ready", func() bool {
+			resp, err := http.Get("http://" + n.admin + "/readyz")
+			if err != nil {
+				return false
+			}
+			resp.Body.Close()
+			return resp.StatusCode == 200
+		})
+	}
+	ca, err := rawDial(a.addr, "project=p1&channels[]=files")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ca.conn.Close()
+	cb, err := rawDial(b.addr, "project=p1&channels[]=files")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cb.conn.Close()
+	var out, errOut bytes.Buffer
+	args := []string{"publish", "--redis-url", rs.URL(), "--project", "p1", "--channels", "files", "--payload", `{"via":"redis"}`}
+	if code := run(args, func(string) string { return "" }, &out, &errOut); code != 0 {
+		t.Fatalf("publish --redis-url: exit %d: %s", code, errOut.String())
+	}
+	for _, c := range []*rawClient{ca, cb} {
+		if err := c.readUntil([]byte(`"payload":{"via":"redis"}`)); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
