@@ -13,8 +13,10 @@ import (
 	"github.com/switchboard-rt/switchboard/pkg/auth"
 )
 
-// mutableBackend is an auth backend whose answers the test changes, the
-// way an Appwrite API's answers change when a membership is deleted.
+// mutableBackend is a fake Appwrite-style auth backend whose answers the
+// test changes, the way an Appwrite API's answers change when a membership
+// is deleted: session "s-<uid>" (or userId) is user uid with the roles
+// set for it; an unknown user is 401; session "down" is a failing backend.
 type mutableBackend struct {
 	mu    sync.Mutex
 	roles map[string][]string
@@ -30,6 +32,10 @@ func (b *mutableBackend) start(t *testing.T) string {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var req map[string]string
 		_ = json.NewDecoder(r.Body).Decode(&req)
+		if req["session"] == "down" {
+			http.Error(w, "down", http.StatusBadGateway)
+			return
+		}
 		uid := req["userId"]
 		if s, ok := strings.CutPrefix(req["session"], "s-"); ok {
 			uid = s
@@ -60,10 +66,7 @@ func TestPermissionChangeRevokesTeamRoleAtOnce(t *testing.T) {
 	backend := &mutableBackend{roles: map[string][]string{}}
 	backend.set("u1", "team:t1")
 	backend.set("u2", "team:t1")
-	r, err := auth.NewHTTP(auth.HTTPOptions{URL: backend.start(t), CacheTTL: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := newHTTPResolver(t, backend.start(t))
 	s := testNode(t, func(c *Config) { c.Resolver = r })
 	u1a := dial(t, s, "project=p1&channels[]=documents&channels[]=memberships", http.Header{"X-Appwrite-Session": {"s-u1"}})
 	u1b := dial(t, s, "project=p1&channels[]=documents", http.Header{"X-Appwrite-Session": {"s-u1"}})

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"reflect"
 	"strings"
 	"syscall"
@@ -400,35 +399,13 @@ func TestSubscriptionLimit(t *testing.T) {
 	}
 }
 
-// authBackend is a fake Appwrite-style API for the http resolver: session
-// "s-<uid>" is user uid with the roles in its table.
-func authBackend(t *testing.T, roles map[string][]string) string {
-	t.Helper()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var req map[string]string
-		_ = json.NewDecoder(r.Body).Decode(&req)
-		uid, _ := strings.CutPrefix(req["session"], "s-")
-		if req["session"] == "down" {
-			http.Error(w, "down", http.StatusBadGateway)
-			return
-		}
-		rs, ok := roles[uid]
-		if !ok {
-			http.Error(w, "unknown session", http.StatusUnauthorized)
-			return
-		}
-		_ = json.NewEncoder(w).Encode(map[string]any{"userId": uid, "roles": rs})
-	}))
-	t.Cleanup(srv.Close)
-	return srv.URL
-}
-
 func TestHTTPResolverSessionsFromEveryPlace(t *testing.T) {
-	url := authBackend(t, map[string][]string{"u1": {"team:t1"}, "u2": nil, "u3": nil, "u4": nil})
-	r, err := auth.NewHTTP(auth.HTTPOptions{URL: url})
-	if err != nil {
-		t.Fatal(err)
+	backend := &mutableBackend{roles: map[string][]string{}}
+	backend.set("u1", "team:t1")
+	for _, u := range []string{"u2", "u3", "u4"} {
+		backend.set(u)
 	}
+	r := newHTTPResolver(t, backend.start(t))
 	s := testNode(t, func(c *Config) { c.Resolver = r })
 	cookie := dial(t, s, "project=p1&channels[]=files", http.Header{"Cookie": {"a=b; a_session_p1=s-u1"}})
 	legacy := dial(t, s, "project=p1&channels[]=files", http.Header{"Cookie": {"a_session_p1_legacy=s-u2"}})
