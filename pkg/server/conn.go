@@ -9,6 +9,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/switchboard-rt/switchboard/pkg/index"
+	"github.com/switchboard-rt/switchboard/pkg/query"
 )
 
 // conn is one client connection. It is deliberately small: an idle,
@@ -65,7 +66,8 @@ type conn struct {
 type subscription struct {
 	id       string
 	channels []string
-	queries  []string
+	queries  []string      // as the client sent them, for the response
+	filter   *query.Filter // nil: every event on the channels
 }
 
 // onRead consumes what netpoll has buffered for c.

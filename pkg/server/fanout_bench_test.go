@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/switchboard-rt/switchboard/pkg/broker"
+	"github.com/switchboard-rt/switchboard/pkg/query"
 )
 
 // BenchmarkFanout measures the router's encode-once path for one event to
@@ -21,12 +22,22 @@ func BenchmarkFanout(b *testing.B) {
 			if shared {
 				name = fmt.Sprintf("conns=%d/ids=shared", n)
 			}
-			b.Run(name, func(b *testing.B) { benchFanout(b, n, shared) })
+			b.Run(name, func(b *testing.B) { benchFanout(b, n, shared, nil) })
 		}
 	}
+	// Every subscription with a two-query filter that the payload passes:
+	// the cost of filters next to the query-free runs above.
+	filter, err := query.Compile([]string{
+		`{"method":"equal","attribute":"name","values":["report.pdf","other"]}`,
+		`{"method":"greaterThan","attribute":"size","values":[1000]}`,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("conns=10000/ids=shared/queries=2", func(b *testing.B) { benchFanout(b, 10000, true, filter) })
 }
 
-func benchFanout(b *testing.B, n int, shared bool) {
+func benchFanout(b *testing.B, n int, shared bool, filter *query.Filter) {
 	s, err := New(Config{Broker: broker.NewMemory(1)})
 	if err != nil {
 		b.Fatal(err)
@@ -39,7 +50,7 @@ func benchFanout(b *testing.B, n int, shared bool) {
 		if !shared {
 			id = fmt.Sprintf("sub-%d", i)
 		}
-		c.subs = []subscription{{id: id, channels: []string{"files"}}}
+		c.subs = []subscription{{id: id, channels: []string{"files"}, filter: filter}}
 		c.id = s.idx.Insert(c)
 		s.idx.Set(c.id, "p1", c.roles, c.subs[0].channels)
 		conns[i] = c

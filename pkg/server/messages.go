@@ -14,6 +14,7 @@ import (
 
 	"github.com/switchboard-rt/switchboard/pkg/auth"
 	"github.com/switchboard-rt/switchboard/pkg/protocol"
+	"github.com/switchboard-rt/switchboard/pkg/query"
 )
 
 // handleMessage answers one client message (a complete, valid UTF-8 text
@@ -189,20 +190,14 @@ func (c *conn) reindex() {
 	c.srv.idx.Set(c.id, project, roles, channels)
 }
 
-// newSubscription validates a requested subscription for user uid.
-// Until query filters are evaluated, any query other than select(["*"]) is
-// refused with an error naming it rather than silently ignored.
+// newSubscription validates a requested subscription for user uid and
+// compiles its queries.
 func newSubscription(id string, r protocol.Subscription, uid string) (subscription, error) {
-	for _, q := range r.Queries {
-		pq, err := protocol.ParseQuery(q)
-		if err != nil {
-			return subscription{}, err
-		}
-		if !pq.IsSelectAll() {
-			return subscription{}, &protocol.Error{Code: protocol.CodeInvalidMessage, Message: "Query is not supported yet: " + q}
-		}
+	filter, err := query.Compile(r.Queries)
+	if err != nil {
+		return subscription{}, err
 	}
-	return subscription{id: id, channels: protocol.ConvertAccountChannels(r.Channels, uid), queries: r.Queries}, nil
+	return subscription{id: id, channels: protocol.ConvertAccountChannels(r.Channels, uid), queries: r.Queries, filter: filter}, nil
 }
 
 // slotSubscriptionID derives the id of a URL slot from its content, so that

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"net/url"
 	"slices"
 	"sort"
 	"strings"
@@ -54,11 +55,65 @@ type modelConn struct {
 	c       *conn
 	project string
 	roles   []string
-	subs    map[string][]string // subscription id -> channels
+	subs    map[string]modelSub // subscription id -> what it selects
+}
+
+// modelSub is the model of one subscription: its channels and, decided
+// without pkg/query, which payloads its queries let through.
+type modelSub struct {
+	channels []string
+	pass     func(p modelPayload) bool
+}
+
+// modelPayload is the part of an event payload the world's queries look at.
+type modelPayload struct {
+	V    int
+	K    string // "" with HasK: null
+	HasK bool
+}
+
+func (p modelPayload) json(n int) string {
+	k := ""
+	if p.HasK {
+		k = `,"k":null`
+		if p.K != "" {
+			k = `,"k":"` + p.K + `"`
+		}
+	}
+	return fmt.Sprintf(`{"n":%d,"v":%d%s}`, n, p.V, k)
+}
+
+// worldQueries are the query lists subscriptions pick from, each with the
+// model's own reading of it.
+var worldQueries = []struct {
+	queries []string
+	pass    func(p modelPayload) bool
+}{
+	{nil, func(modelPayload) bool { return true }},
+	{[]string{`{"method":"select","values":["*"]}`}, func(modelPayload) bool { return true }},
+	{[]string{`{"method":"equal","attribute":"k","values":["a"]}`}, func(p modelPayload) bool { return p.HasK && p.K == "a" }},
+	{[]string{`{"method":"notEqual","attribute":"k","values":["a"]}`}, func(p modelPayload) bool { return p.HasK && p.K != "a" }},
+	{[]string{`{"method":"isNull","attribute":"k","values":[]}`}, func(p modelPayload) bool { return p.HasK && p.K == "" }},
+	{[]string{`{"method":"greaterThan","attribute":"v","values":[4]}`, `{"method":"equal","attribute":"k","values":["a","b"]}`},
+		func(p modelPayload) bool { return p.V > 4 && p.HasK && (p.K == "a" || p.K == "b") }},
+	{[]string{`{"method":"or","values":[{"method":"lessThanEqual","attribute":"v","values":[2]},{"method":"equal","attribute":"k","values":["b"]}]}`},
+		func(p modelPayload) bool { return p.V <= 2 || (p.HasK && p.K == "b") }},
+}
+
+func randomPayload(rng *rand.Rand) modelPayload {
+	p := modelPayload{V: rng.IntN(10)}
+	switch rng.IntN(4) {
+	case 0:
+	case 1:
+		p.HasK = true
+	default:
+		p.HasK, p.K = true, []string{"a", "b"}[rng.IntN(2)]
+	}
+	return p
 }
 
 // TestNoLeakProperty builds thousands of random worlds — projects, users,
-// teams, channels, connections that subscribe, unsubscribe, authenticate
+// teams, channels, query filters, connections that subscribe, unsubscribe, authenticate
 // and leave, membership changes announced with permissionsChanged — and
 // checks after every event that each connection received exactly the
 // events it is entitled to, each once, naming exactly the subscriptions
@@ -121,11 +176,18 @@ func runWorld(t *testing.T, seed uint64) {
 	connect := func() {
 		c := &conn{Context: context.Background(), srv: s, nc: &fakeNC{}, fd: -1}
 		c.id = s.idx.Insert(c)
-		m := &modelConn{c: c, project: pick(projects), subs: map[string][]string{}}
+		m := &modelConn{c: c, project: pick(projects), subs: map[string]modelSub{}}
 		q := "project=" + m.project
 		chans := subset(channels, 0)
 		for _, ch := range chans {
 			q += "&channels[]=" + ch
+		}
+		// Slot 0's queries, as a 1.9.0-1.9.4 SDK puts them in the URL.
+		wq := worldQueries[rng.IntN(len(worldQueries))]
+		for _, text := range wq.queries {
+			if len(chans) > 0 {
+				q += "&" + chans[0] + "[0][]=" + url.QueryEscape(text)
+			}
 		}
 		h := handshake{uri: "/v1/realtime?" + q}
 		uid := ""
@@ -137,7 +199,7 @@ func runWorld(t *testing.T, seed uint64) {
 		c.open(&h)
 		m.roles = modelRoles(uid)
 		if len(chans) > 0 {
-			m.subs[c.subs[0].id] = chans
+			m.subs[c.subs[0].id] = modelSub{channels: chans, pass: wq.pass}
 		}
 		live = append(live, m)
 	}
@@ -156,9 +218,10 @@ func runWorld(t *testing.T, seed uint64) {
 			m := live[rng.IntN(len(live))]
 			id := fmt.Sprintf("s%d", rng.IntN(3))
 			chans := subset(channels, 1)
-			b, _ := json.Marshal(map[string]any{"type": "subscribe", "data": []map[string]any{{"subscriptionId": id, "channels": chans}}})
+			wq := worldQueries[rng.IntN(len(worldQueries))]
+			b, _ := json.Marshal(map[string]any{"type": "subscribe", "data": []map[string]any{{"subscriptionId": id, "channels": chans, "queries": wq.queries}}})
 			m.c.handleMessage(b)
-			m.subs[id] = chans
+			m.subs[id] = modelSub{channels: chans, pass: wq.pass}
 		case op == 3: // unsubscribe
 			m := live[rng.IntN(len(live))]
 			for id := range m.subs {
@@ -181,9 +244,11 @@ func runWorld(t *testing.T, seed uint64) {
 			res.teams[uid][tm] = !res.teams[uid][tm]
 			res.mu.Unlock()
 			ev := &protocol.Event{Project: pick(projects), Roles: []string{"team:" + tm, "user:" + uid}, Channels: subset(channels, 1),
-				PermissionsChanged: true, UserID: uid, Payload: json.RawMessage(fmt.Sprintf(`{"n":%d}`, nEvent))}
+				PermissionsChanged: true, UserID: uid}
+			p := randomPayload(rng)
+			ev.Payload = json.RawMessage(p.json(nEvent))
 			// Entitled under the roles valid when it was published...
-			checkEvent(t, seed, step, r, live, ev, nEvent)
+			checkEvent(t, seed, step, r, live, ev, p, nEvent)
 			nEvent++
 			// ...then every connection of uid in that project has the new roles.
 			for _, m := range live {
@@ -193,8 +258,9 @@ func runWorld(t *testing.T, seed uint64) {
 			}
 		default: // an ordinary event
 			roles := subset([]string{"any", "guests", "users", "user:u1", "user:u2", "user:u3", "team:t1", "team:t2"}, 1)
-			ev := &protocol.Event{Project: pick(projects), Roles: roles, Channels: subset(channels, 1), Payload: json.RawMessage(fmt.Sprintf(`{"n":%d}`, nEvent))}
-			checkEvent(t, seed, step, r, live, ev, nEvent)
+			p := randomPayload(rng)
+			ev := &protocol.Event{Project: pick(projects), Roles: roles, Channels: subset(channels, 1), Payload: json.RawMessage(p.json(nEvent))}
+			checkEvent(t, seed, step, r, live, ev, p, nEvent)
 			nEvent++
 		}
 		if t.Failed() {
@@ -204,7 +270,7 @@ func runWorld(t *testing.T, seed uint64) {
 }
 
 // checkEvent routes ev and compares every connection's queue with the model.
-func checkEvent(t *testing.T, seed uint64, step int, r *router, live []*modelConn, ev *protocol.Event, n int) {
+func checkEvent(t *testing.T, seed uint64, step int, r *router, live []*modelConn, ev *protocol.Event, p modelPayload, n int) {
 	t.Helper()
 	msg, err := protocol.MarshalEvent(ev)
 	if err != nil {
@@ -221,8 +287,8 @@ func checkEvent(t *testing.T, seed uint64, step int, r *router, live []*modelCon
 	for i, m := range live {
 		var want []string
 		if m.project == ev.Project && (slices.Contains(ev.Roles, "any") || slices.ContainsFunc(m.roles, func(x string) bool { return slices.Contains(ev.Roles, x) })) {
-			for id, chans := range m.subs {
-				if slices.ContainsFunc(chans, func(x string) bool { return slices.Contains(ev.Channels, x) }) {
+			for id, sub := range m.subs {
+				if sub.pass(p) && slices.ContainsFunc(sub.channels, func(x string) bool { return slices.Contains(ev.Channels, x) }) {
 					want = append(want, id)
 				}
 			}

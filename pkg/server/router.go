@@ -6,6 +6,7 @@ import (
 
 	"github.com/switchboard-rt/switchboard/pkg/index"
 	"github.com/switchboard-rt/switchboard/pkg/protocol"
+	"github.com/switchboard-rt/switchboard/pkg/query"
 )
 
 // router turns backbone messages into queued frames. It runs on the
@@ -15,6 +16,7 @@ type router struct {
 
 	// Per-event state, reset by route.
 	ev     *protocol.Event
+	doc    query.Document      // the event's payload, decoded on demand
 	prefix []byte              // the event's shared, encode-once part
 	frames map[string]outFrame // frame per distinct matched-id list
 	sched  []*conn             // connections to hand to the write pool
@@ -57,6 +59,7 @@ func (r *router) route(msg []byte) {
 func (r *router) deliver(ev *protocol.Event) {
 	s := r.srv
 	r.ev = ev
+	r.doc.Reset(ev.Payload)
 	// A fresh slice per event: queued frames keep referencing it after
 	// route returns.
 	r.prefix = protocol.AppendEventPrefix(make([]byte, 0, 256+len(ev.Payload)), ev)
@@ -80,7 +83,7 @@ func (r *router) visit(_ index.ID, c *conn) {
 		c.mu.Unlock()
 		return
 	}
-	r.ids = c.matchLocked(r.ev, r.ids[:0])
+	r.ids = c.matchLocked(r.ev, &r.doc, r.ids[:0])
 	if len(r.ids) == 0 {
 		c.mu.Unlock()
 		return
@@ -99,14 +102,15 @@ func (r *router) visit(_ index.ID, c *conn) {
 	}
 }
 
-// matchLocked appends the ids of c's subscriptions that ev matches. The
-// index already matched project, roles and some channel; this picks the
+// matchLocked appends the ids of c's subscriptions that ev matches: on one
+// of its channels, and passing its filter (doc is ev's payload). The index
+// already matched project, roles and some channel; this picks the
 // subscriptions, and is also what keeps a subscription that was just
 // removed (but not yet re-indexed) from receiving.
-func (c *conn) matchLocked(ev *protocol.Event, dst []string) []string {
+func (c *conn) matchLocked(ev *protocol.Event, doc *query.Document, dst []string) []string {
 	for i := range c.subs {
 		sub := &c.subs[i]
-		if anyIn(sub.channels, ev.Channels) {
+		if anyIn(sub.channels, ev.Channels) && sub.filter.Match(doc) {
 			dst = append(dst, sub.id)
 		}
 	}

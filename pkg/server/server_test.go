@@ -123,17 +123,6 @@ func TestMessageModeSubscribeUnsubscribe(t *testing.T) {
 	}
 }
 
-func TestQueryFiltersAreRefusedUntilSupported(t *testing.T) {
-	s := testNode(t, nil)
-	c := dial(t, s, "project=p1", nil)
-	c.expect("connected")
-	c.send(`{"type":"subscribe","data":[{"channels":["files"],"queries":["{\"method\":\"equal\",\"attribute\":\"a\",\"values\":[1]}"]}]}`)
-	m := c.expect("error")
-	if !strings.Contains(string(m.Data), `"code":1003`) || !strings.Contains(string(m.Data), "equal") {
-		t.Fatalf("error = %s", m.Data)
-	}
-}
-
 func TestPingAndBadMessagesKeepConnectionOpen(t *testing.T) {
 	s := testNode(t, nil)
 	c := dial(t, s, "project=p1&channels[]=files", nil)
