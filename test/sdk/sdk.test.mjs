@@ -59,7 +59,7 @@ function client(mod, session) {
 
 const payloads = (list) => list.map((r) => JSON.stringify(r.payload));
 
-async function check(name, mod) {
+async function check(name, mod, withQueries) {
   const anon = client(mod);
   const user = client(mod, jwt);
   const anonGot = [];
@@ -106,13 +106,39 @@ async function check(name, mod) {
   }
   console.log(`ok ${name}: user:u1 event reaches the signed-in client only`);
 
+  // 3. A query-filtered subscription receives only matching payloads
+  // (generations with query filters: 24.2 in URL slots, 28 in messages).
+  if (withQueries) {
+    const filtered = client(mod);
+    const got = [];
+    unsubs.push(filtered.subscribe('files', (r) => got.push(r),
+      [mod.Query.equal('status', ['done']), mod.Query.greaterThan('size', 10)]));
+    const ready = ++seq;
+    await until(`${name}: filtered subscription receives a matching event`,
+      () => publish(['any'], ['files'], { status: 'done', size: 11, ready }),
+      () => got.some((r) => r.payload.ready === ready));
+    got.length = 0;
+    const mark = ++seq;
+    await publish(['any'], ['files'], { status: 'open', size: 11, mark, no: 1 });
+    await publish(['any'], ['files'], { status: 'done', size: 10, mark, no: 2 });
+    await publish(['any'], ['files'], { status: 'done', size: '11', mark, no: 3 });
+    await publish(['any'], ['files'], { status: 'done', size: 12, mark, no: 4 });
+    await until(`${name}: filtered subscription receives the matching marker`, async () => {},
+      () => got.some((r) => r.payload.mark === mark && r.payload.no === 4));
+    const nos = got.filter((r) => r.payload.mark === mark).map((r) => r.payload.no);
+    if (nos.join() !== '4') {
+      throw new Error(`${name}: filtered subscription got ${nos}, want only 4`);
+    }
+    console.log(`ok ${name}: a query-filtered subscription receives only matching payloads`);
+  }
+
   for (const f of unsubs) f();
 }
 
 try {
-  await check('appwrite@28 (subscribe messages)', sdk28);
-  await check('appwrite@24.2 (URL slots)', sdk24);
-  await check('appwrite@21.5 (channels[])', sdk21);
+  await check('appwrite@28 (subscribe messages)', sdk28, true);
+  await check('appwrite@24.2 (URL slots)', sdk24, true);
+  await check('appwrite@21.5 (channels[])', sdk21, false);
   console.log('3 passed, 0 failed');
   process.exit(0);
 } catch (err) {
