@@ -343,7 +343,17 @@ func (c *conn) onClosed(netpoll.Connection) error {
 	return nil
 }
 
-// goAway tells the client the node is going away (1001) and closes.
-func (c *conn) goAway() { c.sendLast(outFrame{head: goingAwayClose}) }
+// goAway tells the client the node is going away (1001) and closes; a
+// connection still in its HTTP handshake is just closed.
+func (c *conn) goAway() {
+	c.mu.Lock()
+	live := c.live
+	c.mu.Unlock()
+	if !live {
+		c.nc.Close()
+		return
+	}
+	c.sendLast(outFrame{head: goingAwayClose})
+}
 
 var goingAwayClose = closeFrame(ws.StatusGoingAway, "server shutting down")

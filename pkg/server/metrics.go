@@ -21,6 +21,7 @@ type metrics struct {
 	permissionChanges prometheus.Counter
 	handshakeTimeouts prometheus.Counter
 	panics            prometheus.Counter
+	drainCloses       prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -67,11 +68,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		panics: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_handler_panics_total", Help: "Panics recovered while handling a connection's input (the connection is closed with 1011).",
 		}),
+		drainCloses: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_drain_closes_total", Help: "Connections told to go away (1001) while the node drains.",
+		}),
 		permissionChanges: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_permission_changes_total", Help: "Permission changes applied to users with connections on this node.",
 		}),
 	}
 	reg.MustRegister(m.connections, m.upgrades, m.messagesIn, m.messagesOut, m.framesOut, m.deliveries,
-		m.slowConsumers, m.protocolErrors, m.events, m.invalidEvents, m.publishErrors, m.published, m.permissionChanges, m.handshakeTimeouts, m.panics)
+		m.slowConsumers, m.protocolErrors, m.events, m.invalidEvents, m.publishErrors, m.published, m.permissionChanges, m.handshakeTimeouts, m.panics,
+		m.drainCloses)
 	return m
 }

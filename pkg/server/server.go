@@ -45,6 +45,7 @@ type Config struct {
 
 	MaxConns         int           // upgraded connections held; above it upgrades get HTTP 503; 0 = no limit
 	HandshakeTimeout time.Duration // bound on the upgrade request arriving whole; default 5 s
+	DrainTime        time.Duration // Shutdown spreads the clients' close 1001 over this; 0 = all at once
 	WriteWorkers     int           // write pool size; default 2 x GOMAXPROCS
 	IndexShards      int           // subscription index shards; default 64
 
@@ -215,21 +216,19 @@ func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 // AdminAddr is the admin listener's address.
 func (s *Server) AdminAddr() net.Addr { return s.adminLn.Addr() }
 
-// Shutdown drains the node: new upgrades are refused and /readyz turns 503
-// at once, every client gets close 1001, then the listeners and the
-// remaining sockets are closed. It returns when everything has stopped or
-// ctx ends.
+// Shutdown drains the node: /readyz turns 503 and new upgrades are refused
+// at once; every client gets close 1001, spread evenly over DrainTime so
+// that they reconnect to other nodes without a stampede, while events keep
+// flowing to those not yet told; then the router, the listeners and the
+// remaining sockets stop. The spread is shortened to end before ctx does.
+// It returns when everything has stopped or ctx ends.
 func (s *Server) Shutdown(ctx context.Context) error {
 	if !s.draining.CompareAndSwap(false, true) {
 		return errors.New("server: already shut down")
 	}
+	s.log.Info("draining", zap.Int64("connections", s.open.Load()), zap.Duration("drain_time", s.cfg.DrainTime))
+	s.goAwayAll(ctx)
 	s.stopRouter()
-
-	var conns []*conn
-	s.idx.Range(func(_ index.ID, c *conn) { conns = append(conns, c) })
-	for _, c := range conns {
-		c.goAway()
-	}
 	err := s.loop.Shutdown(ctx)
 	if e := s.admin.Shutdown(ctx); err == nil {
 		err = e
@@ -240,6 +239,46 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.pool.stop()
 	s.serving.Store(false)
 	return err
+}
+
+// drainTick is the step of the drain: each tick closes the share of
+// connections that the elapsed time allows.
+const drainTick = 10 * time.Millisecond
+
+// goAwayAll sends close 1001 to every connection, spread over DrainTime
+// (or what is left of ctx, keeping a tenth of it for the rest of the
+// shutdown).
+func (s *Server) goAwayAll(ctx context.Context) {
+	var conns []*conn
+	s.idx.Range(func(_ index.ID, c *conn) { conns = append(conns, c) })
+	span := s.cfg.DrainTime
+	if dl, ok := ctx.Deadline(); ok {
+		span = min(span, time.Until(dl)*9/10)
+	}
+	start := time.Now()
+	t := time.NewTicker(drainTick)
+	defer t.Stop()
+	done := 0
+	for done < len(conns) {
+		due := len(conns)
+		if elapsed := time.Since(start); span > 0 && elapsed < span {
+			// Round up, so the first connection goes at once.
+			due = int((int64(len(conns))*int64(elapsed+drainTick) + int64(span) - 1) / int64(span))
+			due = min(due, len(conns))
+		}
+		for ; done < due; done++ {
+			conns[done].goAway()
+			s.metrics.drainCloses.Inc()
+		}
+		if done == len(conns) {
+			break
+		}
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			span = 0 // out of time: tell the rest now
+		}
+	}
 }
 
 // onPrepare runs when netpoll accepts a socket, before it is polled.
