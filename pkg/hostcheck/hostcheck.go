@@ -171,7 +171,7 @@ func checkNoFile(proc fs.FS, need uint64) []Check {
 		fmt.Sprintf("this shell, as root: ulimit -Hn %d && ulimit -n %d", target, target),
 	}
 	softC := Check{Name: "RLIMIT_NOFILE soft", Have: fmtLimit(soft), Need: fmtNum(need), Status: OK,
-		Detail: "a Go process raises its soft limit to the hard limit at start, so only the hard limit binds"}
+		Detail: "Go raises a process's soft limit to its hard limit at start (this one's too), so only the hard limit binds a node"}
 	if soft < need && hard < need {
 		// The fix is the hard limit's; printing it twice helps nobody.
 		softC.Status = Short
