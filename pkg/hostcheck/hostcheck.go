@@ -366,10 +366,10 @@ func checkTCPMem(proc fs.FS, b Budget) Check {
 }
 
 // checkBufferDefault flags a large default socket buffer: it does not stop
-// a node from holding connections, but every socket that receives or queues
-// data may grow toward it, which multiplies by a million.
+// a node from holding connections, but it is what every socket may queue
+// before autotuning has an opinion, and that multiplies by a million.
 func checkBufferDefault(proc fs.FS, key string) Check {
-	c := Check{Name: key + " default", Need: "4,096 recommended", Detail: "bytes a socket may grow to before autotuning; density over throughput"}
+	c := Check{Name: key + " default", Need: "4,096 recommended", Detail: "initial buffer of every socket, which autotuning grows from; small favours density over per-socket throughput"}
 	f, err := readFields(proc, sysPath(key))
 	if err != nil {
 		return unreadable(c, err)
