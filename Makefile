@@ -1,6 +1,6 @@
 GO ?= go
 
-.PHONY: all build run test sdk-deps vet bench-go fuzz clean
+.PHONY: all build run test sdk-deps vet bench-go bench-tsung fuzz clean
 
 all: build
 
@@ -24,6 +24,12 @@ sdk-deps:
 # Go micro-benchmarks (index lookup, encode-once fan-out, frame codec).
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem ./pkg/...
+
+# Tsung's loopback scenario against a local node (needs tsung: apt-get
+# install tsung). Knobs: TSUNG_USERS, TSUNG_RATE, TSUNG_HOLD (seconds each
+# user stays connected), TSUNG_PORT; the report lands in bench/tsung/log/.
+bench-tsung: build
+	bench/tsung/run.sh
 
 # Each fuzz target for FUZZTIME (default 30s).
 FUZZTIME ?= 30s
