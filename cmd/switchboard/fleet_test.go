@@ -437,4 +437,3 @@ func TestRedisPauseIsSurvived(t *testing.T) {
 	t.Logf("Redis paused %v: %d events accepted by the publish API during the run, %d of %d deliveries lost (at-most-once Pub/Sub)",
 		pause.Round(time.Millisecond), len(log), lost, len(log)*len(conns))
 }
-
