@@ -437,3 +437,54 @@ func TestRedisPauseIsSurvived(t *testing.T) {
 	t.Logf("Redis paused %v: %d events accepted by the publish API during the run, %d of %d deliveries lost (at-most-once Pub/Sub)",
 		pause.Round(time.Millisecond), len(log), lost, len(log)*len(conns))
 }
+
+// TestSecretsNeverLogged runs a node at debug level with every kind of
+// secret configured and handed to it, then checks its whole log: the API
+// key, the JWT secret, the Redis password and the clients' tokens and
+// sessions appear nowhere.
+func TestSecretsNeverLogged(t *testing.T) {
+	const (
+		redisPass = "redis-pass-8d1f"
+		apiKey    = "api-key-3c9a"
+		jwtSecret = "jwt-secret-77b2"
+		session   = "session-value-5e0c"
+	)
+	rs := redistest.Start(t, "--requirepass", redisPass)
+	n := startNode(t, "--redis-url", "redis://:"+redisPass+"@"+rs.Addr(), "--api-key", apiKey,
+		"--auth", "jwt", "--jwt-secret", jwtSecret, "--log-level", "debug")
+	waitReady(t, n)
+	// A token signed with another key, a session where a JWT is expected,
+	// a wrong API key, a right one.
+	forged := "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1MSJ9.c2lnbmF0dXJlLW5vdC12YWxpZA"
+	if c, err := wsDial(n.addr, "project=p1&channels[]=files&jwt="+forged); err == nil {
+		c.conn.Close()
+	}
+	if c, err := wsDial(n.addr, "project=p1&channels[]=files"); err == nil {
+		_ = ws.WriteFrame(c.conn, ws.MaskFrame(ws.NewTextFrame([]byte(`{"type":"authentication","data":{"session":"`+session+`"}}`))))
+		_, _, _, _ = c.next(2 * time.Second)
+		_, _, _, _ = c.next(2 * time.Second)
+		c.conn.Close()
+	}
+	for _, key := range []string{"wrong-" + apiKey, apiKey} {
+		req, _ := http.NewRequest("POST", "http://"+n.admin+"/v1/publish",
+			strings.NewReader(`{"project":"p1","roles":["any"],"data":{"channels":["files"],"payload":{}}}`))
+		req.Header.Set("Authorization", "Bearer "+key)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}
+	if err := n.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	<-n.exited
+	n.exited <- nil
+	logs := n.stderr.String()
+	if !strings.Contains(logs, "debug") && !strings.Contains(logs, "DEBUG") {
+		t.Fatalf("no debug lines logged; the test proves nothing:\n%s", logs)
+	}
+	for _, secret := range []string{redisPass, apiKey, jwtSecret, session, forged, "c2lnbmF0dXJl"} {
+		if strings.Contains(logs, secret) {
+			t.Errorf("secret %q appears in the log:\n%s", secret, logs)
+		}
+	}
+}

@@ -226,7 +226,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if !s.draining.CompareAndSwap(false, true) {
 		return errors.New("server: already shut down")
 	}
-	s.log.Info("draining", zap.Int64("connections", s.open.Load()), zap.Duration("drain_time", s.cfg.DrainTime))
+	s.log.Info("telling clients to go away", zap.Int64("connections", s.open.Load()), zap.Duration("drain_time", s.cfg.DrainTime))
 	s.goAwayAll(ctx)
 	s.stopRouter()
 	err := s.loop.Shutdown(ctx)
