@@ -61,7 +61,7 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	fs.DurationVar(&cfg.HandshakeTimeout, "handshake-timeout", 5*time.Second, "a connection must complete its upgrade request within this")
 	fs.IntVar(&cfg.WriteWorkers, "write-workers", 0, "write pool goroutines (0: 2 x GOMAXPROCS)")
 	fs.IntVar(&cfg.IndexShards, "index-shards", 64, "subscription index shards (rounded up to a power of two)")
-	fs.IntVar(&readBuffer, "read-buffer", 1024, "netpoll's input buffer per connection in bytes (held while idle; larger messages grow it while they arrive)")
+	fs.IntVar(&readBuffer, "read-buffer", 1024, "netpoll's input buffer in bytes for a connection in its HTTP upgrade (upgraded connections leave netpoll and hold no buffer while idle)")
 	bf.register(fs)
 	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&logFormat, "log-format", "auto", "log format: auto (console on a terminal, else json), json, console")

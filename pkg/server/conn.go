@@ -7,21 +7,28 @@ import (
 
 	"github.com/cloudwego/netpoll"
 	"github.com/gobwas/ws"
+	"golang.org/x/sys/unix"
 
 	"github.com/switchboard-rt/switchboard/pkg/index"
 	"github.com/switchboard-rt/switchboard/pkg/query"
 )
 
 // conn is one client connection. It is deliberately small: an idle,
-// subscribed connection holds this struct, its subscriptions and netpoll's
-// own state, and nothing else (no goroutine, timer or buffer).
+// subscribed connection holds this struct and its subscriptions, and
+// nothing else (no goroutine, timer or buffer).
+//
+// netpoll carries a connection through its HTTP upgrade; then it hands the
+// socket over (adopt) and the node's input poller watches it. netpoll's
+// per-connection state (about 4 KB: input buffer, write barrier, the
+// connection object and its channels) would otherwise stay for the life of
+// a connection that mostly sits idle.
 type conn struct {
 	// The conn is its own netpoll context (context.Background underneath),
 	// which saves a context allocation per connection.
 	context.Context
 
 	srv *Server
-	nc  netpoll.Connection
+	nc  netpoll.Connection // nil once adopted; guarded by mu (the read side reads it freely before adoption)
 	fd  int
 	id  index.ID
 
@@ -47,10 +54,14 @@ type conn struct {
 	mu       sync.Mutex
 	queued   bool // in the write pool's channel
 	waitOut  bool // socket full: waiting for EPOLLOUT before writing again
-	outArmed bool // fd registered with the outWaiter's epoll
+	outArmed bool // fd in the waiter's epoll
+	inArmed  bool // fd in the input poller's epoll
+	handover bool // netpoll is handing the socket over
+	reading  bool // a goroutine is reading the adopted socket
+	shutReq  bool // close once the hand-over or the read in progress ends
 	closing  bool // accepts no more frames
 	abort    bool // close as soon as one non-blocking flush was tried
-	closed   bool // netpoll closes the fd: never write again
+	closed   bool // the fd is closed or about to be: never write again
 	live     bool // upgraded: counted in Server.open, out of the handshake wheel's reach
 	outOff   int  // bytes of out[0] already written
 	outBytes int  // bytes queued in out
@@ -78,12 +89,155 @@ func (c *conn) onRead(r netpoll.Reader) {
 	}
 	buf, err := r.Peek(n)
 	if err != nil {
-		c.nc.Close()
+		c.shut()
 		return
 	}
 	c.feed(buf)
 	_ = r.Skip(n)
 	_ = r.Release()
+	if c.upgraded && !c.readClosed {
+		c.handOver()
+	}
+}
+
+// handOver asks netpoll to let go of an upgraded connection's socket. It
+// does so once the current onRequest returns, and then calls onClosed,
+// which adopts the socket.
+func (c *conn) handOver() {
+	c.mu.Lock()
+	nc := c.nc
+	ok := nc != nil && !c.closed && !c.handover
+	if ok {
+		c.handover = true
+	}
+	c.mu.Unlock()
+	if !ok {
+		return
+	}
+	d, can := nc.(interface{ Detach() error })
+	if !can || d.Detach() != nil {
+		// Not netpoll's own connection type (never in practice): keep it.
+		c.mu.Lock()
+		c.handover = false
+		c.mu.Unlock()
+	}
+}
+
+// adopt takes the socket netpoll let go of: input netpoll had read but not
+// yet handed to onRequest is consumed, and the socket joins the input
+// poller. It runs on netpoll's goroutine for c, inside onClosed.
+func (c *conn) adopt(nc netpoll.Connection) {
+	func() {
+		defer c.recoverConn()
+		if r := nc.Reader(); r.Len() > 0 {
+			if buf, err := r.Peek(r.Len()); err == nil {
+				c.feed(buf)
+			}
+		}
+	}()
+	c.mu.Lock()
+	c.nc, c.handover = nil, false
+	if !c.shutReq && !c.closed {
+		if err := c.srv.input.arm(c, &c.inArmed); err == nil {
+			c.mu.Unlock()
+			return
+		}
+	}
+	c.closeAdoptedLocked()
+}
+
+// readable runs on the input poller's goroutine when an adopted socket has
+// input or was closed by the peer. Reading happens on a goroutine of its
+// own, as netpoll does, because a message can wait on the auth backend.
+func (c *conn) readable() {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.reading = true
+	c.mu.Unlock()
+	go c.readAdopted()
+}
+
+// readBufSize is the size of the pooled buffers adopted sockets are read
+// into; only an incomplete frame's bytes are kept past the read.
+const readBufSize = 16 << 10
+
+// readAdopted reads an adopted socket dry, then waits for more input or
+// closes the connection.
+func (c *conn) readAdopted() {
+	eof := false
+	defer func() { c.endRead(eof) }()
+	defer c.recoverConn()
+	bp, _ := c.srv.readBufs.Get().(*[]byte)
+	if bp == nil {
+		b := make([]byte, readBufSize)
+		bp = &b
+	}
+	defer c.srv.readBufs.Put(bp)
+	for !c.readClosed {
+		n, err := unix.Read(c.fd, *bp)
+		switch {
+		case n > 0:
+			c.feed((*bp)[:n])
+		case err == unix.EINTR:
+		case err == unix.EAGAIN:
+			return
+		default: // 0: the peer closed; or a socket error
+			eof = true
+			return
+		}
+	}
+}
+
+// endRead ends a read of an adopted socket: it closes the connection if
+// that was asked for meanwhile or the peer is gone, else waits for input.
+func (c *conn) endRead(eof bool) {
+	c.mu.Lock()
+	c.reading = false
+	if !eof && !c.shutReq && !c.closed && !c.readClosed {
+		if err := c.srv.input.arm(c, &c.inArmed); err == nil {
+			c.mu.Unlock()
+			return
+		}
+	}
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.closeAdoptedLocked()
+}
+
+// shut closes the connection; any goroutine may call it.
+func (c *conn) shut() {
+	c.mu.Lock()
+	switch {
+	case c.closed:
+		c.mu.Unlock()
+	case c.handover || c.reading:
+		// The goroutine that holds the socket closes it when done.
+		c.shutReq = true
+		c.mu.Unlock()
+	case c.nc != nil:
+		nc := c.nc
+		c.mu.Unlock()
+		nc.Close()
+	default:
+		c.closeAdoptedLocked()
+	}
+}
+
+// closeAdoptedLocked closes an adopted connection. The caller holds c.mu,
+// which it releases; no read of the socket is in progress.
+func (c *conn) closeAdoptedLocked() {
+	c.srv.input.forget(c, &c.inArmed)
+	c.releaseLocked()
+	c.mu.Unlock()
+	c.unindex()
+	// Last, so that the fd number cannot be reused while anything above
+	// could still act on it.
+	_ = unix.Close(c.fd)
 }
 
 // feed handles newly read bytes. Complete frames are parsed in place from
@@ -215,7 +369,7 @@ func (c *conn) send(f outFrame) {
 	abort := c.abort
 	c.mu.Unlock()
 	if err != nil || abort {
-		c.nc.Close()
+		c.shut()
 	}
 }
 
@@ -234,7 +388,7 @@ func (c *conn) sendLast(f outFrame) {
 	c.closing = true
 	_ = c.flushLocked()
 	c.mu.Unlock()
-	c.nc.Close()
+	c.shut()
 }
 
 // appendLocked queues f. A connection whose queue would exceed the byte
@@ -285,7 +439,7 @@ func (c *conn) flushLocked() error {
 	}
 	if err == errWouldBlock {
 		c.waitOut = true
-		return c.srv.waiter.arm(c)
+		return c.srv.waiter.arm(c, &c.outArmed)
 	}
 	return err
 }
@@ -316,17 +470,36 @@ func (c *conn) drain() {
 	closeNow := err != nil || c.abort || (c.closing && len(c.out) == 0)
 	c.mu.Unlock()
 	if closeNow {
-		c.nc.Close()
+		c.shut()
 	}
 }
 
 // onClosed is netpoll's close callback. netpoll runs it before it closes
 // the fd, so after this no writer can touch a descriptor number that a new
-// connection may reuse.
-func (c *conn) onClosed(netpoll.Connection) error {
+// connection may reuse. When netpoll is handing the socket over instead,
+// the fd stays open and is adopted.
+func (c *conn) onClosed(nc netpoll.Connection) error {
 	c.mu.Lock()
+	if c.handover && !c.closed {
+		c.mu.Unlock()
+		c.adopt(nc)
+		return nil
+	}
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.releaseLocked()
+	c.mu.Unlock()
+	c.unindex()
+	return nil
+}
+
+// releaseLocked marks c closed and drops what the node holds for it but
+// the index entry. The caller holds c.mu.
+func (c *conn) releaseLocked() {
 	c.closed = true
-	c.srv.waiter.forget(c)
+	c.srv.waiter.forget(c, &c.outArmed)
 	clear(c.out)
 	c.out, c.outBytes = nil, 0
 	c.srv.users.remove(userKey{c.project, c.userID}, c)
@@ -334,13 +507,15 @@ func (c *conn) onClosed(netpoll.Connection) error {
 	if c.live {
 		c.srv.open.Add(-1)
 	}
-	c.mu.Unlock()
+}
+
+// unindex removes c from the index, for good.
+func (c *conn) unindex() {
 	c.idxMu.Lock()
 	c.removed = true
 	c.srv.idx.Delete(c.id)
 	c.idxMu.Unlock()
 	c.srv.metrics.connections.Dec()
-	return nil
 }
 
 // goAway tells the client the node is going away (1001) and closes; a
@@ -350,7 +525,7 @@ func (c *conn) goAway() {
 	live := c.live
 	c.mu.Unlock()
 	if !live {
-		c.nc.Close()
+		c.shut()
 		return
 	}
 	c.sendLast(outFrame{head: goingAwayClose})

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"golang.org/x/sys/unix"
 	"net"
 	"os"
 	"testing"
@@ -51,7 +52,7 @@ func FuzzConsume(f *testing.F) {
 		f.Fatal(err)
 	}
 	s.pool = &writePool{ch: make(chan *conn, 1)}
-	if s.waiter, err = newOutWaiter(s.pool); err != nil {
+	if s.waiter, err = newPoller(unix.EPOLLOUT, (*conn).schedule); err != nil {
 		f.Fatal(err)
 	}
 

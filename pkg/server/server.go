@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"golang.org/x/sys/unix"
 
 	"github.com/switchboard-rt/switchboard/pkg/auth"
 	"github.com/switchboard-rt/switchboard/pkg/broker"
@@ -111,7 +112,9 @@ type Server struct {
 	open       atomic.Int64 // upgraded connections, for MaxConns
 	stopSweep  chan struct{}
 	pool       *writePool
-	waiter     *outWaiter
+	waiter     *poller // EPOLLOUT for sockets whose send buffer was full
+	input      *poller // client input of connections netpoll handed over
+	readBufs   sync.Pool
 
 	serving  atomic.Bool
 	draining atomic.Bool
@@ -120,7 +123,7 @@ type Server struct {
 	loop        netpoll.EventLoop
 	admin       *http.Server
 	stopRouter  context.CancelFunc
-	wg          sync.WaitGroup // router, waiter, event loop, admin server
+	wg          sync.WaitGroup // router, pollers, sweeper, event loop, admin server
 }
 
 // New validates cfg and builds a node; Start makes it listen.
@@ -170,7 +173,13 @@ func (s *Server) Start() error {
 		return fmt.Errorf("admin listen %s: %w", s.cfg.AdminListen, err)
 	}
 	s.pool = newWritePool(s.cfg.WriteWorkers, 1<<16)
-	if s.waiter, err = newOutWaiter(s.pool); err != nil {
+	if s.waiter, err = newPoller(unix.EPOLLOUT, (*conn).schedule); err != nil {
+		s.ln.Close()
+		s.adminLn.Close()
+		return err
+	}
+	if s.input, err = newPoller(unix.EPOLLIN|unix.EPOLLRDHUP, (*conn).readable); err != nil {
+		s.waiter.close()
 		s.ln.Close()
 		s.adminLn.Close()
 		return err
@@ -184,8 +193,9 @@ func (s *Server) Start() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stopRouter = cancel
 	rt := newRouter(s)
-	s.wg.Add(5)
+	s.wg.Add(6)
 	go func() { defer s.wg.Done(); s.waiter.run() }()
+	go func() { defer s.wg.Done(); s.input.run() }()
 	go func() { defer s.wg.Done(); s.runSweeper(s.stopSweep) }()
 	go func() {
 		defer s.wg.Done()
@@ -233,6 +243,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if e := s.admin.Shutdown(ctx); err == nil {
 		err = e
 	}
+	// Sockets netpoll handed over are ours to close.
+	for _, c := range s.input.registered() {
+		c.shut()
+	}
+	s.input.close()
 	s.waiter.close()
 	close(s.stopSweep)
 	s.wg.Wait()

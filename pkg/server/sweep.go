@@ -54,7 +54,7 @@ func (w *handshakeWheel) sweep(now time.Time, s *Server) {
 		if expired {
 			s.metrics.handshakeTimeouts.Inc()
 			s.log.Debug("handshake timed out", zap.Uint32("conn", uint32(c.id)))
-			c.nc.Close()
+			c.shut()
 		}
 	}
 }

@@ -1,0 +1,126 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// poller is one epoll instance whose one-shot notifications one goroutine
+// hands to a callback. A connection is registered only while it waits for
+// the event, and the event unregisters it (EPOLLONESHOT), so a connection
+// is never handed out twice before it asks again.
+//
+// The node has two: the outWaiter's, for sockets whose send buffer was
+// full (EPOLLOUT), and the input poller, which watches upgraded
+// connections for client frames once netpoll has handed their sockets over
+// (see conn.adopt).
+type poller struct {
+	epfd, wakefd int
+	events       uint32
+	ready        func(*conn)
+
+	mu    sync.Mutex
+	conns map[int32]*conn // by fd
+}
+
+func newPoller(events uint32, ready func(*conn)) (*poller, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("epoll_create1: %w", err)
+	}
+	wakefd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wakefd)}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
+		unix.Close(epfd)
+		unix.Close(wakefd)
+		return nil, fmt.Errorf("epoll_ctl eventfd: %w", err)
+	}
+	return &poller{epfd: epfd, wakefd: wakefd, events: events | unix.EPOLLONESHOT, ready: ready, conns: make(map[int32]*conn)}, nil
+}
+
+// arm asks for one notification for c. added says whether c's fd is in
+// this epoll already (it stays there, disarmed, after a notification); the
+// caller holds c.mu, which guards it.
+func (p *poller) arm(c *conn, added *bool) error {
+	op := unix.EPOLL_CTL_ADD
+	if *added {
+		op = unix.EPOLL_CTL_MOD
+	}
+	ev := unix.EpollEvent{Events: p.events, Fd: int32(c.fd)}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := unix.EpollCtl(p.epfd, op, c.fd, &ev); err != nil {
+		return fmt.Errorf("epoll_ctl: %w", err)
+	}
+	*added = true
+	p.conns[int32(c.fd)] = c
+	return nil
+}
+
+// forget removes c before its fd is closed, so a later connection that
+// reuses the fd number can never be mistaken for it. The caller holds c.mu.
+func (p *poller) forget(c *conn, added *bool) {
+	if !*added {
+		return
+	}
+	p.mu.Lock()
+	_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, c.fd, nil)
+	if p.conns[int32(c.fd)] == c {
+		delete(p.conns, int32(c.fd))
+	}
+	p.mu.Unlock()
+	*added = false
+}
+
+// run delivers notifications until close is called.
+func (p *poller) run() {
+	events := make([]unix.EpollEvent, 128)
+	for {
+		n, err := unix.EpollWait(p.epfd, events, -1)
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return
+		}
+		for i := 0; i < n; i++ {
+			fd := events[i].Fd
+			if fd == int32(p.wakefd) {
+				unix.Close(p.epfd)
+				unix.Close(p.wakefd)
+				return
+			}
+			p.mu.Lock()
+			c := p.conns[fd]
+			delete(p.conns, fd)
+			p.mu.Unlock()
+			if c != nil {
+				p.ready(c)
+			}
+		}
+	}
+}
+
+// registered returns the connections waiting in p.
+func (p *poller) registered() []*conn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]*conn, 0, len(p.conns))
+	for _, c := range p.conns {
+		out = append(out, c)
+	}
+	return out
+}
+
+// close stops run.
+func (p *poller) close() {
+	var one = [8]byte{1}
+	_, _ = unix.Write(p.wakefd, one[:])
+}
