@@ -1,7 +1,8 @@
-// Package server is the Switchboard node: a netpoll event loop holding the
-// client sockets, the WebSocket upgrade and frame codec, the write pool that
-// fans events out, the router that feeds it from the broker, and the admin
-// HTTP endpoints.
+// Package server is the Switchboard node: a netpoll event loop that accepts
+// client sockets and runs their WebSocket upgrade, then hands them to the
+// node's own one-shot epoll (no per-connection buffers while idle); the
+// frame codec, the write pool that fans events out, the router that feeds
+// it from the broker, and the admin HTTP endpoints.
 package server
 
 import (
