@@ -93,6 +93,11 @@ func (c *conn) upgrade(data []byte) int {
 		s.metrics.upgrades.WithLabelValues("rejected").Inc()
 		s.log.Debug("upgrade rejected", zap.Uint32("conn", uint32(c.id)), zap.Error(err))
 		c.readClosed = true
+		if resp.Len() == 0 {
+			// gobwas answers nothing to a request line it cannot parse;
+			// the client still deserves to know why it is dropped.
+			resp.WriteString(httpError(http.StatusBadRequest, "malformed HTTP request"))
+		}
 		c.sendLast(outFrame{head: resp.Bytes()})
 		return len(data)
 	}
@@ -115,9 +120,13 @@ func headerIs(key []byte, name string) bool {
 func (c *conn) rejectHTTP(status int, reason string) {
 	c.srv.metrics.upgrades.WithLabelValues("rejected").Inc()
 	c.readClosed = true
-	resp := "HTTP/1.1 " + itoa(status) + " " + http.StatusText(status) + "\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: " +
+	c.sendLast(outFrame{head: []byte(httpError(status, reason))})
+}
+
+// httpError is a whole HTTP response refusing a request.
+func httpError(status int, reason string) string {
+	return "HTTP/1.1 " + itoa(status) + " " + http.StatusText(status) + "\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: " +
 		itoa(len(reason)) + "\r\n\r\n" + reason
-	c.sendLast(outFrame{head: []byte(resp)})
 }
 
 func itoa(n int) string {
