@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"unicode/utf8"
 
 	"github.com/cloudwego/netpoll"
@@ -23,6 +24,10 @@ type conn struct {
 	nc  netpoll.Connection
 	fd  int
 	id  index.ID
+	// lastSeen is the coarse second (Server.clock) of the last complete
+	// client frame, for the idle sweep. Four bytes that fill the padding
+	// after id.
+	lastSeen atomic.Uint32
 
 	// Read side: only netpoll's OnRequest touches these, and netpoll never
 	// runs it concurrently for one connection.
@@ -159,6 +164,9 @@ func (c *conn) consume(data []byte) int {
 // handleFrame acts on one complete, unmasked frame. payload is only valid
 // during the call.
 func (c *conn) handleFrame(h ws.Header, payload []byte) {
+	if now := c.srv.clock.Load(); c.lastSeen.Load() != now {
+		c.lastSeen.Store(now)
+	}
 	switch h.OpCode {
 	case ws.OpPing:
 		c.send(outFrame{head: compileFrame(ws.OpPong, payload)})

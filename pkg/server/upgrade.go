@@ -102,6 +102,7 @@ func (c *conn) upgrade(data []byte) int {
 		return len(data)
 	}
 	c.upgraded = true
+	c.lastSeen.Store(s.clock.Load())
 	c.mu.Lock()
 	c.live = !c.closed
 	c.mu.Unlock()
