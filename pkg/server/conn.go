@@ -24,10 +24,6 @@ type conn struct {
 	nc  netpoll.Connection
 	fd  int
 	id  index.ID
-	// lastSeen is the coarse second (Server.clock) of the last complete
-	// client frame, for the idle sweep. Four bytes that fill the padding
-	// after id.
-	lastSeen atomic.Uint32
 
 	// Read side: only netpoll's OnRequest touches these, and netpoll never
 	// runs it concurrently for one connection.
@@ -45,6 +41,11 @@ type conn struct {
 	// takes it, so holding it across an index call cannot deadlock.
 	idxMu   sync.Mutex
 	removed bool // deleted from the index; guarded by idxMu
+
+	// lastSeen is the coarse second (Server.clock) of the last complete
+	// client frame, for the idle sweep. Its four bytes sit in the padding
+	// after removed: the struct does not grow.
+	lastSeen atomic.Uint32
 
 	// Everything below is guarded by mu: the router, the write pool and the
 	// read side all reach it.

@@ -45,6 +45,9 @@ type Config struct {
 
 	MaxConns         int           // upgraded connections held; above it upgrades get HTTP 503; 0 = no limit
 	HandshakeTimeout time.Duration // bound on the upgrade request arriving whole; default 5 s
+	WriteWorkers     int           // write pool size; default 2 x GOMAXPROCS
+	IndexShards      int           // subscription index shards; default 64
+
 	// IdleTimeout closes (1001) an upgraded connection that sent no frame
 	// for this long: a dead peer that TCP has not noticed yet. 0 disables.
 	// The Appwrite SDK pings every 20 s, so anything well above that only
@@ -54,8 +57,6 @@ type Config struct {
 	// socket (then every third of it, three probes): it reaps peers that
 	// vanished without a FIN. Default 2 min; negative disables.
 	TCPKeepAlive time.Duration
-	WriteWorkers int // write pool size; default 2 x GOMAXPROCS
-	IndexShards  int // subscription index shards; default 64
 
 	AuthTimeout time.Duration // bound on one resolver call; default 5 s
 
