@@ -159,6 +159,12 @@ func (c *conn) open(h *handshake) {
 		c.closeWith(statusTryAgainLater, "Too many requests")
 		return
 	}
+	if qerr != nil && project == "" {
+		// The query could not be read, so neither could its project:
+		// name the real fault rather than a missing project.
+		c.failErr(qerr)
+		return
+	}
 	if project == "" || !s.projectAllowed(project) {
 		c.fail(protocol.CodePolicyViolation, "Missing or unknown project ID")
 		return
