@@ -33,11 +33,12 @@ fuzz:
 	@set -e; list=$$($(GO) test -list '^Fuzz' ./...) || { echo "$$list"; exit 1; }; \
 	targets=$$(echo "$$list" | awk '/^Fuzz/ { n = n " " $$1 } /^ok / { k = split(n, a, " "); for (i = 1; i <= k; i++) print $$2 ":" a[i]; n = "" }'); \
 	[ -n "$$targets" ] || { echo "no fuzz targets found"; exit 1; }; \
-	for pt in $$targets; do \
+	failed=; for pt in $$targets; do \
 	  pkg=$${pt%%:*}; t=$${pt##*:}; \
 	  echo "== $$pkg $$t ($(FUZZTIME))"; \
-	  $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg; \
-	done
+	  $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg || failed="$$failed $$t"; \
+	done; \
+	[ -z "$$failed" ] || { echo "fuzz targets failed:$$failed (crashers are in the package's testdata/fuzz)"; exit 1; }
 
 clean:
 	rm -rf bin
