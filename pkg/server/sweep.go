@@ -65,18 +65,31 @@ func (w *handshakeWheel) sweep(now time.Time, s *Server) {
 
 // runSweeper ticks the node's clock, handshake wheel and idle sweep until
 // stop is closed.
+//
+// Ticks are aligned to whole seconds: deadlines are whole seconds, so an
+// unaligned tick (say at x.99) would sweep a due bucket up to a second
+// later than needed. Aligned, a handshake is closed within its timeout
+// plus at most one second.
 func (s *Server) runSweeper(stop <-chan struct{}) {
+	align := time.NewTimer(time.Until(time.Now().Truncate(time.Second).Add(time.Second)))
+	select {
+	case <-align.C:
+	case <-stop:
+		align.Stop()
+		return
+	}
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	every := idleSweepEvery(s.cfg.IdleTimeout)
+	now := time.Now()
 	for tick := 1; ; tick++ {
+		s.clock.Store(uint32(now.Unix()))
+		s.handshakes.sweep(now, s)
+		if every > 0 && tick%every == 0 {
+			s.sweepIdle(uint32(now.Unix()))
+		}
 		select {
-		case now := <-t.C:
-			s.clock.Store(uint32(now.Unix()))
-			s.handshakes.sweep(now, s)
-			if every > 0 && tick%every == 0 {
-				s.sweepIdle(uint32(now.Unix()))
-			}
+		case now = <-t.C:
 		case <-stop:
 			return
 		}
