@@ -131,3 +131,31 @@ func TestTCPKeepAliveOnAcceptedSockets(t *testing.T) {
 		})
 	}
 }
+
+// A client that announces a frame and trickles its payload a byte at a
+// time never completes a frame: the idle timeout ends it, so it cannot hold
+// a reassembly buffer forever (slowloris after the upgrade).
+func TestIdleTimeoutEndsTricklingFrames(t *testing.T) {
+	const timeout = 2 * time.Second
+	s := testNode(t, func(c *Config) { c.IdleTimeout = timeout })
+	c := dial(t, s, "project=p1", nil)
+	c.expect("connected")
+	start := time.Now()
+	if _, err := c.conn.Write(rawFrame(0x81, 1000, nil)); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	for time.Since(start) < 3*timeout && err == nil {
+		_, err = c.conn.Write([]byte{' '})
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err == nil {
+		t.Fatalf("trickling client still open after %v", time.Since(start))
+	}
+	if d := time.Since(start); d < timeout {
+		t.Fatalf("closed after %v, before the idle timeout %v", d, timeout)
+	}
+	if got := counterValue(t, s, "switchboard_idle_timeouts_total"); got != 1 {
+		t.Fatalf("idle timeouts = %v, want 1", got)
+	}
+}
