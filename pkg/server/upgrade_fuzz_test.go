@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -42,10 +43,15 @@ func FuzzUpgrade(f *testing.F) {
 	f.Add([]byte("GET /v1/realtime?project=p1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: short\r\n\r\n"))
 	f.Add([]byte("GET /v1/realtime?project=p1 HTTP/1.1\r\n Folded: header\r\n\tcontinued\r\nUpgrade: websocket\r\n\r\n"))
 	f.Add([]byte("GET /v1/realtime?project=p1 HTTP/1.1\nHost: x\nUpgrade: websocket\n\r\n\r\n"))
+	f.Add([]byte(strings.Replace(upgradeRequest, "Host: x\r\n", "Host: x\r\nOrigin: https://evil.example.org.attacker.com\r\n", 1)))
+	f.Add([]byte(strings.Replace(upgradeRequest, "Host: x\r\n", "Host: x\r\nOrigin: HTTPS://A.B.EXAMPLE.ORG/\r\n", 1)))
 	f.Add([]byte("\r\n\r\n"))
 	f.Add([]byte("GET  HTTP/1.1\r\n:\r\n\r\n"))
 
-	s, err := New(Config{Broker: broker.NewMemory(1), MaxMessageSize: 4096, MaxHeaderBytes: 2048})
+	// Allowed origins are configured so the Origin header's matching is
+	// fuzzed too.
+	s, err := New(Config{Broker: broker.NewMemory(1), MaxMessageSize: 4096, MaxHeaderBytes: 2048,
+		AllowedOrigins: []string{"https://app.example.com", "*.example.org", "localhost:5173"}})
 	if err != nil {
 		f.Fatal(err)
 	}
