@@ -31,14 +31,20 @@ bench-go:
 bench-tsung: build
 	bench/tsung/run.sh
 
-# Each fuzz target for FUZZTIME (default 30s).
+# Each fuzz target of every package (pkg/, internal/, cmd/: any func FuzzX
+# in a _test.go file is found) for FUZZTIME. Seed corpora live in each
+# package's testdata/fuzz/<FuzzName>/ and also run in every plain go test.
 FUZZTIME ?= 30s
 fuzz:
-	@set -e; for pkg in $$($(GO) list ./pkg/...); do \
-	  for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
-	    echo "== $$pkg $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg; \
-	  done; \
-	done
+	@set -e; list=$$($(GO) test -list '^Fuzz' ./...) || { echo "$$list"; exit 1; }; \
+	targets=$$(echo "$$list" | awk '/^Fuzz/ { n = n " " $$1 } /^ok / { k = split(n, a, " "); for (i = 1; i <= k; i++) print $$2 ":" a[i]; n = "" }'); \
+	[ -n "$$targets" ] || { echo "no fuzz targets found"; exit 1; }; \
+	failed=; for pt in $$targets; do \
+	  pkg=$${pt%%:*}; t=$${pt##*:}; \
+	  echo "== $$pkg $$t ($(FUZZTIME))"; \
+	  $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg || failed="$$failed $$t"; \
+	done; \
+	[ -z "$$failed" ] || { echo "fuzz targets failed:$$failed (crashers are in the package's testdata/fuzz)"; exit 1; }
 
 clean:
 	rm -rf bin

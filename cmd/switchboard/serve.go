@@ -38,6 +38,7 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 		bf              brokerFlags
 		origins         string
 		readBuffer      int
+		tcpKeepAlive    time.Duration
 	)
 	fs.StringVar(&cfg.Listen, "listen", ":9505", "WebSocket listen address")
 	fs.StringVar(&cfg.AdminListen, "admin-listen", "127.0.0.1:9506", "admin HTTP listen address (publish, metrics, health, pprof)")
@@ -59,6 +60,8 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	fs.StringVar(&origins, "allowed-origins", "", "comma-separated browser origins allowed to connect (scheme://host, host, *.domain); empty allows all")
 	fs.IntVar(&cfg.MaxConns, "max-conns", 0, "upgraded connections held by this node; above it upgrades get HTTP 503 (0: no limit)")
 	fs.DurationVar(&cfg.HandshakeTimeout, "handshake-timeout", 5*time.Second, "a connection must complete its upgrade request within this")
+	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "close (1001) upgraded connections that send no frame for this long; the SDK pings every 20s (0: off)")
+	fs.DurationVar(&tcpKeepAlive, "tcp-keepalive", 2*time.Minute, "TCP keepalive idle time on accepted sockets, then probes every third of it, three probes (0: off)")
 	fs.IntVar(&cfg.WriteWorkers, "write-workers", 0, "write pool goroutines (0: 2 x GOMAXPROCS)")
 	fs.IntVar(&cfg.IndexShards, "index-shards", 64, "subscription index shards (rounded up to a power of two)")
 	fs.IntVar(&readBuffer, "read-buffer", 1024, "netpoll's input buffer in bytes for a connection in its HTTP upgrade (upgraded connections leave netpoll and hold no buffer while idle)")
@@ -94,6 +97,10 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	defer log.Sync()
 
 	cfg.Projects = splitList(projects)
+	cfg.TCPKeepAlive = tcpKeepAlive
+	if tcpKeepAlive <= 0 {
+		cfg.TCPKeepAlive = -1 // the server's zero value means its default
+	}
 	cfg.AllowedOrigins = splitList(origins)
 	switch authMode {
 	case "none":

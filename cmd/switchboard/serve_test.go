@@ -221,7 +221,8 @@ func TestServeFlagsAndEnvironment(t *testing.T) {
 	if code := run([]string{"serve", "--help"}, func(string) string { return "" }, &out, &out); code != 0 {
 		t.Fatalf("serve --help exit %d", code)
 	}
-	for _, want := range []string{"--listen", "SWITCHBOARD_LISTEN", ":9505", "--admin-listen", "127.0.0.1:9506", "SWITCHBOARD_MAX_MESSAGE_SIZE"} {
+	for _, want := range []string{"--listen", "SWITCHBOARD_LISTEN", ":9505", "--admin-listen", "127.0.0.1:9506", "SWITCHBOARD_MAX_MESSAGE_SIZE",
+		"--idle-timeout", "SWITCHBOARD_IDLE_TIMEOUT", "--tcp-keepalive", "SWITCHBOARD_TCP_KEEPALIVE", "2m0s"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("serve --help lacks %q:\n%s", want, out.String())
 		}

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"unicode/utf8"
 
 	"github.com/cloudwego/netpoll"
@@ -48,6 +49,11 @@ type conn struct {
 	// takes it, so holding it across an index call cannot deadlock.
 	idxMu   sync.Mutex
 	removed bool // deleted from the index; guarded by idxMu
+
+	// lastSeen is the coarse second (Server.clock) of the last complete
+	// client frame, for the idle sweep. Its four bytes sit in the padding
+	// after removed: the struct does not grow.
+	lastSeen atomic.Uint32
 
 	// Everything below is guarded by mu: the router, the write pool and the
 	// read side all reach it.
@@ -315,6 +321,9 @@ func (c *conn) consume(data []byte) int {
 // handleFrame acts on one complete, unmasked frame. payload is only valid
 // during the call.
 func (c *conn) handleFrame(h ws.Header, payload []byte) {
+	if now := c.srv.clock.Load(); c.lastSeen.Load() != now {
+		c.lastSeen.Store(now)
+	}
 	switch h.OpCode {
 	case ws.OpPing:
 		c.send(outFrame{head: compileFrame(ws.OpPong, payload)})

@@ -20,6 +20,7 @@ type metrics struct {
 
 	permissionChanges prometheus.Counter
 	handshakeTimeouts prometheus.Counter
+	idleTimeouts      prometheus.Counter
 	panics            prometheus.Counter
 	drainCloses       prometheus.Counter
 }
@@ -65,6 +66,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		handshakeTimeouts: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_handshake_timeouts_total", Help: "Connections closed for not completing the upgrade in time.",
 		}),
+		idleTimeouts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_idle_timeouts_total", Help: "Upgraded connections closed for sending no frame within the idle timeout.",
+		}),
 		panics: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_handler_panics_total", Help: "Panics recovered while handling a connection's input (the connection is closed with 1011).",
 		}),
@@ -76,7 +80,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 	}
 	reg.MustRegister(m.connections, m.upgrades, m.messagesIn, m.messagesOut, m.framesOut, m.deliveries,
-		m.slowConsumers, m.protocolErrors, m.events, m.invalidEvents, m.publishErrors, m.published, m.permissionChanges, m.handshakeTimeouts, m.panics,
+		m.slowConsumers, m.protocolErrors, m.events, m.invalidEvents, m.publishErrors, m.published, m.permissionChanges, m.handshakeTimeouts, m.idleTimeouts, m.panics,
 		m.drainCloses)
 	return m
 }

@@ -51,6 +51,16 @@ type Config struct {
 	WriteWorkers     int           // write pool size; default 2 x GOMAXPROCS
 	IndexShards      int           // subscription index shards; default 64
 
+	// IdleTimeout closes (1001) an upgraded connection that sent no frame
+	// for this long: a dead peer that TCP has not noticed yet. 0 disables.
+	// The Appwrite SDK pings every 20 s, so anything well above that only
+	// ever catches dead or stuck clients. Checked at one-second granularity.
+	IdleTimeout time.Duration
+	// TCPKeepAlive is the idle time before the kernel probes an accepted
+	// socket (then every third of it, three probes): it reaps peers that
+	// vanished without a FIN. Default 2 min; negative disables.
+	TCPKeepAlive time.Duration
+
 	AuthTimeout time.Duration // bound on one resolver call; default 5 s
 
 	Broker   broker.Broker        // required
@@ -83,6 +93,12 @@ func (c *Config) setDefaults() {
 	if c.HandshakeTimeout <= 0 {
 		c.HandshakeTimeout = 5 * time.Second
 	}
+	if c.TCPKeepAlive == 0 {
+		c.TCPKeepAlive = 2 * time.Minute
+	}
+	if c.IdleTimeout < 0 {
+		c.IdleTimeout = 0
+	}
 	if c.AuthTimeout <= 0 {
 		c.AuthTimeout = 5 * time.Second
 	}
@@ -110,7 +126,8 @@ type Server struct {
 	projects   projectTable
 	connects   connectLimiter
 	handshakes *handshakeWheel
-	open       atomic.Int64 // upgraded connections, for MaxConns
+	clock      atomic.Uint32 // coarse unix seconds, advanced by the sweeper: a frame stamps its conn without a clock read
+	open       atomic.Int64  // upgraded connections, for MaxConns
 	stopSweep  chan struct{}
 	pool       *writePool
 	waiter     *poller // EPOLLOUT for sockets whose send buffer was full
@@ -148,6 +165,7 @@ func New(cfg Config) (*Server, error) {
 	s.connects.limit = cfg.ConnectsPerIP
 	s.projects.aware, _ = cfg.Broker.(broker.ProjectAware)
 	s.handshakes = newHandshakeWheel(cfg.HandshakeTimeout)
+	s.clock.Store(uint32(time.Now().Unix()))
 	s.stopSweep = make(chan struct{})
 	if len(cfg.Projects) > 0 {
 		s.allowed = make(map[string]bool, len(cfg.Projects))
@@ -301,8 +319,14 @@ func (s *Server) goAwayAll(ctx context.Context) {
 func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 	c := &conn{Context: context.Background(), srv: s, nc: nc, fd: nc.(interface{ Fd() int }).Fd()}
 	c.id = s.idx.Insert(c)
+	c.lastSeen.Store(s.clock.Load())
 	_ = nc.AddCloseCallback(c.onClosed)
 	s.metrics.connections.Inc()
+	if s.cfg.TCPKeepAlive > 0 {
+		if err := setKeepAlive(c.fd, s.cfg.TCPKeepAlive); err != nil {
+			s.log.Debug("tcp keepalive not set", zap.Uint32("conn", uint32(c.id)), zap.Error(err))
+		}
+	}
 	s.handshakes.add(c, time.Now())
 	return c
 }

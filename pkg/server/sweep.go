@@ -1,11 +1,15 @@
 package server
 
 import (
+	"fmt"
 	"sync"
 	"time"
 
 	"github.com/gobwas/ws"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/switchboard-rt/switchboard/pkg/index"
 )
 
 // handshakeWheel closes connections that have not completed the WebSocket
@@ -59,18 +63,99 @@ func (w *handshakeWheel) sweep(now time.Time, s *Server) {
 	}
 }
 
-// runSweeper ticks the node's wheel until stop is closed.
+// runSweeper ticks the node's clock, handshake wheel and idle sweep until
+// stop is closed.
+//
+// Ticks are aligned to whole seconds: deadlines are whole seconds, so an
+// unaligned tick (say at x.99) would sweep a due bucket up to a second
+// later than needed. Aligned, a handshake is closed within its timeout
+// plus at most one second.
 func (s *Server) runSweeper(stop <-chan struct{}) {
+	align := time.NewTimer(time.Until(time.Now().Truncate(time.Second).Add(time.Second)))
+	select {
+	case <-align.C:
+	case <-stop:
+		align.Stop()
+		return
+	}
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
-	for {
+	every := idleSweepEvery(s.cfg.IdleTimeout)
+	now := time.Now()
+	for tick := 1; ; tick++ {
+		s.clock.Store(uint32(now.Unix()))
+		s.handshakes.sweep(now, s)
+		if every > 0 && tick%every == 0 {
+			s.sweepIdle(uint32(now.Unix()))
+		}
 		select {
-		case now := <-t.C:
-			s.handshakes.sweep(now, s)
+		case now = <-t.C:
 		case <-stop:
 			return
 		}
 	}
+}
+
+// idleSweepEvery is how many one-second ticks apart the idle sweep runs: a
+// quarter of the timeout, so a connection is closed at most about 25 %
+// late, without walking every connection each second on a big node. 0
+// means no idle sweep.
+func idleSweepEvery(timeout time.Duration) int {
+	if timeout <= 0 {
+		return 0
+	}
+	return max(1, int(timeout/time.Second)/4)
+}
+
+// sweepIdle closes (1001) every upgraded connection whose last frame is
+// older than the idle timeout. It walks the connection table once; a
+// connection costs four bytes for this and no timer.
+func (s *Server) sweepIdle(now uint32) {
+	if s.cfg.IdleTimeout <= 0 {
+		return
+	}
+	// Stamps are whole seconds that may lag the frame by up to one, so a
+	// connection is idle only when strictly more than the rounded-up
+	// timeout has passed: never early.
+	limit := uint32((s.cfg.IdleTimeout + time.Second - 1) / time.Second)
+	var idle []*conn
+	// Range holds index locks: only read atomics here, close afterwards
+	// (closing deletes from the index).
+	s.idx.Range(func(_ index.ID, c *conn) {
+		if seen := c.lastSeen.Load(); now > seen && now-seen > limit {
+			idle = append(idle, c)
+		}
+	})
+	for _, c := range idle {
+		c.mu.Lock()
+		expired := c.live && !c.closed && !c.closing
+		c.mu.Unlock()
+		if expired {
+			s.metrics.idleTimeouts.Inc()
+			s.log.Debug("idle timeout", zap.Uint32("conn", uint32(c.id)))
+			c.sendLast(outFrame{head: idleClose})
+		}
+	}
+}
+
+var idleClose = closeFrame(ws.StatusGoingAway, "idle timeout")
+
+// setKeepAlive turns on TCP keepalive on fd: the first probe after d of
+// silence, then every d/3, and the peer is declared dead after three
+// unanswered probes.
+func setKeepAlive(fd int, d time.Duration) error {
+	idle := max(1, int(d/time.Second))
+	for _, o := range []struct{ level, opt, v int }{
+		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, idle},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, max(1, idle/3)},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 3},
+	} {
+		if err := unix.SetsockoptInt(fd, o.level, o.opt, o.v); err != nil {
+			return fmt.Errorf("setsockopt %d/%d: %w", o.level, o.opt, err)
+		}
+	}
+	return nil
 }
 
 // recoverConn turns a panic while handling one connection's input into a

@@ -93,10 +93,16 @@ func (c *conn) upgrade(data []byte) int {
 		s.metrics.upgrades.WithLabelValues("rejected").Inc()
 		s.log.Debug("upgrade rejected", zap.Uint32("conn", uint32(c.id)), zap.Error(err))
 		c.readClosed = true
+		if resp.Len() == 0 {
+			// gobwas answers nothing to a request line it cannot parse;
+			// the client still deserves to know why it is dropped.
+			resp.WriteString(httpError(http.StatusBadRequest, "malformed HTTP request"))
+		}
 		c.sendLast(outFrame{head: resp.Bytes()})
 		return len(data)
 	}
 	c.upgraded = true
+	c.lastSeen.Store(s.clock.Load())
 	c.mu.Lock()
 	c.live = !c.closed
 	c.mu.Unlock()
@@ -115,9 +121,13 @@ func headerIs(key []byte, name string) bool {
 func (c *conn) rejectHTTP(status int, reason string) {
 	c.srv.metrics.upgrades.WithLabelValues("rejected").Inc()
 	c.readClosed = true
-	resp := "HTTP/1.1 " + itoa(status) + " " + http.StatusText(status) + "\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: " +
+	c.sendLast(outFrame{head: []byte(httpError(status, reason))})
+}
+
+// httpError is a whole HTTP response refusing a request.
+func httpError(status int, reason string) string {
+	return "HTTP/1.1 " + itoa(status) + " " + http.StatusText(status) + "\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: " +
 		itoa(len(reason)) + "\r\n\r\n" + reason
-	c.sendLast(outFrame{head: []byte(resp)})
 }
 
 func itoa(n int) string {
@@ -147,6 +157,12 @@ func (c *conn) open(h *handshake) {
 		s.metrics.protocolErrors.WithLabelValues(itoa(protocol.CodeTooManyRequests)).Inc()
 		c.sendText(protocol.AppendError(nil, protocol.CodeTooManyRequests, "Too many requests"))
 		c.closeWith(statusTryAgainLater, "Too many requests")
+		return
+	}
+	if qerr != nil && project == "" {
+		// The query could not be read, so neither could its project:
+		// name the real fault rather than a missing project.
+		c.failErr(qerr)
 		return
 	}
 	if project == "" || !s.projectAllowed(project) {

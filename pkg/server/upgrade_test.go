@@ -1,6 +1,8 @@
 package server
 
 import (
+	"encoding/json"
+	"strings"
 	"testing"
 )
 
@@ -37,6 +39,20 @@ func FuzzSessionFromHandshake(f *testing.F) {
 		// client sent: never invented.
 		if got != "" && got != session && len(got) > len(cookie)+len(fallback) {
 			t.Fatalf("session %q from cookie %q, header %q, fallback %q", got, cookie, session, fallback)
+		}
+		// And only from this project's cookie or fallback entry: a cookie
+		// header without a_session_<project> never yields a session other
+		// than the header's or the fallback object's.
+		name := "a_session_" + project
+		if got != "" && got != session && !strings.Contains(cookie, name) {
+			var m map[string]any
+			if json.Unmarshal([]byte(fallback), &m) != nil || m[name] != got {
+				t.Fatalf("session %q from neither a %s cookie, the header %q nor the fallback %q", got, name, session, fallback)
+			}
+		}
+		// The cookie, when present, wins over header and fallback.
+		if v := cookieValue(cookie, name); v != "" && got != v {
+			t.Fatalf("cookie %s=%q lost to %q", name, v, got)
 		}
 	})
 }
