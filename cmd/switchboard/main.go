@@ -5,6 +5,7 @@
 //
 //	switchboard serve [flags]     run a node
 //	switchboard publish [flags]   publish one event through a node's admin API
+//	switchboard bench [flags]     load-test a node (connections, fan-out latency, memory)
 //
 // Every flag can also be given as an environment variable
 // SWITCHBOARD_<FLAG_IN_UPPER_SNAKE>, e.g. SWITCHBOARD_ADMIN_LISTEN; a flag on
@@ -32,6 +33,8 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		return serve(args[1:], getenv, stderr)
 	case "publish":
 		return publishCmd(args[1:], getenv, stdout, stderr)
+	case "bench":
+		return benchCmd(args[1:], getenv, stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		usage(stdout)
 		return 0
@@ -48,6 +51,7 @@ func usage(w io.Writer) {
 Usage:
   switchboard serve [flags]    run a node (see 'switchboard serve --help')
   switchboard publish [flags]  publish one event through a node (see 'switchboard publish --help')
+  switchboard bench [flags]    load-test a node (see 'switchboard bench --help')
 
 Every flag can also be set as SWITCHBOARD_<FLAG_IN_UPPER_SNAKE>.
 `)
