@@ -41,7 +41,6 @@ func TestHistogramQuantilesWithinPrecision(t *testing.T) {
 	}
 }
 
-
 func TestConnSeeTellsReorderingFromDuplicates(t *testing.T) {
 	var c conn
 	for _, s := range []uint32{0, 1, 3, 2, 5, 4} {
