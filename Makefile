@@ -1,6 +1,6 @@
 GO ?= go
 
-.PHONY: all build run test sdk-deps vet bench-go fuzz clean
+.PHONY: all build run test sdk-deps vet bench-go bench-baseline fuzz clean
 
 all: build
 
@@ -24,6 +24,12 @@ sdk-deps:
 # Go micro-benchmarks (index lookup, encode-once fan-out, frame codec).
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem ./pkg/...
+
+# The goroutine-per-connection gorilla/websocket server that `switchboard
+# bench` figures are compared with. Its own module, so the product's go.mod
+# never gains gorilla.
+bench-baseline:
+	cd bench/baseline && $(GO) build -o ../../bin/baseline .
 
 # Each fuzz target for FUZZTIME (default 30s).
 FUZZTIME ?= 30s
