@@ -277,6 +277,13 @@ func (l *loop) readAll(c *conn) {
 			if !l.consume(c, l.buf[:n]) {
 				return
 			}
+			if n < len(l.buf) {
+				// A short read emptied the socket; with edge-triggered
+				// epoll, bytes arriving later raise a new edge, so the
+				// read that would only say EAGAIN is saved (it would be
+				// one syscall per delivery).
+				return
+			}
 		case errors.Is(err, unix.EAGAIN):
 			return
 		case errors.Is(err, unix.EINTR):

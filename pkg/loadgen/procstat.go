@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -107,3 +108,37 @@ func nofileLimit() int {
 }
 
 func closeFD(fd int) error { return unix.Close(fd) }
+
+// clockTicks is USER_HZ, the unit of /proc/PID/stat times; it is 100 on
+// every Linux architecture Go supports.
+const clockTicks = 100
+
+// readCPU returns the user plus system CPU time a process has used (pid 0
+// means this process).
+func readCPU(pid int) (time.Duration, error) {
+	path := "/proc/self/stat"
+	if pid > 0 {
+		path = fmt.Sprintf("/proc/%d/stat", pid)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, fmt.Errorf("reading CPU time: %w", err)
+	}
+	// The command name may hold spaces and parentheses: fields are
+	// counted from the last ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("reading CPU time: malformed %s", path)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// After ')': state is field 3 of stat(5), utime 14, stime 15.
+	if len(f) < 13 {
+		return 0, fmt.Errorf("reading CPU time: short %s", path)
+	}
+	u, err1 := strconv.ParseInt(f[11], 10, 64)
+	s, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("reading CPU time: malformed %s", path)
+	}
+	return time.Duration(u+s) * time.Second / clockTicks, nil
+}

@@ -47,7 +47,11 @@ type ProcMem struct {
 	RSSAfter  int64 `json:"rss_after"`
 	// PerConn is (after - before) / open connections at full count.
 	PerConn float64 `json:"rss_per_conn"`
-	Error   string  `json:"error,omitempty"`
+	// CPUSeconds is the CPU time (user + system) used from the start of
+	// the run to the end of the hold, so a reader can tell which side was
+	// the bottleneck.
+	CPUSeconds float64 `json:"cpu_seconds"`
+	Error      string  `json:"error,omitempty"`
 }
 
 // EventSummary is what publishing measured.
@@ -100,12 +104,15 @@ func Run(ctx context.Context, cfg Config, progress io.Writer, workerStderr io.Wr
 	}
 	sum.KernelBefore, _ = readKernel()
 	sum.Servers = make([]ProcMem, len(cfg.ServerPIDs))
+	serverCPU := make([]time.Duration, len(cfg.ServerPIDs))
 	for i, pid := range cfg.ServerPIDs {
 		sum.Servers[i].PID = pid
 		if sum.Servers[i].RSSBefore, err = readRSS(pid); err != nil {
 			sum.Servers[i].Error = err.Error()
 		}
+		serverCPU[i], _ = readCPU(pid)
 	}
+	ownCPU, _ := readCPU(0)
 
 	workers, err := startWorkers(&cfg, t, shards, workerStderr)
 	if err != nil {
@@ -164,6 +171,12 @@ func Run(ctx context.Context, cfg Config, progress io.Writer, workerStderr io.Wr
 		sleep(ctx, d)
 	}
 	rep.stop()
+	for i := range sum.Servers {
+		if c, err := readCPU(sum.Servers[i].PID); err == nil {
+			sum.Servers[i].CPUSeconds = (c - serverCPU[i]).Seconds()
+		}
+	}
+	sum.Generator.CPUSeconds = generatorCPU(workers, ownCPU).Seconds()
 
 	results, err := finishAll(workers)
 	if err != nil {
@@ -235,6 +248,20 @@ func finishAll(ws []worker) ([]*workerResult, error) {
 	}
 	wg.Wait()
 	return res, errors.Join(errs...)
+}
+
+// generatorCPU is the CPU time of this process since own plus that of the
+// worker processes (whose whole life is the run).
+func generatorCPU(ws []worker, own time.Duration) time.Duration {
+	c, _ := readCPU(0)
+	c -= own
+	for _, w := range ws {
+		if w.pid() != 0 {
+			wc, _ := readCPU(w.pid())
+			c += wc
+		}
+	}
+	return c
 }
 
 func allRamped(ws []worker) bool {

@@ -143,6 +143,9 @@ func TestFanOutCompleteFromSeveralSourceAddresses(t *testing.T) {
 	if len(sum.Servers) != 1 || sum.Servers[0].RSSBefore <= 0 || sum.Servers[0].RSSAfter <= 0 {
 		t.Errorf("server memory %+v: want RSS before and after", sum.Servers)
 	}
+	if sum.Generator.CPUSeconds <= 0 || sum.Servers[0].CPUSeconds <= 0 {
+		t.Errorf("CPU seconds: generator %v, server %v; want both above zero", sum.Generator.CPUSeconds, sum.Servers[0].CPUSeconds)
+	}
 	if sum.Generator.RSSBefore <= 0 || sum.KernelAfter.TCPInUse < int64(conns) {
 		t.Errorf("generator %+v, kernel after %+v", sum.Generator, sum.KernelAfter)
 	}

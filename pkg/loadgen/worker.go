@@ -20,6 +20,8 @@ type worker interface {
 	rss() (int64, error)
 	// startRSS is its RSS before it allocated anything per connection.
 	startRSS() int64
+	// pid is the worker's process id; 0 for this process.
+	pid() int
 	// finish closes the connections and returns the worker's figures.
 	finish() (*workerResult, error)
 }
@@ -31,6 +33,7 @@ func (w localWorker) progress() Progress             { return w.e.progress() }
 func (w localWorker) rampDone() bool                 { return w.e.rampDone() }
 func (w localWorker) rss() (int64, error)            { return readRSS(0) }
 func (w localWorker) startRSS() int64                { return w.e.rssStart }
+func (w localWorker) pid() int                       { return 0 }
 func (w localWorker) finish() (*workerResult, error) { return w.e.shutdown(), nil }
 func startLocal(cfg *Config, t *target, sh shard) (worker, error) {
 	e, err := newEngine(cfg, t, sh)
@@ -224,6 +227,8 @@ func (w *procWorker) rampDone() bool {
 }
 
 func (w *procWorker) rss() (int64, error) { return readRSS(w.cmd.Process.Pid) }
+
+func (w *procWorker) pid() int { return w.cmd.Process.Pid }
 
 func (w *procWorker) startRSS() int64 {
 	w.mu.Lock()
