@@ -100,7 +100,7 @@ func benchCmd(args []string, getenv func(string) string, stdout, stderr io.Write
 type pidList []int
 
 func (p *pidList) String() string {
-	if p == nil {
+	if p == nil || len(*p) == 0 {
 		return ""
 	}
 	return fmt.Sprint([]int(*p))
