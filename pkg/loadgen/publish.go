@@ -2,12 +2,14 @@ package loadgen
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/switchboard-rt/switchboard/pkg/protocol"
@@ -19,7 +21,7 @@ type publishReport struct {
 	Errors    int
 	FirstErr  error
 	First     time.Time // send time of the first event
-	Last      time.Time // send time of the last event
+	Last      time.Time // send time of the last event sent
 }
 
 // publisher POSTs the run's events to a node's admin API.
@@ -36,45 +38,73 @@ func newPublisher(cfg *Config, t *target) (*publisher, error) {
 	return &publisher{cfg: cfg, t: t, client: &http.Client{Timeout: 10 * time.Second}}, nil
 }
 
+// maxInFlight bounds concurrent publish requests.
+const maxInFlight = 32
+
 // run publishes cfg.Events events at cfg.PublishRate, each stamped with its
-// sequence number and send time.
+// sequence number and send time. It is open-loop: each request starts on
+// its schedule whether or not the previous one was answered (a server that
+// answers slowly must not lower the offered rate unnoticed), up to
+// maxInFlight at once; beyond that it falls behind, which the achieved
+// rate in the summary shows.
 func (p *publisher) run(ctx context.Context) publishReport {
-	var rep publishReport
+	var (
+		rep      publishReport
+		mu       sync.Mutex
+		wg       sync.WaitGroup
+		inFlight = make(chan struct{}, maxInFlight)
+	)
 	start := time.Now()
 	interval := time.Duration(float64(time.Second) / p.cfg.PublishRate)
-	payload := make([]byte, 0, 64)
 	for seq := range p.cfg.Events {
 		if d := time.Until(start.Add(time.Duration(seq) * interval)); d > 0 {
-			select {
-			case <-ctx.Done():
-				return rep
-			case <-time.After(d):
-			}
+			sleep(ctx, d)
+		}
+		select {
+		case <-ctx.Done():
+		case inFlight <- struct{}{}:
+		}
+		if ctx.Err() != nil {
+			break
 		}
 		now := time.Now()
-		payload = appendPayload(payload[:0], seq, now.UnixNano())
-		ts, _ := json.Marshal(now.UTC().Format("2006-01-02T15:04:05.000-07:00"))
-		msg, err := protocol.MarshalEvent(&protocol.Event{
-			Project: p.t.project, Roles: p.cfg.Roles, Channels: p.t.channels,
-			Events: []string{"bench.event"}, Timestamp: ts, Payload: payload,
-		})
-		if err == nil {
-			err = p.post(ctx, msg)
-		}
+		msg, err := p.message(seq, now)
 		if err != nil {
 			rep.Errors++
-			if rep.FirstErr == nil {
-				rep.FirstErr = err
-			}
+			rep.FirstErr = cmp.Or(rep.FirstErr, err)
+			<-inFlight
 			continue
 		}
-		if rep.Published == 0 {
+		mu.Lock()
+		if rep.First.IsZero() {
 			rep.First = now
 		}
 		rep.Last = now
-		rep.Published++
+		mu.Unlock()
+		wg.Go(func() {
+			defer func() { <-inFlight }()
+			err := p.post(ctx, msg)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				rep.Errors++
+				rep.FirstErr = cmp.Or(rep.FirstErr, err)
+				return
+			}
+			rep.Published++
+		})
 	}
+	wg.Wait()
 	return rep
+}
+
+// message is the backbone message of event seq sent at now.
+func (p *publisher) message(seq int, now time.Time) ([]byte, error) {
+	ts, _ := json.Marshal(now.UTC().Format("2006-01-02T15:04:05.000-07:00"))
+	return protocol.MarshalEvent(&protocol.Event{
+		Project: p.t.project, Roles: p.cfg.Roles, Channels: p.t.channels,
+		Events: []string{"bench.event"}, Timestamp: ts, Payload: appendPayload(nil, seq, now.UnixNano()),
+	})
 }
 
 func (p *publisher) post(ctx context.Context, msg []byte) error {

@@ -56,9 +56,13 @@ type ProcMem struct {
 
 // EventSummary is what publishing measured.
 type EventSummary struct {
-	Published     int     `json:"published"`
-	PublishErrors int     `json:"publish_errors"`
-	PublishError  string  `json:"publish_error,omitempty"`
+	Published     int    `json:"published"`
+	PublishErrors int    `json:"publish_errors"`
+	PublishError  string `json:"publish_error,omitempty"`
+	// PublishRate is the rate achieved: events sent over the time from
+	// the first send to the last (the asked rate unless the server or
+	// the in-flight bound held the publisher back).
+	PublishRate   float64 `json:"publish_rate"`
 	Expected      int64   `json:"expected"`
 	Received      int64   `json:"received"`
 	Duplicates    int64   `json:"duplicates"`
@@ -71,7 +75,8 @@ type EventSummary struct {
 	Latency Percentiles `json:"latency"`
 	// TimeToLast is, per broadcast, publish to its last delivery.
 	TimeToLast Percentiles `json:"time_to_last_delivery"`
-	// DeliveriesPerSec is deliveries over first publish to last delivery.
+	// DeliveriesPerSec is deliveries over first publish to last delivery;
+	// below conns x publish rate it only measures the offered load.
 	DeliveriesPerSec float64 `json:"deliveries_per_sec"`
 }
 
@@ -340,6 +345,9 @@ func merge(sum *Summary, results []*workerResult, cfg *Config, published bool, p
 	}
 	if prep.FirstErr != nil {
 		ev.PublishError = prep.FirstErr.Error()
+	}
+	if span := prep.Last.Sub(prep.First); span > 0 && prep.Published > 1 {
+		ev.PublishRate = float64(prep.Published+prep.Errors-1) / span.Seconds()
 	}
 	if ev.Expected > 0 {
 		ev.Completeness = float64(ev.Received) / float64(ev.Expected)

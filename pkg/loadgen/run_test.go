@@ -95,8 +95,8 @@ func checkComplete(t *testing.T, sum *Summary, conns, events int) {
 	if ev.Latency.Count != uint64(want) || ev.Latency.P50 <= 0 || ev.Latency.P99 < ev.Latency.P50 || ev.Latency.Max < ev.Latency.P99 {
 		t.Errorf("latency %+v: want %d samples, 0 < p50 <= p99 <= max", ev.Latency, want)
 	}
-	if ev.TimeToLast.Count != uint64(events) || ev.TimeToLast.P50 <= 0 || ev.DeliveriesPerSec <= 0 {
-		t.Errorf("time to last delivery %+v, deliveries/s %v", ev.TimeToLast, ev.DeliveriesPerSec)
+	if ev.TimeToLast.Count != uint64(events) || ev.TimeToLast.P50 <= 0 || ev.DeliveriesPerSec <= 0 || ev.PublishRate <= 0 {
+		t.Errorf("time to last delivery %+v, deliveries/s %v, publish rate %v", ev.TimeToLast, ev.DeliveriesPerSec, ev.PublishRate)
 	}
 }
 
