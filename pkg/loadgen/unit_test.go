@@ -9,6 +9,7 @@ import (
 	"slices"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
@@ -193,4 +194,12 @@ func pingThenClose(ln net.Listener) error {
 		return fmt.Errorf("want a masked close 1001, got %+v %x", f.Header, f.Payload)
 	}
 	return nil
+}
+
+// The generator's promise is well under 1 KB per connection; its table
+// entry is the part that scales with connections.
+func TestConnStateStaysSmall(t *testing.T) {
+	if n := unsafe.Sizeof(conn{}); n > 64 {
+		t.Fatalf("conn is %d bytes; keep it at most 64", n)
+	}
 }
