@@ -112,6 +112,9 @@ func (c *Config) setDefaults() {
 	}
 }
 
+// publishing reports whether the run publishes events.
+func (c *Config) publishing() bool { return c.Events > 0 && c.PublishURL != "" }
+
 // validate checks the fields a run cannot do without.
 func (c *Config) validate() error {
 	if c.Conns <= 0 {

@@ -34,15 +34,22 @@ type Progress struct {
 	// Foreign events carried no generator stamp.
 	Foreign int64 `json:"foreign_events"`
 
-	ErrConnect    int64 `json:"err_connect"`
-	ErrHandshake  int64 `json:"err_handshake"`
-	ErrTimeout    int64 `json:"err_timeout"`
-	ErrProtocol   int64 `json:"err_protocol"`
-	ErrWrite      int64 `json:"err_write"`
-	ErrReset      int64 `json:"err_reset"`
-	ServerCloses  int64 `json:"server_closes"`
-	ErrorFrames   int64 `json:"error_frames"`
-	AuthFailed    int64 `json:"auth_failed"`
+	// Why connections failed or were lost: socket, bind or connect
+	// errors; a non-101 upgrade answer; no `connected` in time; a broken
+	// frame; a failed write; EOF or reset from the server; a close frame
+	// from the server. ErrorFrames are `error` messages received,
+	// AuthFailed the `authentication` messages refused.
+	ErrConnect   int64 `json:"err_connect"`
+	ErrHandshake int64 `json:"err_handshake"`
+	ErrTimeout   int64 `json:"err_timeout"`
+	ErrProtocol  int64 `json:"err_protocol"`
+	ErrWrite     int64 `json:"err_write"`
+	ErrReset     int64 `json:"err_reset"`
+	ServerCloses int64 `json:"server_closes"`
+	ErrorFrames  int64 `json:"error_frames"`
+	AuthFailed   int64 `json:"auth_failed"`
+	// ClosedClean connections completed the close handshake at the end;
+	// CloseTimeouts did not within the close timeout.
 	ClosedClean   int64 `json:"closed_clean"`
 	CloseTimeouts int64 `json:"close_timeouts"`
 }

@@ -16,9 +16,12 @@ const histBuckets = (40 - subBits + 1) << subBits
 // with millions of deliveries costs a fixed 9 KiB instead of a sample each.
 // The zero value is ready to use; it is not safe for concurrent use.
 type Histogram struct {
+	// Counts are the samples per bucket.
 	Counts [histBuckets]uint64
-	N      uint64
-	Max    time.Duration
+	// N is the number of samples.
+	N uint64
+	// Max is the largest sample, exactly.
+	Max time.Duration
 }
 
 func bucketOf(us uint64) int {
@@ -110,7 +113,8 @@ func (s *sparse) histogram() *Histogram {
 	return h
 }
 
-// Percentiles is the summary of a histogram in milliseconds.
+// Percentiles is the summary of a histogram in milliseconds: the sample
+// count, the 50th, 90th and 99th percentiles and the maximum.
 type Percentiles struct {
 	Count uint64  `json:"count"`
 	P50   float64 `json:"p50_ms"`

@@ -56,10 +56,13 @@ func kbField(b []byte, name string) (int64, bool) {
 
 // Kernel is the host's side of the connections: memory and TCP sockets.
 type Kernel struct {
+	// MemFree, MemAvailable and Slab are from /proc/meminfo, in bytes.
 	MemFree      int64 `json:"mem_free"`
 	MemAvailable int64 `json:"mem_available"`
 	Slab         int64 `json:"slab"`
-	TCPInUse     int64 `json:"tcp_inuse"`
+	// TCPInUse is the "inuse" field of /proc/net/sockstat: TCP sockets
+	// of the whole host (both ends of a loopback connection count).
+	TCPInUse int64 `json:"tcp_inuse"`
 	// TCPMemPages is the "mem" field of /proc/net/sockstat: pages of
 	// socket buffers in use by TCP.
 	TCPMemPages int64 `json:"tcp_mem_pages"`

@@ -15,6 +15,8 @@ const fdReserve = 10
 
 // Summary is the one JSON line a run ends with.
 type Summary struct {
+	// URL, Conns, Workers, Loops and SourceIPs are the run's shape
+	// (SourceIPs is 0 when the target is not loopback).
 	URL       string `json:"url"`
 	Conns     int    `json:"conns"`
 	Workers   int    `json:"workers"`
@@ -29,20 +31,26 @@ type Summary struct {
 	// Counters are the final totals over all workers.
 	Counters Progress `json:"counters"`
 	// Sources counts connections per local address (from getsockname).
-	Sources   map[string]int `json:"sources"`
-	Events    *EventSummary  `json:"events,omitempty"`
-	Servers   []ProcMem      `json:"servers,omitempty"`
-	Generator ProcMem        `json:"generator"`
+	Sources map[string]int `json:"sources"`
+	// Events is present when the run published.
+	Events *EventSummary `json:"events,omitempty"`
+	// Servers are the --server-pid processes; Generator is the sum over
+	// the generator's processes.
+	Servers   []ProcMem `json:"servers,omitempty"`
+	Generator ProcMem   `json:"generator"`
 	// KernelBefore is sampled before the first connect, KernelAfter at full count.
-	KernelBefore Kernel  `json:"kernel_before"`
-	KernelAfter  Kernel  `json:"kernel_after"`
-	Seconds      float64 `json:"seconds"`
+	KernelBefore Kernel `json:"kernel_before"`
+	KernelAfter  Kernel `json:"kernel_after"`
+	// Seconds is the whole run, close included.
+	Seconds float64 `json:"seconds"`
 }
 
 // ProcMem is one process's (or, for the generator, all workers') RSS
 // before the connections and at full count.
 type ProcMem struct {
-	PID       int   `json:"pid,omitempty"`
+	// PID is 0 for the generator.
+	PID int `json:"pid,omitempty"`
+	// RSSBefore and RSSAfter are in bytes.
 	RSSBefore int64 `json:"rss_before"`
 	RSSAfter  int64 `json:"rss_after"`
 	// PerConn is (after - before) / open connections at full count.
@@ -51,7 +59,8 @@ type ProcMem struct {
 	// the run to the end of the hold, so a reader can tell which side was
 	// the bottleneck.
 	CPUSeconds float64 `json:"cpu_seconds"`
-	Error      string  `json:"error,omitempty"`
+	// Error says why a figure is missing (e.g. the process is gone).
+	Error string `json:"error,omitempty"`
 }
 
 // EventSummary is what publishing measured.
@@ -62,7 +71,11 @@ type EventSummary struct {
 	// PublishRate is the rate achieved: events sent over the time from
 	// the first send to the last (the asked rate unless the server or
 	// the in-flight bound held the publisher back).
-	PublishRate   float64 `json:"publish_rate"`
+	PublishRate float64 `json:"publish_rate"`
+	// Expected is connections that were ready x events; Received the
+	// distinct deliveries, Completeness their ratio. ConnsComplete got
+	// every event, ConnsMissing missed at least one (Missing in all);
+	// Duplicates are extra copies, on ConnsWithDups connections.
 	Expected      int64   `json:"expected"`
 	Received      int64   `json:"received"`
 	Duplicates    int64   `json:"duplicates"`
@@ -93,7 +106,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer, workerStderr io.Wr
 		return nil, fmt.Errorf("bench: %w", err)
 	}
 	var pub *publisher
-	if cfg.Events > 0 && cfg.PublishURL != "" {
+	if cfg.publishing() {
 		if pub, err = newPublisher(&cfg, t); err != nil {
 			return nil, fmt.Errorf("bench: %w", err)
 		}
@@ -206,6 +219,11 @@ func plan(cfg *Config) ([]shard, error) {
 	n := cfg.Workers
 	if n <= 0 {
 		n = (cfg.Conns + per - 1) / per
+		// A run in one process also publishes from it: the publisher's
+		// requests need descriptors beside the connections.
+		if n == 1 && cfg.publishing() && cfg.Conns > per-maxInFlight {
+			n = 2
+		}
 	}
 	n = min(n, cfg.Conns)
 	if (cfg.Conns+n-1)/n > per {

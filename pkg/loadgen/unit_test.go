@@ -134,6 +134,16 @@ func TestPlanSplitsByDescriptorBudget(t *testing.T) {
 	if next != 250 {
 		t.Errorf("shards cover %d connections", next)
 	}
+	// One process would fit 80 connections, but not beside the
+	// publisher's requests: the run splits.
+	cfg = Config{Conns: 80, MaxFDsPerWorker: 100, Loops: 1}
+	if sh, _ := plan(&cfg); len(sh) != 1 {
+		t.Errorf("80 connections without publishing: %d shards, want 1", len(sh))
+	}
+	cfg.Events, cfg.PublishURL = 5, "http://127.0.0.1:1/v1/publish"
+	if sh, _ := plan(&cfg); len(sh) != 2 {
+		t.Errorf("80 connections and a publisher: %d shards, want 2", len(sh))
+	}
 }
 
 // TestServerPingAndCloseAreAnswered runs against a bare WebSocket server
