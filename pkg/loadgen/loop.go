@@ -228,7 +228,7 @@ func (l *loop) handle(i int, ev uint32) {
 		c.state = stUpgrading
 	}
 	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		l.readAll(c)
+		l.readAll(c, ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0)
 	}
 }
 
@@ -268,8 +268,10 @@ func (l *loop) sendFrame(c *conn, opcode byte, payload []byte) bool {
 	return l.write(c, l.wbuf)
 }
 
-// readAll drains the socket (epoll is edge-triggered).
-func (l *loop) readAll(c *conn) {
+// readAll drains the socket (epoll is edge-triggered). hangup says the
+// peer has shut down or the socket failed: then it reads on to the EOF or
+// error, which no later edge would report.
+func (l *loop) readAll(c *conn, hangup bool) {
 	for c.state != stDone {
 		n, err := unix.Read(int(c.fd), l.buf)
 		switch {
@@ -277,7 +279,7 @@ func (l *loop) readAll(c *conn) {
 			if !l.consume(c, l.buf[:n]) {
 				return
 			}
-			if n < len(l.buf) {
+			if n < len(l.buf) && !hangup {
 				// A short read emptied the socket; with edge-triggered
 				// epoll, bytes arriving later raise a new edge, so the
 				// read that would only say EAGAIN is saved (it would be

@@ -213,3 +213,44 @@ func TestConnStateStaysSmall(t *testing.T) {
 		t.Fatalf("conn is %d bytes; keep it at most 64", n)
 	}
 }
+
+// A server that writes a last message and hangs up without a close frame:
+// the data and the FIN arrive in one edge, and the connection must still
+// be seen to be gone.
+func TestHangupAfterDataIsNoticed(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	serverErr := make(chan error, 1)
+	go func() {
+		nc, err := ln.Accept()
+		if err != nil {
+			serverErr <- err
+			return
+		}
+		defer nc.Close()
+		if _, err := ws.Upgrade(nc); err != nil {
+			serverErr <- err
+			return
+		}
+		var b bytes.Buffer
+		_ = wsutil.WriteServerText(&b, []byte(`{"type":"connected","data":{}}`))
+		_, err = nc.Write(b.Bytes())
+		if err == nil {
+			time.Sleep(100 * time.Millisecond)
+			b.Reset()
+			_ = wsutil.WriteServerText(&b, []byte(`{"type":"pong"}`))
+			_, err = nc.Write(b.Bytes())
+		}
+		serverErr <- err
+	}()
+	sum := run(t, Config{URL: fmt.Sprintf("ws://%s/v1/realtime?project=p&channels[]=c", ln.Addr()), Conns: 1, Hold: 500 * time.Millisecond})
+	if err := <-serverErr; err != nil {
+		t.Fatal(err)
+	}
+	if c := sum.Counters; c.EverReady != 1 || c.Dropped != 1 || c.ErrReset != 1 || c.Pongs != 1 {
+		t.Errorf("counters %+v: want one ready connection, its pong read, then dropped by EOF", c)
+	}
+}
