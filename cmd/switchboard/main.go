@@ -6,6 +6,7 @@
 //	switchboard serve [flags]     run a node
 //	switchboard publish [flags]   publish one event through a node's admin API
 //	switchboard doctor [flags]    check this host's limits for --conns connections
+//	switchboard bench [flags]     load-test a node (connections, fan-out latency, memory)
 //
 // Every flag can also be given as an environment variable
 // SWITCHBOARD_<FLAG_IN_UPPER_SNAKE>, e.g. SWITCHBOARD_ADMIN_LISTEN; a flag on
@@ -35,6 +36,8 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		return publishCmd(args[1:], getenv, stdout, stderr)
 	case "doctor":
 		return doctorCmd(args[1:], getenv, stdout, stderr)
+	case "bench":
+		return benchCmd(args[1:], getenv, stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		usage(stdout)
 		return 0
@@ -52,6 +55,7 @@ Usage:
   switchboard serve [flags]    run a node (see 'switchboard serve --help')
   switchboard publish [flags]  publish one event through a node (see 'switchboard publish --help')
   switchboard doctor [flags]   can this host hold --conns N connections? (see 'switchboard doctor --help')
+  switchboard bench [flags]    load-test a node (see 'switchboard bench --help')
 
 Every flag can also be set as SWITCHBOARD_<FLAG_IN_UPPER_SNAKE>.
 `)

@@ -1,0 +1,167 @@
+// Package loadgen is Switchboard's load generator: it opens many WebSocket
+// connections from a few epoll event loops (no goroutine per connection),
+// spreads them over loopback source addresses, splits itself into worker
+// processes when one process's file descriptor limit would bind, publishes
+// events through a node's admin API and measures delivery latency and
+// completeness. `switchboard bench` is its command line.
+package loadgen
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"runtime"
+	"strconv"
+	"time"
+)
+
+// Config describes one run. The zero value of each optional field takes the
+// default documented on it.
+type Config struct {
+	// URL is the WebSocket endpoint, e.g.
+	// ws://127.0.0.1:9505/v1/realtime?project=P&channels[]=files.
+	URL string
+	// Conns is the total number of connections across all workers.
+	Conns int
+	// Rate is the connect rate in connections per second across all
+	// workers; 0 connects as fast as the loops can.
+	Rate float64
+	// Hold is how long the connections stay open after the ramp.
+	Hold time.Duration
+	// Loops is the number of event-loop goroutines per process; default
+	// GOMAXPROCS.
+	Loops int
+	// Workers is the number of processes; 0 picks the fewest that fit the
+	// descriptor budget (MaxFDsPerWorker, or RLIMIT_NOFILE).
+	Workers int
+	// MaxFDsPerWorker caps the descriptors one worker may use; 0 means the
+	// process's RLIMIT_NOFILE.
+	MaxFDsPerWorker int
+	// SourceIPs is how many loopback source addresses (127.0.0.2, .3, ...)
+	// the connections are spread over; 0 picks one per 16,000 connections
+	// (at least two). Ignored (no bind) when the target is not loopback.
+	SourceIPs int
+	// Auth, when set, is sent as an `authentication` message after
+	// `connected`.
+	Auth string
+	// PingEvery sends the Appwrite {"type":"ping"} on every connection at
+	// this interval; 0 never does.
+	PingEvery time.Duration
+	// ConnectTimeout bounds a connection's way from connect() to its
+	// `connected` message (and auth response).
+	ConnectTimeout time.Duration
+	// CloseTimeout bounds the wait for the server's close frame at the end.
+	CloseTimeout time.Duration
+
+	// PublishURL is the admin endpoint events are POSTed to, e.g.
+	// http://127.0.0.1:9506/v1/publish. Events are published only when
+	// it is set and Events > 0.
+	PublishURL string
+	// APIKey is sent as "Authorization: Bearer APIKey" with each publish.
+	APIKey string
+	// PublishRate is events per second; 0 means 10.
+	PublishRate float64
+	// Events is how many events are published.
+	Events int
+	// Drain bounds the wait for deliveries after the last publish.
+	Drain time.Duration
+	// Roles are the roles of published events; default ["any"].
+	Roles []string
+
+	// ServerPIDs are the processes whose RSS is reported.
+	ServerPIDs []int
+	// WorkerCommand builds the command that runs one worker process (it
+	// must call RunWorker with its stdin and stdout). Needed only when the
+	// run splits into processes.
+	WorkerCommand func() (name string, args []string, env []string) `json:"-"`
+}
+
+// target is the parsed URL.
+type target struct {
+	addr     [4]byte
+	port     int
+	hostPort string // for the Host header
+	path     string // path and query, as requested
+	project  string
+	channels []string
+	loopback bool
+}
+
+func (c *Config) setDefaults() {
+	if c.Loops <= 0 {
+		c.Loops = runtime.GOMAXPROCS(0)
+	}
+	if c.ConnectTimeout <= 0 {
+		c.ConnectTimeout = 10 * time.Second
+	}
+	if c.CloseTimeout <= 0 {
+		c.CloseTimeout = 3 * time.Second
+	}
+	if c.PublishRate <= 0 {
+		c.PublishRate = 10
+	}
+	if c.Drain <= 0 {
+		c.Drain = 10 * time.Second
+	}
+	if len(c.Roles) == 0 {
+		c.Roles = []string{"any"}
+	}
+	if c.SourceIPs <= 0 {
+		c.SourceIPs = max(2, (c.Conns+15999)/16000)
+	}
+}
+
+// publishing reports whether the run publishes events.
+func (c *Config) publishing() bool { return c.Events > 0 && c.PublishURL != "" }
+
+// validate checks the fields a run cannot do without.
+func (c *Config) validate() error {
+	if c.Conns <= 0 {
+		return errors.New("conns must be positive")
+	}
+	if c.Rate < 0 {
+		return errors.New("rate must not be negative")
+	}
+	if c.Events < 0 {
+		return errors.New("events must not be negative")
+	}
+	if c.SourceIPs > 250 {
+		return errors.New("at most 250 source addresses (127.0.0.2-127.0.0.251)")
+	}
+	return nil
+}
+
+// parseTarget reads host, port, path, project and channels out of rawURL.
+// Only IPv4 literals and "localhost" are accepted: resolving names per
+// connection is no business of a load generator.
+func parseTarget(rawURL string) (*target, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("url %q: %w", rawURL, err)
+	}
+	if u.Scheme != "ws" {
+		return nil, fmt.Errorf("url %q: scheme must be ws (no TLS in the generator)", rawURL)
+	}
+	host, portStr := u.Hostname(), u.Port()
+	if portStr == "" {
+		portStr = "80"
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port <= 0 || port > 65535 {
+		return nil, fmt.Errorf("url %q: bad port %q", rawURL, portStr)
+	}
+	if host == "localhost" {
+		host = "127.0.0.1"
+	}
+	ip := net.ParseIP(host).To4()
+	if ip == nil {
+		return nil, fmt.Errorf("url %q: host must be an IPv4 address", rawURL)
+	}
+	t := &target{port: port, hostPort: u.Host, path: u.RequestURI(), loopback: ip[0] == 127}
+	copy(t.addr[:], ip)
+	q := u.Query()
+	t.project = q.Get("project")
+	t.channels = q["channels[]"]
+	return t, nil
+}

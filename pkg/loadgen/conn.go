@@ -1,0 +1,65 @@
+package loadgen
+
+// Connection states, in the order a connection normally passes them.
+const (
+	stConnecting    uint8 = iota // connect() in progress
+	stUpgrading                  // upgrade request sent, waiting for 101
+	stWaitConnected              // upgraded, waiting for the `connected` message
+	stAuthing                    // `authentication` sent, waiting for its response
+	stReady                      // connected (and authenticated): counted as open
+	stClosing                    // our close frame sent, waiting for the server's
+	stDone                       // socket closed
+)
+
+// conn is everything the generator keeps per connection. It is kept small
+// on purpose (about 48 bytes): no buffers while idle, no timers, no
+// goroutine. The loop's shared read buffer is used for every read; only a
+// frame split across reads parks its bytes in partial.
+type conn struct {
+	fd       int32
+	state    uint8
+	wasReady bool  // reached stReady once: counted in completeness
+	deadline int64 // unix ns: connect timeout, then close timeout
+	partial  *partial
+
+	// Completeness: the highest sequence seen plus one, how many distinct
+	// sequences arrived, duplicates, and a 64-wide window of which of the
+	// sequences below next arrived, so reordering within 64 is told
+	// apart from duplication without a bitmap of every event.
+	next   uint32
+	recv   uint32
+	dups   uint32
+	window uint64
+}
+
+// partial holds what a connection has not finished reading: the start of
+// a frame (or of the upgrade response) and a fragmented message.
+type partial struct {
+	pending []byte
+	frag    []byte
+}
+
+// see records event seq and reports whether it is new. A sequence more
+// than 64 behind the newest is too old to tell from a duplicate; it is
+// counted as one, which errs on the side of reporting a problem.
+func (c *conn) see(seq uint32) bool {
+	if seq >= c.next {
+		shift := seq - c.next + 1
+		if shift >= 64 {
+			c.window = 1
+		} else {
+			c.window = c.window<<shift | 1
+		}
+		c.next = seq + 1
+		c.recv++
+		return true
+	}
+	d := c.next - 1 - seq
+	if d >= 64 || c.window&(1<<d) != 0 {
+		c.dups++
+		return false
+	}
+	c.window |= 1 << d
+	c.recv++
+	return true
+}

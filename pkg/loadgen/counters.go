@@ -1,0 +1,97 @@
+package loadgen
+
+import "sync/atomic"
+
+// counters are a loop's live figures; the loop writes them, the progress
+// reporter reads them.
+type counters struct {
+	attempted, everReady, open, failed, dropped atomic.Int64
+	events, duplicates, pongs, foreign          atomic.Int64
+
+	errConnect, errHandshake, errTimeout, errProto, errWrite atomic.Int64
+	errReset, serverCloses, errorFrames, authFailed          atomic.Int64
+	closedClean, closeTimeouts                               atomic.Int64
+}
+
+// Progress is a snapshot of a generator's counters (one loop, one worker
+// or the sum of all).
+type Progress struct {
+	// Attempted connections (connect() called).
+	Attempted int64 `json:"attempted"`
+	// EverReady connections reached `connected` (and auth).
+	EverReady int64 `json:"ever_ready"`
+	// Open connections are ready now.
+	Open int64 `json:"open"`
+	// Failed connections never became ready.
+	Failed int64 `json:"failed"`
+	// Dropped connections were ready and then lost before the end.
+	Dropped int64 `json:"dropped"`
+	// Events received (distinct per connection); Duplicates extra copies.
+	Events     int64 `json:"events"`
+	Duplicates int64 `json:"duplicates"`
+	// Pongs answered to the Appwrite ping.
+	Pongs int64 `json:"pongs"`
+	// Foreign events carried no generator stamp.
+	Foreign int64 `json:"foreign_events"`
+
+	// Why connections failed or were lost: socket, bind or connect
+	// errors; a non-101 upgrade answer; no `connected` in time; a broken
+	// frame; a failed write; EOF or reset from the server; a close frame
+	// from the server. ErrorFrames are `error` messages received,
+	// AuthFailed the `authentication` messages refused.
+	ErrConnect   int64 `json:"err_connect"`
+	ErrHandshake int64 `json:"err_handshake"`
+	ErrTimeout   int64 `json:"err_timeout"`
+	ErrProtocol  int64 `json:"err_protocol"`
+	ErrWrite     int64 `json:"err_write"`
+	ErrReset     int64 `json:"err_reset"`
+	ServerCloses int64 `json:"server_closes"`
+	ErrorFrames  int64 `json:"error_frames"`
+	AuthFailed   int64 `json:"auth_failed"`
+	// ClosedClean connections completed the close handshake at the end;
+	// CloseTimeouts did not within the close timeout.
+	ClosedClean   int64 `json:"closed_clean"`
+	CloseTimeouts int64 `json:"close_timeouts"`
+}
+
+// pending is the number of attempted connections neither ready nor failed.
+func (p Progress) pending() int64 { return p.Attempted - p.EverReady - p.Failed }
+
+func (c *counters) snapshot() Progress {
+	// Outcomes first, attempts last: a racing connect can then only make
+	// pending look larger, never declare a ramp finished too early.
+	p := Progress{
+		EverReady: c.everReady.Load(), Failed: c.failed.Load(),
+		Open: c.open.Load(), Dropped: c.dropped.Load(),
+		Events: c.events.Load(), Duplicates: c.duplicates.Load(), Pongs: c.pongs.Load(), Foreign: c.foreign.Load(),
+		ErrConnect: c.errConnect.Load(), ErrHandshake: c.errHandshake.Load(), ErrTimeout: c.errTimeout.Load(),
+		ErrProtocol: c.errProto.Load(), ErrWrite: c.errWrite.Load(), ErrReset: c.errReset.Load(),
+		ServerCloses: c.serverCloses.Load(), ErrorFrames: c.errorFrames.Load(), AuthFailed: c.authFailed.Load(),
+		ClosedClean: c.closedClean.Load(), CloseTimeouts: c.closeTimeouts.Load(),
+	}
+	p.Attempted = c.attempted.Load()
+	return p
+}
+
+func (p *Progress) add(o Progress) {
+	p.Attempted += o.Attempted
+	p.EverReady += o.EverReady
+	p.Open += o.Open
+	p.Failed += o.Failed
+	p.Dropped += o.Dropped
+	p.Events += o.Events
+	p.Duplicates += o.Duplicates
+	p.Pongs += o.Pongs
+	p.Foreign += o.Foreign
+	p.ErrConnect += o.ErrConnect
+	p.ErrHandshake += o.ErrHandshake
+	p.ErrTimeout += o.ErrTimeout
+	p.ErrProtocol += o.ErrProtocol
+	p.ErrWrite += o.ErrWrite
+	p.ErrReset += o.ErrReset
+	p.ServerCloses += o.ServerCloses
+	p.ErrorFrames += o.ErrorFrames
+	p.AuthFailed += o.AuthFailed
+	p.ClosedClean += o.ClosedClean
+	p.CloseTimeouts += o.CloseTimeouts
+}

@@ -1,0 +1,563 @@
+package loadgen
+
+import (
+	"bytes"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// readBufSize is the one read buffer a loop shares among its connections.
+const readBufSize = 64 << 10
+
+// maxPending bounds what one connection may park between reads (an
+// unfinished upgrade response or frame); beyond it the server is broken.
+const maxPending = 4 << 20
+
+// loop is one event-loop goroutine: it opens its share of the
+// connections at its share of the rate and serves all of them from one
+// epoll instance.
+type loop struct {
+	cfg   *Config
+	t     *target
+	epfd  int
+	conns []conn
+	// globalFirst and stride map a slot to the run-wide connection index
+	// (slot i is connection globalFirst + i*stride), which picks the
+	// source address so the spreading is the same however the run is split.
+	globalFirst, stride int
+	rate                float64 // connections per second for this loop
+
+	ctr   counters
+	stop  *atomic.Bool
+	start time.Time
+
+	buf     []byte
+	wbuf    []byte
+	rng     *rand.ChaCha8
+	request []byte // upgrade request without the key line's value
+	authMsg []byte
+
+	hist      Histogram
+	seqMaxLat []int64 // per sequence: the largest latency seen here (ns)
+	seqCount  []int64 // per sequence: deliveries seen here
+	firstRecv int64
+	lastRecv  int64
+	sources   map[netip.Addr]int
+}
+
+func newLoop(cfg *Config, t *target, n, globalFirst, stride int, rate float64, stop *atomic.Bool, seed uint64) (*loop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("epoll_create1: %w", err)
+	}
+	var s [32]byte
+	s[0], s[1] = byte(seed), byte(seed>>8)
+	l := &loop{
+		cfg: cfg, t: t, epfd: epfd,
+		conns:       make([]conn, n),
+		globalFirst: globalFirst, stride: stride, rate: rate,
+		stop:      stop,
+		buf:       make([]byte, readBufSize),
+		rng:       rand.NewChaCha8(s),
+		seqMaxLat: make([]int64, cfg.Events),
+		seqCount:  make([]int64, cfg.Events),
+		sources:   make(map[netip.Addr]int),
+	}
+	l.request = fmt.Appendf(nil, "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ", t.path, t.hostPort)
+	if cfg.Auth != "" {
+		l.authMsg = fmt.Appendf(nil, `{"type":"authentication","data":{"session":%q}}`, cfg.Auth)
+	}
+	return l, nil
+}
+
+// run serves the loop until it is stopped and every connection is closed.
+func (l *loop) run() {
+	defer unix.Close(l.epfd)
+	l.start = time.Now()
+	events := make([]unix.EpollEvent, 512)
+	var (
+		nextCheck = l.start
+		nextPing  = l.start.Add(l.cfg.PingEvery)
+		closing   bool
+		closeBy   time.Time
+	)
+	for {
+		now := time.Now()
+		if !closing && l.stop.Load() {
+			closing, closeBy = true, now.Add(l.cfg.CloseTimeout)
+			l.closeAll(now)
+		}
+		if closing && (l.live() == 0 || now.After(closeBy)) {
+			l.forceCloseAll()
+			return
+		}
+		wait := 50 * time.Millisecond
+		if !closing {
+			if d := l.ramp(now); d < wait {
+				wait = d
+			}
+			if now.After(nextCheck) {
+				l.expire(now.UnixNano())
+				nextCheck = now.Add(250 * time.Millisecond)
+			}
+			if l.cfg.PingEvery > 0 && now.After(nextPing) {
+				l.pingAll()
+				nextPing = now.Add(l.cfg.PingEvery)
+			}
+		}
+		n, err := unix.EpollWait(l.epfd, events, int(max(wait/time.Millisecond, 1)))
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			// epoll on a valid fd fails only on programming errors; stop
+			// rather than spin.
+			l.forceCloseAll()
+			return
+		}
+		for i := range max(n, 0) {
+			l.handle(int(events[i].Fd), events[i].Events)
+		}
+	}
+}
+
+// live counts connections whose sockets are still open.
+func (l *loop) live() int {
+	n := 0
+	for i := range l.conns[:l.ctr.attempted.Load()] {
+		if l.conns[i].state != stDone {
+			n++
+		}
+	}
+	return n
+}
+
+// ramp opens the connections due by now and returns how long until the
+// next one is due.
+func (l *loop) ramp(now time.Time) time.Duration {
+	opened := int(l.ctr.attempted.Load())
+	if opened >= len(l.conns) {
+		return time.Hour
+	}
+	due := len(l.conns)
+	if l.rate > 0 {
+		due = min(due, int(now.Sub(l.start).Seconds()*l.rate)+1)
+	}
+	// Bounded batches keep one loop from starving its own reads while a
+	// burst of connects goes out.
+	due = min(due, opened+256)
+	for ; opened < due; opened++ {
+		l.open(opened, now)
+	}
+	if opened >= len(l.conns) {
+		return time.Hour
+	}
+	if l.rate <= 0 {
+		return 0
+	}
+	next := l.start.Add(time.Duration(float64(opened) / l.rate * float64(time.Second)))
+	return max(next.Sub(time.Now()), 0)
+}
+
+// open starts connection slot i: socket, bind to its source address,
+// non-blocking connect, register with epoll.
+func (l *loop) open(i int, now time.Time) {
+	c := &l.conns[i]
+	c.fd = -1
+	c.deadline = now.Add(l.cfg.ConnectTimeout).UnixNano()
+	l.ctr.attempted.Add(1)
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		l.fail(c, &l.ctr.errConnect)
+		return
+	}
+	c.fd = int32(fd)
+	if l.t.loopback {
+		g := l.globalFirst + i*l.stride
+		src := &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, byte(2 + g%l.cfg.SourceIPs)}}
+		// Without IP_BIND_ADDRESS_NO_PORT, bind picks the port alone and
+		// each source address is capped at the ephemeral range across all
+		// destinations; with it the port is chosen at connect time per
+		// 4-tuple.
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
+		if err := unix.Bind(fd, src); err != nil {
+			l.fail(c, &l.ctr.errConnect)
+			return
+		}
+	}
+	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	err = unix.Connect(fd, &unix.SockaddrInet4{Addr: l.t.addr, Port: l.t.port})
+	if err != nil && !errors.Is(err, unix.EINPROGRESS) {
+		l.fail(c, &l.ctr.errConnect)
+		return
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(i)}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		l.fail(c, &l.ctr.errConnect)
+		return
+	}
+	c.state = stConnecting
+}
+
+// handle serves one epoll event of slot i.
+func (l *loop) handle(i int, ev uint32) {
+	c := &l.conns[i]
+	if c.state == stDone {
+		return
+	}
+	if c.state == stConnecting {
+		if ev&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) == 0 {
+			return
+		}
+		if soErr, err := unix.GetsockoptInt(int(c.fd), unix.SOL_SOCKET, unix.SO_ERROR); err != nil || soErr != 0 {
+			l.fail(c, &l.ctr.errConnect)
+			return
+		}
+		if sa, err := unix.Getsockname(int(c.fd)); err == nil {
+			if in4, ok := sa.(*unix.SockaddrInet4); ok {
+				l.sources[netip.AddrFrom4(in4.Addr)]++
+			}
+		}
+		if !l.sendUpgrade(c) {
+			return
+		}
+		c.state = stUpgrading
+	}
+	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		l.readAll(c, ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0)
+	}
+}
+
+// sendUpgrade writes the HTTP upgrade request with a fresh key.
+func (l *loop) sendUpgrade(c *conn) bool {
+	var key [16]byte
+	_, _ = l.rng.Read(key[:])
+	b := append(l.wbuf[:0], l.request...)
+	b = base64.StdEncoding.AppendEncode(b, key[:])
+	b = append(b, "\r\n\r\n"...)
+	l.wbuf = b
+	return l.write(c, b)
+}
+
+// write sends b whole or drops the connection: the generator's writes are
+// a few dozen bytes on an otherwise idle socket, so a short write means
+// the socket is in trouble, not that it needs buffering.
+func (l *loop) write(c *conn, b []byte) bool {
+	for {
+		n, err := unix.Write(int(c.fd), b)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil || n != len(b) {
+			l.lose(c, &l.ctr.errWrite)
+			return false
+		}
+		return true
+	}
+}
+
+// sendFrame writes one masked client frame.
+func (l *loop) sendFrame(c *conn, opcode byte, payload []byte) bool {
+	var mask [4]byte
+	_, _ = l.rng.Read(mask[:])
+	l.wbuf = appendClientFrame(l.wbuf[:0], opcode, payload, mask)
+	return l.write(c, l.wbuf)
+}
+
+// readAll drains the socket (epoll is edge-triggered). hangup says the
+// peer has shut down or the socket failed: then it reads on to the EOF or
+// error, which no later edge would report.
+func (l *loop) readAll(c *conn, hangup bool) {
+	for c.state != stDone {
+		n, err := unix.Read(int(c.fd), l.buf)
+		switch {
+		case n > 0:
+			if !l.consume(c, l.buf[:n]) {
+				return
+			}
+			if n < len(l.buf) && !hangup {
+				// A short read emptied the socket; with edge-triggered
+				// epoll, bytes arriving later raise a new edge, so the
+				// read that would only say EAGAIN is saved (it would be
+				// one syscall per delivery).
+				return
+			}
+		case errors.Is(err, unix.EAGAIN):
+			return
+		case errors.Is(err, unix.EINTR):
+		default: // EOF or reset
+			if c.state == stClosing {
+				l.finish(c)
+			} else {
+				l.lose(c, &l.ctr.errReset)
+			}
+			return
+		}
+	}
+}
+
+// consume parses what arrived on c; false when c was closed.
+func (l *loop) consume(c *conn, data []byte) bool {
+	if c.partial != nil && len(c.partial.pending) > 0 {
+		data = append(c.partial.pending, data...)
+		c.partial.pending = nil
+	}
+	if c.state == stUpgrading {
+		end := bytes.Index(data, []byte("\r\n\r\n"))
+		if end < 0 {
+			return l.park(c, data)
+		}
+		if !bytes.HasPrefix(data, []byte("HTTP/1.1 101 ")) {
+			l.fail(c, &l.ctr.errHandshake)
+			return false
+		}
+		data = data[end+4:]
+		c.state = stWaitConnected
+	}
+	for len(data) > 0 {
+		h, ok, err := parseFrameHeader(data)
+		if err != nil {
+			l.lose(c, &l.ctr.errProto)
+			return false
+		}
+		if !ok || len(data) < h.size+h.length {
+			return l.park(c, data)
+		}
+		payload := data[h.size : h.size+h.length]
+		data = data[h.size+h.length:]
+		if !l.frame(c, h, payload) {
+			return false
+		}
+	}
+	if c.partial != nil && c.partial.frag == nil {
+		c.partial = nil
+	}
+	return true
+}
+
+// park keeps the unfinished rest of a read for the next one.
+func (l *loop) park(c *conn, rest []byte) bool {
+	if len(rest) > maxPending {
+		l.lose(c, &l.ctr.errProto)
+		return false
+	}
+	if c.partial == nil {
+		c.partial = &partial{}
+	}
+	// rest may alias the loop's read buffer or the old pending bytes:
+	// copy it out.
+	c.partial.pending = append(make([]byte, 0, len(rest)+512), rest...)
+	return true
+}
+
+// frame handles one complete server frame; false when c was closed.
+func (l *loop) frame(c *conn, h frameHeader, payload []byte) bool {
+	switch h.opcode {
+	case opPing:
+		return l.sendFrame(c, opPong, payload)
+	case opPong:
+		return true
+	case opClose:
+		if c.state == stClosing {
+			l.finish(c)
+			return false
+		}
+		// Echo the code, as RFC 6455 asks, before letting go.
+		echo := payload[:min(len(payload), 2)]
+		l.sendFrame(c, opClose, echo)
+		if c.state == stDone {
+			return false
+		}
+		l.lose(c, &l.ctr.serverCloses)
+		return false
+	case opText, opBinary, opContinuation:
+		if h.fin && h.opcode != opContinuation {
+			l.message(c, payload)
+			return c.state != stDone
+		}
+		if c.partial == nil {
+			c.partial = &partial{}
+		}
+		if h.opcode != opContinuation {
+			c.partial.frag = c.partial.frag[:0]
+		}
+		c.partial.frag = append(c.partial.frag, payload...)
+		if len(c.partial.frag) > maxPending {
+			l.lose(c, &l.ctr.errProto)
+			return false
+		}
+		if h.fin {
+			msg := c.partial.frag
+			c.partial.frag = nil
+			l.message(c, msg)
+		}
+		return c.state != stDone
+	default:
+		l.lose(c, &l.ctr.errProto)
+		return false
+	}
+}
+
+// message handles one server message.
+func (l *loop) message(c *conn, msg []byte) {
+	switch string(messageType(msg)) {
+	case "event":
+		l.event(c, msg)
+	case "connected":
+		if c.state != stWaitConnected {
+			return
+		}
+		if l.authMsg == nil {
+			l.ready(c)
+			return
+		}
+		if l.sendFrame(c, opText, l.authMsg) {
+			c.state = stAuthing
+		}
+	case "response":
+		if c.state == stAuthing {
+			if !bytes.Contains(msg, []byte(`"success":true`)) {
+				l.ctr.authFailed.Add(1)
+			}
+			l.ready(c)
+		}
+	case "pong":
+		l.ctr.pongs.Add(1)
+	case "error":
+		l.ctr.errorFrames.Add(1)
+		if c.state == stAuthing {
+			// The connection stays, as a guest: the server said so.
+			l.ctr.authFailed.Add(1)
+			l.ready(c)
+		}
+	}
+}
+
+func (l *loop) ready(c *conn) {
+	c.state = stReady
+	c.wasReady = true
+	l.ctr.everReady.Add(1)
+	l.ctr.open.Add(1)
+}
+
+// event records one delivery: latency, completeness, time to last
+// delivery of its sequence.
+func (l *loop) event(c *conn, msg []byte) {
+	seq, sent, ok := eventStamp(msg)
+	if !ok || seq >= len(l.seqCount) {
+		l.ctr.foreign.Add(1)
+		return
+	}
+	if !c.see(uint32(seq)) {
+		l.ctr.duplicates.Add(1)
+		return
+	}
+	now := time.Now().UnixNano()
+	lat := now - sent
+	l.hist.Record(time.Duration(lat))
+	l.seqMaxLat[seq] = max(l.seqMaxLat[seq], lat)
+	l.seqCount[seq]++
+	if l.firstRecv == 0 {
+		l.firstRecv = now
+	}
+	l.lastRecv = now
+	l.ctr.events.Add(1)
+}
+
+// expire fails connections that did not become ready in time.
+func (l *loop) expire(now int64) {
+	for i := range l.conns[:l.ctr.attempted.Load()] {
+		c := &l.conns[i]
+		if c.state < stReady && c.deadline < now {
+			l.fail(c, &l.ctr.errTimeout)
+		}
+	}
+}
+
+var pingMsg = []byte(`{"type":"ping"}`)
+
+func (l *loop) pingAll() {
+	for i := range l.conns[:l.ctr.attempted.Load()] {
+		if c := &l.conns[i]; c.state == stReady {
+			l.sendFrame(c, opText, pingMsg)
+		}
+	}
+}
+
+// closeAll starts the closing handshake on every ready connection and
+// abandons those still connecting.
+func (l *loop) closeAll(now time.Time) {
+	closeNormal := []byte{0x03, 0xE8} // 1000
+	for i := range l.conns[:l.ctr.attempted.Load()] {
+		c := &l.conns[i]
+		switch {
+		case c.state == stDone:
+		case c.state < stReady:
+			l.fail(c, &l.ctr.errTimeout)
+		default:
+			if l.sendFrame(c, opClose, closeNormal) {
+				l.ctr.open.Add(-1)
+				c.state = stClosing
+				c.deadline = now.UnixNano()
+			}
+		}
+	}
+}
+
+func (l *loop) forceCloseAll() {
+	for i := range l.conns[:l.ctr.attempted.Load()] {
+		c := &l.conns[i]
+		if c.state == stClosing {
+			l.ctr.closeTimeouts.Add(1)
+		}
+		if c.state != stDone {
+			l.closeFD(c)
+		}
+	}
+}
+
+func (l *loop) closeFD(c *conn) {
+	if c.state == stReady {
+		l.ctr.open.Add(-1)
+	}
+	if c.fd >= 0 {
+		unix.Close(int(c.fd))
+	}
+	c.fd = -1
+	c.state = stDone
+	c.partial = nil
+}
+
+// fail closes a connection that never became ready.
+func (l *loop) fail(c *conn, why *atomic.Int64) {
+	why.Add(1)
+	l.ctr.failed.Add(1)
+	l.closeFD(c)
+}
+
+// lose closes a connection because of an error; one that was ready counts
+// as dropped, one that was not as failed.
+func (l *loop) lose(c *conn, why *atomic.Int64) {
+	if c.state == stDone {
+		return
+	}
+	if c.state < stReady {
+		l.fail(c, why)
+		return
+	}
+	why.Add(1)
+	if c.state != stClosing {
+		l.ctr.dropped.Add(1)
+	}
+	l.closeFD(c)
+}
+
+// finish closes a connection whose closing handshake completed.
+func (l *loop) finish(c *conn) {
+	l.ctr.closedClean.Add(1)
+	l.closeFD(c)
+}

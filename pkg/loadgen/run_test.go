@@ -1,0 +1,230 @@
+package loadgen
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/switchboard-rt/switchboard/pkg/auth"
+	"github.com/switchboard-rt/switchboard/pkg/broker"
+	"github.com/switchboard-rt/switchboard/pkg/server"
+)
+
+// startNode runs a real Switchboard node on free loopback ports.
+func startNode(t *testing.T, mod func(*server.Config)) *server.Server {
+	t.Helper()
+	cfg := server.Config{
+		Listen:      "127.0.0.1:0",
+		AdminListen: "127.0.0.1:0",
+		Broker:      broker.NewMemory(1024),
+		Registry:    prometheus.NewRegistry(),
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	s, err := server.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = s.Shutdown(ctx)
+	})
+	return s
+}
+
+func benchConfig(s *server.Server, conns, events int) Config {
+	return Config{
+		URL:            fmt.Sprintf("ws://%s/v1/realtime?project=p1&channels[]=files&channels[]=other", s.Addr()),
+		PublishURL:     fmt.Sprintf("http://%s/v1/publish", s.AdminAddr()),
+		Conns:          conns,
+		Events:         events,
+		PublishRate:    200,
+		Drain:          5 * time.Second,
+		ConnectTimeout: 5 * time.Second,
+		ServerPIDs:     []int{os.Getpid()},
+	}
+}
+
+func run(t *testing.T, cfg Config) *Summary {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Second)
+	defer cancel()
+	var progress strings.Builder
+	sum, err := Run(ctx, cfg, &progress, os.Stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ctx.Err() != nil {
+		t.Fatalf("run did not end by itself; progress:\n%s", progress.String())
+	}
+	return sum
+}
+
+func checkComplete(t *testing.T, sum *Summary, conns, events int) {
+	t.Helper()
+	c := sum.Counters
+	if sum.OpenAtFull != int64(conns) || c.EverReady != int64(conns) || c.Failed != 0 || c.Dropped != 0 {
+		t.Fatalf("connections: open at full %d, counters %+v; want %d ready, none failed or dropped", sum.OpenAtFull, c, conns)
+	}
+	if c.ClosedClean != int64(conns) {
+		t.Errorf("closed cleanly %d of %d (close timeouts %d)", c.ClosedClean, conns, c.CloseTimeouts)
+	}
+	ev := sum.Events
+	if ev == nil {
+		t.Fatal("no event summary")
+	}
+	want := int64(conns * events)
+	if ev.Published != events || ev.Expected != want || ev.Received != want || ev.Completeness != 1 ||
+		ev.ConnsComplete != conns || ev.ConnsMissing != 0 || ev.Missing != 0 || ev.Duplicates != 0 {
+		t.Fatalf("events: %+v; want %d published, %d received by all %d connections", ev, events, want, conns)
+	}
+	if ev.Latency.Count != uint64(want) || ev.Latency.P50 <= 0 || ev.Latency.P99 < ev.Latency.P50 || ev.Latency.Max < ev.Latency.P99 {
+		t.Errorf("latency %+v: want %d samples, 0 < p50 <= p99 <= max", ev.Latency, want)
+	}
+	if ev.TimeToLast.Count != uint64(events) || ev.TimeToLast.P50 <= 0 || ev.DeliveriesPerSec <= 0 || ev.PublishRate <= 0 {
+		t.Errorf("time to last delivery %+v, deliveries/s %v, publish rate %v", ev.TimeToLast, ev.DeliveriesPerSec, ev.PublishRate)
+	}
+}
+
+// sourcesUsed checks the connections came from several 127.0.0.x
+// addresses other than 127.0.0.1 and returns how many.
+func sourcesUsed(t *testing.T, sum *Summary, conns int) int {
+	t.Helper()
+	n := 0
+	for a, c := range sum.Sources {
+		ip, err := netip.ParseAddr(a)
+		if err != nil || !ip.Is4() || ip.As4()[0] != 127 || ip.As4()[3] < 2 {
+			t.Errorf("source address %q: want 127.0.0.2 or above", a)
+		}
+		n += c
+	}
+	if n != conns || len(sum.Sources) < 2 {
+		t.Errorf("sources %v: want %d connections over at least two addresses", sum.Sources, conns)
+	}
+	return len(sum.Sources)
+}
+
+func TestFanOutCompleteFromSeveralSourceAddresses(t *testing.T) {
+	const conns, events = 200, 20
+	// The node allows 120 connects per client address per minute: 200
+	// connections only all get in when they really come from several
+	// addresses, which checks the spreading from the server's side.
+	s := startNode(t, func(c *server.Config) { c.ConnectsPerIP = 120 })
+	cfg := benchConfig(s, conns, events)
+	cfg.SourceIPs = 3
+	cfg.Rate = 2000
+	cfg.PingEvery = 200 * time.Millisecond
+	cfg.Hold = 300 * time.Millisecond
+	sum := run(t, cfg)
+	checkComplete(t, sum, conns, events)
+	if got := sourcesUsed(t, sum, conns); got != 3 {
+		t.Errorf("%d source addresses, want 3", got)
+	}
+	if sum.Workers != 1 {
+		t.Errorf("workers %d, want 1", sum.Workers)
+	}
+	if sum.Counters.Pongs == 0 {
+		t.Error("no pong came back for the Appwrite pings")
+	}
+	if len(sum.Servers) != 1 || sum.Servers[0].RSSBefore <= 0 || sum.Servers[0].RSSAfter <= 0 {
+		t.Errorf("server memory %+v: want RSS before and after", sum.Servers)
+	}
+	if sum.Generator.CPUSeconds <= 0 || sum.Servers[0].CPUSeconds <= 0 {
+		t.Errorf("CPU seconds: generator %v, server %v; want both above zero", sum.Generator.CPUSeconds, sum.Servers[0].CPUSeconds)
+	}
+	if sum.Generator.RSSBefore <= 0 || sum.KernelAfter.TCPInUse < int64(conns) {
+		t.Errorf("generator %+v, kernel after %+v", sum.Generator, sum.KernelAfter)
+	}
+}
+
+func TestWorkerProcessesSplitTheRun(t *testing.T) {
+	const conns, events = 250, 5
+	s := startNode(t, func(c *server.Config) { c.ConnectsPerIP = 0 })
+	cfg := benchConfig(s, conns, events)
+	cfg.MaxFDsPerWorker = 100
+	cfg.Loops = 1
+	cfg.WorkerCommand = testWorkerCommand
+	sum := run(t, cfg)
+	if sum.Workers != 3 {
+		t.Fatalf("workers %d, want 3 (250 connections, 100 descriptors each)", sum.Workers)
+	}
+	checkComplete(t, sum, conns, events)
+	sourcesUsed(t, sum, conns)
+	if sum.Generator.RSSBefore <= 0 || sum.Generator.RSSAfter <= 0 {
+		t.Errorf("generator memory %+v: want the workers' RSS", sum.Generator)
+	}
+}
+
+func TestRunRefusesWhatTheBudgetCannotHold(t *testing.T) {
+	cfg := Config{URL: "ws://127.0.0.1:1/v1/realtime", Conns: 500, Workers: 2, MaxFDsPerWorker: 100}
+	if _, err := Run(context.Background(), cfg, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "descriptors") {
+		t.Fatalf("error %v, want one about descriptors per worker", err)
+	}
+	cfg = Config{URL: "wss://127.0.0.1:1/v1/realtime", Conns: 5}
+	if _, err := Run(context.Background(), cfg, io.Discard, io.Discard); err == nil {
+		t.Fatal("wss URL accepted")
+	}
+	cfg = Config{URL: "ws://127.0.0.1:1/v1/realtime", Conns: 5, Events: 3, PublishURL: "http://127.0.0.1:1/v1/publish"}
+	if _, err := Run(context.Background(), cfg, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "channels") {
+		t.Fatalf("error %v, want one about project and channels", err)
+	}
+}
+
+func TestRefusedConnectionsAreCountedAsFailed(t *testing.T) {
+	// A port nobody listens on: every connect is refused.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	sum := run(t, Config{URL: "ws://" + addr + "/v1/realtime?project=p1&channels[]=files", Conns: 20, ConnectTimeout: 2 * time.Second})
+	if sum.Counters.Failed != 20 || sum.Counters.ErrConnect != 20 || sum.OpenAtFull != 0 {
+		t.Fatalf("counters %+v: want 20 failed connects", sum.Counters)
+	}
+}
+
+func TestAuthenticationMessageGivesTheUsersRoles(t *testing.T) {
+	secret := []byte("bench-secret")
+	res, err := auth.NewJWT(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := startNode(t, func(c *server.Config) { c.Resolver = res; c.ConnectsPerIP = 0 })
+	token, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "u1", "exp": time.Now().Add(time.Hour).Unix()}).SignedString(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const conns, events = 30, 4
+	cfg := benchConfig(s, conns, events)
+	cfg.Auth = token
+	// Only user u1 may read these events: they arrive only if the
+	// authentication message was sent and accepted.
+	cfg.Roles = []string{"user:u1"}
+	sum := run(t, cfg)
+	checkComplete(t, sum, conns, events)
+	if sum.Counters.AuthFailed != 0 {
+		t.Errorf("auth failures %d", sum.Counters.AuthFailed)
+	}
+
+	cfg.Auth = "not-a-token"
+	cfg.Events = 0
+	sum = run(t, cfg)
+	if sum.Counters.AuthFailed != conns || sum.Counters.ErrorFrames != conns || sum.OpenAtFull != conns {
+		t.Errorf("bad session: counters %+v; want %d auth failures, connections kept as guests", sum.Counters, conns)
+	}
+}
