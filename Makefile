@@ -31,15 +31,15 @@ bench-go:
 bench-tsung: build
 	bench/tsung/run.sh
 
-# Each fuzz target of every package (pkg/, internal/, cmd/: any func FuzzX
-# in a _test.go file is found) for FUZZTIME. Seed corpora live in each
-# package's testdata/fuzz/<FuzzName>/ and also run in every plain go test.
 # The goroutine-per-connection gorilla/websocket server that `switchboard
 # bench` figures are compared with. Its own module, so the product's go.mod
 # never gains gorilla.
 bench-baseline:
 	cd bench/baseline && $(GO) build -o ../../bin/baseline .
 
+# Each fuzz target of every package (pkg/, internal/, cmd/: any func FuzzX
+# in a _test.go file is found) for FUZZTIME. Seed corpora live in each
+# package's testdata/fuzz/<FuzzName>/ and also run in every plain go test.
 FUZZTIME ?= 30s
 fuzz:
 	@set -e; list=$$($(GO) test -list '^Fuzz' ./...) || { echo "$$list"; exit 1; }; \
