@@ -69,6 +69,7 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&logFormat, "log-format", "auto", "log format: auto (console on a terminal, else json), json, console")
 	fs.DurationVar(&shutdownTimeout, "shutdown-timeout", 10*time.Second, "bound on the whole shutdown after SIGTERM/SIGINT (the drain included)")
+	fs.BoolVar(&cfg.ReusePort, "reuse-port", false, "listen with SO_REUSEPORT so several processes share --listen (the kernel spreads connections over them)")
 	fs.DurationVar(&cfg.DrainTime, "drain-time", 5*time.Second, "after SIGTERM, clients get close 1001 spread over this, so they reconnect elsewhere without a stampede")
 	if err := parseFlags(fs, args, getenv); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

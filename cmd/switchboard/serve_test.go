@@ -342,3 +342,44 @@ func TestNodesShareRedisAndPublishGoesStraightToRedis(t *testing.T) {
 		}
 	}
 }
+
+// TestReusePortSharesTheListenAddress runs two nodes on one address with
+// --reuse-port: the kernel spreads connections over both, and an event
+// published through Redis reaches clients of both.
+func TestReusePortSharesTheListenAddress(t *testing.T) {
+	rs := redistest.Start(t)
+	addr := freePort(t)
+	a := startNode(t, "--redis-url", rs.URL(), "--reuse-port", "--listen", addr)
+	b := startNode(t, "--redis-url", rs.URL(), "--reuse-port", "--listen", addr)
+	a.addr, b.addr = addr, addr
+	waitReady(t, a, b)
+	var conns []*wsConn
+	for range 64 {
+		c, err := wsDial(addr, "project=p1&channels[]=files")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.conn.Close()
+		if typ, _, _, err := c.next(5 * time.Second); err != nil || typ != "connected" {
+			t.Fatalf("connect: %s %v", typ, err)
+		}
+		conns = append(conns, c)
+	}
+	na, nb := a.metric(t, "switchboard_connections"), b.metric(t, "switchboard_connections")
+	if na == 0 || nb == 0 || na+nb != 64 {
+		t.Fatalf("connections spread %v + %v, want both nodes used and 64 in all", na, nb)
+	}
+	if !publishSeq(a, 7) {
+		t.Fatal("publish refused")
+	}
+	for _, c := range conns {
+		typ, data, _, err := c.next(5 * time.Second)
+		if err != nil || typ != "event" {
+			t.Fatalf("%s %v", typ, err)
+		}
+		if seq, _ := eventSeq(data); seq != 7 {
+			t.Fatalf("seq %d", seq)
+		}
+	}
+	t.Logf("64 connections spread %v / %v over two processes on %s", na, nb, addr)
+}

@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/cloudwego/netpoll"
@@ -32,6 +33,10 @@ type Config struct {
 	Listen      string // WebSocket address; default ":9505"
 	AdminListen string // admin HTTP address; default "127.0.0.1:9506"
 	Path        string // WebSocket path; default "/v1/realtime"
+	// ReusePort lets several processes listen on the same WebSocket
+	// address (SO_REUSEPORT): the kernel spreads new connections over
+	// them, which is how a host outgrows one process's descriptor limit.
+	ReusePort bool
 
 	Projects []string // when non-empty, the only projects accepted
 	APIKey   string   // when set, POST /v1/publish needs "Authorization: Bearer <APIKey>"
@@ -184,7 +189,11 @@ func (s *Server) projectAllowed(p string) bool {
 // can connect.
 func (s *Server) Start() error {
 	var err error
-	if s.ln, err = net.Listen("tcp", s.cfg.Listen); err != nil {
+	lc := net.ListenConfig{}
+	if s.cfg.ReusePort {
+		lc.Control = setReusePort
+	}
+	if s.ln, err = lc.Listen(context.Background(), "tcp", s.cfg.Listen); err != nil {
 		return fmt.Errorf("listen %s: %w", s.cfg.Listen, err)
 	}
 	if s.adminLn, err = net.Listen("tcp", s.cfg.AdminListen); err != nil {
@@ -236,6 +245,21 @@ func (s *Server) Start() error {
 	}()
 	s.serving.Store(true)
 	s.log.Info("serving", zap.String("listen", s.ln.Addr().String()), zap.String("admin", s.adminLn.Addr().String()))
+	return nil
+}
+
+// setReusePort is a net.ListenConfig Control that sets SO_REUSEPORT.
+func setReusePort(_, _ string, rc syscall.RawConn) error {
+	var serr error
+	err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+	})
+	if err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("SO_REUSEPORT: %w", serr)
+	}
 	return nil
 }
 
