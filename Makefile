@@ -1,6 +1,6 @@
 GO ?= go
 
-.PHONY: all build run test sdk-deps vet bench-go bench-tsung bench-baseline fuzz clean
+.PHONY: all build run test sdk-deps vet bench-go bench-tsung bench-baseline bench-wholebox fuzz clean
 
 all: build
 
@@ -30,6 +30,13 @@ bench-go:
 # user stays connected), TSUNG_PORT; the report lands in bench/tsung/log/.
 bench-tsung: build
 	bench/tsung/run.sh
+
+# The whole box: as many nodes as CONNS (default 1,000,000) needs on one
+# port (--reuse-port) and one loopback Redis, the load generator holding
+# CONNS connections, one broadcast to all of them. Minutes; root applies
+# sysctl/. Summary in bench/results/.
+bench-wholebox: build
+	bench/wholebox.sh
 
 # The goroutine-per-connection gorilla/websocket server that `switchboard
 # bench` figures are compared with. Its own module, so the product's go.mod
