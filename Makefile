@@ -1,6 +1,6 @@
 GO ?= go
 
-.PHONY: all build run test sdk-deps vet bench-go bench-tsung bench-baseline bench-wholebox fuzz clean
+.PHONY: all build run test sdk-deps vet bench bench-go bench-tsung bench-baseline bench-wholebox fuzz clean
 
 all: build
 
@@ -30,6 +30,12 @@ bench-go:
 # user stays connected), TSUNG_PORT; the report lands in bench/tsung/log/.
 bench-tsung: build
 	bench/tsung/run.sh
+
+# Density at two counts, connect rate and fan-out latency, Switchboard and
+# the baseline in one run: a table, and bench/results/<time>/chart.html.
+# Knobs: LOW, HIGH (connections), EVENTS, EVENT_RATE.
+bench: build bench-baseline
+	bench/run.sh
 
 # The whole box: as many nodes as CONNS (default 1,000,000) needs on one
 # port (--reuse-port) and one loopback Redis, the load generator holding
