@@ -196,8 +196,8 @@ var benchEvents = []struct {
 	{"users/1ch", []string{"users"}, []string{ch(0)}},
 	{"any/4ch", []string{"any"}, []string{ch(0), ch(1), ch(2), ch(3)}},
 	// Broad: readable by users and guests (and redundantly by two teams
-	// and a user), so every subscriber of the 4 channels matches, most of
-	// them through several sets.
+	// and a user), so every subscriber of the 4 channels matches; one on
+	// several of them is reached through several sets.
 	{"5roles/4ch", []string{"guests", "users", "team:00000001", "team:00000002", "user:00000000000000000001"},
 		[]string{ch(0), ch(1), ch(2), ch(3)}},
 	// Narrow: a document shared with a few teams and users.
