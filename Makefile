@@ -1,6 +1,6 @@
 GO ?= go
 
-.PHONY: all build run test sdk-deps vet bench bench-go bench-tsung bench-baseline bench-wholebox fuzz clean
+.PHONY: all build run test sdk-deps vet bench bench-go bench-index bench-tsung bench-baseline bench-wholebox fuzz clean
 
 all: build
 
@@ -49,6 +49,19 @@ bench-wholebox: build
 # never gains gorilla.
 bench-baseline:
 	cd bench/baseline && $(GO) build -o ../../bin/baseline .
+
+# The subscription index at 10k to 5M subscriptions: the seed's fan-out
+# table (time to resolve one event, heap per subscription), subscribe and
+# unsubscribe costs, and lookups under churn; see bench/RESULTS.md.
+# INDEX_BENCH_MAX_SUBS lets the 5M world be built (it is skipped otherwise);
+# COUNT repeats each figure, report the median. Load is printed before and
+# after because the figures are only as good as the machine was quiet.
+COUNT ?= 3
+bench-index:
+	@$(GO) version; uptime
+	INDEX_BENCH_MAX_SUBS=5000000 $(GO) test -run '^$$' -bench '^Benchmark(Index|Memory|Write|LookupUnderChurn)$$' \
+	  -benchmem -count=$(COUNT) -timeout 60m ./pkg/index/
+	@uptime
 
 # Each fuzz target of every package (pkg/, internal/, cmd/: any func FuzzX
 # in a _test.go file is found) for FUZZTIME. Seed corpora live in each

@@ -19,18 +19,19 @@
 //
 //   - connection entries in fixed-size pages, split in columns: the values
 //     (what Lookup hands out), and the project, roles, channels and set
-//     positions (what writers need), so that walking a large set reads 8
-//     bytes per recipient from a dense array;
+//     positions (what writers need);
 //   - a role map from (project, role) to the role's holders. A role held by
 //     a few connections of the shard (user:U, small teams) maps to them
 //     directly, and a Lookup checks their own channel lists; a role held by
 //     more maps to a count, and its holders are in per-channel sets;
 //   - a set map from (project, role, channel) to a set: a single member in
-//     the map value itself, or a dense slice of local IDs that Lookup walks
-//     in order and that shrinks in O(1) by moving its last member into the
-//     hole. Each entry records its position in every set it is in, so
-//     removing a connection costs O(its own subscriptions), with no scan
-//     and no position map;
+//     the map value itself, or dense slices of local IDs and of a copy of
+//     each member's value, which Lookup walks in step (so a large set costs
+//     sizeof(ID)+sizeof(T) bytes of sequential reads per recipient, and no
+//     visit to the entry pages) and which shrink in O(1) by moving the last
+//     member into the hole. Each entry records its position in every set it
+//     is in, so removing a connection costs O(its own subscriptions), with
+//     no scan and no position map;
 //   - dedup state for Lookup, one epoch-stamped bit per connection.
 //
 // Project, role and channel strings are interned into per-Index 32-bit

@@ -387,9 +387,11 @@ func checkInvariants(t testing.TB, x *Index[string]) {
 							t.Errorf("shard %d: entry %d: inline set holds %d, pos %d", si, l, v&^inline, pos)
 						}
 					default:
-						ids := s.pool[v]
-						if int(pos) >= len(ids) || ids[pos] != l {
+						m := s.mem[v]
+						if int(pos) >= len(m.ids) || m.ids[pos] != l {
 							t.Errorf("shard %d: entry %d not at its position %d", si, l, pos)
+						} else if m.vals[pos] != *s.valAt(l) {
+							t.Errorf("shard %d: entry %d: set holds value %q, entry %q", si, l, m.vals[pos], *s.valAt(l))
 						}
 					}
 				}
@@ -423,18 +425,27 @@ func checkInvariants(t testing.TB, x *Index[string]) {
 				pooled++
 			}
 		}
-		if used := len(s.pool) - len(s.poolFree); used != pooled+lists {
-			t.Errorf("shard %d: %d pool slots in use, %d sets and %d lists need them", si, used, pooled, lists)
+		if used := len(s.pool) - len(s.poolFree); used != lists {
+			t.Errorf("shard %d: %d pool slots in use, %d lists need them", si, used, lists)
+		}
+		if used := len(s.mem) - len(s.memFree); used != pooled {
+			t.Errorf("shard %d: %d mem slots in use, %d sets need them", si, used, pooled)
 		}
 		held := 0
 		for _, v := range s.sets {
 			if v&inline != 0 {
 				held++
 			} else {
-				if len(s.pool[v]) < 2 {
-					t.Errorf("shard %d: pooled set of %d members", si, len(s.pool[v]))
+				m := s.mem[v]
+				if len(m.ids) < 2 || len(m.vals) != len(m.ids) {
+					t.Errorf("shard %d: set of %d members, %d values", si, len(m.ids), len(m.vals))
 				}
-				held += len(s.pool[v])
+				held += len(m.ids)
+			}
+		}
+		for _, mi := range s.memFree {
+			if s.mem[mi].ids != nil || s.mem[mi].vals != nil {
+				t.Errorf("shard %d: free mem slot %d holds a set", si, mi)
 			}
 		}
 		if held != members {
@@ -513,7 +524,7 @@ func TestLargeSetShrinks(t *testing.T) {
 	expect(t, x, "p", l("any"), l("c", "d"), "295", "296", "297", "298", "299")
 	s := &x.shards[0]
 	for k, v := range s.sets {
-		if c := cap(s.pool[v]); c > 64 {
+		if c := max(cap(s.mem[v].ids), cap(s.mem[v].vals)); c > 64 {
 			t.Errorf("set %v of 5 members keeps capacity %d", k, c)
 		}
 	}

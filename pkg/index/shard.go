@@ -16,8 +16,8 @@ const (
 // Map values in shard.roles and shard.sets are tagged by their top bits:
 // inline marks a single connection's local ID, listed (roles only) an index
 // into shard.pool holding a role's few holders. Untagged, a value is an
-// index into shard.pool (sets) or a count of holders (roles). Local IDs and
-// pool indices therefore stay below 1<<30.
+// index into shard.mem (sets) or a count of holders (roles). Local IDs and
+// pool and mem indices therefore stay below 1<<30.
 const (
 	inline  = 1 << 31
 	listed  = 1 << 30
@@ -69,6 +69,20 @@ func (d *dedup) first(l, epoch uint32) bool {
 	}
 	d.seen[w] |= b
 	return true
+}
+
+// members holds a set of two or more connections: their local IDs and, at
+// the same positions, a copy of their values. Lookup walks the two arrays in
+// step and never touches the entries: reading each recipient's value from
+// the shard's pages instead cost a cache line per recipient, most of it
+// holding the values of connections not on the event's channel, and made a
+// 5M-subscription index memory-bound (7.5 ns per recipient against 3 at
+// 1M). The copy costs sizeof(T) per membership; values never change while
+// an entry is live (Insert sets them, Delete removes the memberships
+// first), so the copies cannot go stale.
+type members[T any] struct {
+	ids  []uint32
+	vals []T
 }
 
 // cold is the part of a connection entry that writers read, and Lookup only
@@ -165,9 +179,13 @@ type shard[T any] struct {
 	roles map[roleKey]uint32
 
 	// sets maps a set to its only member (| inline) or to its members in
-	// pool, a dense slice that Lookup walks in order and that shrinks in
-	// O(1) by moving its last member into the hole.
-	sets     map[setKey]uint32
+	// mem, dense slices that Lookup walks in order and that shrink in O(1)
+	// by moving the last member into the hole.
+	sets    map[setKey]uint32
+	mem     []members[T]
+	memFree []uint32
+
+	// pool holds the holder lists of listed roles.
 	pool     [][]uint32
 	poolFree []uint32
 
@@ -374,6 +392,31 @@ func (s *shard[T]) freeList(pi uint32) {
 	s.poolFree = append(s.poolFree, pi)
 }
 
+// newMembers stores the set [a, b] in mem and returns its index.
+func (s *shard[T]) newMembers(a, b uint32) uint32 {
+	var mi uint32
+	if n := len(s.memFree); n > 0 {
+		mi = s.memFree[n-1]
+		s.memFree = s.memFree[:n-1]
+	} else {
+		mi = uint32(len(s.mem))
+		if mi >= listed {
+			panic("index: too many sets")
+		}
+		s.mem = append(s.mem, members[T]{})
+	}
+	s.mem[mi] = members[T]{
+		ids:  append(make([]uint32, 0, 2), a, b),
+		vals: append(make([]T, 0, 2), *s.valAt(a), *s.valAt(b)),
+	}
+	return mi
+}
+
+func (s *shard[T]) freeMembers(mi uint32) {
+	s.mem[mi] = members[T]{}
+	s.memFree = append(s.memFree, mi)
+}
+
 // add puts l into set k and returns its position there.
 func (s *shard[T]) add(k setKey, l uint32) uint32 {
 	v, ok := s.sets[k]
@@ -382,13 +425,15 @@ func (s *shard[T]) add(k setKey, l uint32) uint32 {
 		s.sets[k] = inline | l
 		return 0
 	case v&inline != 0:
-		// Second member: the set moves to the pool. The first member
-		// stays at position 0, which is what its entry already records.
-		s.sets[k] = s.newList(v&^inline, l)
+		// Second member: the set moves to mem. The first member stays at
+		// position 0, which is what its entry already records.
+		s.sets[k] = s.newMembers(v&^inline, l)
 		return 1
 	default:
-		s.pool[v] = append(s.pool[v], l)
-		return uint32(len(s.pool[v]) - 1)
+		m := &s.mem[v]
+		m.ids = append(m.ids, l)
+		m.vals = append(m.vals, *s.valAt(l))
+		return uint32(len(m.ids) - 1)
 	}
 }
 
@@ -399,29 +444,34 @@ func (s *shard[T]) remove(k setKey, pos uint32) {
 		delete(s.sets, k)
 		return
 	}
-	ids := s.pool[v]
+	m := &s.mem[v]
+	ids, vals := m.ids, m.vals
 	last := uint32(len(ids) - 1)
 	if pos != last {
 		// Fill the hole with the last member and tell its entry.
-		m := ids[last]
-		ids[pos] = m
-		c := s.coldAt(m)
+		moved := ids[last]
+		ids[pos], vals[pos] = moved, vals[last]
+		c := s.coldAt(moved)
 		i, _ := c.row(k.role)
 		j, _ := slices.BinarySearch(c.channels(), k.channel)
 		*c.pos(i, uint32(j)) = pos
 	}
-	ids = ids[:last]
+	// The slot past the end must not keep a departed value alive.
+	var zero T
+	vals[last] = zero
+	ids, vals = ids[:last], vals[:last]
 	switch {
 	case last == 1:
-		// Back to one member, at position 0: inline it and free the slice.
+		// Back to one member, at position 0: inline it and free the slices.
 		s.sets[k] = inline | ids[0]
-		s.freeList(v)
+		s.freeMembers(v)
 		return
 	case cap(ids) >= 64 && len(ids) <= cap(ids)/4:
 		// A set that emptied out (a mass disconnect) gives memory back.
 		ids = append(make([]uint32, 0, 2*len(ids)), ids...)
+		vals = append(make([]T, 0, 2*len(vals)), vals...)
 	}
-	s.pool[v] = ids
+	m.ids, m.vals = ids, vals
 }
 
 // lookup visits the connections of project p holding one of roles and
@@ -456,21 +506,25 @@ func (s *shard[T]) lookup(si uint32, bits uint, epoch, p uint32, roles, channels
 				// Slices in locals, first inlined by hand: visit is opaque to
 				// the compiler, which would otherwise reload every slice
 				// header from s after each call.
-				pages, stamp, seen := s.vals, s.dd.stamp, s.dd.seen
-				for _, l := range s.pool[v] {
+				m := &s.mem[v]
+				ids, stamp, seen := m.ids, s.dd.stamp, s.dd.seen
+				vals := m.vals[:len(ids)]
+				for i, l := range ids {
 					w, b := l>>6, uint64(1)<<(l&63)
 					if stamp[w] != epoch {
 						stamp[w], seen[w] = epoch, 0
 					}
 					if seen[w]&b == 0 {
 						seen[w] |= b
-						visit(ID(l<<bits|si), pages[l>>pageBits][l&pageMask])
+						visit(ID(l<<bits|si), vals[i])
 					}
 				}
 			default:
-				pages := s.vals
-				for _, l := range s.pool[v] {
-					visit(ID(l<<bits|si), pages[l>>pageBits][l&pageMask])
+				m := &s.mem[v]
+				ids := m.ids
+				vals := m.vals[:len(ids)]
+				for i, l := range ids {
+					visit(ID(l<<bits|si), vals[i])
 				}
 			}
 		}
