@@ -69,6 +69,21 @@ func (c *wsConn) next(timeout time.Duration) (typ string, data json.RawMessage, 
 	}
 }
 
+// wsConnected dials addr subscribed to "files" in project p1, waits for
+// `connected`, and closes the connection when the test ends.
+func wsConnected(t *testing.T, addr string) *wsConn {
+	t.Helper()
+	c, err := wsDial(addr, "project=p1&channels[]=files")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.conn.Close() })
+	if typ, _, _, err := c.next(5 * time.Second); err != nil || typ != "connected" {
+		t.Fatalf("connect: %s %v", typ, err)
+	}
+	return c
+}
+
 // eventSeq extracts payload.seq from an event's data.
 func eventSeq(data json.RawMessage) (int, error) {
 	var d struct {
@@ -319,14 +334,7 @@ func TestKilledNodeLeavesOthersUnaffected(t *testing.T) {
 	var conns [3][]*wsConn
 	for i, n := range nodes {
 		for range 5 {
-			c, err := wsDial(n.addr, "project=p1&channels[]=files")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.conn.Close()
-			if typ, _, _, err := c.next(5 * time.Second); err != nil || typ != "connected" {
-				t.Fatalf("connect: %s %v", typ, err)
-			}
+			c := wsConnected(t, n.addr)
 			conns[i] = append(conns[i], c)
 		}
 	}
@@ -373,14 +381,7 @@ func TestRedisPauseIsSurvived(t *testing.T) {
 	var conns []*wsConn
 	for _, n := range []*node{a, b} {
 		for range 3 {
-			c, err := wsDial(n.addr, "project=p1&channels[]=files")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.conn.Close()
-			if typ, _, _, err := c.next(5 * time.Second); err != nil || typ != "connected" {
-				t.Fatalf("connect: %s %v", typ, err)
-			}
+			c := wsConnected(t, n.addr)
 			conns = append(conns, c)
 		}
 	}

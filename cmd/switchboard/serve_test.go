@@ -355,14 +355,7 @@ func TestReusePortSharesTheListenAddress(t *testing.T) {
 	waitReady(t, a, b)
 	var conns []*wsConn
 	for range 64 {
-		c, err := wsDial(addr, "project=p1&channels[]=files")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.conn.Close()
-		if typ, _, _, err := c.next(5 * time.Second); err != nil || typ != "connected" {
-			t.Fatalf("connect: %s %v", typ, err)
-		}
+		c := wsConnected(t, addr)
 		conns = append(conns, c)
 	}
 	na, nb := a.metric(t, "switchboard_connections"), b.metric(t, "switchboard_connections")
