@@ -73,3 +73,20 @@ func TestPeerCloseOfAdoptedConnectionIsNoticed(t *testing.T) {
 		return s.open.Load() == 0 && count == 0
 	})
 }
+
+// TestMessageRightAfterConnectedIsAnswered sends a subscribe the instant
+// `connected` arrives, as the SDKs do, on 500 connections kept open: each
+// gets its response. The hand-over from netpoll happens before the 101, so
+// no client byte can be left behind in netpoll's buffer.
+func TestMessageRightAfterConnectedIsAnswered(t *testing.T) {
+	s := testNode(t, func(c *Config) { c.ConnectsPerIP, c.MessagesPerMinute = 0, 0 })
+	for i := range 500 {
+		c := dial(t, s, "project=p1", nil)
+		defer c.conn.Close()
+		c.expect("connected")
+		c.send(`{"type":"subscribe","data":[{"subscriptionId":"a","channels":["files"]}]}`)
+		if m, err := c.tryRead(3 * time.Second); err != nil || m.Type != "response" {
+			t.Fatalf("connection %d: subscribe sent right after connected: %s %v", i, m.Type, err)
+		}
+	}
+}

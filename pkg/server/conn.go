@@ -36,12 +36,13 @@ type conn struct {
 	// Read side: only netpoll's OnRequest touches these, and netpoll never
 	// runs it concurrently for one connection.
 	upgraded   bool
-	readClosed bool      // we decided to close: discard further input
-	fragOp     ws.OpCode // opcode of the fragmented message in progress, 0 when none
-	msgCount   uint16    // client messages in msgMinute
-	msgMinute  uint32    // unix minute msgCount counts
-	pend       []byte    // bytes of an incomplete handshake or frame; nil when none
-	frag       []byte    // payload of a fragmented message being reassembled
+	readClosed bool            // we decided to close: discard further input
+	fragOp     ws.OpCode       // opcode of the fragmented message in progress, 0 when none
+	msgCount   uint16          // client messages in msgMinute
+	msgMinute  uint32          // unix minute msgCount counts
+	pend       []byte          // bytes of an incomplete handshake or frame; nil when none
+	upgrading  *pendingUpgrade // accepted upgrade waiting for the socket's hand-over
+	frag       []byte          // payload of a fragmented message being reassembled
 
 	// idxMu orders index writes for this connection: a reindex that read
 	// the connection's state can never land after onClosed's Delete (the ID
@@ -101,15 +102,12 @@ func (c *conn) onRead(r netpoll.Reader) {
 	c.feed(buf)
 	_ = r.Skip(n)
 	_ = r.Release()
-	if c.upgraded && !c.readClosed {
-		c.handOver()
-	}
 }
 
-// handOver asks netpoll to let go of an upgraded connection's socket. It
-// does so once the current onRequest returns, and then calls onClosed,
-// which adopts the socket.
-func (c *conn) handOver() {
+// handOver asks netpoll to let go of an upgraded connection's socket and
+// reports whether it will: netpoll does so once the current onRequest
+// returns, and then calls onClosed, which adopts the socket.
+func (c *conn) handOver() bool {
 	c.mu.Lock()
 	nc := c.nc
 	ok := nc != nil && !c.closed && !c.handover
@@ -118,36 +116,60 @@ func (c *conn) handOver() {
 	}
 	c.mu.Unlock()
 	if !ok {
-		return
+		return false
 	}
 	d, can := nc.(interface{ Detach() error })
 	if !can || d.Detach() != nil {
-		// Not netpoll's own connection type (never in practice): keep it.
+		// Not netpoll's own connection type (tests): keep it there.
 		c.mu.Lock()
 		c.handover = false
 		c.mu.Unlock()
+		return false
 	}
+	return true
 }
 
-// adopt takes the socket netpoll let go of: input netpoll had read but not
-// yet handed to onRequest is consumed, and the socket joins the input
-// poller. It runs on netpoll's goroutine for c, inside onClosed.
+// adopt takes the socket netpoll let go of: it sends the upgrade's
+// response and runs the Appwrite handshake, handles whatever the client
+// sent too early, and gives the socket to the input poller. It runs on
+// netpoll's goroutine for c, inside onClosed.
 func (c *conn) adopt(nc netpoll.Connection) {
+	var early []byte // only a client that broke RFC 6455 sends before the 101
+	if r := nc.Reader(); r.Len() > 0 {
+		if buf, err := r.Peek(r.Len()); err == nil {
+			early = append(early, buf...)
+		}
+	}
+	c.mu.Lock()
+	c.nc, c.handover = nil, false
+	if c.shutReq || c.closed {
+		if c.closed {
+			c.mu.Unlock()
+			return
+		}
+		c.closeAdoptedLocked()
+		return
+	}
+	c.mu.Unlock()
 	func() {
 		defer c.recoverConn()
-		if r := nc.Reader(); r.Len() > 0 {
-			if buf, err := r.Peek(r.Len()); err == nil {
-				c.feed(buf)
-			}
+		if c.upgrading != nil {
+			c.finishUpgrade()
+		}
+		if len(early) > 0 || c.pend != nil {
+			c.feed(early)
 		}
 	}()
 	c.mu.Lock()
-	c.nc, c.handover = nil, false
-	if !c.shutReq && !c.closed {
+	if !c.shutReq && !c.closed && !c.readClosed {
 		if err := c.srv.input.arm(c, &c.inArmed); err == nil {
 			c.mu.Unlock()
 			return
 		}
+	}
+	if c.closed {
+		c.mu.Unlock()
+		return
 	}
 	c.closeAdoptedLocked()
 }
@@ -276,7 +298,8 @@ func (c *conn) consume(data []byte) int {
 	off := 0
 	if !c.upgraded {
 		off = c.upgrade(data)
-		if !c.upgraded || c.readClosed {
+		if !c.upgraded || c.readClosed || c.upgrading != nil {
+			// Bytes after the request wait for the hand-over (see adopt).
 			if c.readClosed {
 				return len(data)
 			}

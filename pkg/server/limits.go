@@ -24,7 +24,7 @@ type connectLimiter struct {
 // allow counts one connect from addr and reports whether it is within the
 // limit.
 func (l *connectLimiter) allow(addr net.Addr, now time.Time) bool {
-	if l.limit <= 0 {
+	if l.limit <= 0 || addr == nil {
 		return true
 	}
 	ap, err := netip.ParseAddrPort(addr.String())

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -28,6 +29,7 @@ type handshake struct {
 	cookie      string
 	fallback    string // x-fallback-cookies header
 	origin      string
+	remote      net.Addr // the client's address, for the per-IP limit
 	tooManyHdrs bool
 }
 
@@ -105,12 +107,38 @@ func (c *conn) upgrade(data []byte) int {
 	c.lastSeen.Store(s.clock.Load())
 	c.mu.Lock()
 	c.live = !c.closed
+	live := c.live
 	c.mu.Unlock()
-	s.open.Add(1)
+	if live {
+		s.open.Add(1)
+	}
 	s.metrics.upgrades.WithLabelValues("ok").Inc()
-	c.send(outFrame{head: resp.Bytes()})
-	c.open(&h)
+	// The 101 goes out only once netpoll has let go of the socket: a
+	// client may send nothing before it (RFC 6455, 4.1), so netpoll can
+	// have nothing of the client's left to read when it lets go, and no
+	// message can fall between netpoll's buffer and the node's poller.
+	h.remote = c.nc.RemoteAddr()
+	c.upgrading = &pendingUpgrade{resp: resp.Bytes(), h: h}
+	if c.handOver() {
+		return end + 4
+	}
+	c.finishUpgrade()
 	return end + 4
+}
+
+// pendingUpgrade is an accepted upgrade whose response waits for the
+// socket's hand-over.
+type pendingUpgrade struct {
+	resp []byte
+	h    handshake
+}
+
+// finishUpgrade sends the 101 response and runs the Appwrite handshake.
+func (c *conn) finishUpgrade() {
+	up := c.upgrading
+	c.upgrading = nil
+	c.send(outFrame{head: up.resp})
+	c.open(&up.h)
 }
 
 func headerIs(key []byte, name string) bool {
@@ -153,7 +181,7 @@ func (c *conn) open(h *handshake) {
 	if project == "" {
 		project = q.Project
 	}
-	if !s.connects.allow(c.nc.RemoteAddr(), time.Now()) {
+	if !s.connects.allow(h.remote, time.Now()) {
 		s.metrics.protocolErrors.WithLabelValues(itoa(protocol.CodeTooManyRequests)).Inc()
 		c.sendText(protocol.AppendError(nil, protocol.CodeTooManyRequests, "Too many requests"))
 		c.closeWith(statusTryAgainLater, "Too many requests")
