@@ -20,8 +20,6 @@ per_node=${PER_NODE:-18000}
 rate=${RATE:-8000}
 hold=${HOLD:-30s}
 port=${PORT:-29505}
-redis_port=$((port + 1))
-admin_base=$((port + 100))
 mkdir -p bench/results
 out=${OUT:-bench/results/wholebox-$(date -u +%Y%m%dT%H%M%SZ).json}
 
@@ -42,22 +40,42 @@ trap cleanup EXIT
 
 sysctl/apply.sh >/dev/null || true
 
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --daemonize no >/dev/null &
-pids+=($!)
-for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+# The first free port from PORT+1 on (see the admin ports below).
+for redis_port in $(seq $((port + 1)) $((port + 50))); do
+	redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --daemonize no >/dev/null &
+	rpid=$!
+	sleep 0.3
+	if kill -0 "$rpid" 2>/dev/null && redis-cli -p "$redis_port" ping >/dev/null 2>&1; then
+		pids+=("$rpid")
+		break
+	fi
+done
 
 echo "wholebox: $nodes nodes on 127.0.0.1:$port, $conns connections at $rate/s" >&2
 server_pids=()
+admins=()
+logdir=$(mktemp -d)
+# Admin ports are picked by the kernel (127.0.0.1:0) and read back from each
+# node's "serving" log line: with the profile's wide ephemeral port range,
+# any fixed port may already be someone's source port.
 for i in $(seq 0 $((nodes - 1))); do
 	bin/switchboard serve --listen "127.0.0.1:$port" --reuse-port \
-		--admin-listen "127.0.0.1:$((admin_base + i))" --redis-url "redis://127.0.0.1:$redis_port" \
-		--connects-per-ip 0 --max-conns "$max_conns" --log-level warn 2>>"$out.nodes.log" &
+		--admin-listen 127.0.0.1:0 --redis-url "redis://127.0.0.1:$redis_port" \
+		--connects-per-ip 0 --max-conns "$max_conns" --log-level info --log-format json 2>"$logdir/node-$i.log" &
 	pids+=($!)
 	server_pids+=($!)
 done
 for i in $(seq 0 $((nodes - 1))); do
+	admin=""
+	for _ in $(seq 200); do
+		admin=$(grep -o '"admin":"[^"]*"' "$logdir/node-$i.log" 2>/dev/null | head -n 1 | cut -d'"' -f4 || true)
+		[ -n "$admin" ] && break
+		sleep 0.05
+	done
+	[ -n "$admin" ] || { echo "wholebox: node $i did not start:" >&2; cat "$logdir/node-$i.log" >&2; exit 1; }
+	admins+=("$admin")
 	for _ in $(seq 100); do
-		curl -fs "http://127.0.0.1:$((admin_base + i))/readyz" >/dev/null && break
+		curl -fs "http://$admin/readyz" >/dev/null && break
 		sleep 0.1
 	done
 done
@@ -65,7 +83,7 @@ done
 pid_list=$(IFS=,; echo "${server_pids[*]}")
 bin/switchboard bench --url "ws://127.0.0.1:$port/v1/realtime?project=bench&channels[]=files" \
 	--conns "$conns" --rate "$rate" --hold "$hold" --connect-timeout 60s \
-	--publish-url "http://127.0.0.1:$admin_base/v1/publish" --events 1 --publish-rate 1 --drain 60s \
+	--publish-url "http://${admins[0]}/v1/publish" --events 1 --publish-rate 1 --drain 60s \
 	--server-pid "$pid_list" >"$out"
 echo "wholebox: summary in $out" >&2
 cat "$out"
