@@ -332,23 +332,24 @@ func (c *stableClient) check(events []soakEvent) []string {
 	// under says deliver. Bounds: not before the epoch of the last frame
 	// read before it, nor before a change answered before its POST began;
 	// not after the state right after the first frame read after it.
+	// Events are in seq order, so POST start times and the cursors only
+	// grow: one pass.
 	epochAt := 0 // epoch of the last read frame with a smaller seq
 	next := 0    // index in got of the first frame with a larger seq
+	answered := 0
 	for i := range events {
 		ev := &events[i]
 		for next < len(c.got) && c.got[next].seq < ev.seq {
 			epochAt = c.got[next].epoch
 			next++
 		}
+		for answered+1 < len(c.respAt) && c.respAt[answered+1].Before(ev.start) {
+			answered++
+		}
 		if _, ok := pos[ev.seq]; ok {
 			continue
 		}
-		lo := epochAt
-		for k := lo + 1; k <= last; k++ {
-			if c.respAt[k].Before(ev.start) {
-				lo = k
-			}
-		}
+		lo := max(epochAt, answered)
 		hi := last
 		if next < len(c.got) {
 			hi = min(c.got[next].epoch+1, last)
