@@ -44,7 +44,7 @@ func TestSoak(t *testing.T) {
 	cfg := soakConfig{
 		duration: 9 * time.Second, warmup: 2 * time.Second,
 		urlClients: 50, msgClients: 50,
-		churners: 6, churnEvery: 30 * time.Millisecond, // ~200 connects/s
+		churners: 8, churnEvery: 25 * time.Millisecond, // up to 320 connects/s
 		publishEvery: 20 * time.Millisecond, // 50 events/s
 	}
 	if v := os.Getenv("SWITCHBOARD_SOAK"); v != "" {
