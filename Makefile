@@ -1,6 +1,6 @@
 GO ?= go
 
-.PHONY: all build run test sdk-deps vet bench bench-go bench-index bench-tsung bench-baseline bench-wholebox fuzz clean
+.PHONY: all build run test soak sdk-deps vet bench bench-go bench-index bench-tsung bench-baseline bench-wholebox fuzz clean
 
 all: build
 
@@ -16,6 +16,16 @@ run:
 test: sdk-deps
 	$(GO) vet ./...
 	$(GO) test -race -count=1 ./...
+
+# TestSoak for SOAKTIME: connection churn, steady publishes and random
+# subscribe/unsubscribe against one node; fails on a missed, extra or
+# duplicate event, or on goroutine/heap/connection growth. `make test` runs
+# it for ~15 s. -race covers the test's own clients (2 cores suffice); the
+# node under test is TestMain's plain build, so its memory figures are
+# those of a production binary.
+SOAKTIME ?= 10m
+soak:
+	SWITCHBOARD_SOAK=$(SOAKTIME) $(GO) test -race -count=1 -run '^TestSoak$$' -v -timeout 0 ./cmd/switchboard/
 
 sdk-deps:
 	@if command -v npm >/dev/null; then npm ci --prefix test/sdk --no-audit --no-fund --loglevel=error; \
