@@ -68,16 +68,27 @@ trap 'exit 130' INT TERM
 # one STALLED NAME: a fresh node, one bench run, the node's metrics.
 one() {
 	local n=$1 name=$2
-	# --drain-time 0: the node need not spread its goodbyes at the end.
-	"$bin" serve --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
-		--connects-per-ip 0 --max-queue-bytes "$maxq" --drain-time 0s \
-		--log-level warn --log-format json >"$out/$name-node.log" 2>&1 &
-	node=$!
-	for _ in $(seq 100); do
-		curl -fs "http://127.0.0.1:$admin/healthz" >/dev/null 2>&1 && break
-		kill -0 "$node" 2>/dev/null || { echo "slow.sh: node exited, see $out/$name-node.log" >&2; exit 1; }
-		sleep 0.1
+	# The ephemeral port range may cover the chosen ports (the kernel
+	# profile widens it to 1024-65535), so a port can be taken by some
+	# outgoing connection for a while: try the next pair then.
+	for _ in 1 2 3 4 5; do
+		# --drain-time 0: the node need not spread its goodbyes at the end.
+		"$bin" serve --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
+			--connects-per-ip 0 --max-queue-bytes "$maxq" --drain-time 0s \
+			--log-level warn --log-format json >"$out/$name-node.log" 2>&1 &
+		node=$!
+		for _ in $(seq 100); do
+			curl -fs "http://127.0.0.1:$admin/healthz" >/dev/null 2>&1 && break 2
+			kill -0 "$node" 2>/dev/null || break
+			sleep 0.1
+		done
+		stop_node
+		grep -q "address already in use" "$out/$name-node.log" ||
+			{ echo "slow.sh: node did not start, see $out/$name-node.log" >&2; exit 1; }
+		echo "slow.sh: port $port or $admin is taken, trying $((port + 10))" >&2
+		port=$((port + 10)) admin=$((admin + 10))
 	done
+	[ -n "$node" ] || { echo "slow.sh: no free port pair" >&2; exit 1; }
 	(
 		while kill -0 "$node" 2>/dev/null; do
 			printf '%s %s %s\n' "$(date -u +%T)" \
