@@ -102,7 +102,7 @@ one() {
 		--conns "$conns" --stalled "$n" --rate "$crate" --hold 0s \
 		--publish-url "http://127.0.0.1:$admin/v1/publish" \
 		--events $((rate * seconds)) --publish-rate "$rate" --payload-bytes "$payload" \
-		--drain 10s --server-pid "$node" >"$out/$name.json" 2>"$out/$name-progress.log" ||
+		--drain 10s --close-timeout 10s --server-pid "$node" >"$out/$name.json" 2>"$out/$name-progress.log" ||
 		{ tail -5 "$out/$name-progress.log" >&2; echo "slow.sh: bench failed" >&2; exit 1; }
 	curl -fs "http://127.0.0.1:$admin/metrics" >"$out/$name-metrics.txt" || true
 	stop_node

@@ -294,6 +294,22 @@ func (l *loop) unhold(i int, c *conn, now time.Time) {
 	l.readAll(c, true)
 }
 
+// stalledEnded classifies the end of a stalled connection being read
+// again. Before our close frame was sent, an EOF or a reset means the
+// server had closed it. After, a reset still does: our close frame
+// reached a socket the server had closed (the kernel answers data for a
+// closed socket with a reset). But an EOF then is the server answering
+// our close frame: it closes at once, without its echo, when bytes are
+// still queued for the connection (as when the drain was cut short by
+// the close timeout), so it says nothing about a slow-consumer close.
+func (l *loop) stalledEnded(c *conn, eof bool) {
+	if c.state == stClosing && eof {
+		l.closeFD(c)
+		return
+	}
+	l.serverClosedStalled(c)
+}
+
 // serverClosedStalled counts and closes a stalled connection the server
 // closed.
 func (l *loop) serverClosedStalled(c *conn) {
@@ -394,9 +410,7 @@ func (l *loop) readAll(c *conn, hangup bool) {
 		case errors.Is(err, unix.EINTR):
 		default: // EOF or reset
 			if c.stall == stallDraining {
-				// Before our close frame was answered: the server
-				// had closed this connection.
-				l.serverClosedStalled(c)
+				l.stalledEnded(c, n == 0 && err == nil)
 				return
 			}
 			if c.state == stClosing {
@@ -471,7 +485,7 @@ func (l *loop) frame(c *conn, h frameHeader, payload []byte) bool {
 	case opPong:
 		return true
 	case opClose:
-		if c.stall == stallDraining && (c.state == stReady || closeCode(payload) != 1000) {
+		if c.stall == stallDraining && (c.state == stReady || closeCode(payload) == closePolicyViolation) {
 			// Its own close frame (1008 for a slow consumer), not the
 			// answer to ours.
 			l.serverClosedStalled(c)
@@ -558,6 +572,10 @@ func (l *loop) ready(c *conn) {
 	l.ctr.everReady.Add(1)
 	l.ctr.open.Add(1)
 }
+
+// closePolicyViolation is the close code a server closes a slow consumer
+// with.
+const closePolicyViolation = 1008
 
 // closeCode is the status code of a close frame's payload (1005, "no
 // status", when it has none).

@@ -301,6 +301,36 @@ func TestStalledConnectionsTheNodeKeepsAreReportedOpen(t *testing.T) {
 	}
 }
 
+// TestStalledConnectionsCutShortAreNotCountedAsClosed stalls connections
+// under a queue limit they cannot reach, and cuts the end's read-again
+// short (a tiny close timeout) while megabytes are still queued for them:
+// the node then answers the generator's close frame by closing at once,
+// without its echo, which must not be taken for a slow-consumer close.
+func TestStalledConnectionsCutShortAreNotCountedAsClosed(t *testing.T) {
+	const conns, stalled, events = 20, 5, 300
+	reg := prometheus.NewRegistry()
+	s := startNode(t, func(c *server.Config) {
+		c.ConnectsPerIP = 0
+		c.MaxQueueBytes = 64 << 20
+		c.Registry = reg
+	})
+	cfg := benchConfig(s, conns, events)
+	cfg.Stalled = stalled
+	cfg.PayloadBytes = 16 << 10
+	cfg.PublishRate = 60
+	cfg.CloseTimeout = 100 * time.Millisecond
+	sum := run(t, cfg)
+	if ev := sum.Events; ev == nil || ev.Completeness != 1 {
+		t.Fatalf("events %+v", sum.Events)
+	}
+	if got := counterValue(t, reg, "switchboard_slow_consumer_closes_total"); got != 0 {
+		t.Fatalf("node's slow consumer closes %v: the queue limit was reached", got)
+	}
+	if st := sum.Stalled; st == nil || st.Ready != stalled || st.ClosedByServer != 0 || st.OpenAtEnd != stalled {
+		t.Fatalf("stalled %+v; want %d ready, none closed by the server", sum.Stalled, stalled)
+	}
+}
+
 // counterValue is the value of an unlabelled counter in reg.
 func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Helper()
