@@ -1,6 +1,6 @@
 GO ?= go
 
-.PHONY: all build run test soak sdk-deps vet bench bench-go bench-index bench-tsung bench-baseline bench-wholebox fuzz clean
+.PHONY: all build run test soak sdk-deps vet bench bench-go bench-index bench-tsung bench-slow bench-baseline bench-wholebox fuzz clean
 
 all: build
 
@@ -53,6 +53,14 @@ bench: build bench-baseline
 # sysctl/. Summary in bench/results/.
 bench-wholebox: build
 	bench/wholebox.sh
+
+# Healthy clients beside non-reading ones: the same load twice on a fresh
+# local node, without and with SLOW_STALLED (1000) of SLOW_CONNS (11000)
+# connections that stop reading, SLOW_RATE (5) events/s of SLOW_PAYLOAD
+# (3072) bytes for SLOW_SECONDS (90); prints node RSS, healthy latency and
+# the slow-consumer closes of each run (details in bench/slow.sh).
+bench-slow: build
+	bench/slow.sh
 
 # The goroutine-per-connection gorilla/websocket server that `switchboard
 # bench` figures are compared with. Its own module, so the product's go.mod

@@ -53,12 +53,14 @@ func benchCmd(args []string, getenv func(string) string, stdout, stderr io.Write
 	fs.DurationVar(&cfg.PingEvery, "ping-every", 0, `send {"type":"ping"} on every connection at this interval (0: never)`)
 	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 10*time.Second, "bound from connect() to `connected`")
 	fs.DurationVar(&cfg.CloseTimeout, "close-timeout", 3*time.Second, "bound on the wait for the server's close frames at the end")
+	fs.IntVar(&cfg.Stalled, "stalled", 0, "connections (spread evenly) that stop reading after `connected`, so the server must treat them as slow consumers; event figures then cover the others")
 	fs.StringVar(&cfg.PublishURL, "publish-url", "", "admin publish endpoint, e.g. http://127.0.0.1:9506/v1/publish (empty: no events)")
 	fs.StringVar(&cfg.APIKey, "api-key", "", "bearer key for --publish-url")
 	fs.Float64Var(&cfg.PublishRate, "publish-rate", 10, "events per second")
 	fs.IntVar(&cfg.Events, "events", 0, "events to publish (broadcast to the URL's project and channels)")
 	fs.DurationVar(&cfg.Drain, "drain", 10*time.Second, "bound on the wait for deliveries after the last publish")
 	fs.StringVar(&roles, "roles", "any", "comma-separated roles of the published events")
+	fs.IntVar(&cfg.PayloadBytes, "payload-bytes", 0, "pad each event payload to about this many bytes (0: no padding, ~40 bytes)")
 	fs.Var(&pids, "server-pid", "server process to report RSS of (repeatable, or a comma list)")
 	if err := parseFlags(fs, args, getenv); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

@@ -53,6 +53,13 @@ type Config struct {
 	ConnectTimeout time.Duration
 	// CloseTimeout bounds the wait for the server's close frame at the end.
 	CloseTimeout time.Duration
+	// Stalled is how many of the Conns connections stop reading their
+	// socket once `connected` arrived, spread evenly over the run (about
+	// every Conns/Stalled-th connection). Their kernel buffers fill and the
+	// server has to treat them as slow consumers; the event figures then
+	// cover the other (healthy) connections only, and the summary's
+	// `stalled` section says how many of these the server closed.
+	Stalled int
 
 	// PublishURL is the admin endpoint events are POSTed to, e.g.
 	// http://127.0.0.1:9506/v1/publish. Events are published only when
@@ -68,6 +75,10 @@ type Config struct {
 	Drain time.Duration
 	// Roles are the roles of published events; default ["any"].
 	Roles []string
+	// PayloadBytes pads each event payload with filler up to about this
+	// many bytes (0: no padding, about 40 bytes), so that queues and
+	// socket buffers fill at a realistic event size.
+	PayloadBytes int
 
 	// ServerPIDs are the processes whose RSS is reported.
 	ServerPIDs []int
@@ -112,6 +123,22 @@ func (c *Config) setDefaults() {
 	}
 }
 
+// maxPayloadBytes keeps a padded event under the node's 1 MiB publish
+// body limit with room for the envelope.
+const maxPayloadBytes = 512 << 10
+
+// isStalled reports whether run-wide connection g is one of the Stalled
+// ones: g is stalled when floor((g+1)*Stalled/Conns) steps past
+// floor(g*Stalled/Conns), which picks exactly Stalled of the Conns
+// indexes, evenly spaced, however the run is split over processes.
+func (c *Config) isStalled(g int) bool {
+	if c.Stalled <= 0 || c.Conns <= 0 {
+		return false
+	}
+	n, s := int64(c.Conns), int64(c.Stalled)
+	return (int64(g)+1)*s/n > int64(g)*s/n
+}
+
 // publishing reports whether the run publishes events.
 func (c *Config) publishing() bool { return c.Events > 0 && c.PublishURL != "" }
 
@@ -125,6 +152,12 @@ func (c *Config) validate() error {
 	}
 	if c.Events < 0 {
 		return errors.New("events must not be negative")
+	}
+	if c.Stalled < 0 || c.Stalled > c.Conns {
+		return fmt.Errorf("stalled must be between 0 and conns (%d)", c.Conns)
+	}
+	if c.PayloadBytes < 0 || c.PayloadBytes > maxPayloadBytes {
+		return fmt.Errorf("payload-bytes must be between 0 and %d", maxPayloadBytes)
 	}
 	if c.SourceIPs > 250 {
 		return errors.New("at most 250 source addresses (127.0.0.2-127.0.0.251)")

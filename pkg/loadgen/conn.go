@@ -11,6 +11,15 @@ const (
 	stDone                       // socket closed
 )
 
+// Stall phases of a connection picked by Config.Stalled.
+const (
+	stallNone     uint8 = iota // a healthy connection
+	stallPending               // will stall once `connected` arrives
+	stallHeld                  // ready, and its socket is no longer read
+	stallDraining              // read again at the end, to see whether the server closed it
+	stallClosed                // the server closed it (FIN, reset or close frame)
+)
+
 // conn is everything the generator keeps per connection. It is kept small
 // on purpose (about 48 bytes): no buffers while idle, no timers, no
 // goroutine. The loop's shared read buffer is used for every read; only a
@@ -19,6 +28,7 @@ type conn struct {
 	fd       int32
 	state    uint8
 	wasReady bool  // reached stReady once: counted in completeness
+	stall    uint8 // stallNone for a healthy connection
 	deadline int64 // unix ns: connect timeout, then close timeout
 	partial  *partial
 

@@ -11,6 +11,7 @@ type counters struct {
 	errConnect, errHandshake, errTimeout, errProto, errWrite atomic.Int64
 	errReset, serverCloses, errorFrames, authFailed          atomic.Int64
 	closedClean, closeTimeouts                               atomic.Int64
+	stalledOpen, stalledClosed                               atomic.Int64
 }
 
 // Progress is a snapshot of a generator's counters (one loop, one worker
@@ -52,6 +53,13 @@ type Progress struct {
 	// CloseTimeouts did not within the close timeout.
 	ClosedClean   int64 `json:"closed_clean"`
 	CloseTimeouts int64 `json:"close_timeouts"`
+	// StalledOpen are the stalled connections (Config.Stalled) that are
+	// ready and not read now; they are part of Open. StalledClosed are
+	// those the server closed (its FIN, a reset or its close frame seen
+	// before ours was answered); they count neither as dropped nor among
+	// the error kinds above, which describe the healthy connections.
+	StalledOpen   int64 `json:"stalled_open"`
+	StalledClosed int64 `json:"stalled_closed"`
 }
 
 // pending is the number of attempted connections neither ready nor failed.
@@ -68,6 +76,7 @@ func (c *counters) snapshot() Progress {
 		ErrProtocol: c.errProto.Load(), ErrWrite: c.errWrite.Load(), ErrReset: c.errReset.Load(),
 		ServerCloses: c.serverCloses.Load(), ErrorFrames: c.errorFrames.Load(), AuthFailed: c.authFailed.Load(),
 		ClosedClean: c.closedClean.Load(), CloseTimeouts: c.closeTimeouts.Load(),
+		StalledOpen: c.stalledOpen.Load(), StalledClosed: c.stalledClosed.Load(),
 	}
 	p.Attempted = c.attempted.Load()
 	return p
@@ -94,4 +103,9 @@ func (p *Progress) add(o Progress) {
 	p.AuthFailed += o.AuthFailed
 	p.ClosedClean += o.ClosedClean
 	p.CloseTimeouts += o.CloseTimeouts
+	p.StalledOpen += o.StalledOpen
+	p.StalledClosed += o.StalledClosed
 }
+
+// healthyOpen is the open connections that read their sockets.
+func (p Progress) healthyOpen() int64 { return p.Open - p.StalledOpen }

@@ -89,7 +89,9 @@ type workerResult struct {
 	SeqCount  []int64  `json:"seq_count"`
 	FirstRecv int64    `json:"first_recv"`
 	LastRecv  int64    `json:"last_recv"`
-	// Completeness over the connections that were ready at some point.
+	// Completeness over the healthy connections that were ready at some
+	// point; StalledReady counts the stalled ones that were.
+	StalledReady  int            `json:"stalled_ready"`
 	ConnsReady    int            `json:"conns_ready"`
 	ConnsComplete int            `json:"conns_complete"`
 	ConnsMissing  int            `json:"conns_missing"`
@@ -123,6 +125,10 @@ func (e *engine) result() *workerResult {
 		for i := range l.conns {
 			c := &l.conns[i]
 			if !c.wasReady {
+				continue
+			}
+			if c.stall != stallNone {
+				r.StalledReady++
 				continue
 			}
 			r.ConnsReady++

@@ -50,7 +50,19 @@ type loop struct {
 	firstRecv int64
 	lastRecv  int64
 	sources   map[netip.Addr]int
+
+	// draining is how many stalled connections are being read again at
+	// the end (stallDraining and still ready); lastStallRead is when one
+	// of them last received bytes.
+	draining      int
+	lastStallRead time.Time
 }
+
+// stallQuiet is how long the stalled connections read again at the end
+// must stay silent before the generator takes it that nothing more is
+// coming (on loopback the rest of a closed connection's bytes and its FIN
+// follow the reader's window update within microseconds).
+const stallQuiet = 300 * time.Millisecond
 
 func newLoop(cfg *Config, t *target, n, globalFirst, stride int, rate float64, stop *atomic.Bool, seed uint64) (*loop, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
@@ -93,6 +105,13 @@ func (l *loop) run() {
 		if !closing && l.stop.Load() {
 			closing, closeBy = true, now.Add(l.cfg.CloseTimeout)
 			l.closeAll(now)
+			// What the stalled connections still hold is read first,
+			// within the same bound; endStallDrain then gives their
+			// close handshake a bound of its own.
+		}
+		if closing && l.draining > 0 && (now.Sub(l.lastStallRead) > stallQuiet || now.After(closeBy)) {
+			l.endStallDrain(now)
+			closeBy = now.Add(l.cfg.CloseTimeout)
 		}
 		if closing && (l.live() == 0 || now.After(closeBy)) {
 			l.forceCloseAll()
@@ -169,6 +188,10 @@ func (l *loop) open(i int, now time.Time) {
 	c := &l.conns[i]
 	c.fd = -1
 	c.deadline = now.Add(l.cfg.ConnectTimeout).UnixNano()
+	c.stall = stallNone
+	if l.cfg.isStalled(l.globalFirst + i*l.stride) {
+		c.stall = stallPending
+	}
 	l.ctr.attempted.Add(1)
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -209,6 +232,14 @@ func (l *loop) handle(i int, ev uint32) {
 	if c.state == stDone {
 		return
 	}
+	if c.stall == stallHeld {
+		// Only EPOLLRDHUP is asked for (EPOLLHUP and EPOLLERR always
+		// come): the server's FIN or a reset, seen without reading.
+		if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+			l.serverClosedStalled(c)
+		}
+		return
+	}
 	if c.state == stConnecting {
 		if ev&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) == 0 {
 			return
@@ -230,6 +261,82 @@ func (l *loop) handle(i int, ev uint32) {
 	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		l.readAll(c, ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0)
 	}
+	if c.stall == stallPending && c.state == stReady {
+		l.hold(i, c)
+	}
+}
+
+// hold stops reading stalled connection i: its epoll interest shrinks to
+// EPOLLRDHUP, so what the server sends piles up in the kernel buffers and
+// then in the server's queue, as with a client that stopped reading.
+func (l *loop) hold(i int, c *conn) {
+	ev := unix.EpollEvent{Events: unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(i)}
+	// Should the change fail, the socket is still never read (readAll
+	// skips held connections), only its wake-ups are not saved.
+	_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, int(c.fd), &ev)
+	c.stall = stallHeld
+	l.ctr.stalledOpen.Add(1)
+}
+
+// unhold reads stalled connection i again, at the end, to learn whether
+// the server closed it: the server's FIN (and its close frame, when it
+// could still write one) sits behind the bytes the connection did not
+// read.
+func (l *loop) unhold(i int, c *conn, now time.Time) {
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(i)}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, int(c.fd), &ev); err != nil {
+		l.lose(c, &l.ctr.errProto)
+		return
+	}
+	c.stall = stallDraining
+	l.draining++
+	l.lastStallRead = now
+	l.readAll(c, true)
+}
+
+// stalledEnded classifies the end of a stalled connection being read
+// again. Before our close frame was sent, an EOF or a reset means the
+// server had closed it. After, a reset still does: our close frame
+// reached a socket the server had closed (the kernel answers data for a
+// closed socket with a reset). But an EOF then is the server answering
+// our close frame: it closes at once, without its echo, when bytes are
+// still queued for the connection (as when the drain was cut short by
+// the close timeout), so it says nothing about a slow-consumer close.
+func (l *loop) stalledEnded(c *conn, eof bool) {
+	if c.state == stClosing && eof {
+		l.closeFD(c)
+		return
+	}
+	l.serverClosedStalled(c)
+}
+
+// serverClosedStalled counts and closes a stalled connection the server
+// closed.
+func (l *loop) serverClosedStalled(c *conn) {
+	if c.stall == stallDraining && c.state == stReady {
+		l.draining--
+	}
+	l.ctr.stalledClosed.Add(1)
+	l.closeFD(c) // while c.stall still says it was counted as stalled
+	c.stall = stallClosed
+}
+
+// endStallDrain sends the close frame to the stalled connections that
+// are still open after their bytes were read: the server kept them.
+func (l *loop) endStallDrain(now time.Time) {
+	closeNormal := []byte{0x03, 0xE8} // 1000
+	for i := range l.conns[:l.ctr.attempted.Load()] {
+		c := &l.conns[i]
+		if c.stall != stallDraining || c.state != stReady {
+			continue
+		}
+		if l.sendFrame(c, opClose, closeNormal) {
+			l.leaveReady(c)
+			c.state = stClosing
+			c.deadline = now.UnixNano()
+		}
+	}
+	l.draining = 0
 }
 
 // sendUpgrade writes the HTTP upgrade request with a fresh key.
@@ -253,6 +360,11 @@ func (l *loop) write(c *conn, b []byte) bool {
 			continue
 		}
 		if err != nil || n != len(b) {
+			if c.stall == stallDraining {
+				// EPIPE or a reset: the server closed it.
+				l.serverClosedStalled(c)
+				return false
+			}
 			l.lose(c, &l.ctr.errWrite)
 			return false
 		}
@@ -273,9 +385,16 @@ func (l *loop) sendFrame(c *conn, opcode byte, payload []byte) bool {
 // error, which no later edge would report.
 func (l *loop) readAll(c *conn, hangup bool) {
 	for c.state != stDone {
+		if c.stall == stallHeld || (c.stall == stallPending && c.state == stReady) {
+			// A stalled connection reads nothing past `connected`.
+			return
+		}
 		n, err := unix.Read(int(c.fd), l.buf)
 		switch {
 		case n > 0:
+			if c.stall == stallDraining {
+				l.lastStallRead = time.Now()
+			}
 			if !l.consume(c, l.buf[:n]) {
 				return
 			}
@@ -290,6 +409,10 @@ func (l *loop) readAll(c *conn, hangup bool) {
 			return
 		case errors.Is(err, unix.EINTR):
 		default: // EOF or reset
+			if c.stall == stallDraining {
+				l.stalledEnded(c, n == 0 && err == nil)
+				return
+			}
 			if c.state == stClosing {
 				l.finish(c)
 			} else {
@@ -362,6 +485,12 @@ func (l *loop) frame(c *conn, h frameHeader, payload []byte) bool {
 	case opPong:
 		return true
 	case opClose:
+		if c.stall == stallDraining && (c.state == stReady || closeCode(payload) == closePolicyViolation) {
+			// Its own close frame (1008 for a slow consumer), not the
+			// answer to ours.
+			l.serverClosedStalled(c)
+			return false
+		}
 		if c.state == stClosing {
 			l.finish(c)
 			return false
@@ -444,9 +573,26 @@ func (l *loop) ready(c *conn) {
 	l.ctr.open.Add(1)
 }
 
+// closePolicyViolation is the close code a server closes a slow consumer
+// with.
+const closePolicyViolation = 1008
+
+// closeCode is the status code of a close frame's payload (1005, "no
+// status", when it has none).
+func closeCode(payload []byte) int {
+	if len(payload) < 2 {
+		return 1005
+	}
+	return int(payload[0])<<8 | int(payload[1])
+}
+
 // event records one delivery: latency, completeness, time to last
-// delivery of its sequence.
+// delivery of its sequence. A stalled connection's events (read only at
+// the end, if at all) are left out: the figures are the healthy ones'.
 func (l *loop) event(c *conn, msg []byte) {
+	if c.stall != stallNone {
+		return
+	}
 	seq, sent, ok := eventStamp(msg)
 	if !ok || seq >= len(l.seqCount) {
 		l.ctr.foreign.Add(1)
@@ -482,14 +628,15 @@ var pingMsg = []byte(`{"type":"ping"}`)
 
 func (l *loop) pingAll() {
 	for i := range l.conns[:l.ctr.attempted.Load()] {
-		if c := &l.conns[i]; c.state == stReady {
+		if c := &l.conns[i]; c.state == stReady && c.stall == stallNone {
 			l.sendFrame(c, opText, pingMsg)
 		}
 	}
 }
 
-// closeAll starts the closing handshake on every ready connection and
-// abandons those still connecting.
+// closeAll starts the closing handshake on every ready connection,
+// abandons those still connecting, and starts reading the stalled ones
+// again (their handshake follows in endStallDrain).
 func (l *loop) closeAll(now time.Time) {
 	closeNormal := []byte{0x03, 0xE8} // 1000
 	for i := range l.conns[:l.ctr.attempted.Load()] {
@@ -498,9 +645,11 @@ func (l *loop) closeAll(now time.Time) {
 		case c.state == stDone:
 		case c.state < stReady:
 			l.fail(c, &l.ctr.errTimeout)
+		case c.stall == stallHeld:
+			l.unhold(i, c, now)
 		default:
 			if l.sendFrame(c, opClose, closeNormal) {
-				l.ctr.open.Add(-1)
+				l.leaveReady(c)
 				c.state = stClosing
 				c.deadline = now.UnixNano()
 			}
@@ -520,9 +669,17 @@ func (l *loop) forceCloseAll() {
 	}
 }
 
+// leaveReady takes c, which is leaving stReady, out of the open counts.
+func (l *loop) leaveReady(c *conn) {
+	l.ctr.open.Add(-1)
+	if c.stall == stallHeld || c.stall == stallDraining {
+		l.ctr.stalledOpen.Add(-1)
+	}
+}
+
 func (l *loop) closeFD(c *conn) {
 	if c.state == stReady {
-		l.ctr.open.Add(-1)
+		l.leaveReady(c)
 	}
 	if c.fd >= 0 {
 		unix.Close(int(c.fd))

@@ -15,12 +15,23 @@ var (
 	typeKey = []byte(`"type":"`)
 )
 
-// appendPayload appends the payload of event seq sent at sentNanos.
-func appendPayload(dst []byte, seq int, sentNanos int64) []byte {
+// appendPayload appends the payload of event seq sent at sentNanos. With
+// size > 0 a filler string "sbpad" brings the payload to about size bytes;
+// it comes after the two stamps, so the scan for them stops early.
+func appendPayload(dst []byte, seq int, sentNanos int64, size int) []byte {
+	start := len(dst)
 	dst = append(dst, `{"sbseq":`...)
 	dst = strconv.AppendInt(dst, int64(seq), 10)
 	dst = append(dst, `,"sbts":`...)
 	dst = strconv.AppendInt(dst, sentNanos, 10)
+	const padKey = `,"sbpad":"`
+	if fill := size - (len(dst) - start) - len(padKey) - 2; fill > 0 {
+		dst = append(dst, padKey...)
+		for range fill {
+			dst = append(dst, 'x')
+		}
+		dst = append(dst, '"')
+	}
 	return append(dst, '}')
 }
 

@@ -103,7 +103,7 @@ func (p *publisher) message(seq int, now time.Time) ([]byte, error) {
 	ts, _ := json.Marshal(now.UTC().Format("2006-01-02T15:04:05.000-07:00"))
 	return protocol.MarshalEvent(&protocol.Event{
 		Project: p.t.project, Roles: p.cfg.Roles, Channels: p.t.channels,
-		Events: []string{"bench.event"}, Timestamp: ts, Payload: appendPayload(nil, seq, now.UnixNano()),
+		Events: []string{"bench.event"}, Timestamp: ts, Payload: appendPayload(nil, seq, now.UnixNano(), p.cfg.PayloadBytes),
 	})
 }
 

@@ -32,8 +32,11 @@ type Summary struct {
 	Counters Progress `json:"counters"`
 	// Sources counts connections per local address (from getsockname).
 	Sources map[string]int `json:"sources"`
-	// Events is present when the run published.
+	// Events is present when the run published. With Stalled connections
+	// its figures cover the healthy connections only.
 	Events *EventSummary `json:"events,omitempty"`
+	// Stalled is present when the run had stalled connections.
+	Stalled *StalledSummary `json:"stalled,omitempty"`
 	// Servers are the --server-pid processes; Generator is the sum over
 	// the generator's processes.
 	Servers   []ProcMem `json:"servers,omitempty"`
@@ -53,6 +56,12 @@ type ProcMem struct {
 	// RSSBefore and RSSAfter are in bytes.
 	RSSBefore int64 `json:"rss_before"`
 	RSSAfter  int64 `json:"rss_after"`
+	// RSSEnd is sampled after the hold and the deliveries, before the
+	// generator closes its connections; RSSPeak is the largest of the
+	// samples taken every 250 ms from full count to then. Both are for
+	// server processes only (0 for the generator).
+	RSSEnd  int64 `json:"rss_end,omitempty"`
+	RSSPeak int64 `json:"rss_peak,omitempty"`
 	// PerConn is (after - before) / open connections at full count.
 	PerConn float64 `json:"rss_per_conn"`
 	// CPUSeconds is the CPU time (user + system) used from the start of
@@ -91,6 +100,20 @@ type EventSummary struct {
 	// DeliveriesPerSec is deliveries over first publish to last delivery;
 	// below conns x publish rate it only measures the offered load.
 	DeliveriesPerSec float64 `json:"deliveries_per_sec"`
+}
+
+// StalledSummary is what became of the connections that stopped reading
+// (Config.Stalled).
+type StalledSummary struct {
+	// Conns is how many were asked to stall; Ready how many of them
+	// reached `connected` (and stopped reading then).
+	Conns int `json:"conns"`
+	Ready int `json:"ready"`
+	// ClosedByServer were closed by the server while stalled: its FIN,
+	// a reset or its close frame was found behind the unread bytes when
+	// the generator read them at the end. OpenAtEnd were still open then.
+	ClosedByServer int64 `json:"closed_by_server"`
+	OpenAtEnd      int64 `json:"open_at_end"`
 }
 
 // Run executes one benchmark: connect, hold, publish, measure, close. It
@@ -173,13 +196,16 @@ func Run(ctx context.Context, cfg Config, progress io.Writer, workerStderr io.Wr
 	sum.Generator.PerConn = perConn(sum.Generator.RSSBefore, sum.Generator.RSSAfter, full.Open)
 
 	// Hold, and publish meanwhile.
+	peaks := sampleRSS(cfg.ServerPIDs)
 	var prep publishReport
 	if pub != nil && ctx.Err() == nil {
-		rep.setExpected(full.Open * int64(cfg.Events))
+		// Stalled connections read nothing: only the healthy ones are
+		// waited for.
+		rep.setExpected(full.healthyOpen() * int64(cfg.Events))
 		prep = pub.run(ctx)
 		drainBy := time.Now().Add(cfg.Drain)
 		for ctx.Err() == nil && time.Now().Before(drainBy) {
-			if p := total(workers); p.Events >= p.Open*int64(prep.Published) {
+			if p := total(workers); p.Events >= p.healthyOpen()*int64(prep.Published) {
 				break
 			}
 			sleep(ctx, pollInterval)
@@ -187,6 +213,14 @@ func Run(ctx context.Context, cfg Config, progress io.Writer, workerStderr io.Wr
 	}
 	if d := time.Until(rampedAt.Add(cfg.Hold)); d > 0 {
 		sleep(ctx, d)
+	}
+	peak := peaks.stop()
+	for i := range sum.Servers {
+		s := &sum.Servers[i]
+		if r, err := readRSS(s.PID); err == nil {
+			s.RSSEnd = r
+		}
+		s.RSSPeak = max(peak[i], s.RSSEnd)
 	}
 	rep.stop()
 	for i := range sum.Servers {
@@ -304,6 +338,42 @@ func total(ws []worker) Progress {
 	return p
 }
 
+// rssSampler records the largest RSS of some processes until stopped.
+type rssSampler struct {
+	done chan struct{}
+	peak chan []int64
+}
+
+// sampleRSS samples the RSS of pids every 250 ms in a goroutine.
+func sampleRSS(pids []int) *rssSampler {
+	s := &rssSampler{done: make(chan struct{}), peak: make(chan []int64, 1)}
+	go func() {
+		peak := make([]int64, len(pids))
+		tick := time.NewTicker(250 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			for i, pid := range pids {
+				if r, err := readRSS(pid); err == nil {
+					peak[i] = max(peak[i], r)
+				}
+			}
+			select {
+			case <-s.done:
+				s.peak <- peak
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return s
+}
+
+// stop ends the sampling and returns the peak per process.
+func (s *rssSampler) stop() []int64 {
+	close(s.done)
+	return <-s.peak
+}
+
 func perConn(before, after, n int64) float64 {
 	if n <= 0 {
 		return 0
@@ -330,9 +400,11 @@ func merge(sum *Summary, results []*workerResult, cfg *Config, published bool, p
 		missing               int64
 		withDups              int
 		firstRecv, lastRecv   int64
+		stalledReady          int
 	)
 	for _, r := range results {
 		sum.Counters.add(r.Progress)
+		stalledReady += r.StalledReady
 		for a, n := range r.Sources {
 			sum.Sources[a] += n
 		}
@@ -349,6 +421,13 @@ func merge(sum *Summary, results []*workerResult, cfg *Config, published bool, p
 			firstRecv = r.FirstRecv
 		}
 		lastRecv = max(lastRecv, r.LastRecv)
+	}
+	if cfg.Stalled > 0 {
+		sum.Stalled = &StalledSummary{
+			Conns: cfg.Stalled, Ready: stalledReady,
+			ClosedByServer: sum.Counters.StalledClosed,
+			OpenAtEnd:      int64(stalledReady) - sum.Counters.StalledClosed,
+		}
 	}
 	if !published {
 		return

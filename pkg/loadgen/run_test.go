@@ -228,3 +228,121 @@ func TestAuthenticationMessageGivesTheUsersRoles(t *testing.T) {
 		t.Errorf("bad session: counters %+v; want %d auth failures, connections kept as guests", sum.Counters, conns)
 	}
 }
+
+// TestStalledConnectionsAreClosedAsSlowConsumers stalls every sixth
+// connection: those stop reading after `connected`, their kernel buffers
+// fill, then the node's queue (a small --max-queue-bytes), and the node
+// closes them with 1008. The healthy ones must still get every event, and
+// the generator must find each server close behind the unread bytes.
+func TestStalledConnectionsAreClosedAsSlowConsumers(t *testing.T) {
+	const conns, stalled, events = 60, 10, 300
+	reg := prometheus.NewRegistry()
+	s := startNode(t, func(c *server.Config) {
+		c.ConnectsPerIP = 0
+		c.MaxQueueBytes = 512 << 10 // 32 events of slack for a healthy reader
+		c.Registry = reg
+	})
+	cfg := benchConfig(s, conns, events)
+	cfg.Stalled = stalled
+	// 300 events of 16 KB are 4.8 MB per connection, more than a socket
+	// that is not read holds before the node's queue starts: the node's
+	// send buffer is sized from the initial congestion window (about
+	// 2.6 MB on loopback with stock tcp_wmem), the client's receive buffer
+	// stays at tcp_rmem's default (128 KiB stock) as it never reads. So
+	// every stalled connection overflows its 512 KiB queue. 60 events/s
+	// (1 MB/s per healthy connection) keeps the healthy ones far from
+	// theirs even under -race on a busy machine.
+	cfg.PayloadBytes = 16 << 10
+	cfg.PublishRate = 60
+	sum := run(t, cfg)
+
+	c := sum.Counters
+	if sum.OpenAtFull != conns || c.Failed != 0 || c.Dropped != 0 {
+		t.Fatalf("open at full %d, counters %+v; want %d open, none failed or dropped", sum.OpenAtFull, c, conns)
+	}
+	ev := sum.Events
+	healthy := conns - stalled
+	if ev == nil || ev.Published != events || ev.Expected != int64(healthy*events) || ev.Completeness != 1 ||
+		ev.ConnsComplete != healthy || ev.Duplicates != 0 || ev.Latency.Count != uint64(healthy*events) {
+		t.Fatalf("events %+v; want all %d events on each of the %d healthy connections", ev, events, healthy)
+	}
+	st := sum.Stalled
+	if st == nil || st.Conns != stalled || st.Ready != stalled || st.ClosedByServer != stalled || st.OpenAtEnd != 0 {
+		t.Fatalf("stalled %+v; want all %d ready, then closed by the server", st, stalled)
+	}
+	if c.ClosedClean != int64(healthy) {
+		t.Errorf("closed cleanly %d, want the %d healthy connections", c.ClosedClean, healthy)
+	}
+	if got := counterValue(t, reg, "switchboard_slow_consumer_closes_total"); got != stalled {
+		t.Errorf("node's slow consumer closes %v, want %d", got, stalled)
+	}
+	if srv := sum.Servers; len(srv) != 1 || srv[0].RSSEnd <= 0 || srv[0].RSSPeak < srv[0].RSSEnd {
+		t.Errorf("servers %+v: want RSS at the end and a peak at least as large", srv)
+	}
+}
+
+// TestStalledConnectionsTheNodeKeepsAreReportedOpen stalls connections
+// that receive too little to overflow anything: none may be reported as
+// closed by the server, and their close handshake still completes.
+func TestStalledConnectionsTheNodeKeepsAreReportedOpen(t *testing.T) {
+	const conns, stalled, events = 20, 5, 10
+	s := startNode(t, func(c *server.Config) { c.ConnectsPerIP = 0 })
+	cfg := benchConfig(s, conns, events)
+	cfg.Stalled = stalled
+	sum := run(t, cfg)
+	if ev := sum.Events; ev == nil || ev.Completeness != 1 || ev.ConnsComplete != conns-stalled {
+		t.Fatalf("events %+v", sum.Events)
+	}
+	if st := sum.Stalled; st == nil || st.Ready != stalled || st.ClosedByServer != 0 || st.OpenAtEnd != stalled {
+		t.Fatalf("stalled %+v; want %d ready and kept open", sum.Stalled, stalled)
+	}
+	if sum.Counters.ClosedClean != conns {
+		t.Errorf("closed cleanly %d of %d", sum.Counters.ClosedClean, conns)
+	}
+}
+
+// TestStalledConnectionsCutShortAreNotCountedAsClosed stalls connections
+// under a queue limit they cannot reach, and cuts the end's read-again
+// short (a tiny close timeout) while megabytes are still queued for them:
+// the node then answers the generator's close frame by closing at once,
+// without its echo, which must not be taken for a slow-consumer close.
+func TestStalledConnectionsCutShortAreNotCountedAsClosed(t *testing.T) {
+	const conns, stalled, events = 20, 5, 300
+	reg := prometheus.NewRegistry()
+	s := startNode(t, func(c *server.Config) {
+		c.ConnectsPerIP = 0
+		c.MaxQueueBytes = 64 << 20
+		c.Registry = reg
+	})
+	cfg := benchConfig(s, conns, events)
+	cfg.Stalled = stalled
+	cfg.PayloadBytes = 16 << 10
+	cfg.PublishRate = 60
+	cfg.CloseTimeout = 100 * time.Millisecond
+	sum := run(t, cfg)
+	if ev := sum.Events; ev == nil || ev.Completeness != 1 {
+		t.Fatalf("events %+v", sum.Events)
+	}
+	if got := counterValue(t, reg, "switchboard_slow_consumer_closes_total"); got != 0 {
+		t.Fatalf("node's slow consumer closes %v: the queue limit was reached", got)
+	}
+	if st := sum.Stalled; st == nil || st.Ready != stalled || st.ClosedByServer != 0 || st.OpenAtEnd != stalled {
+		t.Fatalf("stalled %+v; want %d ready, none closed by the server", sum.Stalled, stalled)
+	}
+}
+
+// counterValue is the value of an unlabelled counter in reg.
+func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no counter %s", name)
+	return 0
+}

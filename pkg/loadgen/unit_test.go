@@ -3,6 +3,7 @@ package loadgen
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -101,7 +102,7 @@ func TestParseFrameHeader(t *testing.T) {
 }
 
 func TestEventStamp(t *testing.T) {
-	payload := appendPayload(nil, 42, 1700000000123456789)
+	payload := appendPayload(nil, 42, 1700000000123456789, 0)
 	frame := fmt.Sprintf(`{"type":"event","data":{"events":["bench.event"],"channels":["files"],"timestamp":"x","payload":%s,"subscriptions":["s"]}}`, payload)
 	if string(messageType([]byte(frame))) != "event" {
 		t.Fatalf("type %q", messageType([]byte(frame)))
@@ -112,6 +113,45 @@ func TestEventStamp(t *testing.T) {
 	}
 	if _, _, ok := eventStamp([]byte(`{"type":"event","data":{"payload":{"$id":"f"}}}`)); ok {
 		t.Error("foreign event parsed as the generator's")
+	}
+}
+
+func TestPaddedPayloadIsValidJSONOfTheAskedSize(t *testing.T) {
+	for _, size := range []int{0, 10, 100, 1024, 4096} {
+		p := appendPayload(nil, 7, 1700000000123456789, size)
+		var v map[string]any
+		if err := json.Unmarshal(p, &v); err != nil {
+			t.Fatalf("size %d: %s: %v", size, p, err)
+		}
+		if size >= 100 && len(p) != size {
+			t.Errorf("size %d: payload is %d bytes", size, len(p))
+		}
+		seq, ts, ok := eventStamp(p)
+		if !ok || seq != 7 || ts != 1700000000123456789 {
+			t.Errorf("size %d: stamp %d %d %v", size, seq, ts, ok)
+		}
+	}
+}
+
+func TestStalledConnectionsAreSpreadEvenly(t *testing.T) {
+	for _, tc := range []struct{ conns, stalled int }{{60, 10}, {11000, 1000}, {7, 3}, {5, 5}, {5, 0}} {
+		cfg := Config{Conns: tc.conns, Stalled: tc.stalled}
+		n, last, maxGap := 0, -1, 0
+		for g := range tc.conns {
+			if cfg.isStalled(g) {
+				n++
+				if last >= 0 {
+					maxGap = max(maxGap, g-last)
+				}
+				last = g
+			}
+		}
+		if n != tc.stalled {
+			t.Errorf("%d of %d: %d stalled", tc.stalled, tc.conns, n)
+		}
+		if tc.stalled > 0 && maxGap > (tc.conns+tc.stalled-1)/tc.stalled {
+			t.Errorf("%d of %d: gap %d between stalled connections", tc.stalled, tc.conns, maxGap)
+		}
 	}
 }
 
