@@ -22,6 +22,7 @@
 #
 # Usage: sysctl/conntrack.sh [--dry-run] raise [--max N] [--buckets N]
 #        sysctl/conntrack.sh [--dry-run] notrack [--port 9505] [--remove]
+#        sysctl/conntrack.sh [--dry-run] --notrack PORT     (the same as notrack --port PORT)
 #        sysctl/conntrack.sh status
 # Environment: SYSCTL_ROOT (default /proc/sys), SYS_MODULE_ROOT (default
 # /sys/module) -- the trees read and written, for tests.
@@ -49,6 +50,7 @@ while [ $# -gt 0 ]; do
 	--max) max=${2:?--max needs a number}; shift ;;
 	--buckets) buckets=${2:?--buckets needs a number}; shift ;;
 	--port) port=${2:?--port needs a number}; shift ;;
+	--notrack) cmd=notrack; port=${2:?--notrack needs a port}; shift ;;
 	--remove) remove=1 ;;
 	raise | notrack | status) cmd=$1 ;;
 	-h | --help) usage; exit 0 ;;
