@@ -92,7 +92,7 @@ func (c *conn) subscribe(msg protocol.ClientMessage) {
 		if r.ID == "" {
 			r.ID = randomSubscriptionID()
 		}
-		sub, err := newSubscription(r.ID, r, uid)
+		sub, err := c.srv.newSubscription(r.ID, r, uid)
 		if err != nil {
 			c.sendErr(err)
 			return
@@ -192,12 +192,13 @@ func (c *conn) reindex() {
 
 // newSubscription validates a requested subscription for user uid and
 // compiles its queries.
-func newSubscription(id string, r protocol.Subscription, uid string) (subscription, error) {
+func (s *Server) newSubscription(id string, r protocol.Subscription, uid string) (subscription, error) {
 	filter, err := query.Compile(r.Queries)
 	if err != nil {
 		return subscription{}, err
 	}
-	return subscription{id: id, channels: protocol.ConvertAccountChannels(r.Channels, uid), queries: r.Queries, filter: filter}, nil
+	channels := s.strs.all(protocol.ConvertAccountChannels(r.Channels, uid))
+	return subscription{id: s.strs.get(id), channels: channels, queries: r.Queries, filter: filter}, nil
 }
 
 // slotSubscriptionID derives the id of a URL slot from its content, so that

@@ -127,6 +127,7 @@ type Server struct {
 	allowed    map[string]bool
 
 	idx        *index.Index[*conn]
+	strs       interner
 	users      userTable
 	projects   projectTable
 	connects   connectLimiter

@@ -223,7 +223,7 @@ func (c *conn) open(h *handshake) {
 	var ids []string
 	var channels []string
 	for i, sl := range q.Slots {
-		sub, err := newSubscription(slotSubscriptionID(q.SlotIndexes[i], sl), sl, id.UserID)
+		sub, err := s.newSubscription(slotSubscriptionID(q.SlotIndexes[i], sl), sl, id.UserID)
 		if err != nil {
 			c.failErr(err)
 			return
@@ -239,7 +239,7 @@ func (c *conn) open(h *handshake) {
 		return
 	}
 	c.mu.Lock()
-	c.project, c.userID, c.roles, c.subs = project, id.UserID, id.Roles, subs
+	c.project, c.userID, c.roles, c.subs = s.strs.get(project), id.UserID, id.Roles, subs
 	if !c.closed {
 		s.users.add(userKey{project, id.UserID}, c)
 		s.projects.add(project)
