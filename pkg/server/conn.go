@@ -160,18 +160,7 @@ func (c *conn) adopt(nc netpoll.Connection) {
 			c.feed(early)
 		}
 	}()
-	c.mu.Lock()
-	if !c.shutReq && !c.closed && !c.readClosed {
-		if err := c.srv.input.arm(c, &c.inArmed); err == nil {
-			c.mu.Unlock()
-			return
-		}
-	}
-	if c.closed {
-		c.mu.Unlock()
-		return
-	}
-	c.closeAdoptedLocked()
+	c.awaitInput(false)
 }
 
 // readable runs on the input poller's goroutine when an adopted socket has
@@ -196,7 +185,7 @@ const readBufSize = 16 << 10
 // closes the connection.
 func (c *conn) readAdopted() {
 	eof := false
-	defer func() { c.endRead(eof) }()
+	defer func() { c.awaitInput(eof) }()
 	defer c.recoverConn()
 	bp, _ := c.srv.readBufs.Get().(*[]byte)
 	if bp == nil {
@@ -219,9 +208,10 @@ func (c *conn) readAdopted() {
 	}
 }
 
-// endRead ends a read of an adopted socket: it closes the connection if
-// that was asked for meanwhile or the peer is gone, else waits for input.
-func (c *conn) endRead(eof bool) {
+// awaitInput ends a read of an adopted socket (or its adoption): it closes
+// the connection if that was asked for meanwhile or the peer is gone (eof),
+// else gives the socket back to the input poller.
+func (c *conn) awaitInput(eof bool) {
 	c.mu.Lock()
 	c.reading = false
 	if !eof && !c.shutReq && !c.closed && !c.readClosed {
