@@ -164,8 +164,9 @@ func (c *conn) adopt(nc netpoll.Connection) {
 }
 
 // readable runs on the input poller's goroutine when an adopted socket has
-// input or was closed by the peer. Reading happens on a goroutine of its
-// own, as netpoll does, because a message can wait on the auth backend.
+// input or was closed by the peer. Reading happens on a reader pool
+// goroutine, as netpoll's handlers run on its pool, because a message can
+// wait on the auth backend.
 func (c *conn) readable() {
 	c.mu.Lock()
 	if c.closed {
@@ -174,7 +175,7 @@ func (c *conn) readable() {
 	}
 	c.reading = true
 	c.mu.Unlock()
-	go c.readAdopted()
+	c.srv.readers.run(c)
 }
 
 // readBufSize is the size of the pooled buffers adopted sockets are read

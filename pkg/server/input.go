@@ -124,3 +124,50 @@ func (p *poller) close() {
 	var one = [8]byte{1}
 	_, _ = unix.Write(p.wakefd, one[:])
 }
+
+// maxReaders bounds the goroutines reading adopted sockets at once. A read
+// usually takes microseconds, but one that waits on the auth backend holds
+// its goroutine; beyond the bound, readable sockets wait in a queue, so a
+// burst (every client of a node pinging at once) cannot start a goroutine
+// per connection.
+const maxReaders = 1024
+
+// readerPool runs conn.readAdopted for readable sockets on at most
+// maxReaders goroutines, reusing a goroutine while work is queued.
+type readerPool struct {
+	mu      sync.Mutex
+	running int
+	queue   []*conn
+}
+
+// run reads c on a pool goroutine, now or when one is free.
+func (p *readerPool) run(c *conn) {
+	p.mu.Lock()
+	if p.running >= maxReaders {
+		p.queue = append(p.queue, c)
+		p.mu.Unlock()
+		return
+	}
+	p.running++
+	p.mu.Unlock()
+	go p.work(c)
+}
+
+func (p *readerPool) work(c *conn) {
+	for c != nil {
+		c.readAdopted()
+		p.mu.Lock()
+		c = nil
+		if len(p.queue) > 0 {
+			c = p.queue[0]
+			p.queue[0] = nil
+			p.queue = p.queue[1:]
+			if len(p.queue) == 0 {
+				p.queue = nil // let a burst's backing array go
+			}
+		} else {
+			p.running--
+		}
+		p.mu.Unlock()
+	}
+}

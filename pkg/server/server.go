@@ -139,6 +139,7 @@ type Server struct {
 	waiter     *poller // EPOLLOUT for sockets whose send buffer was full
 	input      *poller // client input of connections netpoll handed over
 	readBufs   sync.Pool
+	readers    readerPool
 
 	serving  atomic.Bool
 	draining atomic.Bool
