@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"unicode/utf8"
@@ -59,7 +60,8 @@ type conn struct {
 	// Everything below is guarded by mu: the router, the write pool and the
 	// read side all reach it.
 	mu       sync.Mutex
-	queued   bool // in the write pool's channel
+	queued   bool // in the write pool's channel, or being drained by it
+	writing  bool // a writev runs without mu: nobody else writes, and closing waits for it
 	waitOut  bool // socket full: waiting for EPOLLOUT before writing again
 	outArmed bool // fd in the waiter's epoll
 	inArmed  bool // fd in the input poller's epoll
@@ -234,7 +236,7 @@ func (c *conn) shut() {
 	switch {
 	case c.closed:
 		c.mu.Unlock()
-	case c.handover || c.reading:
+	case c.handover || c.reading || c.writing:
 		// The goroutine that holds the socket closes it when done.
 		c.shutReq = true
 		c.mu.Unlock()
@@ -248,8 +250,14 @@ func (c *conn) shut() {
 }
 
 // closeAdoptedLocked closes an adopted connection. The caller holds c.mu,
-// which it releases; no read of the socket is in progress.
+// which it releases; no read of the socket is in progress. A write in
+// progress closes it when it ends.
 func (c *conn) closeAdoptedLocked() {
+	if c.writing {
+		c.shutReq = true
+		c.mu.Unlock()
+		return
+	}
 	c.srv.input.forget(c, &c.inArmed)
 	c.releaseLocked()
 	c.mu.Unlock()
@@ -389,9 +397,9 @@ func (c *conn) send(f outFrame) {
 	c.mu.Lock()
 	c.appendLocked(f)
 	err := c.flushLocked()
-	abort := c.abort
+	closeNow := c.abort || c.shutReq
 	c.mu.Unlock()
-	if err != nil || abort {
+	if err != nil || closeNow {
 		c.shut()
 	}
 }
@@ -445,26 +453,43 @@ var slowConsumerClose = closeFrame(ws.StatusPolicyViolation, "slow consumer")
 
 // flushLocked writes the queue until it is empty or the socket is full. A
 // full socket arms a one-shot EPOLLOUT wait and is not an error.
+//
+// The writev runs without c.mu: the router queues the next events on c
+// meanwhile instead of waiting out a syscall, and what it queues leaves in
+// the next writev of the same loop. Only one goroutine writes at a time
+// (c.writing); another caller finds it writing and leaves its frames to it,
+// and a close waits for it (shut and closeAdoptedLocked set shutReq, which
+// the writer's caller acts on), so the fd is never closed under a writev.
 func (c *conn) flushLocked() error {
-	if len(c.out) == 0 || c.waitOut || c.closed {
-		return nil
+	for len(c.out) > 0 && !c.waitOut && !c.closed && !c.writing {
+		batch, off := c.out, c.outOff
+		c.out, c.outOff = nil, 0
+		c.writing = true
+		c.mu.Unlock()
+		done, off, err := writevQueue(c.fd, batch, off)
+		c.mu.Lock()
+		c.writing = false
+		c.srv.metrics.framesOut.Add(float64(done))
+		clear(batch[:done])
+		if done < len(batch) {
+			// The unwritten rest goes back in front of what was queued
+			// meanwhile (a slow-consumer cut may have left only its close
+			// frame there).
+			c.out, c.outOff = append(batch[done:], c.out...), off
+		}
+		c.outBytes = 0
+		for _, f := range c.out {
+			c.outBytes += f.size()
+		}
+		if err == errWouldBlock {
+			c.waitOut = true
+			return c.srv.waiter.arm(c, &c.outArmed)
+		}
+		if err != nil {
+			return err
+		}
 	}
-	done, off, err := writevQueue(c.fd, c.out, c.outOff)
-	for _, f := range c.out[:done] {
-		c.outBytes -= f.size()
-	}
-	n := copy(c.out, c.out[done:])
-	clear(c.out[n:])
-	c.out, c.outOff = c.out[:n], off
-	c.srv.metrics.framesOut.Add(float64(done))
-	if n == 0 {
-		c.out = nil // an idle connection keeps no queue
-	}
-	if err == errWouldBlock {
-		c.waitOut = true
-		return c.srv.waiter.arm(c, &c.outArmed)
-	}
-	return err
+	return nil
 }
 
 // schedule hands c to the write pool unless it is already queued there.
@@ -481,16 +506,19 @@ func (c *conn) schedule() {
 	}
 }
 
-// drain runs on a write-pool worker.
+// drain runs on a write-pool worker. c stays marked queued until its queue
+// is empty, so events queued while it writes do not hand it to the pool a
+// second time.
 func (c *conn) drain() {
 	c.mu.Lock()
-	c.queued = false
 	if c.closed {
+		c.queued = false
 		c.mu.Unlock()
 		return
 	}
 	err := c.flushLocked()
-	closeNow := err != nil || c.abort || (c.closing && len(c.out) == 0)
+	c.queued = false
+	closeNow := err != nil || c.abort || c.shutReq || (c.closing && len(c.out) == 0)
 	c.mu.Unlock()
 	if closeNow {
 		c.shut()
@@ -503,6 +531,13 @@ func (c *conn) drain() {
 // the fd stays open and is adopted.
 func (c *conn) onClosed(nc netpoll.Connection) error {
 	c.mu.Lock()
+	for c.writing {
+		// netpoll closes the fd when this returns: let the non-blocking
+		// writev in progress end first.
+		c.mu.Unlock()
+		runtime.Gosched()
+		c.mu.Lock()
+	}
 	if c.handover && !c.closed {
 		c.mu.Unlock()
 		c.adopt(nc)
