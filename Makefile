@@ -44,7 +44,8 @@ bench-tsung: build
 
 # Density at two counts, connect rate and fan-out latency, Switchboard and
 # the baseline in one run: a table, and bench/results/<time>/chart.html.
-# Knobs: LOW, HIGH (connections), EVENTS, EVENT_RATE.
+# Knobs: LOW, HIGH (connections), EVENTS, EVENT_RATE, SUSTAINED_EVENTS,
+# SUSTAINED_RATE.
 bench: build bench-baseline
 	bench/run.sh
 

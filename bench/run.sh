@@ -6,7 +6,10 @@
 #
 # Everything is on loopback and stops by itself. Environment: LOW (default
 # 5,000) and HIGH (default 19,000) connection counts, EVENTS (broadcasts,
-# default 100) at EVENT_RATE per second (default 5), PORT (default 29505).
+# default 100) at EVENT_RATE per second (default 5) for the time to the last
+# delivery, SUSTAINED_EVENTS (default 250) at SUSTAINED_RATE per second
+# (default 25) for the deliveries per second one node keeps up with, PORT
+# (default 29505).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +17,8 @@ low=${LOW:-5000}
 high=${HIGH:-19000}
 events=${EVENTS:-100}
 event_rate=${EVENT_RATE:-5}
+sustained_events=${SUSTAINED_EVENTS:-250}
+sustained_rate=${SUSTAINED_RATE:-25}
 port=${PORT:-29505}
 admin=$((port + 1))
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
@@ -31,22 +36,34 @@ cleanup() {
 trap cleanup EXIT
 
 # start_server KIND: starts Switchboard or the baseline on PORT; sets $server.
+# A port can still be held for a moment by the previous run's sockets (and,
+# with the profile's wide ephemeral range, by any outgoing connection), so a
+# server that exits at once is started again.
 start_server() {
-	case $1 in
-	switchboard)
-		bin/switchboard serve --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
-			--connects-per-ip 0 --log-level warn &
-		;;
-	baseline)
-		bin/baseline --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" 2>/dev/null &
-		;;
-	esac
-	server=$!
-	pids+=("$server")
-	for _ in $(seq 100); do
-		curl -s -o /dev/null "http://127.0.0.1:$admin/" && break
-		sleep 0.05
+	for _ in $(seq 20); do
+		case $1 in
+		switchboard)
+			bin/switchboard serve --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
+				--connects-per-ip 0 --log-level warn &
+			;;
+		baseline)
+			bin/baseline --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" 2>/dev/null &
+			;;
+		esac
+		server=$!
+		pids+=("$server")
+		for _ in $(seq 100); do
+			curl -s -o /dev/null "http://127.0.0.1:$admin/" && return 0
+			kill -0 "$server" 2>/dev/null || break
+			sleep 0.05
+		done
+		kill -9 "$server" 2>/dev/null || true
+		wait "$server" 2>/dev/null || true
+		echo "== $1 did not start on ports $port/$admin; again in 2 s" >&2
+		sleep 2
 	done
+	echo "== $1 could not start" >&2
+	exit 1
 }
 
 stop_server() {
@@ -86,6 +103,8 @@ for kind in switchboard baseline; do
 	run "$kind-connect" "$kind" --conns "$high" --rate 0 --hold 1s
 	run "$kind-fanout" "$kind" --conns "$high" --rate 5000 --hold 1s \
 		--publish-url "http://127.0.0.1:$admin/v1/publish" --events "$events" --publish-rate "$event_rate"
+	run "$kind-sustained" "$kind" --conns "$high" --rate 5000 --hold 1s \
+		--publish-url "http://127.0.0.1:$admin/v1/publish" --events "$sustained_events" --publish-rate "$sustained_rate"
 done
 
 {

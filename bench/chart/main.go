@@ -28,6 +28,8 @@ type summary struct {
 		CPUSeconds float64 `json:"cpu_seconds"`
 	} `json:"servers"`
 	Events *struct {
+		Published        int         `json:"published"`
+		PublishRate      float64     `json:"publish_rate"`
 		Completeness     float64     `json:"completeness"`
 		Latency          percentiles `json:"latency"`
 		TimeToLast       percentiles `json:"time_to_last_delivery"`
@@ -91,10 +93,13 @@ func run(dir string, low, high int, out io.Writer) error {
 		}
 		return s, nil
 	}
+	// higher marks the rows where more is better (rates), so that every
+	// ratio reads as how many times better Switchboard did.
 	type row struct {
-		label string
-		v     [2]float64
-		unit  string
+		label  string
+		v      [2]float64
+		unit   string
+		higher bool
 	}
 	var rows []row
 	var lat [2]percentiles
@@ -116,24 +121,33 @@ func run(dir string, low, high int, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if fo.Events == nil {
-			return fmt.Errorf("%s-fanout has no event figures", k)
+		su, err := get(k, "sustained")
+		if err != nil {
+			return err
+		}
+		if fo.Events == nil || su.Events == nil {
+			return fmt.Errorf("%s-fanout or %s-sustained has no event figures", k, k)
 		}
 		perConn[i] = [2]float64{lo.Servers[0].RSSPerConn, hi.Servers[0].RSSPerConn}
 		slope := (hi.Servers[0].RSSAfter - lo.Servers[0].RSSAfter) / float64(high-low)
 		lat[i] = fo.Events.Latency
 		vals := []row{
-			{fmt.Sprintf("server RSS per idle connection at %d", low), [2]float64{lo.Servers[0].RSSPerConn}, "B"},
-			{fmt.Sprintf("server RSS per idle connection at %d", high), [2]float64{hi.Servers[0].RSSPerConn}, "B"},
-			{fmt.Sprintf("slope %d -> %d connections", low, high), [2]float64{slope}, "B/conn"},
-			{"connect rate (one node, generator on the same cores)", [2]float64{cr.ConnectRate}, "/s"},
-			{"fan-out deliveries per second", [2]float64{fo.Events.DeliveriesPerSec}, "/s"},
-			{"delivery latency p50", [2]float64{fo.Events.Latency.P50}, "ms"},
-			{"delivery latency p99", [2]float64{fo.Events.Latency.P99}, "ms"},
-			{"time to last delivery p50", [2]float64{fo.Events.TimeToLast.P50}, "ms"},
-			{"time to last delivery p99", [2]float64{fo.Events.TimeToLast.P99}, "ms"},
-			{"completeness", [2]float64{fo.Events.Completeness * 100}, "%"},
-			{"server CPU during fan-out", [2]float64{fo.Servers[0].CPUSeconds}, "s"},
+			{fmt.Sprintf("server RSS per idle connection at %d", low), [2]float64{lo.Servers[0].RSSPerConn}, "B", false},
+			{fmt.Sprintf("server RSS per idle connection at %d", high), [2]float64{hi.Servers[0].RSSPerConn}, "B", false},
+			{fmt.Sprintf("slope %d -> %d connections", low, high), [2]float64{slope}, "B/conn", false},
+			{"connect rate (one node, generator on the same cores)", [2]float64{cr.ConnectRate}, "/s", true},
+			{fmt.Sprintf("fan-out: %d broadcasts at %.0f/s to %d, time to last p50", fo.Events.Published, fo.Events.PublishRate, high),
+				[2]float64{fo.Events.TimeToLast.P50}, "ms", false},
+			{"  time to last delivery p99", [2]float64{fo.Events.TimeToLast.P99}, "ms", false},
+			{"  delivery latency p50", [2]float64{fo.Events.Latency.P50}, "ms", false},
+			{"  delivery latency p99", [2]float64{fo.Events.Latency.P99}, "ms", false},
+			{"  completeness", [2]float64{fo.Events.Completeness * 100}, "%", true},
+			{"  server CPU", [2]float64{fo.Servers[0].CPUSeconds}, "s", false},
+			{fmt.Sprintf("sustained: %.0f broadcasts/s to %d, deliveries/s", su.Events.PublishRate, high),
+				[2]float64{su.Events.DeliveriesPerSec}, "/s", true},
+			{"  completeness", [2]float64{su.Events.Completeness * 100}, "%", true},
+			{"  delivery latency p50", [2]float64{su.Events.Latency.P50}, "ms", false},
+			{"  delivery latency p99", [2]float64{su.Events.Latency.P99}, "ms", false},
 		}
 		if i == 0 {
 			rows = vals
@@ -146,12 +160,15 @@ func run(dir string, low, high int, out io.Writer) error {
 	fmt.Fprintf(out, "%-56s %14s %14s %9s\n", "", "switchboard", "baseline", "ratio")
 	for _, r := range rows {
 		ratio := ""
-		if r.v[0] != 0 {
+		switch {
+		case r.higher && r.v[1] != 0:
+			ratio = fmt.Sprintf("%.2fx", r.v[0]/r.v[1])
+		case !r.higher && r.v[0] != 0:
 			ratio = fmt.Sprintf("%.2fx", r.v[1]/r.v[0])
 		}
 		fmt.Fprintf(out, "%-56s %14s %14s %9s\n", r.label, num(r.v[0])+" "+r.unit, num(r.v[1])+" "+r.unit, ratio)
 	}
-	fmt.Fprintln(out, "ratio = baseline / switchboard")
+	fmt.Fprintln(out, "ratio = how many times better switchboard did: baseline/switchboard for sizes and times, switchboard/baseline for rates and completeness")
 
 	page := chartPage(samples, perConn, lat, low, high)
 	return os.WriteFile(filepath.Join(dir, "chart.html"), []byte(page), 0o644)
