@@ -466,10 +466,11 @@ func (c *conn) flushLocked() error {
 		c.out, c.outOff = nil, 0
 		c.writing = true
 		c.mu.Unlock()
-		done, off, err := writevQueue(c.fd, batch, off)
+		done, off, calls, err := writevQueue(c.fd, batch, off)
 		c.mu.Lock()
 		c.writing = false
 		c.srv.metrics.framesOut.Add(float64(done))
+		c.srv.metrics.writeCalls.Add(float64(calls))
 		clear(batch[:done])
 		if done < len(batch) {
 			// The unwritten rest goes back in front of what was queued

@@ -105,7 +105,7 @@ func benchWriteFloor(b *testing.B, srv, cli []int, frame outFrame, writers, read
 			go func(w int) {
 				defer wg.Done()
 				for k := w; k < round; k += writers {
-					if _, _, err := writevQueue(srv[k], q, 0); err != nil && err != errWouldBlock {
+					if _, _, _, err := writevQueue(srv[k], q, 0); err != nil && err != errWouldBlock {
 						b.Error(err)
 						return
 					}

@@ -29,8 +29,9 @@ var errWouldBlock = errors.New("socket send buffer full")
 
 // writevQueue writes as much of queue (starting off bytes into queue[0]) as
 // the socket takes without blocking. It returns how many whole frames were
-// written and the new offset into the first unwritten frame.
-func writevQueue(fd int, queue []outFrame, off int) (done, newOff int, err error) {
+// written, the new offset into the first unwritten frame, and how many
+// writev calls it made.
+func writevQueue(fd int, queue []outFrame, off int) (done, newOff, calls int, err error) {
 	for done < len(queue) {
 		var iov [iovBatch]unix.Iovec
 		n, skip := 0, off
@@ -48,17 +49,18 @@ func writevQueue(fd int, queue []outFrame, off int) (done, newOff int, err error
 			}
 		}
 		if n == 0 {
-			return done, off, nil
+			return done, off, calls, nil
 		}
 		w, _, errno := unix.Syscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(n))
+		calls++
 		switch errno {
 		case 0:
 		case unix.EAGAIN:
-			return done, off, errWouldBlock
+			return done, off, calls, errWouldBlock
 		case unix.EINTR:
 			continue
 		default:
-			return done, off, fmt.Errorf("writev: %w", errno)
+			return done, off, calls, fmt.Errorf("writev: %w", errno)
 		}
 		// Advance over what the kernel took.
 		left := int(w)
@@ -75,10 +77,10 @@ func writevQueue(fd int, queue []outFrame, off int) (done, newOff int, err error
 		}
 		if off > 0 {
 			// A partial write means the buffer is full now.
-			return done, off, errWouldBlock
+			return done, off, calls, errWouldBlock
 		}
 	}
-	return done, off, nil
+	return done, off, calls, nil
 }
 
 // writePool is the fixed set of goroutines that drain connections' queues.
