@@ -263,8 +263,8 @@ func (c *conn) closeAdoptedLocked() {
 	c.mu.Unlock()
 	c.unindex()
 	// Last, so that the fd number cannot be reused while anything above
-	// could still act on it.
-	_ = unix.Close(c.fd)
+	// could still act on it; and not yet (see fdQuarantine).
+	c.srv.quarantine.add(c.fd)
 }
 
 // feed handles newly read bytes. Complete frames are parsed in place from

@@ -136,8 +136,9 @@ type Server struct {
 	open       atomic.Int64  // upgraded connections, for MaxConns
 	stopSweep  chan struct{}
 	pool       *writePool
-	waiter     *poller // EPOLLOUT for sockets whose send buffer was full
-	input      *poller // client input of connections netpoll handed over
+	waiter     *poller      // EPOLLOUT for sockets whose send buffer was full
+	quarantine fdQuarantine // closed adopted sockets whose numbers are not free yet
+	input      *poller      // client input of connections netpoll handed over
 	readBufs   sync.Pool
 	readers    readerPool
 
@@ -297,6 +298,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	close(s.stopSweep)
 	s.wg.Wait()
 	s.pool.stop()
+	s.quarantine.closeAll()
 	s.serving.Store(false)
 	return err
 }

@@ -84,6 +84,7 @@ func (s *Server) runSweeper(stop <-chan struct{}) {
 	now := time.Now()
 	for tick := 1; ; tick++ {
 		s.clock.Store(uint32(now.Unix()))
+		s.quarantine.tick()
 		s.handshakes.sweep(now, s)
 		if every > 0 && tick%every == 0 {
 			s.sweepIdle(uint32(now.Unix()))
