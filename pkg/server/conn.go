@@ -5,7 +5,6 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
-	"unicode/utf8"
 
 	"github.com/cloudwego/netpoll"
 	"github.com/gobwas/ws"
@@ -38,12 +37,11 @@ type conn struct {
 	// runs it concurrently for one connection.
 	upgraded   bool
 	readClosed bool            // we decided to close: discard further input
-	fragOp     ws.OpCode       // opcode of the fragmented message in progress, 0 when none
 	msgCount   uint16          // client messages in msgMinute
 	msgMinute  uint32          // unix minute msgCount counts
-	pend       []byte          // bytes of an incomplete handshake or frame; nil when none
+	pend       []byte          // bytes of an incomplete handshake or frame header; nil when none
 	upgrading  *pendingUpgrade // accepted upgrade waiting for the socket's hand-over
-	frag       []byte          // payload of a fragmented message being reassembled
+	in         *inbound        // a frame or message spanning reads (reader.go); nil when none
 
 	// idxMu orders index writes for this connection: a reindex that read
 	// the connection's state can never land after onClosed's Delete (the ID
@@ -158,7 +156,12 @@ func (c *conn) adopt(nc netpoll.Connection) {
 		if c.upgrading != nil {
 			c.finishUpgrade()
 		}
-		if len(early) > 0 || c.pend != nil {
+		// What came after the request in netpoll's last read waited in
+		// c.pend for the 101 to go out first.
+		if c.pend != nil {
+			early, c.pend = append(c.pend, early...), nil
+		}
+		if len(early) > 0 {
 			c.feed(early)
 		}
 	}()
@@ -267,128 +270,51 @@ func (c *conn) closeAdoptedLocked() {
 	c.srv.quarantine.add(c.fd)
 }
 
-// feed handles newly read bytes. Complete frames are parsed in place from
-// buf (netpoll's buffer); only an incomplete tail is copied into c.pend, so
-// that no goroutine has to wait for the rest of a frame.
+// feed handles newly read bytes: the upgrade request until it is done,
+// then frames (readFrames). Bytes are parsed in place in buf (netpoll's
+// buffer or the pooled read buffer); only what a later read must complete
+// is kept.
 func (c *conn) feed(buf []byte) {
+	if c.readClosed {
+		return
+	}
+	if !c.upgraded || c.upgrading != nil {
+		buf = c.feedHandshake(buf)
+	}
+	if len(buf) > 0 && !c.readClosed {
+		c.readFrames(buf)
+	}
+}
+
+// feedHandshake runs the upgrade once its request is whole and returns the
+// bytes after it that can be read as frames now. An incomplete request
+// (bounded by MaxHeaderBytes), and what follows an accepted one until the
+// socket's hand-over sends the 101, wait in c.pend.
+func (c *conn) feedHandshake(buf []byte) []byte {
 	data := buf
 	if c.pend != nil {
 		c.pend = append(c.pend, buf...)
 		data = c.pend
 	}
-	used := c.consume(data)
-	rest := data[used:]
-	switch {
-	case len(rest) == 0:
-		c.pend = nil
-	case c.pend != nil:
-		c.pend = append(c.pend[:0], rest...)
-	default:
-		c.pend = append(make([]byte, 0, len(rest)), rest...)
-	}
-}
-
-// consume handles every complete handshake and frame at the start of data
-// and returns how many bytes it used.
-func (c *conn) consume(data []byte) int {
-	if c.readClosed {
-		return len(data)
-	}
 	off := 0
 	if !c.upgraded {
 		off = c.upgrade(data)
-		if !c.upgraded || c.readClosed || c.upgrading != nil {
-			// Bytes after the request wait for the hand-over (see adopt).
-			if c.readClosed {
-				return len(data)
-			}
-			return off
-		}
 	}
-	max := int64(c.srv.cfg.MaxMessageSize)
-	for off < len(data) && !c.readClosed {
-		h, hn, ok := parseFrameHeader(data[off:])
-		if !ok {
-			break
-		}
-		state := ws.StateServerSide
-		if c.fragOp != 0 {
-			state = state.Set(ws.StateFragmented)
-		}
-		if err := ws.CheckHeader(h, state); err != nil {
-			c.srv.metrics.protocolErrors.WithLabelValues("frame").Inc()
-			c.closeWith(ws.StatusProtocolError, err.Error())
-			return len(data)
-		}
-		if h.Length > max || (h.OpCode == ws.OpContinuation && int64(len(c.frag))+h.Length > max) {
-			c.srv.metrics.protocolErrors.WithLabelValues("too_big").Inc()
-			c.closeWith(ws.StatusMessageTooBig, "message too big")
-			return len(data)
-		}
-		end := off + hn + int(h.Length)
-		if end > len(data) {
-			break
-		}
-		payload := data[off+hn : end]
-		ws.Cipher(payload, h.Mask, 0)
-		off = end
-		c.handleFrame(h, payload)
+	switch {
+	case c.readClosed:
+		c.pend = nil
+		return nil
+	case c.upgraded && c.upgrading == nil:
+		c.pend = nil
+		return data[off:]
+	case off == len(data):
+		c.pend = nil
+	case c.pend == nil:
+		c.pend = append(make([]byte, 0, len(data)-off), data[off:]...)
+	case off > 0:
+		c.pend = append(c.pend[:0], data[off:]...)
 	}
-	if c.readClosed {
-		return len(data)
-	}
-	return off
-}
-
-// handleFrame acts on one complete, unmasked frame. payload is only valid
-// during the call.
-func (c *conn) handleFrame(h ws.Header, payload []byte) {
-	if now := c.srv.clock.Load(); c.lastSeen.Load() != now {
-		c.lastSeen.Store(now)
-	}
-	switch h.OpCode {
-	case ws.OpPing:
-		c.send(outFrame{head: compileFrame(ws.OpPong, payload)})
-	case ws.OpPong:
-	case ws.OpClose:
-		code := ws.StatusNormalClosure
-		if len(payload) >= 2 {
-			code, _ = ws.ParseCloseFrameData(payload)
-		}
-		if len(payload) == 1 || (len(payload) >= 2 && ws.CheckCloseFrameData(code, "") != nil) {
-			code = ws.StatusProtocolError
-		}
-		c.closeWith(code, "")
-	case ws.OpText, ws.OpBinary:
-		if !h.Fin {
-			c.fragOp = h.OpCode
-			c.frag = append(c.frag[:0], payload...)
-			return
-		}
-		c.handleData(h.OpCode, payload)
-	case ws.OpContinuation:
-		c.frag = append(c.frag, payload...)
-		if h.Fin {
-			op, msg := c.fragOp, c.frag
-			c.fragOp, c.frag = 0, nil
-			c.handleData(op, msg)
-		}
-	}
-}
-
-// handleData checks one complete data message and hands it to the protocol.
-func (c *conn) handleData(op ws.OpCode, msg []byte) {
-	if op == ws.OpBinary {
-		c.srv.metrics.messagesIn.WithLabelValues("binary").Inc()
-		c.sendError(1003, "Binary messages are not supported.")
-		return
-	}
-	if !utf8.Valid(msg) {
-		c.srv.metrics.protocolErrors.WithLabelValues("utf8").Inc()
-		c.closeWith(ws.StatusInvalidFramePayloadData, "invalid UTF-8 in text frame")
-		return
-	}
-	c.handleMessage(msg)
+	return nil
 }
 
 // send queues f and writes what the socket takes at once. It is the path of

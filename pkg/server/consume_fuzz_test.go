@@ -41,6 +41,12 @@ func FuzzConsume(f *testing.F) {
 	f.Add(append(append([]byte(upgradeRequest), mask(ws.NewFrame(ws.OpText, false, []byte(`{"ty`)))...), mask(ws.NewFrame(ws.OpContinuation, true, []byte(`pe":"ping"}`)))...), uint8(1))
 	f.Add([]byte("GET / HTTP/1.1\r\n\r\n"), uint8(0))
 	f.Add([]byte(upgradeRequest+"\x81\xff\x7f\xff\xff\xff\xff\xff\xff\xff"), uint8(9))
+	// Real masks, a ping between fragments, UTF-8 cut across them, and a
+	// close reason that is not UTF-8: the streaming paths of reader.go.
+	m := [4]byte{0x5a, 0xa5, 0x0f, 0xf0}
+	f.Add([]byte(upgradeRequest+string(maskedFrame(ws.OpText, false, []byte("{\"type\":\"pi\xce"), m))+string(maskedFrame(ws.OpPing, true, []byte("p"), m))+
+		string(maskedFrame(ws.OpContinuation, true, []byte("\xba\",\"x\":\"ng\"}"), m))), uint8(4))
+	f.Add([]byte(upgradeRequest+string(maskedFrame(ws.OpClose, true, []byte{0x03, 0xe8, 0xed, 0xa0, 0x80}, m))), uint8(2))
 
 	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
 	if err != nil {
@@ -72,8 +78,8 @@ func FuzzConsume(f *testing.F) {
 			if limit := s.cfg.MaxHeaderBytes + s.cfg.MaxMessageSize + 14; len(c.pend) > limit {
 				t.Fatalf("pending input grew to %d bytes (limit %d)", len(c.pend), limit)
 			}
-			if len(c.frag) > s.cfg.MaxMessageSize {
-				t.Fatalf("reassembly buffer grew to %d bytes", len(c.frag))
+			if c.in != nil && (len(c.in.msg) > s.cfg.MaxMessageSize || cap(c.in.msg) > 2*s.cfg.MaxMessageSize) {
+				t.Fatalf("reassembly buffer grew to %d bytes (capacity %d)", len(c.in.msg), cap(c.in.msg))
 			}
 		}
 	})
