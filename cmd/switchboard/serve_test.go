@@ -38,7 +38,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func freePort(t *testing.T) string {
+func freePort(t testing.TB) string {
 	t.Helper()
 	return fmt.Sprintf("127.0.0.1:%d", redistest.FreePorts(t, 1)[0])
 }
@@ -52,7 +52,7 @@ type node struct {
 
 // startNode runs `switchboard serve` as a subprocess, configured through
 // the environment for the admin address to prove SWITCHBOARD_* works.
-func startNode(t *testing.T, args ...string) *node {
+func startNode(t testing.TB, args ...string) *node {
 	t.Helper()
 	n := &node{addr: freePort(t), admin: freePort(t), stderr: new(bytes.Buffer), exited: make(chan error, 1)}
 	n.cmd = exec.Command(switchboardBin, append([]string{"serve", "--listen", n.addr}, args...)...)

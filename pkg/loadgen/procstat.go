@@ -116,9 +116,9 @@ func closeFD(fd int) error { return unix.Close(fd) }
 // every Linux architecture Go supports.
 const clockTicks = 100
 
-// readCPU returns the user plus system CPU time a process has used (pid 0
+// ProcessCPU returns the user plus system CPU time a process has used (pid 0
 // means this process).
-func readCPU(pid int) (time.Duration, error) {
+func ProcessCPU(pid int) (time.Duration, error) {
 	path := "/proc/self/stat"
 	if pid > 0 {
 		path = fmt.Sprintf("/proc/%d/stat", pid)

@@ -151,9 +151,9 @@ func Run(ctx context.Context, cfg Config, progress io.Writer, workerStderr io.Wr
 		if sum.Servers[i].RSSBefore, err = readRSS(pid); err != nil {
 			sum.Servers[i].Error = err.Error()
 		}
-		serverCPU[i], _ = readCPU(pid)
+		serverCPU[i], _ = ProcessCPU(pid)
 	}
-	ownCPU, _ := readCPU(0)
+	ownCPU, _ := ProcessCPU(0)
 
 	workers, err := startWorkers(&cfg, t, shards, workerStderr)
 	if err != nil {
@@ -224,7 +224,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer, workerStderr io.Wr
 	}
 	rep.stop()
 	for i := range sum.Servers {
-		if c, err := readCPU(sum.Servers[i].PID); err == nil {
+		if c, err := ProcessCPU(sum.Servers[i].PID); err == nil {
 			sum.Servers[i].CPUSeconds = (c - serverCPU[i]).Seconds()
 		}
 	}
@@ -310,11 +310,11 @@ func finishAll(ws []worker) ([]*workerResult, error) {
 // generatorCPU is the CPU time of this process since own plus that of the
 // worker processes (whose whole life is the run).
 func generatorCPU(ws []worker, own time.Duration) time.Duration {
-	c, _ := readCPU(0)
+	c, _ := ProcessCPU(0)
 	c -= own
 	for _, w := range ws {
 		if w.pid() != 0 {
-			wc, _ := readCPU(w.pid())
+			wc, _ := ProcessCPU(w.pid())
 			c += wc
 		}
 	}
