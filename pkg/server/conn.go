@@ -70,6 +70,7 @@ type conn struct {
 	abort    bool // close as soon as one non-blocking flush was tried
 	closed   bool // the fd is closed or about to be: never write again
 	live     bool // upgraded: counted in Server.open, out of the handshake wheel's reach
+	held     bool // its user's roles are being re-resolved: events wait in the hold (permissions.go)
 	outOff   int  // bytes of out[0] already written
 	outBytes int  // bytes queued in out
 	out      []outFrame

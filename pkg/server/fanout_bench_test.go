@@ -56,7 +56,7 @@ func benchFanout(b *testing.B, n int, shared bool, filter *query.Filter) {
 		conns[i] = c
 	}
 	msg := []byte(event("p1", []string{"any"}, []string{"files", "buckets.b1.files"}, `{"$id":"f1","name":"report.pdf","size":12345}`))
-	r := newRouter(s)
+	r := s.router
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {

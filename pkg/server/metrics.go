@@ -19,11 +19,14 @@ type metrics struct {
 	publishErrors  *prometheus.CounterVec
 	published      prometheus.Counter
 
-	permissionChanges prometheus.Counter
-	handshakeTimeouts prometheus.Counter
-	idleTimeouts      prometheus.Counter
-	panics            prometheus.Counter
-	drainCloses       prometheus.Counter
+	permissionChanges         prometheus.Counter
+	permissionHolds           prometheus.Gauge
+	permissionHoldSeconds     prometheus.Histogram
+	permissionResolveFailures prometheus.Counter
+	handshakeTimeouts         prometheus.Counter
+	idleTimeouts              prometheus.Counter
+	panics                    prometheus.Counter
+	drainCloses               prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -82,9 +85,19 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		permissionChanges: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_permission_changes_total", Help: "Permission changes applied to users with connections on this node.",
 		}),
+		permissionHolds: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "switchboard_permission_holds", Help: "Users whose events are held while their roles are re-resolved after a permission change.",
+		}),
+		permissionHoldSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "switchboard_permission_hold_seconds", Help: "How long a user's events were held for a permission change to be resolved (bounded by the auth timeout per resolution).",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 8),
+		}),
+		permissionResolveFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_permission_resolve_failures_total", Help: "Re-resolutions after a permission change that failed or timed out; the user's connections dropped to guest.",
+		}),
 	}
 	reg.MustRegister(m.connections, m.upgrades, m.messagesIn, m.messagesOut, m.framesOut, m.writeCalls, m.deliveries,
-		m.slowConsumers, m.protocolErrors, m.events, m.invalidEvents, m.publishErrors, m.published, m.permissionChanges, m.handshakeTimeouts, m.idleTimeouts, m.panics,
+		m.slowConsumers, m.protocolErrors, m.events, m.invalidEvents, m.publishErrors, m.published, m.permissionChanges, m.permissionHolds, m.permissionHoldSeconds, m.permissionResolveFailures, m.handshakeTimeouts, m.idleTimeouts, m.panics,
 		m.drainCloses)
 	return m
 }

@@ -9,8 +9,10 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"runtime"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/switchboard-rt/switchboard/pkg/auth"
 	"github.com/switchboard-rt/switchboard/pkg/broker"
@@ -23,6 +25,9 @@ import (
 type teamResolver struct {
 	mu    sync.Mutex
 	teams map[string]map[string]bool // uid -> team -> member
+	// gate, when set, holds ResolveUser until it is closed: the world
+	// routes events while a permission change is being resolved.
+	gate chan struct{}
 }
 
 func (r *teamResolver) roles(uid string) []string {
@@ -47,6 +52,12 @@ func (r *teamResolver) Resolve(_ context.Context, c auth.Credentials) (auth.Iden
 }
 
 func (r *teamResolver) ResolveUser(_ context.Context, _ string, uid string) (auth.Identity, error) {
+	r.mu.Lock()
+	gate := r.gate
+	r.mu.Unlock()
+	if gate != nil {
+		<-gate
+	}
 	return auth.Identity{UserID: uid, Roles: r.roles(uid)}, nil
 }
 
@@ -164,7 +175,7 @@ func runWorld(t *testing.T, seed uint64) {
 		t.Fatal(err)
 	}
 	s.pool = &writePool{ch: make(chan *conn, 1<<16)}
-	r := newRouter(s)
+	r := s.router
 
 	var live []*modelConn
 	modelRoles := func(uid string) []string {
@@ -210,6 +221,11 @@ func runWorld(t *testing.T, seed uint64) {
 	}
 
 	nEvent := 0
+	randomEvent := func() (*protocol.Event, modelPayload) {
+		roles := subset([]string{"any", "guests", "users", "user:u1", "user:u2", "user:u3", "team:t1", "team:t2"}, 1)
+		p := randomPayload(rng)
+		return &protocol.Event{Project: pick(projects), Roles: roles, Channels: subset(channels, 1), Payload: json.RawMessage(p.json(nEvent))}, p
+	}
 	for step := 0; step < 40; step++ {
 		switch op := rng.IntN(10); {
 		case op < 2 || len(live) == 0:
@@ -240,27 +256,62 @@ func runWorld(t *testing.T, seed uint64) {
 			live = slices.Delete(live, i, i+1)
 		case op == 6: // membership change, announced to the user's own team
 			uid, tm := pick(users), pick(teams)
+			gate := make(chan struct{})
 			res.mu.Lock()
 			res.teams[uid][tm] = !res.teams[uid][tm]
+			res.gate = gate
 			res.mu.Unlock()
 			ev := &protocol.Event{Project: pick(projects), Roles: []string{"team:" + tm, "user:" + uid}, Channels: subset(channels, 1),
 				PermissionsChanged: true, UserID: uid}
 			p := randomPayload(rng)
 			ev.Payload = json.RawMessage(p.json(nEvent))
 			// Entitled under the roles valid when it was published...
-			checkEvent(t, seed, step, r, live, ev, p, nEvent)
+			checkEvent(t, seed, step, r, live, ev, p, nEvent, nil)
 			nEvent++
-			// ...then every connection of uid in that project has the new roles.
+			held := map[*modelConn]bool{}
 			for _, m := range live {
 				if m.project == ev.Project && uidOf(m) == uid {
-					m.roles = modelRoles(uid)
+					held[m] = true
+				}
+			}
+			// ...events while the backend answers reach nobody of uid's
+			// connections yet...
+			type kept struct {
+				ev *protocol.Event
+				p  modelPayload
+				n  int
+			}
+			var during []kept
+			for range rng.IntN(4) {
+				ev, p := randomEvent()
+				checkEvent(t, seed, step, r, live, ev, p, nEvent, held)
+				during = append(during, kept{ev, p, nEvent})
+				nEvent++
+			}
+			// ...then every connection of uid in that project has the new
+			// roles, and receives those events that the new roles admit,
+			// in order.
+			close(gate)
+			waitHolds(t, s)
+			for m := range held {
+				m.roles = modelRoles(uid)
+				var want, got []int
+				for _, k := range during {
+					if len(wantIDs(m, k.ev, k.p)) > 0 {
+						want = append(want, k.n)
+					}
+				}
+				for _, fr := range eventFrames(t, m.c) {
+					got = append(got, fr.Data.Payload.N)
+				}
+				if !slices.Equal(got, want) {
+					t.Fatalf("seed %d step %d: held conn (project %s roles %v subs %v) got events %v after the hold, want %v",
+						seed, step, m.project, m.roles, m.subs, got, want)
 				}
 			}
 		default: // an ordinary event
-			roles := subset([]string{"any", "guests", "users", "user:u1", "user:u2", "user:u3", "team:t1", "team:t2"}, 1)
-			p := randomPayload(rng)
-			ev := &protocol.Event{Project: pick(projects), Roles: roles, Channels: subset(channels, 1), Payload: json.RawMessage(p.json(nEvent))}
-			checkEvent(t, seed, step, r, live, ev, p, nEvent)
+			ev, p := randomEvent()
+			checkEvent(t, seed, step, r, live, ev, p, nEvent, nil)
 			nEvent++
 		}
 		if t.Failed() {
@@ -269,8 +320,66 @@ func runWorld(t *testing.T, seed uint64) {
 	}
 }
 
-// checkEvent routes ev and compares every connection's queue with the model.
-func checkEvent(t *testing.T, seed uint64, step int, r *router, live []*modelConn, ev *protocol.Event, p modelPayload, n int) {
+// waitHolds waits until no permission change is being resolved.
+func waitHolds(t *testing.T, s *Server) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for s.holds.active.Load() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("permission hold never ended")
+		}
+		runtime.Gosched()
+	}
+	// The hold's last deliveries run under the router's lock.
+	s.router.mu.Lock()
+	s.router.mu.Unlock() //nolint:staticcheck // an empty critical section: waiting for the holder
+}
+
+// wantIDs is the model's answer: the ids of m's subscriptions that ev
+// reaches, sorted; none when m may not read it.
+func wantIDs(m *modelConn, ev *protocol.Event, p modelPayload) []string {
+	var want []string
+	if m.project == ev.Project && (slices.Contains(ev.Roles, "any") || slices.ContainsFunc(m.roles, func(x string) bool { return slices.Contains(ev.Roles, x) })) {
+		for id, sub := range m.subs {
+			if sub.pass(p) && slices.ContainsFunc(sub.channels, func(x string) bool { return slices.Contains(ev.Channels, x) }) {
+				want = append(want, id)
+			}
+		}
+	}
+	sort.Strings(want)
+	return want
+}
+
+// eventFrame is the part of an event frame the property test reads.
+type eventFrame struct {
+	Type string `json:"type"`
+	Data struct {
+		Payload       struct{ N int } `json:"payload"`
+		Subscriptions []string        `json:"subscriptions"`
+	} `json:"data"`
+}
+
+// eventFrames drains c's queue and returns the event frames in it.
+func eventFrames(t *testing.T, c *conn) []eventFrame {
+	t.Helper()
+	var out []eventFrame
+	for _, f := range drainQueue(c) {
+		var fr eventFrame
+		_, hn, _ := parseFrameHeader(f)
+		if err := json.Unmarshal(f[hn:], &fr); err != nil {
+			t.Fatalf("bad frame %q", f)
+		}
+		if fr.Type == "event" {
+			out = append(out, fr)
+		}
+	}
+	return out
+}
+
+// checkEvent routes ev and compares every connection's queue with the
+// model. Connections in held (their user's roles are being re-resolved)
+// must receive nothing yet.
+func checkEvent(t *testing.T, seed uint64, step int, r *router, live []*modelConn, ev *protocol.Event, p modelPayload, n int, held map[*modelConn]bool) {
 	t.Helper()
 	msg, err := protocol.MarshalEvent(ev)
 	if err != nil {
@@ -285,36 +394,21 @@ func checkEvent(t *testing.T, seed uint64, step int, r *router, live []*modelCon
 		<-r.srv.pool.ch
 	}
 	for i, m := range live {
-		var want []string
-		if m.project == ev.Project && (slices.Contains(ev.Roles, "any") || slices.ContainsFunc(m.roles, func(x string) bool { return slices.Contains(ev.Roles, x) })) {
-			for id, sub := range m.subs {
-				if sub.pass(p) && slices.ContainsFunc(sub.channels, func(x string) bool { return slices.Contains(ev.Channels, x) }) {
-					want = append(want, id)
-				}
+		if held[m] {
+			for _, fr := range eventFrames(t, m.c) {
+				t.Fatalf("seed %d step %d: conn %d got event %d while its roles were being re-resolved", seed, step, i, fr.Data.Payload.N)
 			}
+			continue
 		}
-		sort.Strings(want)
+		want := wantIDs(m, ev, p)
 		var got [][]string
-		for _, f := range drainQueue(m.c) {
-			var fr struct {
-				Type string `json:"type"`
-				Data struct {
-					Payload       struct{ N int } `json:"payload"`
-					Subscriptions []string        `json:"subscriptions"`
-				} `json:"data"`
+		for _, fr := range eventFrames(t, m.c) {
+			if fr.Data.Payload.N != n {
+				t.Fatalf("seed %d step %d: conn %d got event %d while checking %d", seed, step, i, fr.Data.Payload.N, n)
 			}
-			_, hn, _ := parseFrameHeader(f)
-			if err := json.Unmarshal(f[hn:], &fr); err != nil {
-				t.Fatalf("seed %d step %d: bad frame %q", seed, step, f)
-			}
-			if fr.Type == "event" {
-				if fr.Data.Payload.N != n {
-					t.Fatalf("seed %d step %d: conn %d got event %d while checking %d", seed, step, i, fr.Data.Payload.N, n)
-				}
-				ids := fr.Data.Subscriptions
-				sort.Strings(ids)
-				got = append(got, ids)
-			}
+			ids := fr.Data.Subscriptions
+			sort.Strings(ids)
+			got = append(got, ids)
 		}
 		switch {
 		case len(want) == 0 && len(got) != 0:

@@ -1,6 +1,8 @@
 package server
 
 import (
+	"sync"
+
 	"github.com/gobwas/ws"
 	"go.uber.org/zap"
 
@@ -10,9 +12,12 @@ import (
 )
 
 // router turns backbone messages into queued frames. It runs on the
-// broker's single consumer goroutine, so its scratch space needs no lock.
+// broker's single consumer goroutine. mu is held for each message, and by
+// the end of a permission hold (permissions.go), which delivers the events
+// it kept in between, in order; it also guards the scratch space below.
 type router struct {
 	srv *Server
+	mu  sync.Mutex
 
 	// Per-event state, reset by route.
 	ev     *protocol.Event
@@ -45,26 +50,34 @@ func (r *router) route(msg []byte) {
 		return
 	}
 	s.metrics.events.Inc()
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	if len(ev.Roles) > 0 && len(ev.Channels) > 0 {
-		r.deliver(ev)
+		r.begin(ev)
+		s.idx.Lookup(ev.Project, ev.Roles, ev.Channels, r.visit)
+		r.finish()
+		s.holds.record(ev)
 	}
 	if ev.PermissionsChanged && ev.UserID != "" {
 		// After the delivery: the announcing event (say, the user's own
 		// membership delete) still reaches them under the old roles.
-		s.permissionsChanged(ev.Project, ev.UserID)
+		s.holds.begin(ev.Project, ev.UserID)
 	}
 }
 
-// deliver queues ev for every recipient and wakes the write pool.
-func (r *router) deliver(ev *protocol.Event) {
-	s := r.srv
+// begin sets up the delivery of ev. The caller holds r.mu.
+func (r *router) begin(ev *protocol.Event) {
 	r.ev = ev
 	r.doc.Reset(ev.Payload)
 	// A fresh slice per event: queued frames keep referencing it after
-	// route returns.
+	// the delivery.
 	r.prefix = protocol.AppendEventPrefix(make([]byte, 0, 256+len(ev.Payload)), ev)
 	r.count = 0
-	s.idx.Lookup(ev.Project, ev.Roles, ev.Channels, r.visit)
+}
+
+// finish wakes the write pool for the connections the event was queued on.
+func (r *router) finish() {
+	s := r.srv
 	for i, c := range r.sched {
 		s.pool.ch <- c
 		r.sched[i] = nil
@@ -75,11 +88,18 @@ func (r *router) deliver(ev *protocol.Event) {
 	s.metrics.deliveries.Add(float64(r.count))
 }
 
-// visit queues the event for one recipient. It runs under an index shard's
-// read lock: it takes only the connection's own lock and never blocks.
-func (r *router) visit(_ index.ID, c *conn) {
+// visit queues the event for one recipient the index found. It runs under
+// an index shard's read lock: it takes only the connection's own lock and
+// never blocks.
+func (r *router) visit(_ index.ID, c *conn) { r.queue(c, false) }
+
+// queue queues the event on c if one of c's subscriptions matches it. A
+// connection whose roles are being re-resolved is left out (its hold
+// delivers the event later, against the new roles), unless this is that
+// hold delivering it (held).
+func (r *router) queue(c *conn, held bool) {
 	c.mu.Lock()
-	if c.closing || c.closed {
+	if c.closing || c.closed || (c.held && !held) {
 		c.mu.Unlock()
 		return
 	}

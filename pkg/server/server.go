@@ -140,7 +140,9 @@ type Server struct {
 	quarantine fdQuarantine // closed adopted sockets whose numbers are not free yet
 	input      *poller      // client input of connections netpoll handed over
 	readBufs   sync.Pool
-	readers    readerPool
+	readers    boundedPool[*conn] // reads adopted sockets (conn.readAdopted)
+	router     *router
+	holds      *holds // users whose roles are being re-resolved after a permission change
 
 	serving  atomic.Bool
 	draining atomic.Bool
@@ -175,6 +177,9 @@ func New(cfg Config) (*Server, error) {
 	s.handshakes = newHandshakeWheel(cfg.HandshakeTimeout)
 	s.clock.Store(uint32(time.Now().Unix()))
 	s.stopSweep = make(chan struct{})
+	s.readers = boundedPool[*conn]{max: maxReaders, do: (*conn).readAdopted}
+	s.router = newRouter(s)
+	s.holds = newHolds(s)
 	if len(cfg.Projects) > 0 {
 		s.allowed = make(map[string]bool, len(cfg.Projects))
 		for _, p := range cfg.Projects {
@@ -223,14 +228,13 @@ func (s *Server) Start() error {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stopRouter = cancel
-	rt := newRouter(s)
 	s.wg.Add(6)
 	go func() { defer s.wg.Done(); s.waiter.run() }()
 	go func() { defer s.wg.Done(); s.input.run() }()
 	go func() { defer s.wg.Done(); s.runSweeper(s.stopSweep) }()
 	go func() {
 		defer s.wg.Done()
-		if err := s.cfg.Broker.Run(ctx, rt.route); err != nil && !errors.Is(err, context.Canceled) {
+		if err := s.cfg.Broker.Run(ctx, s.router.route); err != nil && !errors.Is(err, context.Canceled) {
 			s.log.Error("broker stopped", zap.Error(err))
 		}
 	}()

@@ -1,11 +1,7 @@
 package server
 
 import (
-	"context"
-	"errors"
 	"sync"
-
-	"go.uber.org/zap"
 
 	"github.com/switchboard-rt/switchboard/pkg/auth"
 	"github.com/switchboard-rt/switchboard/pkg/broker"
@@ -81,41 +77,6 @@ func (c *conn) setIdentity(id auth.Identity) {
 	}
 	c.mu.Unlock()
 	c.reindex()
-}
-
-// permissionsChanged re-resolves every local connection of the user after
-// a permission change, so that no later event is matched against the old
-// roles. It runs on the router, between events: the event that announced
-// the change has already been queued under the roles it was published for.
-// A resolver that cannot re-resolve a user (JWT), or that fails, drops the
-// connections to guest and asks them to authenticate again: stale roles
-// are never kept.
-func (s *Server) permissionsChanged(project, uid string) {
-	conns := s.users.list(userKey{project, uid})
-	if len(conns) == 0 {
-		return
-	}
-	s.metrics.permissionChanges.Inc()
-	id, err := auth.Identity{}, errors.ErrUnsupported
-	if ur, ok := s.cfg.Resolver.(auth.UserResolver); ok {
-		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.AuthTimeout)
-		id, err = ur.ResolveUser(ctx, project, uid)
-		cancel()
-	}
-	if err != nil {
-		if !errors.Is(err, auth.ErrUnauthorized) && !errors.Is(err, errors.ErrUnsupported) {
-			s.log.Warn("re-resolving user after a permission change failed; dropping to guest",
-				zap.String("project", project), zap.String("user", uid), zap.Error(err))
-		}
-		for _, c := range conns {
-			c.setIdentity(auth.Guest())
-			c.sendError(protocol.CodeInvalidMessage, "Permissions changed: authenticate again.")
-		}
-		return
-	}
-	for _, c := range conns {
-		c.setIdentity(id)
-	}
 }
 
 // projectTable counts this node's upgraded connections per project and
