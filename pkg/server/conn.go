@@ -8,6 +8,7 @@ import (
 
 	"github.com/cloudwego/netpoll"
 	"github.com/gobwas/ws"
+	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
 	"github.com/switchboard-rt/switchboard/pkg/index"
@@ -23,6 +24,41 @@ import (
 // per-connection state (about 4 KB: input buffer, write barrier, the
 // connection object and its channels) would otherwise stay for the life of
 // a connection that mostly sits idle.
+//
+// # Lifecycle
+//
+// A connection is in one state (connState) at a time:
+//
+//	handshake  netpoll reads the upgrade request; the handshake wheel may time it out
+//	live       upgraded (counted in Server.open): events and replies flow
+//	closing    going: no frame is queued any more, input is discarded, and
+//	           the socket closes as soon as no busy bit is set
+//	closed     released: out of every table, its socket shut; terminal
+//
+// and may go only these ways:
+//
+//	handshake -> live       upgrade accepted (upgrade)
+//	handshake -> closing    request refused (an HTTP error as its last bytes), timed out, shut
+//	live      -> closing    a last frame queued (sendLast: close frames, drain, idle
+//	                        timeout), the queue cut for a slow consumer, a write error,
+//	                        the peer gone, shut
+//	closing   -> closed     settleLocked, once no busy bit is set
+//	handshake, live, closing -> closed
+//	                        netpoll closed a socket it still owned (onClosed)
+//
+// Beside its state, a connection may be busy — something holds its socket,
+// so it must not be closed under it:
+//
+//	flagHandover  netpoll is letting go of the socket; adopt takes it
+//	flagReading   a reader-pool goroutine reads the adopted socket
+//	q.writing     a writev runs without mu (sendQueue.write)
+//
+// Whoever clears a busy bit, and whoever asks for a close, calls
+// settleLocked: the one place where a close that nothing holds up any more
+// is finished (releaseLocked). While netpoll owns the socket, closing it
+// is netpoll's (nc.Close, then onClosed).
+//
+// The outbound side is the sendQueue q; its invariant is in its doc.
 type conn struct {
 	// The conn is its own netpoll context (context.Background underneath),
 	// which saves a context allocation per connection.
@@ -33,8 +69,8 @@ type conn struct {
 	fd  int
 	id  index.ID
 
-	// Read side: only netpoll's OnRequest touches these, and netpoll never
-	// runs it concurrently for one connection.
+	// Read side: only the goroutine reading the socket (netpoll's handler,
+	// then a reader-pool goroutine) touches these, never two at once.
 	upgraded   bool
 	readClosed bool            // we decided to close: discard further input
 	msgCount   uint16          // client messages in msgMinute
@@ -57,27 +93,70 @@ type conn struct {
 
 	// Everything below is guarded by mu: the router, the write pool and the
 	// read side all reach it.
-	mu       sync.Mutex
-	queued   bool // in the write pool's channel, or being drained by it
-	writing  bool // a writev runs without mu: nobody else writes, and closing waits for it
-	waitOut  bool // socket full: waiting for EPOLLOUT before writing again
-	outArmed bool // fd in the waiter's epoll
-	inArmed  bool // fd in the input poller's epoll
-	handover bool // netpoll is handing the socket over
-	reading  bool // a goroutine is reading the adopted socket
-	shutReq  bool // close once the hand-over or the read in progress ends
-	closing  bool // accepts no more frames
-	abort    bool // close as soon as one non-blocking flush was tried
-	closed   bool // the fd is closed or about to be: never write again
-	live     bool // upgraded: counted in Server.open, out of the handshake wheel's reach
-	held     bool // its user's roles are being re-resolved: events wait in the hold (permissions.go)
-	outOff   int  // bytes of out[0] already written
-	outBytes int  // bytes queued in out
-	out      []outFrame
-	project  string
-	userID   string
-	roles    []string
-	subs     []subscription
+	mu      sync.Mutex
+	state   connState
+	flags   connFlags
+	q       sendQueue
+	project string
+	userID  string
+	roles   []string
+	subs    []subscription
+}
+
+// connState is where a connection is in its life; see conn.
+type connState uint8
+
+const (
+	stateHandshake connState = iota
+	stateLive
+	stateClosing
+	stateClosed
+)
+
+func (s connState) String() string {
+	switch s {
+	case stateHandshake:
+		return "handshake"
+	case stateLive:
+		return "live"
+	case stateClosing:
+		return "closing"
+	case stateClosed:
+		return "closed"
+	}
+	return "connState(" + itoa(int(s)) + ")"
+}
+
+// connFlags are a connection's conditions beside its state, one bit each.
+type connFlags uint8
+
+const (
+	flagHandover connFlags = 1 << iota // busy: netpoll is letting go of the socket
+	flagReading                        // busy: a reader-pool goroutine reads the socket
+	flagInPoll                         // the fd is in the input poller's epoll (it stays there, disarmed, after a notification)
+	flagHeld                           // its user's roles are being re-resolved: events wait in the hold (permissions.go)
+)
+
+// busyLocked reports whether something holds the socket, so that a close
+// must wait for it to let go.
+func (c *conn) busyLocked() bool {
+	return c.flags&(flagHandover|flagReading) != 0 || c.q.writing
+}
+
+// setStateLocked moves c to state next, keeping Server.open (upgraded
+// connections, for MaxConns) in step. Only the transitions in conn's doc
+// happen; a move backwards is ignored, so "close it" is safe to ask twice.
+func (c *conn) setStateLocked(next connState) {
+	if next <= c.state {
+		return
+	}
+	if c.state == stateLive {
+		c.srv.open.Add(-1)
+	}
+	if next == stateLive {
+		c.srv.open.Add(1)
+	}
+	c.state = next
 }
 
 // subscription is one subscription of a connection (a URL slot or one
@@ -89,31 +168,15 @@ type subscription struct {
 	filter   *query.Filter // nil: every event on the channels
 }
 
-// onRead consumes what netpoll has buffered for c.
-func (c *conn) onRead(r netpoll.Reader) {
-	n := r.Len()
-	if n == 0 {
-		return
-	}
-	buf, err := r.Peek(n)
-	if err != nil {
-		c.shut()
-		return
-	}
-	c.feed(buf)
-	_ = r.Skip(n)
-	_ = r.Release()
-}
-
 // handOver asks netpoll to let go of an upgraded connection's socket and
 // reports whether it will: netpoll does so once the current onRequest
 // returns, and then calls onClosed, which adopts the socket.
 func (c *conn) handOver() bool {
 	c.mu.Lock()
 	nc := c.nc
-	ok := nc != nil && !c.closed && !c.handover
+	ok := nc != nil && c.state == stateLive && c.flags&flagHandover == 0
 	if ok {
-		c.handover = true
+		c.flags |= flagHandover
 	}
 	c.mu.Unlock()
 	if !ok {
@@ -123,8 +186,8 @@ func (c *conn) handOver() bool {
 	if !can || d.Detach() != nil {
 		// Not netpoll's own connection type (tests): keep it there.
 		c.mu.Lock()
-		c.handover = false
-		c.mu.Unlock()
+		c.flags &^= flagHandover
+		c.settleLocked()
 		return false
 	}
 	return true
@@ -142,15 +205,15 @@ func (c *conn) adopt(nc netpoll.Connection) {
 		}
 	}
 	c.mu.Lock()
-	c.nc, c.handover = nil, false
-	if c.shutReq || c.closed {
-		if c.closed {
-			c.mu.Unlock()
-			return
-		}
-		c.closeAdoptedLocked()
+	c.nc = nil
+	c.flags &^= flagHandover
+	if c.state >= stateClosing {
+		c.settleLocked()
 		return
 	}
+	// The socket is ours but not yet polled: it is busy being read here
+	// until awaitInput gives it to the input poller.
+	c.flags |= flagReading
 	c.mu.Unlock()
 	func() {
 		defer c.recoverConn()
@@ -175,11 +238,11 @@ func (c *conn) adopt(nc netpoll.Connection) {
 // wait on the auth backend.
 func (c *conn) readable() {
 	c.mu.Lock()
-	if c.closed {
+	if c.state == stateClosed {
 		c.mu.Unlock()
 		return
 	}
-	c.reading = true
+	c.flags |= flagReading
 	c.mu.Unlock()
 	c.srv.readers.run(c)
 }
@@ -215,120 +278,119 @@ func (c *conn) readAdopted() {
 	}
 }
 
-// awaitInput ends a read of an adopted socket (or its adoption): it closes
-// the connection if that was asked for meanwhile or the peer is gone (eof),
-// else gives the socket back to the input poller.
+// awaitInput ends a read of an adopted socket (or its adoption): it gives
+// the socket back to the input poller, or closes the connection when it is
+// closing, the read side gave up on it, or the peer is gone (eof).
 func (c *conn) awaitInput(eof bool) {
 	c.mu.Lock()
-	c.reading = false
-	if !eof && !c.shutReq && !c.closed && !c.readClosed {
-		if err := c.srv.input.arm(c, &c.inArmed); err == nil {
+	c.flags &^= flagReading
+	if !eof && !c.readClosed && c.state < stateClosing {
+		err := c.srv.input.arm(c, c.flags&flagInPoll != 0)
+		if err == nil {
+			c.flags |= flagInPoll
 			c.mu.Unlock()
 			return
 		}
+		c.srv.log.Debug("input poller refused a socket; closing it", zap.Uint32("conn", uint32(c.id)), zap.Error(err))
 	}
-	if c.closed {
-		c.mu.Unlock()
-		return
-	}
-	c.closeAdoptedLocked()
+	c.setStateLocked(stateClosing)
+	c.settleLocked()
 }
 
-// shut closes the connection; any goroutine may call it.
+// shut closes the connection (as soon as nothing holds its socket); any
+// goroutine may call it, any number of times.
 func (c *conn) shut() {
 	c.mu.Lock()
-	switch {
-	case c.closed:
+	c.setStateLocked(stateClosing)
+	c.settleLocked()
+}
+
+// settleLocked finishes a close that nothing holds up any more: a closing
+// connection with no busy bit set is released here, or handed to netpoll
+// to close while netpoll still owns its socket. Every path that asks for a
+// close or clears a busy bit ends in it. The caller holds c.mu, which
+// settleLocked releases.
+func (c *conn) settleLocked() {
+	if c.state != stateClosing || c.busyLocked() {
 		c.mu.Unlock()
-	case c.handover || c.reading || c.writing:
-		// The goroutine that holds the socket closes it when done.
-		c.shutReq = true
-		c.mu.Unlock()
-	case c.nc != nil:
-		nc := c.nc
+		return
+	}
+	if nc := c.nc; nc != nil {
+		// netpoll closes the fd and then calls onClosed, which releases.
 		c.mu.Unlock()
 		nc.Close()
-	default:
-		c.closeAdoptedLocked()
-	}
-}
-
-// closeAdoptedLocked closes an adopted connection. The caller holds c.mu,
-// which it releases; no read of the socket is in progress. A write in
-// progress closes it when it ends.
-func (c *conn) closeAdoptedLocked() {
-	if c.writing {
-		c.shutReq = true
-		c.mu.Unlock()
 		return
 	}
-	c.srv.input.forget(c, &c.inArmed)
-	c.releaseLocked()
+	c.releaseLocked(true)
+}
+
+// releaseLocked ends the connection: it leaves the pollers, the user and
+// project tables and the index, its queue is dropped, and, when the node
+// owns the socket (ownFD), the socket is shut. The caller holds c.mu, which
+// releaseLocked releases; nothing holds the socket any more.
+func (c *conn) releaseLocked(ownFD bool) {
+	c.setStateLocked(stateClosed)
+	if c.q.armed {
+		c.srv.waiter.forget(c)
+		c.q.armed = false
+	}
+	if c.flags&flagInPoll != 0 {
+		c.srv.input.forget(c)
+		c.flags &^= flagInPoll
+	}
+	c.q.drop()
+	c.srv.users.remove(userKey{c.project, c.userID}, c)
+	c.srv.projects.remove(c.project)
 	c.mu.Unlock()
 	c.unindex()
-	// Last, so that the fd number cannot be reused while anything above
-	// could still act on it; and not yet (see fdQuarantine).
-	c.srv.quarantine.add(c.fd)
-}
-
-// feed handles newly read bytes: the upgrade request until it is done,
-// then frames (readFrames). Bytes are parsed in place in buf (netpoll's
-// buffer or the pooled read buffer); only what a later read must complete
-// is kept.
-func (c *conn) feed(buf []byte) {
-	if c.readClosed {
-		return
-	}
-	if !c.upgraded || c.upgrading != nil {
-		buf = c.feedHandshake(buf)
-	}
-	if len(buf) > 0 && !c.readClosed {
-		c.readFrames(buf)
+	if ownFD {
+		// Last, so that the fd number cannot be reused while anything
+		// above could still act on it; and not yet (see fdQuarantine).
+		c.srv.quarantine.add(c.fd)
 	}
 }
 
-// feedHandshake runs the upgrade once its request is whole and returns the
-// bytes after it that can be read as frames now. An incomplete request
-// (bounded by MaxHeaderBytes), and what follows an accepted one until the
-// socket's hand-over sends the 101, wait in c.pend.
-func (c *conn) feedHandshake(buf []byte) []byte {
-	data := buf
-	if c.pend != nil {
-		c.pend = append(c.pend, buf...)
-		data = c.pend
-	}
-	off := 0
-	if !c.upgraded {
-		off = c.upgrade(data)
+// onClosed is netpoll's close callback. netpoll runs it before it closes
+// the fd, so after this no writer can touch a descriptor number that a new
+// connection may reuse. When netpoll is handing the socket over instead,
+// the fd stays open and is adopted.
+func (c *conn) onClosed(nc netpoll.Connection) error {
+	c.mu.Lock()
+	for c.q.writing {
+		// netpoll closes the fd when this returns: let the non-blocking
+		// writev in progress end first.
+		c.mu.Unlock()
+		runtime.Gosched()
+		c.mu.Lock()
 	}
 	switch {
-	case c.readClosed:
-		c.pend = nil
-		return nil
-	case c.upgraded && c.upgrading == nil:
-		c.pend = nil
-		return data[off:]
-	case off == len(data):
-		c.pend = nil
-	case c.pend == nil:
-		c.pend = append(make([]byte, 0, len(data)-off), data[off:]...)
-	case off > 0:
-		c.pend = append(c.pend[:0], data[off:]...)
+	case c.flags&flagHandover != 0 && c.state != stateClosed:
+		c.mu.Unlock()
+		c.adopt(nc)
+	case c.state == stateClosed:
+		c.mu.Unlock()
+	default:
+		c.releaseLocked(false)
 	}
 	return nil
+}
+
+// unindex removes c from the index, for good.
+func (c *conn) unindex() {
+	c.idxMu.Lock()
+	c.removed = true
+	c.srv.idx.Delete(c.id)
+	c.idxMu.Unlock()
+	c.srv.metrics.connections.Dec()
 }
 
 // send queues f and writes what the socket takes at once. It is the path of
 // replies to the client's own messages, so it needs no pool wake-up.
 func (c *conn) send(f outFrame) {
 	c.mu.Lock()
-	c.appendLocked(f)
-	err := c.flushLocked()
-	closeNow := c.abort || c.shutReq
-	c.mu.Unlock()
-	if err != nil || closeNow {
-		c.shut()
-	}
+	c.enqueueLocked(f)
+	c.flushLocked()
+	c.settleLocked()
 }
 
 // closeWith sends a close frame and closes the connection. Input that
@@ -342,173 +404,73 @@ func (c *conn) closeWith(code ws.StatusCode, reason string) {
 // takes it without blocking) and closes the connection.
 func (c *conn) sendLast(f outFrame) {
 	c.mu.Lock()
-	c.appendLocked(f)
-	c.closing = true
-	_ = c.flushLocked()
-	c.mu.Unlock()
-	c.shut()
+	c.enqueueLocked(f)
+	c.setStateLocked(stateClosing)
+	c.flushLocked()
+	c.settleLocked()
 }
 
-// appendLocked queues f. A connection whose queue would exceed the byte
-// limit is a slow consumer: its queue is dropped (but for a frame already
-// half written, which must be finished for the close frame to parse) and it
-// is closed with 1008.
-func (c *conn) appendLocked(f outFrame) {
-	if c.closing || c.closed {
+// enqueueLocked queues f unless the connection is going. A queue over its
+// byte limit is a slow consumer's: it was cut to the slow-consumer close
+// frame (sendQueue.push), and the connection goes (1008).
+func (c *conn) enqueueLocked(f outFrame) {
+	if c.state >= stateClosing {
 		return
 	}
-	if len(c.out) > 0 && c.outBytes+f.size() > c.srv.cfg.MaxQueueBytes {
+	if err := c.q.push(f, c.srv.cfg.MaxQueueBytes); err == errSlowConsumer {
 		c.srv.metrics.slowConsumers.Inc()
-		keep := 0
-		if c.outOff > 0 {
-			keep = 1
-		}
-		clear(c.out[keep:])
-		c.out = c.out[:keep]
-		c.outBytes = 0
-		if keep == 1 {
-			c.outBytes = c.out[0].size()
-		}
-		f = outFrame{head: slowConsumerClose}
-		c.closing, c.abort = true, true
+		c.setStateLocked(stateClosing)
 	}
-	c.out = append(c.out, f)
-	c.outBytes += f.size()
 }
 
-var slowConsumerClose = closeFrame(ws.StatusPolicyViolation, "slow consumer")
-
-// flushLocked writes the queue until it is empty or the socket is full. A
-// full socket arms a one-shot EPOLLOUT wait and is not an error.
-//
-// The writev runs without c.mu: the router queues the next events on c
-// meanwhile instead of waiting out a syscall, and what it queues leaves in
-// the next writev of the same loop. Only one goroutine writes at a time
-// (c.writing); another caller finds it writing and leaves its frames to it,
-// and a close waits for it (shut and closeAdoptedLocked set shutReq, which
-// the writer's caller acts on), so the fd is never closed under a writev.
-func (c *conn) flushLocked() error {
-	for len(c.out) > 0 && !c.waitOut && !c.closed && !c.writing {
-		batch, off := c.out, c.outOff
-		c.out, c.outOff = nil, 0
-		c.writing = true
-		c.mu.Unlock()
-		done, off, calls, err := writevQueue(c.fd, batch, off)
-		c.mu.Lock()
-		c.writing = false
-		c.srv.metrics.framesOut.Add(float64(done))
-		c.srv.metrics.writeCalls.Add(float64(calls))
-		clear(batch[:done])
-		if done < len(batch) {
-			// The unwritten rest goes back in front of what was queued
-			// meanwhile (a slow-consumer cut may have left only its close
-			// frame there).
-			c.out, c.outOff = append(batch[done:], c.out...), off
-		}
-		c.outBytes = 0
-		for _, f := range c.out {
-			c.outBytes += f.size()
-		}
-		if err == errWouldBlock {
-			c.waitOut = true
-			return c.srv.waiter.arm(c, &c.outArmed)
-		}
-		if err != nil {
-			return err
+// flushLocked writes what the socket takes now (sendQueue.write). A full
+// socket arms a one-shot EPOLLOUT wait; an error closes the connection.
+func (c *conn) flushLocked() {
+	if c.state == stateClosed {
+		return
+	}
+	frames, calls, err := c.q.write(&c.mu, c.fd)
+	c.srv.metrics.framesOut.Add(float64(frames))
+	c.srv.metrics.writeCalls.Add(float64(calls))
+	if err == errWouldBlock {
+		c.srv.metrics.sendBufFull.Inc()
+		err = c.srv.waiter.arm(c, c.q.armed)
+		if err == nil {
+			c.q.armed = true
 		}
 	}
-	return nil
+	if err != nil {
+		c.setStateLocked(stateClosing)
+	}
 }
 
-// schedule hands c to the write pool unless it is already queued there.
+// schedule runs on the waiter's goroutine when a full socket can take more:
+// c goes back to the write pool.
 func (c *conn) schedule() {
 	c.mu.Lock()
-	c.waitOut = false
-	ok := !c.queued && !c.closed
-	if ok {
-		c.queued = true
-	}
+	c.q.waitOut = false
+	ok := c.state != stateClosed && c.q.wake(false)
 	c.mu.Unlock()
 	if ok {
 		c.srv.pool.ch <- c
 	}
 }
 
-// drain runs on a write-pool worker. c stays marked queued until its queue
-// is empty, so events queued while it writes do not hand it to the pool a
-// second time.
+// drain runs on a write-pool worker. c stays scheduled until its write
+// ends, so events queued meanwhile do not hand it to the pool a second
+// time: they leave in the same write.
 func (c *conn) drain() {
 	c.mu.Lock()
-	if c.closed {
-		c.queued = false
-		c.mu.Unlock()
-		return
-	}
-	err := c.flushLocked()
-	c.queued = false
-	closeNow := err != nil || c.abort || c.shutReq || (c.closing && len(c.out) == 0)
-	c.mu.Unlock()
-	if closeNow {
-		c.shut()
-	}
-}
-
-// onClosed is netpoll's close callback. netpoll runs it before it closes
-// the fd, so after this no writer can touch a descriptor number that a new
-// connection may reuse. When netpoll is handing the socket over instead,
-// the fd stays open and is adopted.
-func (c *conn) onClosed(nc netpoll.Connection) error {
-	c.mu.Lock()
-	for c.writing {
-		// netpoll closes the fd when this returns: let the non-blocking
-		// writev in progress end first.
-		c.mu.Unlock()
-		runtime.Gosched()
-		c.mu.Lock()
-	}
-	if c.handover && !c.closed {
-		c.mu.Unlock()
-		c.adopt(nc)
-		return nil
-	}
-	if c.closed {
-		c.mu.Unlock()
-		return nil
-	}
-	c.releaseLocked()
-	c.mu.Unlock()
-	c.unindex()
-	return nil
-}
-
-// releaseLocked marks c closed and drops what the node holds for it but
-// the index entry. The caller holds c.mu.
-func (c *conn) releaseLocked() {
-	c.closed = true
-	c.srv.waiter.forget(c, &c.outArmed)
-	clear(c.out)
-	c.out, c.outBytes = nil, 0
-	c.srv.users.remove(userKey{c.project, c.userID}, c)
-	c.srv.projects.remove(c.project)
-	if c.live {
-		c.srv.open.Add(-1)
-	}
-}
-
-// unindex removes c from the index, for good.
-func (c *conn) unindex() {
-	c.idxMu.Lock()
-	c.removed = true
-	c.srv.idx.Delete(c.id)
-	c.idxMu.Unlock()
-	c.srv.metrics.connections.Dec()
+	c.flushLocked()
+	c.q.scheduled = false
+	c.settleLocked()
 }
 
 // goAway tells the client the node is going away (1001) and closes; a
 // connection still in its HTTP handshake is just closed.
 func (c *conn) goAway() {
 	c.mu.Lock()
-	live := c.live
+	live := c.state == stateLive
 	c.mu.Unlock()
 	if !live {
 		c.shut()

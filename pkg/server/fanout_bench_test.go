@@ -45,7 +45,7 @@ func benchFanout(b *testing.B, n int, shared bool, filter *query.Filter) {
 	s.pool = &writePool{ch: make(chan *conn, n)}
 	conns := make([]*conn, n)
 	for i := range conns {
-		c := &conn{Context: context.Background(), srv: s, fd: -1, project: "p1", roles: []string{"guests"}}
+		c := &conn{Context: context.Background(), srv: s, fd: -1, state: stateLive, project: "p1", roles: []string{"guests"}}
 		id := "sub-shared"
 		if !shared {
 			id = fmt.Sprintf("sub-%d", i)
@@ -64,7 +64,7 @@ func benchFanout(b *testing.B, n int, shared bool, filter *query.Filter) {
 		b.StopTimer()
 		for range conns {
 			c := <-s.pool.ch
-			c.queued, c.out, c.outBytes = false, nil, 0
+			c.q = sendQueue{}
 		}
 		b.StartTimer()
 	}

@@ -47,10 +47,10 @@ func newPoller(events uint32, ready func(*conn)) (*poller, error) {
 
 // arm asks for one notification for c. added says whether c's fd is in
 // this epoll already (it stays there, disarmed, after a notification); the
-// caller holds c.mu, which guards it.
-func (p *poller) arm(c *conn, added *bool) error {
+// caller records that it is once arm succeeds. The caller holds c.mu.
+func (p *poller) arm(c *conn, added bool) error {
 	op := unix.EPOLL_CTL_ADD
-	if *added {
+	if added {
 		op = unix.EPOLL_CTL_MOD
 	}
 	ev := unix.EpollEvent{Events: p.events, Fd: int32(c.fd)}
@@ -59,24 +59,20 @@ func (p *poller) arm(c *conn, added *bool) error {
 	if err := unix.EpollCtl(p.epfd, op, c.fd, &ev); err != nil {
 		return fmt.Errorf("epoll_ctl: %w", err)
 	}
-	*added = true
 	p.conns[int32(c.fd)] = c
 	return nil
 }
 
-// forget removes c before its fd is closed, so a later connection that
-// reuses the fd number can never be mistaken for it. The caller holds c.mu.
-func (p *poller) forget(c *conn, added *bool) {
-	if !*added {
-		return
-	}
+// forget removes c, whose fd is in this epoll, before the fd is closed, so
+// that a later connection that reuses the fd number can never be mistaken
+// for it. The caller holds c.mu.
+func (p *poller) forget(c *conn) {
 	p.mu.Lock()
 	_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, c.fd, nil)
 	if p.conns[int32(c.fd)] == c {
 		delete(p.conns, int32(c.fd))
 	}
 	p.mu.Unlock()
-	*added = false
 }
 
 // run delivers notifications until close is called.

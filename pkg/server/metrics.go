@@ -11,6 +11,7 @@ type metrics struct {
 	messagesOut    prometheus.Counter
 	framesOut      prometheus.Counter
 	writeCalls     prometheus.Counter
+	sendBufFull    prometheus.Counter
 	deliveries     prometheus.Counter
 	slowConsumers  prometheus.Counter
 	protocolErrors *prometheus.CounterVec
@@ -48,6 +49,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		writeCalls: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_writev_calls_total", Help: "writev system calls made for client sockets; frames written per call shows how much batching under load saves.",
+		}),
+		sendBufFull: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_send_buffer_full_total", Help: "Writes that ended part-way because a socket's send buffer was full; the rest waited for EPOLLOUT.",
 		}),
 		deliveries: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_deliveries_total", Help: "Event frames queued for a recipient.",
@@ -96,7 +100,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "switchboard_permission_resolve_failures_total", Help: "Re-resolutions after a permission change that failed or timed out; the user's connections dropped to guest.",
 		}),
 	}
-	reg.MustRegister(m.connections, m.upgrades, m.messagesIn, m.messagesOut, m.framesOut, m.writeCalls, m.deliveries,
+	reg.MustRegister(m.connections, m.upgrades, m.messagesIn, m.messagesOut, m.framesOut, m.writeCalls, m.sendBufFull, m.deliveries,
 		m.slowConsumers, m.protocolErrors, m.events, m.invalidEvents, m.publishErrors, m.published, m.permissionChanges, m.permissionHolds, m.permissionHoldSeconds, m.permissionResolveFailures, m.handshakeTimeouts, m.idleTimeouts, m.panics,
 		m.drainCloses)
 	return m

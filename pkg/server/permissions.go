@@ -98,8 +98,8 @@ func (hs *holds) begin(project, uid string) {
 	}
 	for _, c := range conns {
 		c.mu.Lock()
-		if !c.held && !c.closed {
-			c.held = true
+		if c.flags&flagHeld == 0 && c.state != stateClosed {
+			c.flags |= flagHeld
 			h.conns = append(h.conns, heldConn{c, len(h.events)})
 		}
 		c.mu.Unlock()
@@ -169,7 +169,7 @@ func (hs *holds) resolve(h *hold) {
 		if !again {
 			for _, hc := range h.conns {
 				hc.c.mu.Lock()
-				hc.c.held = false
+				hc.c.flags &^= flagHeld
 				hc.c.mu.Unlock()
 			}
 			rt.mu.Unlock()
@@ -219,7 +219,7 @@ func (s *Server) resolveUser(k userKey) (auth.Identity, error) {
 // someone else meanwhile keeps that identity.
 func (c *conn) applyIdentity(k userKey, id auth.Identity, err error) {
 	c.mu.Lock()
-	same := c.userID == k.uid && !c.closed
+	same := c.userID == k.uid && c.state != stateClosed
 	c.mu.Unlock()
 	if !same {
 		return

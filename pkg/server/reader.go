@@ -4,11 +4,13 @@ import (
 	"slices"
 	"unicode/utf8"
 
+	"github.com/cloudwego/netpoll"
 	"github.com/gobwas/ws"
 )
 
-// The read side of an upgraded connection: frames are parsed straight out
-// of the read buffer. A frame that is whole there and starts no multi-frame
+// The read side of a connection: the upgrade request, then frames, parsed
+// straight out of the read buffer (netpoll's during the handshake, then the
+// reader pool's). A frame that is whole there and starts no multi-frame
 // message is unmasked and handled in place, without a copy or an
 // allocation; that is every message a browser sends. Anything longer than
 // one read streams: its payload is unmasked and validated as each read
@@ -16,6 +18,69 @@ import (
 // a message costs time linear in its size however it is cut into reads and
 // frames, and invalid UTF-8 fails the connection as soon as it arrives
 // (RFC 6455 8.1), not when the message ends.
+
+// onRead consumes what netpoll has buffered for c.
+func (c *conn) onRead(r netpoll.Reader) {
+	n := r.Len()
+	if n == 0 {
+		return
+	}
+	buf, err := r.Peek(n)
+	if err != nil {
+		c.shut()
+		return
+	}
+	c.feed(buf)
+	_ = r.Skip(n)
+	_ = r.Release()
+}
+
+// feed handles newly read bytes: the upgrade request until it is done,
+// then frames (readFrames). Bytes are parsed in place in buf (netpoll's
+// buffer or the pooled read buffer); only what a later read must complete
+// is kept.
+func (c *conn) feed(buf []byte) {
+	if c.readClosed {
+		return
+	}
+	if !c.upgraded || c.upgrading != nil {
+		buf = c.feedHandshake(buf)
+	}
+	if len(buf) > 0 && !c.readClosed {
+		c.readFrames(buf)
+	}
+}
+
+// feedHandshake runs the upgrade once its request is whole and returns the
+// bytes after it that can be read as frames now. An incomplete request
+// (bounded by MaxHeaderBytes), and what follows an accepted one until the
+// socket's hand-over sends the 101, wait in c.pend.
+func (c *conn) feedHandshake(buf []byte) []byte {
+	data := buf
+	if c.pend != nil {
+		c.pend = append(c.pend, buf...)
+		data = c.pend
+	}
+	off := 0
+	if !c.upgraded {
+		off = c.upgrade(data)
+	}
+	switch {
+	case c.readClosed:
+		c.pend = nil
+		return nil
+	case c.upgraded && c.upgrading == nil:
+		c.pend = nil
+		return data[off:]
+	case off == len(data):
+		c.pend = nil
+	case c.pend == nil:
+		c.pend = append(make([]byte, 0, len(data)-off), data[off:]...)
+	case off > 0:
+		c.pend = append(c.pend[:0], data[off:]...)
+	}
+	return nil
+}
 
 // inbound is the state of a frame or message that spans reads. A
 // connection holds one only while such a frame or message is in progress:

@@ -194,11 +194,15 @@ func newFeedHarness(t testing.TB, mod func(*Config)) *feedHarness {
 // open returns an upgraded connection and a reader of what the server sent
 // it after the 101 response.
 func (h *feedHarness) open(t testing.TB) (*conn, *bufio.Reader) {
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Non-blocking, so that os.File polls it and read deadlines work.
 	peer := os.NewFile(uintptr(fds[1]), "peer")
+	if err := peer.SetReadDeadline(time.Now().Add(30 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
 	nc := &fakeNC{}
 	c := &conn{Context: context.Background(), srv: h.s, nc: nc, fd: fds[0]}
 	c.id = h.s.idx.Insert(c)

@@ -99,7 +99,7 @@ func (r *router) visit(_ index.ID, c *conn) { r.queue(c, false) }
 // hold delivering it (held).
 func (r *router) queue(c *conn, held bool) {
 	c.mu.Lock()
-	if c.closing || c.closed || (c.held && !held) {
+	if c.state != stateLive || (c.flags&flagHeld != 0 && !held) {
 		c.mu.Unlock()
 		return
 	}
@@ -108,14 +108,11 @@ func (r *router) queue(c *conn, held bool) {
 		c.mu.Unlock()
 		return
 	}
-	c.appendLocked(r.frameFor(r.ids))
+	c.enqueueLocked(r.frameFor(r.ids))
 	r.count++
 	// A slow consumer that was just cut off is woken even while it waits
 	// for EPOLLOUT, so that it is closed now rather than when it reads.
-	wake := !c.queued && (!c.waitOut || c.abort)
-	if wake {
-		c.queued = true
-	}
+	wake := c.q.wake(c.state == stateClosing)
 	c.mu.Unlock()
 	if wake {
 		r.sched = append(r.sched, c)

@@ -53,7 +53,7 @@ func (w *handshakeWheel) sweep(now time.Time, s *Server) {
 	w.mu.Unlock()
 	for _, c := range due {
 		c.mu.Lock()
-		expired := !c.live && !c.closed
+		expired := c.state == stateHandshake
 		c.mu.Unlock()
 		if expired {
 			s.metrics.handshakeTimeouts.Inc()
@@ -129,7 +129,7 @@ func (s *Server) sweepIdle(now uint32) {
 	})
 	for _, c := range idle {
 		c.mu.Lock()
-		expired := c.live && !c.closed && !c.closing
+		expired := c.state == stateLive
 		c.mu.Unlock()
 		if expired {
 			s.metrics.idleTimeouts.Inc()

@@ -106,12 +106,10 @@ func (c *conn) upgrade(data []byte) int {
 	c.upgraded = true
 	c.lastSeen.Store(s.clock.Load())
 	c.mu.Lock()
-	c.live = !c.closed
-	live := c.live
-	c.mu.Unlock()
-	if live {
-		s.open.Add(1)
+	if c.state == stateHandshake {
+		c.setStateLocked(stateLive)
 	}
+	c.mu.Unlock()
 	s.metrics.upgrades.WithLabelValues("ok").Inc()
 	// The 101 goes out only once netpoll has let go of the socket: a
 	// client may send nothing before it (RFC 6455, 4.1), so netpoll can
@@ -240,7 +238,7 @@ func (c *conn) open(h *handshake) {
 	}
 	c.mu.Lock()
 	c.project, c.userID, c.roles, c.subs = s.strs.get(project), id.UserID, id.Roles, subs
-	if !c.closed {
+	if c.state != stateClosed {
 		s.users.add(userKey{project, id.UserID}, c)
 		s.projects.add(project)
 	}

@@ -71,7 +71,7 @@ func (c *conn) setIdentity(id auth.Identity) {
 	}
 	// The user table changes under c.mu, as in onClosed, so a closed
 	// connection can never be put back into it.
-	if !c.closed {
+	if c.state != stateClosed {
 		s.users.remove(old, c)
 		s.users.add(userKey{c.project, c.userID}, c)
 	}
