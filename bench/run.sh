@@ -44,7 +44,7 @@ start_server() {
 		case $1 in
 		switchboard)
 			bin/switchboard serve --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
-				--connects-per-ip 0 --log-level warn &
+				--connects-per-ip -1 --log-level warn &
 			;;
 		baseline)
 			bin/baseline --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" 2>/dev/null &

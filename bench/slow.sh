@@ -74,7 +74,7 @@ one() {
 	for _ in 1 2 3 4 5; do
 		# --drain-time 0: the node need not spread its goodbyes at the end.
 		"$bin" serve --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
-			--connects-per-ip 0 --max-queue-bytes "$maxq" --drain-time 0s \
+			--connects-per-ip -1 --max-queue-bytes "$maxq" --drain-time -1s \
 			--log-level warn --log-format json >"$out/$name-node.log" 2>&1 &
 		node=$!
 		for _ in $(seq 100); do

@@ -61,7 +61,7 @@ logdir=$(mktemp -d)
 for i in $(seq 0 $((nodes - 1))); do
 	bin/switchboard serve --listen "127.0.0.1:$port" --reuse-port \
 		--admin-listen 127.0.0.1:0 --redis-url "redis://127.0.0.1:$redis_port" \
-		--connects-per-ip 0 --max-conns "$max_conns" --log-level info --log-format json 2>"$logdir/node-$i.log" &
+		--connects-per-ip -1 --max-conns "$max_conns" --log-level info --log-format json 2>"$logdir/node-$i.log" &
 	pids+=($!)
 	server_pids+=($!)
 done

@@ -66,7 +66,7 @@ echo "== node on 127.0.0.1:$port (admin $admin)"
 # connects-per-ip 0: every Tsung user comes from eight 127.0.0.x addresses,
 # which the default per-IP limit (128 a minute) would refuse.
 "$bin" serve --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
-	--connects-per-ip 0 --log-level warn --log-format json >"$work/node.log" 2>&1 &
+	--connects-per-ip -1 --log-level warn --log-format json >"$work/node.log" 2>&1 &
 node_pid=$!
 for _ in $(seq 50); do
 	curl -fsS "http://127.0.0.1:$admin/healthz" >/dev/null 2>&1 && break

@@ -16,7 +16,7 @@ import (
 // `serve` subprocess, split into two worker processes (the hidden worker
 // mode of the same binary), configured partly through the environment.
 func TestBenchCommandAgainstANode(t *testing.T) {
-	n := startNode(t, "--api-key", "k1", "--connects-per-ip", "0")
+	n := startNode(t, "--api-key", "k1", "--connects-per-ip", "-1")
 	const conns, events = 300, 10
 	cmd := exec.Command(switchboardBin, "bench",
 		"--url", fmt.Sprintf("ws://%s/v1/realtime?project=p1&channels[]=files", n.addr),

@@ -19,7 +19,7 @@ import (
 //
 //	go test -run '^$' -bench MessageCPUPerMiB -benchtime 3s ./cmd/switchboard/
 func BenchmarkMessageCPUPerMiB(b *testing.B) {
-	n := startNode(b, "--max-message-size", fmt.Sprint(16<<20), "--messages-per-minute", "0")
+	n := startNode(b, "--max-message-size", fmt.Sprint(16<<20), "--messages-per-minute", "-1")
 	for _, size := range []int{64 << 10, 1 << 20, 4 << 20, 16 << 20} {
 		b.Run(fmt.Sprintf("size=%dKiB", size>>10), func(b *testing.B) {
 			c, err := rawDial(n.addr, "project=p1")

@@ -38,11 +38,10 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 		bf              brokerFlags
 		origins         string
 		readBuffer      int
-		tcpKeepAlive    time.Duration
 	)
-	fs.StringVar(&cfg.Listen, "listen", ":9505", "WebSocket listen address")
-	fs.StringVar(&cfg.AdminListen, "admin-listen", "127.0.0.1:9506", "admin HTTP listen address (publish, metrics, health, pprof)")
-	fs.StringVar(&cfg.Path, "path", "/v1/realtime", "WebSocket endpoint path")
+	fs.StringVar(&cfg.Listen, "listen", server.DefaultListen, "WebSocket listen address")
+	fs.StringVar(&cfg.AdminListen, "admin-listen", server.DefaultAdminListen, "admin HTTP listen address (publish, metrics, health, pprof)")
+	fs.StringVar(&cfg.Path, "path", server.DefaultPath, "WebSocket endpoint path")
 	fs.StringVar(&projects, "projects", "", "comma-separated project ids to accept; empty accepts any")
 	fs.StringVar(&cfg.APIKey, "api-key", "", "bearer key required by POST /v1/publish; empty requires none")
 	fs.StringVar(&authMode, "auth", "none", "auth resolver: none (everyone is a guest), jwt (HS256) or http (ask --auth-url)")
@@ -50,27 +49,27 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	fs.StringVar(&authOpts.URL, "auth-url", "", "backend URL for --auth http (POST {project, session|jwt|userId})")
 	fs.DurationVar(&authOpts.CacheTTL, "auth-cache-ttl", 30*time.Second, "how long --auth http reuses an answer per session (negative: never)")
 	fs.StringVar(&authOpts.BearerAuth, "auth-key", "", "bearer key sent to --auth-url")
-	fs.DurationVar(&cfg.AuthTimeout, "auth-timeout", 5*time.Second, "bound on one auth resolver call")
-	fs.IntVar(&cfg.MaxMessageSize, "max-message-size", 64<<10, "largest client message in bytes after reassembly; larger closes with 1009")
-	fs.IntVar(&cfg.MaxHeaderBytes, "max-header-bytes", 8<<10, "largest upgrade request head in bytes")
-	fs.IntVar(&cfg.MaxQueueBytes, "max-queue-bytes", 1<<20, "outbound bytes queued per connection before it is closed as a slow consumer")
-	fs.IntVar(&cfg.MaxSubscriptions, "max-subscriptions", 100, "subscriptions per connection; more are refused with error 1003")
-	fs.IntVar(&cfg.ConnectsPerIP, "connects-per-ip", 128, "WebSocket connects per client IP per minute; more get error 1013 and close (0: no limit)")
-	fs.IntVar(&cfg.MessagesPerMinute, "messages-per-minute", 32, "client messages per connection per minute; more get error 1013 (0: no limit)")
+	fs.DurationVar(&cfg.AuthTimeout, "auth-timeout", server.DefaultAuthTimeout, "bound on one auth resolver call")
+	fs.IntVar(&cfg.MaxMessageSize, "max-message-size", server.DefaultMaxMessageSize, "largest client message in bytes after reassembly; larger closes with 1009")
+	fs.IntVar(&cfg.MaxHeaderBytes, "max-header-bytes", server.DefaultMaxHeaderBytes, "largest upgrade request head in bytes")
+	fs.IntVar(&cfg.MaxQueueBytes, "max-queue-bytes", server.DefaultMaxQueueBytes, "outbound bytes queued per connection before it is closed as a slow consumer")
+	fs.IntVar(&cfg.MaxSubscriptions, "max-subscriptions", server.DefaultMaxSubscriptions, "subscriptions per connection; more are refused with error 1003")
+	fs.IntVar(&cfg.ConnectsPerIP, "connects-per-ip", server.DefaultConnectsPerIP, "WebSocket connects per client IP per minute; more get error 1013 and close (-1: no limit)")
+	fs.IntVar(&cfg.MessagesPerMinute, "messages-per-minute", server.DefaultMessagesPerMinute, "client messages per connection per minute; more get error 1013 (-1: no limit)")
 	fs.StringVar(&origins, "allowed-origins", "", "comma-separated browser origins allowed to connect (scheme://host, host, *.domain); empty allows all")
 	fs.IntVar(&cfg.MaxConns, "max-conns", 0, "upgraded connections held by this node; above it upgrades get HTTP 503 (0: no limit)")
-	fs.DurationVar(&cfg.HandshakeTimeout, "handshake-timeout", 5*time.Second, "a connection must complete its upgrade request within this")
+	fs.DurationVar(&cfg.HandshakeTimeout, "handshake-timeout", server.DefaultHandshakeTimeout, "a connection must complete its upgrade request within this")
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "close (1001) upgraded connections that send no frame for this long; the SDK pings every 20s (0: off)")
-	fs.DurationVar(&tcpKeepAlive, "tcp-keepalive", 2*time.Minute, "TCP keepalive idle time on accepted sockets, then probes every third of it, three probes (0: off)")
+	fs.DurationVar(&cfg.TCPKeepAlive, "tcp-keepalive", server.DefaultTCPKeepAlive, "TCP keepalive idle time on accepted sockets, then probes every third of it, three probes (-1s: off)")
 	fs.IntVar(&cfg.WriteWorkers, "write-workers", 0, "write pool goroutines (0: 2 x GOMAXPROCS)")
-	fs.IntVar(&cfg.IndexShards, "index-shards", 64, "subscription index shards (rounded up to a power of two)")
+	fs.IntVar(&cfg.IndexShards, "index-shards", server.DefaultIndexShards, "subscription index shards (rounded up to a power of two)")
 	fs.IntVar(&readBuffer, "read-buffer", 1024, "netpoll's input buffer in bytes for a connection in its HTTP upgrade (upgraded connections leave netpoll and hold no buffer while idle)")
 	bf.register(fs)
 	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&logFormat, "log-format", "auto", "log format: auto (console on a terminal, else json), json, console")
 	fs.DurationVar(&shutdownTimeout, "shutdown-timeout", 10*time.Second, "bound on the whole shutdown after SIGTERM/SIGINT (the drain included)")
 	fs.BoolVar(&cfg.ReusePort, "reuse-port", false, "listen with SO_REUSEPORT so several processes share --listen (the kernel spreads connections over them)")
-	fs.DurationVar(&cfg.DrainTime, "drain-time", 5*time.Second, "after SIGTERM, clients get close 1001 spread over this, so they reconnect elsewhere without a stampede")
+	fs.DurationVar(&cfg.DrainTime, "drain-time", server.DefaultDrainTime, "after SIGTERM, clients get close 1001 spread over this, so they reconnect elsewhere without a stampede (-1s: all at once)")
 	if err := parseFlags(fs, args, getenv); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -98,10 +97,6 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	defer log.Sync()
 
 	cfg.Projects = splitList(projects)
-	cfg.TCPKeepAlive = tcpKeepAlive
-	if tcpKeepAlive <= 0 {
-		cfg.TCPKeepAlive = -1 // the server's zero value means its default
-	}
 	cfg.AllowedOrigins = splitList(origins)
 	switch authMode {
 	case "none":

@@ -151,7 +151,7 @@ func TestServeHolds10000ConnectionsWithoutGoroutinePerConnection(t *testing.T) {
 	if testing.Short() {
 		t.Skip("opens 10,000 sockets")
 	}
-	n := startNode(t, "--connects-per-ip", "0", "--messages-per-minute", "0")
+	n := startNode(t, "--connects-per-ip", "-1", "--messages-per-minute", "-1")
 	const conns = 10000
 	before := n.metric(t, "go_goroutines")
 	rssBefore := n.metric(t, "process_resident_memory_bytes")

@@ -549,7 +549,7 @@ func settle(t *testing.T, n *node, wantConns float64) soakFigures {
 func runSoak(t *testing.T, cfg soakConfig) {
 	// No per-IP connect or per-connection message budget: every client here
 	// is on 127.0.0.1 and the stable ones change subscriptions often.
-	n := startNode(t, "--connects-per-ip", "0", "--messages-per-minute", "0")
+	n := startNode(t, "--connects-per-ip", "-1", "--messages-per-minute", "-1")
 	t.Logf("soak: %v (+%v warm-up), %d URL + %d message-mode stable clients, %d churners every %v, one event every %v",
 		cfg.duration, cfg.warmup, cfg.urlClients, cfg.msgClients, cfg.churners, cfg.churnEvery, cfg.publishEvery)
 
@@ -738,7 +738,7 @@ func runSoak(t *testing.T, cfg soakConfig) {
 // the 101 had gone out (its poller could still be reading the client's
 // message); the node now lets go before it answers the upgrade.
 func TestFirstMessageAfterConnected(t *testing.T) {
-	n := startNode(t, "--connects-per-ip", "0", "--messages-per-minute", "0")
+	n := startNode(t, "--connects-per-ip", "-1", "--messages-per-minute", "-1")
 	var conns []net.Conn
 	defer func() {
 		for _, c := range conns {

@@ -19,14 +19,18 @@ import (
 	"github.com/switchboard-rt/switchboard/pkg/server"
 )
 
-// startNode runs a real Switchboard node on free loopback ports.
+// startNode runs a real Switchboard node on free loopback ports, with the
+// per-connection message limit and the drain off (a test that checks the
+// per-IP connect limit sets it).
 func startNode(t *testing.T, mod func(*server.Config)) *server.Server {
 	t.Helper()
 	cfg := server.Config{
-		Listen:      "127.0.0.1:0",
-		AdminListen: "127.0.0.1:0",
-		Broker:      broker.NewMemory(1024),
-		Registry:    prometheus.NewRegistry(),
+		Listen:            "127.0.0.1:0",
+		AdminListen:       "127.0.0.1:0",
+		MessagesPerMinute: server.Off,
+		DrainTime:         server.Off,
+		Broker:            broker.NewMemory(1024),
+		Registry:          prometheus.NewRegistry(),
 	}
 	if mod != nil {
 		mod(&cfg)
@@ -153,7 +157,7 @@ func TestFanOutCompleteFromSeveralSourceAddresses(t *testing.T) {
 
 func TestWorkerProcessesSplitTheRun(t *testing.T) {
 	const conns, events = 250, 5
-	s := startNode(t, func(c *server.Config) { c.ConnectsPerIP = 0 })
+	s := startNode(t, func(c *server.Config) { c.ConnectsPerIP = server.Off })
 	cfg := benchConfig(s, conns, events)
 	cfg.MaxFDsPerWorker = 100
 	cfg.Loops = 1
@@ -204,7 +208,7 @@ func TestAuthenticationMessageGivesTheUsersRoles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := startNode(t, func(c *server.Config) { c.Resolver = res; c.ConnectsPerIP = 0 })
+	s := startNode(t, func(c *server.Config) { c.Resolver = res; c.ConnectsPerIP = server.Off })
 	token, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "u1", "exp": time.Now().Add(time.Hour).Unix()}).SignedString(secret)
 	if err != nil {
 		t.Fatal(err)
@@ -238,7 +242,7 @@ func TestStalledConnectionsAreClosedAsSlowConsumers(t *testing.T) {
 	const conns, stalled, events = 60, 10, 300
 	reg := prometheus.NewRegistry()
 	s := startNode(t, func(c *server.Config) {
-		c.ConnectsPerIP = 0
+		c.ConnectsPerIP = server.Off
 		c.MaxQueueBytes = 512 << 10 // 32 events of slack for a healthy reader
 		c.Registry = reg
 	})
@@ -286,7 +290,7 @@ func TestStalledConnectionsAreClosedAsSlowConsumers(t *testing.T) {
 // closed by the server, and their close handshake still completes.
 func TestStalledConnectionsTheNodeKeepsAreReportedOpen(t *testing.T) {
 	const conns, stalled, events = 20, 5, 10
-	s := startNode(t, func(c *server.Config) { c.ConnectsPerIP = 0 })
+	s := startNode(t, func(c *server.Config) { c.ConnectsPerIP = server.Off })
 	cfg := benchConfig(s, conns, events)
 	cfg.Stalled = stalled
 	sum := run(t, cfg)
@@ -310,7 +314,7 @@ func TestStalledConnectionsCutShortAreNotCountedAsClosed(t *testing.T) {
 	const conns, stalled, events = 20, 5, 300
 	reg := prometheus.NewRegistry()
 	s := startNode(t, func(c *server.Config) {
-		c.ConnectsPerIP = 0
+		c.ConnectsPerIP = server.Off
 		c.MaxQueueBytes = 64 << 20
 		c.Registry = reg
 	})

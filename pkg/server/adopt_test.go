@@ -79,7 +79,7 @@ func TestPeerCloseOfAdoptedConnectionIsNoticed(t *testing.T) {
 // gets its response. The hand-over from netpoll happens before the 101, so
 // no client byte can be left behind in netpoll's buffer.
 func TestMessageRightAfterConnectedIsAnswered(t *testing.T) {
-	s := testNode(t, func(c *Config) { c.ConnectsPerIP, c.MessagesPerMinute = 0, 0 })
+	s := testNode(t, func(c *Config) { c.ConnectsPerIP, c.MessagesPerMinute = Off, Off })
 	for i := range 500 {
 		c := dial(t, s, "project=p1", nil)
 		defer c.conn.Close()

@@ -115,6 +115,13 @@ func (p *poller) registered() []*conn {
 	return out
 }
 
+// free closes the epoll and its eventfd of a poller whose run never
+// started (run closes them itself when it stops).
+func (p *poller) free() {
+	unix.Close(p.epfd)
+	unix.Close(p.wakefd)
+}
+
 // close stops run.
 func (p *poller) close() {
 	var one = [8]byte{1}

@@ -174,7 +174,7 @@ type feedHarness struct {
 }
 
 func newFeedHarness(t testing.TB, mod func(*Config)) *feedHarness {
-	cfg := Config{Broker: broker.NewMemory(1), MessagesPerMinute: 0}
+	cfg := Config{Broker: broker.NewMemory(1), MessagesPerMinute: Off}
 	if mod != nil {
 		mod(&cfg)
 	}

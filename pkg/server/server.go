@@ -28,11 +28,37 @@ import (
 	"github.com/switchboard-rt/switchboard/pkg/index"
 )
 
-// Config is a node's configuration. Zero values take the documented defaults.
+// Defaults of Config. A zero field takes its default; the flags of
+// `switchboard serve` default to the same constants, so a Config{} and a
+// bare command line behave alike.
+const (
+	DefaultListen            = ":9505"
+	DefaultAdminListen       = "127.0.0.1:9506"
+	DefaultPath              = "/v1/realtime"
+	DefaultMaxMessageSize    = 64 << 10
+	DefaultMaxHeaderBytes    = 8 << 10
+	DefaultMaxQueueBytes     = 1 << 20
+	DefaultMaxSubscriptions  = 100
+	DefaultConnectsPerIP     = 128
+	DefaultMessagesPerMinute = 32
+	DefaultHandshakeTimeout  = 5 * time.Second
+	DefaultDrainTime         = 5 * time.Second
+	DefaultIndexShards       = 64
+	DefaultTCPKeepAlive      = 2 * time.Minute
+	DefaultAuthTimeout       = 5 * time.Second
+)
+
+// Off, as a limit or duration of Config marked "Off turns it off", turns
+// that limit or behaviour off. (Zero takes the default.)
+const Off = -1
+
+// Config is a node's configuration. A zero field takes its default (the
+// Default constants); negative values are only meaningful where a field
+// says Off turns it off.
 type Config struct {
-	Listen      string // WebSocket address; default ":9505"
-	AdminListen string // admin HTTP address; default "127.0.0.1:9506"
-	Path        string // WebSocket path; default "/v1/realtime"
+	Listen      string // WebSocket address; default DefaultListen
+	AdminListen string // admin HTTP address; default DefaultAdminListen
+	Path        string // WebSocket path; default DefaultPath
 	// ReusePort lets several processes listen on the same WebSocket
 	// address (SO_REUSEPORT): the kernel spreads new connections over
 	// them, which is how a host outgrows one process's descriptor limit.
@@ -41,32 +67,35 @@ type Config struct {
 	Projects []string // when non-empty, the only projects accepted
 	APIKey   string   // when set, POST /v1/publish needs "Authorization: Bearer <APIKey>"
 
-	MaxMessageSize   int // largest client message after reassembly; default 64 KiB
-	MaxHeaderBytes   int // largest upgrade request head; default 8 KiB
-	MaxQueueBytes    int // outbound bytes queued per connection before it is a slow consumer; default 1 MiB
-	MaxSubscriptions int // subscriptions per connection; default 100
+	MaxMessageSize   int // largest client message after reassembly (at most 16 MiB)
+	MaxHeaderBytes   int // largest upgrade request head
+	MaxQueueBytes    int // outbound bytes queued per connection before it is a slow consumer
+	MaxSubscriptions int // subscriptions per connection
 
-	ConnectsPerIP     int      // upgrades per client IP per minute; 0 disables
-	MessagesPerMinute int      // client messages per connection per minute; 0 disables
+	ConnectsPerIP     int      // upgrades per client IP per minute; Off turns the limit off
+	MessagesPerMinute int      // client messages per connection per minute; Off turns the limit off
 	AllowedOrigins    []string // when non-empty, browser origins allowed to connect
 
-	MaxConns         int           // upgraded connections held; above it upgrades get HTTP 503; 0 = no limit
-	HandshakeTimeout time.Duration // bound on the upgrade request arriving whole; default 5 s
-	DrainTime        time.Duration // Shutdown spreads the clients' close 1001 over this; 0 = all at once
-	WriteWorkers     int           // write pool size; default 2 x GOMAXPROCS
-	IndexShards      int           // subscription index shards; default 64
+	MaxConns         int           // upgraded connections held; above it upgrades get HTTP 503; default: no limit
+	HandshakeTimeout time.Duration // bound on the upgrade request arriving whole
+	// DrainTime is what Shutdown spreads the clients' close 1001 over;
+	// Off tells them all at once.
+	DrainTime    time.Duration
+	WriteWorkers int // write pool size; default 2 x GOMAXPROCS
+	IndexShards  int // subscription index shards
 
 	// IdleTimeout closes (1001) an upgraded connection that sent no frame
-	// for this long: a dead peer that TCP has not noticed yet. 0 disables.
-	// The Appwrite SDK pings every 20 s, so anything well above that only
-	// ever catches dead or stuck clients. Checked at one-second granularity.
+	// for this long: a dead peer that TCP has not noticed yet. Default:
+	// off. The Appwrite SDK pings every 20 s, so anything well above that
+	// only ever catches dead or stuck clients. Checked at one-second
+	// granularity.
 	IdleTimeout time.Duration
 	// TCPKeepAlive is the idle time before the kernel probes an accepted
 	// socket (then every third of it, three probes): it reaps peers that
-	// vanished without a FIN. Default 2 min; negative disables.
+	// vanished without a FIN. Off turns keepalive off.
 	TCPKeepAlive time.Duration
 
-	AuthTimeout time.Duration // bound on one resolver call; default 5 s
+	AuthTimeout time.Duration // bound on one resolver call
 
 	Broker   broker.Broker        // required
 	Resolver auth.Resolver        // default auth.None
@@ -76,37 +105,35 @@ type Config struct {
 
 func (c *Config) setDefaults() {
 	def := func(v *int, d int) {
-		if *v <= 0 {
+		if *v == 0 {
 			*v = d
 		}
 	}
-	if c.Listen == "" {
-		c.Listen = ":9505"
+	defDur := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
 	}
-	if c.AdminListen == "" {
-		c.AdminListen = "127.0.0.1:9506"
+	defStr := func(v *string, d string) {
+		if *v == "" {
+			*v = d
+		}
 	}
-	if c.Path == "" {
-		c.Path = "/v1/realtime"
-	}
-	def(&c.MaxMessageSize, 64<<10)
-	def(&c.MaxHeaderBytes, 8<<10)
-	def(&c.MaxQueueBytes, 1<<20)
-	def(&c.MaxSubscriptions, 100)
+	defStr(&c.Listen, DefaultListen)
+	defStr(&c.AdminListen, DefaultAdminListen)
+	defStr(&c.Path, DefaultPath)
+	def(&c.MaxMessageSize, DefaultMaxMessageSize)
+	def(&c.MaxHeaderBytes, DefaultMaxHeaderBytes)
+	def(&c.MaxQueueBytes, DefaultMaxQueueBytes)
+	def(&c.MaxSubscriptions, DefaultMaxSubscriptions)
+	def(&c.ConnectsPerIP, DefaultConnectsPerIP)
+	def(&c.MessagesPerMinute, DefaultMessagesPerMinute)
 	def(&c.WriteWorkers, 2*runtime.GOMAXPROCS(0))
-	def(&c.IndexShards, 64)
-	if c.HandshakeTimeout <= 0 {
-		c.HandshakeTimeout = 5 * time.Second
-	}
-	if c.TCPKeepAlive == 0 {
-		c.TCPKeepAlive = 2 * time.Minute
-	}
-	if c.IdleTimeout < 0 {
-		c.IdleTimeout = 0
-	}
-	if c.AuthTimeout <= 0 {
-		c.AuthTimeout = 5 * time.Second
-	}
+	def(&c.IndexShards, DefaultIndexShards)
+	defDur(&c.HandshakeTimeout, DefaultHandshakeTimeout)
+	defDur(&c.DrainTime, DefaultDrainTime)
+	defDur(&c.TCPKeepAlive, DefaultTCPKeepAlive)
+	defDur(&c.AuthTimeout, DefaultAuthTimeout)
 	if c.Resolver == nil {
 		c.Resolver = auth.None{}
 	}
@@ -116,6 +143,32 @@ func (c *Config) setDefaults() {
 	if c.Registry == nil {
 		c.Registry = prometheus.NewRegistry()
 	}
+}
+
+// validate refuses values that no default can stand in for.
+func (c *Config) validate() error {
+	if c.Broker == nil {
+		return errors.New("server: config has no broker")
+	}
+	for _, f := range []struct {
+		name string
+		v    int
+	}{
+		{"max message size", c.MaxMessageSize}, {"max header bytes", c.MaxHeaderBytes}, {"max queue bytes", c.MaxQueueBytes},
+		{"max subscriptions", c.MaxSubscriptions}, {"write workers", c.WriteWorkers}, {"index shards", c.IndexShards},
+		{"max conns", c.MaxConns},
+	} {
+		if f.v < 0 {
+			return fmt.Errorf("server: %s %d is negative", f.name, f.v)
+		}
+	}
+	if c.HandshakeTimeout < 0 || c.AuthTimeout < 0 || c.IdleTimeout < 0 {
+		return errors.New("server: handshake, auth and idle timeouts cannot be negative")
+	}
+	if c.MaxMessageSize > 16<<20 {
+		return fmt.Errorf("server: max message size %d is over 16 MiB", c.MaxMessageSize)
+	}
+	return nil
 }
 
 // Server is one Switchboard node.
@@ -157,11 +210,8 @@ type Server struct {
 // New validates cfg and builds a node; Start makes it listen.
 func New(cfg Config) (*Server, error) {
 	cfg.setDefaults()
-	if cfg.Broker == nil {
-		return nil, errors.New("server: config has no broker")
-	}
-	if cfg.MaxMessageSize > 16<<20 {
-		return nil, fmt.Errorf("server: max message size %d is over 16 MiB", cfg.MaxMessageSize)
+	if err := cfg.validate(); err != nil {
+		return nil, err
 	}
 	s := &Server{
 		cfg: cfg,
@@ -194,9 +244,31 @@ func (s *Server) projectAllowed(p string) bool {
 }
 
 // Start binds both listeners and starts serving; it returns once clients
-// can connect.
-func (s *Server) Start() error {
-	var err error
+// can connect. When a step fails, what the steps before it set up is
+// undone (listeners closed, pollers and the write pool stopped), so a
+// caller may try again.
+func (s *Server) Start() (err error) {
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+	s.pool = newWritePool(s.cfg.WriteWorkers, 1<<16)
+	undo = append(undo, s.pool.stop)
+	if s.waiter, err = newPoller(unix.EPOLLOUT, (*conn).schedule); err != nil {
+		return fmt.Errorf("output poller: %w", err)
+	}
+	undo = append(undo, s.waiter.free)
+	if s.input, err = newPoller(unix.EPOLLIN|unix.EPOLLRDHUP, (*conn).readable); err != nil {
+		return fmt.Errorf("input poller: %w", err)
+	}
+	undo = append(undo, s.input.free)
+	if s.loop, err = netpoll.NewEventLoop(s.onRequest, netpoll.WithOnPrepare(s.onPrepare)); err != nil {
+		return fmt.Errorf("netpoll event loop: %w", err)
+	}
 	lc := net.ListenConfig{}
 	if s.cfg.ReusePort {
 		lc.Control = setReusePort
@@ -204,28 +276,12 @@ func (s *Server) Start() error {
 	if s.ln, err = lc.Listen(context.Background(), "tcp", s.cfg.Listen); err != nil {
 		return fmt.Errorf("listen %s: %w", s.cfg.Listen, err)
 	}
+	undo = append(undo, func() { s.ln.Close() })
 	if s.adminLn, err = net.Listen("tcp", s.cfg.AdminListen); err != nil {
-		s.ln.Close()
 		return fmt.Errorf("admin listen %s: %w", s.cfg.AdminListen, err)
 	}
-	s.pool = newWritePool(s.cfg.WriteWorkers, 1<<16)
-	if s.waiter, err = newPoller(unix.EPOLLOUT, (*conn).schedule); err != nil {
-		s.ln.Close()
-		s.adminLn.Close()
-		return err
-	}
-	if s.input, err = newPoller(unix.EPOLLIN|unix.EPOLLRDHUP, (*conn).readable); err != nil {
-		s.waiter.close()
-		s.ln.Close()
-		s.adminLn.Close()
-		return err
-	}
-	s.loop, err = netpoll.NewEventLoop(s.onRequest, netpoll.WithOnPrepare(s.onPrepare))
-	if err != nil {
-		return fmt.Errorf("netpoll event loop: %w", err)
-	}
+	// Nothing below fails.
 	s.admin = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
-
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stopRouter = cancel
 	s.wg.Add(6)
@@ -352,8 +408,16 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 	c := &conn{Context: context.Background(), srv: s, nc: nc, fd: nc.(interface{ Fd() int }).Fd()}
 	c.id = s.idx.Insert(c)
 	c.lastSeen.Store(s.clock.Load())
-	_ = nc.AddCloseCallback(c.onClosed)
 	s.metrics.connections.Inc()
+	if err := nc.AddCloseCallback(c.onClosed); err != nil {
+		// Nothing would ever take the connection out of the index: refuse
+		// it now.
+		s.log.Warn("refusing a connection: netpoll close callback not set", zap.Uint32("conn", uint32(c.id)), zap.Error(err))
+		c.mu.Lock()
+		c.releaseLocked(false)
+		_ = nc.Close()
+		return c
+	}
 	if s.cfg.TCPKeepAlive > 0 {
 		if err := setKeepAlive(c.fd, s.cfg.TCPKeepAlive); err != nil {
 			s.log.Debug("tcp keepalive not set", zap.Uint32("conn", uint32(c.id)), zap.Error(err))

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"reflect"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -17,6 +19,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/switchboard-rt/switchboard/pkg/auth"
+	"github.com/switchboard-rt/switchboard/pkg/broker"
 )
 
 func TestEventReachesExactlyMatchingClients(t *testing.T) {
@@ -483,4 +486,53 @@ func TestAbuseLimits(t *testing.T) {
 			t.Fatalf("origin %q: close %d after %v", origin, code, msgs)
 		}
 	}
+}
+
+// A Start that fails part-way leaves nothing behind: its listener, pollers
+// and write pool are gone (descriptors and goroutines back where they
+// were), and the WebSocket address can be bound again.
+func TestFailedStartUndoesItsSteps(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	free, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := free.Addr().String()
+	free.Close()
+
+	fds := func() int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ents)
+	}
+	goroutines, files := runtime.NumGoroutine(), fds()
+	s, err := New(Config{Listen: addr, AdminListen: taken.Addr().String(), Broker: broker.NewMemory(1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err == nil || !strings.Contains(err.Error(), "admin listen") {
+		t.Fatalf("Start with the admin address taken: %v", err)
+	}
+	if got := fds(); got != files {
+		t.Fatalf("%d descriptors open after the failed Start, %d before", got, files)
+	}
+	// Stopped goroutines may take a moment to leave the count.
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > goroutines {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines after the failed Start, %d before", runtime.NumGoroutine(), goroutines)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("WebSocket address still held: %v", err)
+	}
+	ln.Close()
 }

@@ -20,14 +20,20 @@ import (
 	"github.com/switchboard-rt/switchboard/pkg/broker"
 )
 
-// testNode starts a node on loopback with the embedded broker.
+// testNode starts a node on loopback with the embedded broker. The
+// per-IP and per-connection rate limits are off (tests that check them
+// set them) and so is the drain, which would make every test's clean-up
+// wait.
 func testNode(t testing.TB, mod func(*Config)) *Server {
 	t.Helper()
 	cfg := Config{
-		Listen:      "127.0.0.1:0",
-		AdminListen: "127.0.0.1:0",
-		Broker:      broker.NewMemory(1024),
-		Registry:    prometheus.NewRegistry(),
+		Listen:            "127.0.0.1:0",
+		AdminListen:       "127.0.0.1:0",
+		ConnectsPerIP:     Off,
+		MessagesPerMinute: Off,
+		DrainTime:         Off,
+		Broker:            broker.NewMemory(1024),
+		Registry:          prometheus.NewRegistry(),
 	}
 	if mod != nil {
 		mod(&cfg)
