@@ -86,6 +86,12 @@ type conn struct {
 	idxMu   sync.Mutex
 	removed bool // deleted from the index; guarded by idxMu
 
+	// state and flags are guarded by mu, like everything after it; they sit
+	// in the padding after removed, which keeps the struct at 256 bytes
+	// (the allocator's next size class is 288).
+	state connState
+	flags connFlags
+
 	// lastSeen is the coarse second (Server.clock) of the last complete
 	// client frame, for the idle sweep. Its four bytes sit in the padding
 	// after removed: the struct does not grow.
@@ -94,8 +100,6 @@ type conn struct {
 	// Everything below is guarded by mu: the router, the write pool and the
 	// read side all reach it.
 	mu      sync.Mutex
-	state   connState
-	flags   connFlags
 	q       sendQueue
 	project string
 	userID  string
