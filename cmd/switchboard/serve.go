@@ -39,6 +39,7 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 		origins         string
 		readBuffer      int
 		tcpKeepAlive    time.Duration
+		trustedProxies  string
 	)
 	fs.StringVar(&cfg.Listen, "listen", ":9505", "WebSocket listen address")
 	fs.StringVar(&cfg.AdminListen, "admin-listen", "127.0.0.1:9506", "admin HTTP listen address (publish, metrics, health, pprof)")
@@ -57,6 +58,8 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	fs.IntVar(&cfg.MaxSubscriptions, "max-subscriptions", 100, "subscriptions per connection; more are refused with error 1003")
 	fs.IntVar(&cfg.ConnectsPerIP, "connects-per-ip", 128, "WebSocket connects per client IP per minute; more get error 1013 and close (0: no limit)")
 	fs.IntVar(&cfg.MessagesPerMinute, "messages-per-minute", 32, "client messages per connection per minute; more get error 1013 (0: no limit)")
+	fs.BoolVar(&cfg.ProxyProtocol, "proxy-protocol", false, "require a PROXY protocol header (v1 or v2, as HAProxy send-proxy-v2 or AWS NLB send) on every WebSocket connection and take the client's address from it; connections without one are refused")
+	fs.StringVar(&trustedProxies, "trusted-proxies", "", "comma-separated CIDRs or addresses of load balancers: with --proxy-protocol the only peers that may connect; their X-Forwarded-For (right-most untrusted address) or X-Real-IP names the client (empty: never read)")
 	fs.StringVar(&origins, "allowed-origins", "", "comma-separated browser origins allowed to connect (scheme://host, host, *.domain); empty allows all")
 	fs.IntVar(&cfg.MaxConns, "max-conns", 0, "upgraded connections held by this node; above it upgrades get HTTP 503 (0: no limit)")
 	fs.DurationVar(&cfg.HandshakeTimeout, "handshake-timeout", 5*time.Second, "a connection must complete its upgrade request within this")
@@ -103,6 +106,10 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 		cfg.TCPKeepAlive = -1 // the server's zero value means its default
 	}
 	cfg.AllowedOrigins = splitList(origins)
+	if cfg.TrustedProxies, err = parsePrefixes(splitList(trustedProxies)); err != nil {
+		fmt.Fprintln(stderr, "switchboard serve: --trusted-proxies:", err)
+		return 2
+	}
 	switch authMode {
 	case "none":
 		cfg.Resolver = auth.None{}

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"net"
 	"net/netip"
 	"strings"
 	"sync"
@@ -23,15 +22,10 @@ type connectLimiter struct {
 
 // allow counts one connect from addr and reports whether it is within the
 // limit.
-func (l *connectLimiter) allow(addr net.Addr, now time.Time) bool {
-	if l.limit <= 0 || addr == nil {
-		return true
-	}
-	ap, err := netip.ParseAddrPort(addr.String())
-	if err != nil {
+func (l *connectLimiter) allow(ip netip.Addr, now time.Time) bool {
+	if l.limit <= 0 || !ip.IsValid() {
 		return true // not an IP socket: nothing to count by
 	}
-	ip := ap.Addr().Unmap()
 	m := now.Unix() / 60
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -49,6 +50,20 @@ type Config struct {
 	ConnectsPerIP     int      // upgrades per client IP per minute; 0 disables
 	MessagesPerMinute int      // client messages per connection per minute; 0 disables
 	AllowedOrigins    []string // when non-empty, browser origins allowed to connect
+
+	// ProxyProtocol requires a PROXY protocol header (v1 or v2) before the
+	// upgrade request of every connection to Listen, and takes the
+	// client's address from it; a connection without a valid one is
+	// refused. Turn it on only when every client comes through a balancer
+	// that sends it (HAProxy send-proxy-v2, AWS NLB): whoever may send a
+	// header can claim any address.
+	ProxyProtocol bool
+	// TrustedProxies are the balancers whose word on the client's address
+	// is taken: with ProxyProtocol, the only peers that may connect;
+	// always, the only senders whose X-Forwarded-For or X-Real-IP is read
+	// (the right-most address of X-Forwarded-For that is not itself in
+	// the list is the client). Empty: no forwarding header is ever read.
+	TrustedProxies []netip.Prefix
 
 	MaxConns         int           // upgraded connections held; above it upgrades get HTTP 503; 0 = no limit
 	HandshakeTimeout time.Duration // bound on the upgrade request arriving whole; default 5 s
@@ -122,9 +137,10 @@ func (c *Config) setDefaults() {
 type Server struct {
 	cfg        Config
 	log        *zap.Logger
-	invalidLog *zap.Logger // sampled: garbage on the backbone must not flood the log
+	invalidLog *zap.Logger // sampled: garbage on the backbone, or a client hammering a limit, must not flood the log
 	metrics    *metrics
 	allowed    map[string]bool
+	trusted    trustedSet
 
 	idx        *index.Index[*conn]
 	strs       interner
@@ -171,6 +187,12 @@ func New(cfg Config) (*Server, error) {
 		idx:     index.New[*conn](cfg.IndexShards),
 	}
 	s.connects.limit = cfg.ConnectsPerIP
+	for _, p := range cfg.TrustedProxies {
+		if !p.IsValid() {
+			return nil, fmt.Errorf("server: trusted proxy %v is not a valid prefix", p)
+		}
+		s.trusted = append(s.trusted, unmapPrefix(p))
+	}
 	s.projects.aware, _ = cfg.Broker.(broker.ProjectAware)
 	s.handshakes = newHandshakeWheel(cfg.HandshakeTimeout)
 	s.clock.Store(uint32(time.Now().Unix()))
