@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 
 	"go.uber.org/zap"
 
@@ -107,6 +108,70 @@ func (c *conn) proxyHeader(data []byte, peer netip.Addr) (client netip.Addr, n i
 		return peer, n, true
 	}
 	return h.Source.Addr().Unmap(), n, true
+}
+
+// forwardedClient is the client a trusted proxy (at client) forwarded for.
+// X-Forwarded-For is read from the right: each proxy appends the address
+// it got the request from, so the right-most entries are the ones trusted
+// proxies wrote, and the first from the right that is not a trusted proxy
+// is the client; whatever lies left of it the client may have made up.
+// X-Real-IP, one address set by the nearest proxy, counts only without
+// X-Forwarded-For, since a proxy that appends to the list is the common
+// set-up and the list shows the whole path. An entry that is not an
+// address stops the walk at the last proxy that handed it on.
+func forwardedClient(forwarded, realIP string, client netip.Addr, trusted trustedSet) netip.Addr {
+	if strings.TrimSpace(forwarded) == "" {
+		if a, ok := parseForwardedAddr(realIP); ok {
+			return a
+		}
+		return client
+	}
+	for forwarded != "" {
+		var entry string
+		if i := strings.LastIndexByte(forwarded, ','); i >= 0 {
+			entry, forwarded = forwarded[i+1:], forwarded[:i]
+		} else {
+			entry, forwarded = forwarded, ""
+		}
+		if strings.TrimSpace(entry) == "" {
+			continue // an empty list element (RFC 9110, 5.6.1)
+		}
+		a, ok := parseForwardedAddr(entry)
+		if !ok {
+			return client
+		}
+		client = a
+		if !trusted.contains(a) {
+			return a
+		}
+	}
+	// Trusted proxies all the way: the farthest one is the client.
+	return client
+}
+
+// parseForwardedAddr parses one forwarded address: an IP, optionally with
+// a port ("192.0.2.1:5000", "[2001:db8::1]:5000") or in brackets, as some
+// proxies write it.
+func parseForwardedAddr(s string) (netip.Addr, bool) {
+	s = strings.TrimSpace(s)
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		ap, perr := netip.ParseAddrPort(s)
+		if perr != nil {
+			if len(s) < 2 || s[0] != '[' || s[len(s)-1] != ']' {
+				return netip.Addr{}, false
+			}
+			if a, err = netip.ParseAddr(s[1 : len(s)-1]); err != nil {
+				return netip.Addr{}, false
+			}
+		} else {
+			a = ap.Addr()
+		}
+	}
+	if a.Zone() != "" {
+		return netip.Addr{}, false
+	}
+	return a.Unmap(), true
 }
 
 // refuseProxy answers a connection whose PROXY header is missing, invalid

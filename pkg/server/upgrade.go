@@ -31,6 +31,8 @@ type handshake struct {
 	origin      string
 	client      netip.Addr // the client's address (see clientaddr.go)
 	peer        netip.Addr // the TCP peer: the client, or a proxy
+	forwarded   string     // X-Forwarded-For, headers joined; only read from a trusted proxy
+	realIP      string     // X-Real-IP; only read from a trusted proxy
 	tooManyHdrs bool
 }
 
@@ -72,6 +74,8 @@ func (c *conn) upgradeRequest(data []byte, client, peer netip.Addr) int {
 	req := data[:end+4]
 
 	h := handshake{client: client, peer: peer}
+	// Any client can send these headers: only a trusted proxy's are read.
+	fromProxy := s.trusted.contains(client)
 	u := ws.Upgrader{
 		OnRequest: func(uri []byte) error {
 			path, _, _ := bytes.Cut(uri, []byte{'?'})
@@ -104,6 +108,14 @@ func (c *conn) upgradeRequest(data []byte, client, peer netip.Addr) int {
 				h.fallback = string(value)
 			case headerIs(key, "Origin"):
 				h.origin = string(value)
+			case fromProxy && headerIs(key, "X-Forwarded-For"):
+				// Several headers are one list, in order (RFC 9110, 5.3).
+				if h.forwarded != "" {
+					h.forwarded += ","
+				}
+				h.forwarded += string(value)
+			case fromProxy && headerIs(key, "X-Real-Ip"):
+				h.realIP = string(value)
 			}
 			return nil
 		},
@@ -126,6 +138,9 @@ func (c *conn) upgradeRequest(data []byte, client, peer netip.Addr) int {
 		}
 		c.sendLast(outFrame{head: resp.Bytes()})
 		return len(data)
+	}
+	if fromProxy {
+		h.client = forwardedClient(h.forwarded, h.realIP, h.client, s.trusted)
 	}
 	c.upgraded = true
 	c.lastSeen.Store(s.clock.Load())
