@@ -57,6 +57,7 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	fs.IntVar(&cfg.MaxQueueBytes, "max-queue-bytes", 1<<20, "outbound bytes queued per connection before it is closed as a slow consumer")
 	fs.IntVar(&cfg.MaxSubscriptions, "max-subscriptions", 100, "subscriptions per connection; more are refused with error 1003")
 	fs.IntVar(&cfg.ConnectsPerIP, "connects-per-ip", 128, "WebSocket connects per client IP per minute; more get error 1013 and close (0: no limit)")
+	fs.IntVar(&cfg.ConnectsIPv6Prefix, "connects-ipv6-prefix", server.DefaultConnectsIPv6Prefix, "--connects-per-ip counts IPv6 clients per prefix of this length (a /64 is one subscriber's network; 128: per address)")
 	fs.IntVar(&cfg.MessagesPerMinute, "messages-per-minute", 32, "client messages per connection per minute; more get error 1013 (0: no limit)")
 	fs.BoolVar(&cfg.ProxyProtocol, "proxy-protocol", false, "require a PROXY protocol header (v1 or v2, as HAProxy send-proxy-v2 or AWS NLB send) on every WebSocket connection and take the client's address from it; connections without one are refused")
 	fs.StringVar(&trustedProxies, "trusted-proxies", "", "comma-separated CIDRs or addresses of load balancers: with --proxy-protocol the only peers that may connect; their X-Forwarded-For (right-most untrusted address) or X-Real-IP names the client (empty: never read)")

@@ -195,6 +195,20 @@ func TestProxyProtocolGivesTheClientAddress(t *testing.T) {
 	}
 }
 
+func TestIPv6ClientsAreCountedPer64(t *testing.T) {
+	s, logs := observedNode(t, func(c *Config) {
+		c.ProxyProtocol = true
+		c.ConnectsPerIP = 1
+	})
+	mustConnect(t, s, "", proxyV1("2001:db8:1:2::1"), nil)
+	mustBeLimited(t, s, "", proxyV2("2001:db8:1:2:a:b:c:d"), nil) // the same /64
+	mustConnect(t, s, "", proxyV2("2001:db8:1:3::1"), nil)
+	// The log names the address; only the count is per /64.
+	if got := clientsLogged(logs, "connect limit reached"); strings.Join(got, " ") != "2001:db8:1:2:a:b:c:d" {
+		t.Fatalf("limit logged for %v", got)
+	}
+}
+
 func TestProxyProtocolRefusesConnectionsWithoutAValidHeader(t *testing.T) {
 	s := testNode(t, func(c *Config) { c.ProxyProtocol = true })
 	mustBeRefused(t, s, "", nil, http.StatusBadRequest) // a plain upgrade

@@ -51,6 +51,11 @@ type Config struct {
 	MessagesPerMinute int      // client messages per connection per minute; 0 disables
 	AllowedOrigins    []string // when non-empty, browser origins allowed to connect
 
+	// ConnectsIPv6Prefix is the prefix length ConnectsPerIP counts IPv6
+	// clients by; default DefaultConnectsIPv6Prefix, 128 counts each
+	// address.
+	ConnectsIPv6Prefix int
+
 	// ProxyProtocol requires a PROXY protocol header (v1 or v2) before the
 	// upgrade request of every connection to Listen, and takes the
 	// client's address from it; a connection without a valid one is
@@ -89,6 +94,14 @@ type Config struct {
 	Registry *prometheus.Registry // default a new registry
 }
 
+// DefaultConnectsIPv6Prefix counts IPv6 clients per /64 for the connect
+// limit. A /64 is the smallest block a network gives one subscriber (RFC
+// 6177; SLAAC needs it), and a host picks any of its 2^64 addresses at will
+// (privacy addresses, RFC 8981): counted per address, one client could
+// open a fresh address for every connect and never reach its limit. Per
+// /64 it is counted like an IPv4 client behind its home router.
+const DefaultConnectsIPv6Prefix = 64
+
 func (c *Config) setDefaults() {
 	def := func(v *int, d int) {
 		if *v <= 0 {
@@ -110,6 +123,7 @@ func (c *Config) setDefaults() {
 	def(&c.MaxSubscriptions, 100)
 	def(&c.WriteWorkers, 2*runtime.GOMAXPROCS(0))
 	def(&c.IndexShards, 64)
+	def(&c.ConnectsIPv6Prefix, DefaultConnectsIPv6Prefix)
 	if c.HandshakeTimeout <= 0 {
 		c.HandshakeTimeout = 5 * time.Second
 	}
@@ -186,7 +200,10 @@ func New(cfg Config) (*Server, error) {
 		metrics: newMetrics(cfg.Registry),
 		idx:     index.New[*conn](cfg.IndexShards),
 	}
-	s.connects.limit = cfg.ConnectsPerIP
+	if cfg.ConnectsIPv6Prefix > 128 {
+		return nil, fmt.Errorf("server: IPv6 prefix /%d for the connect limit is over /128", cfg.ConnectsIPv6Prefix)
+	}
+	s.connects = newConnectLimiter(cfg.ConnectsPerIP, cfg.ConnectsIPv6Prefix)
 	for _, p := range cfg.TrustedProxies {
 		if !p.IsValid() {
 			return nil, fmt.Errorf("server: trusted proxy %v is not a valid prefix", p)
