@@ -219,3 +219,23 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkParse is the cost of a header in front of each connection.
+func BenchmarkParse(b *testing.B) {
+	for _, tc := range []struct {
+		name string
+		in   []byte
+	}{
+		{"v1", []byte("PROXY TCP4 192.0.2.7 10.0.0.11 56324 9505\r\n" + request)},
+		{"v2", append(v2Inet(src4, dst4), request...)},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				if _, _, err := Parse(tc.in); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
