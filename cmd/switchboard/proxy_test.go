@@ -419,3 +419,33 @@ func TestThroughNginx(t *testing.T) {
 		t.Fatalf("after node 1 stopped: %d new clients on node 1, %d on node 2; want 0 and %d", got1, got2, late)
 	}
 }
+
+func TestProxyFlags(t *testing.T) {
+	var out bytes.Buffer
+	if code := run([]string{"serve", "--help"}, func(string) string { return "" }, &out, &out); code != 0 {
+		t.Fatalf("serve --help exit %d", code)
+	}
+	for _, want := range []string{"--proxy-protocol", "SWITCHBOARD_PROXY_PROTOCOL", "--trusted-proxies", "SWITCHBOARD_TRUSTED_PROXIES",
+		"--connects-ipv6-prefix", "SWITCHBOARD_CONNECTS_IPV6_PREFIX", "(default 64;"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("serve --help lacks %q", want)
+		}
+	}
+	got, err := parsePrefixes([]string{"10.0.0.0/8", "192.0.2.7", "2001:db8::/32", "::1"})
+	if err != nil || fmt.Sprint(got) != "[10.0.0.0/8 192.0.2.7/32 2001:db8::/32 ::1/128]" {
+		t.Fatalf("parsePrefixes = %v, %v", got, err)
+	}
+	for _, bad := range []string{"SWITCHBOARD_TRUSTED_PROXIES=10.0.0.0/33", "SWITCHBOARD_TRUSTED_PROXIES=example.com", "SWITCHBOARD_CONNECTS_IPV6_PREFIX=129"} {
+		k, v, _ := strings.Cut(bad, "=")
+		out.Reset()
+		env := func(name string) string {
+			if name == k {
+				return v
+			}
+			return ""
+		}
+		if code := run([]string{"serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"}, env, &out, &out); code != 2 {
+			t.Errorf("%s: exit %d, want 2 (%s)", bad, code, out.String())
+		}
+	}
+}
