@@ -63,7 +63,7 @@ echo "== kernel profile (restored on exit unless KEEP_SYSCTL=1)"
 sysctl/apply.sh --save "$work/sysctl-before.conf"
 
 echo "== node on 127.0.0.1:$port (admin $admin)"
-# connects-per-ip 0: every Tsung user comes from eight 127.0.0.x addresses,
+# connects-per-ip -1: every Tsung user comes from eight 127.0.0.x addresses,
 # which the default per-IP limit (128 a minute) would refuse.
 "$bin" serve --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
 	--connects-per-ip -1 --log-level warn --log-format json >"$work/node.log" 2>&1 &

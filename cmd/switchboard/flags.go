@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"net/netip"
 	"strings"
 )
 
@@ -52,4 +53,22 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// parsePrefixes parses CIDRs; a bare address stands for itself alone (/32
+// or /128).
+func parsePrefixes(list []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range list {
+		if a, err := netip.ParseAddr(s); err == nil {
+			out = append(out, netip.PrefixFrom(a, a.BitLen()))
+			continue
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, fmt.Errorf("%q is neither a CIDR nor an address: %w", s, err)
+		}
+		out = append(out, p)
+	}
+	return out, nil
 }

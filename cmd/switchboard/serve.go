@@ -38,6 +38,7 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 		bf              brokerFlags
 		origins         string
 		readBuffer      int
+		trustedProxies  string
 	)
 	fs.StringVar(&cfg.Listen, "listen", server.DefaultListen, "WebSocket listen address")
 	fs.StringVar(&cfg.AdminListen, "admin-listen", server.DefaultAdminListen, "admin HTTP listen address (publish, metrics, health, pprof)")
@@ -55,7 +56,10 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	fs.IntVar(&cfg.MaxQueueBytes, "max-queue-bytes", server.DefaultMaxQueueBytes, "outbound bytes queued per connection before it is closed as a slow consumer")
 	fs.IntVar(&cfg.MaxSubscriptions, "max-subscriptions", server.DefaultMaxSubscriptions, "subscriptions per connection; more are refused with error 1003")
 	fs.IntVar(&cfg.ConnectsPerIP, "connects-per-ip", server.DefaultConnectsPerIP, "WebSocket connects per client IP per minute; more get error 1013 and close (-1: no limit)")
+	fs.IntVar(&cfg.ConnectsIPv6Prefix, "connects-ipv6-prefix", server.DefaultConnectsIPv6Prefix, "--connects-per-ip counts IPv6 clients per prefix of this length (a /64 is one subscriber's network; 128: per address)")
 	fs.IntVar(&cfg.MessagesPerMinute, "messages-per-minute", server.DefaultMessagesPerMinute, "client messages per connection per minute; more get error 1013 (-1: no limit)")
+	fs.BoolVar(&cfg.ProxyProtocol, "proxy-protocol", false, "require a PROXY protocol header (v1 or v2, as HAProxy send-proxy-v2 or AWS NLB send) on every WebSocket connection and take the client's address from it; connections without one are refused")
+	fs.StringVar(&trustedProxies, "trusted-proxies", "", "comma-separated CIDRs or addresses of load balancers: with --proxy-protocol the only peers that may connect; their X-Forwarded-For (right-most untrusted address) or X-Real-IP names the client (empty: never read)")
 	fs.StringVar(&origins, "allowed-origins", "", "comma-separated browser origins allowed to connect (scheme://host, host, *.domain); empty allows all")
 	fs.IntVar(&cfg.MaxConns, "max-conns", 0, "upgraded connections held by this node; above it upgrades get HTTP 503 (0: no limit)")
 	fs.DurationVar(&cfg.HandshakeTimeout, "handshake-timeout", server.DefaultHandshakeTimeout, "a connection must complete its upgrade request within this")
@@ -98,6 +102,10 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 
 	cfg.Projects = splitList(projects)
 	cfg.AllowedOrigins = splitList(origins)
+	if cfg.TrustedProxies, err = parsePrefixes(splitList(trustedProxies)); err != nil {
+		fmt.Fprintln(stderr, "switchboard serve: --trusted-proxies:", err)
+		return 2
+	}
 	switch authMode {
 	case "none":
 		cfg.Resolver = auth.None{}

@@ -171,7 +171,7 @@ func runWorld(t *testing.T, seed uint64) {
 			res.teams[u][tm] = rng.IntN(2) == 0
 		}
 	}
-	s, err := New(Config{Broker: broker.NewMemory(1), Resolver: res, IndexShards: 1 << rng.IntN(4)})
+	s, err := New(Config{Broker: broker.NewMemory(1), Resolver: res, IndexShards: 1 << rng.IntN(4), ConnectsPerIP: Off, MessagesPerMinute: Off})
 	if err != nil {
 		t.Fatal(err)
 	}

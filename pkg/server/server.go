@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -76,6 +77,25 @@ type Config struct {
 	MessagesPerMinute int      // client messages per connection per minute; Off turns the limit off
 	AllowedOrigins    []string // when non-empty, browser origins allowed to connect
 
+	// ConnectsIPv6Prefix is the prefix length ConnectsPerIP counts IPv6
+	// clients by; default DefaultConnectsIPv6Prefix, 128 counts each
+	// address.
+	ConnectsIPv6Prefix int
+
+	// ProxyProtocol requires a PROXY protocol header (v1 or v2) before the
+	// upgrade request of every connection to Listen, and takes the
+	// client's address from it; a connection without a valid one is
+	// refused. Turn it on only when every client comes through a balancer
+	// that sends it (HAProxy send-proxy-v2, AWS NLB): whoever may send a
+	// header can claim any address.
+	ProxyProtocol bool
+	// TrustedProxies are the balancers whose word on the client's address
+	// is taken: with ProxyProtocol, the only peers that may connect;
+	// always, the only senders whose X-Forwarded-For or X-Real-IP is read
+	// (the right-most address of X-Forwarded-For that is not itself in
+	// the list is the client). Empty: no forwarding header is ever read.
+	TrustedProxies []netip.Prefix
+
 	MaxConns         int           // upgraded connections held; above it upgrades get HTTP 503; default: no limit
 	HandshakeTimeout time.Duration // bound on the upgrade request arriving whole
 	// DrainTime is what Shutdown spreads the clients' close 1001 over;
@@ -102,6 +122,14 @@ type Config struct {
 	Logger   *zap.Logger          // default zap.NewNop
 	Registry *prometheus.Registry // default a new registry
 }
+
+// DefaultConnectsIPv6Prefix counts IPv6 clients per /64 for the connect
+// limit. A /64 is the smallest block a network gives one subscriber (RFC
+// 6177; SLAAC needs it), and a host picks any of its 2^64 addresses at will
+// (privacy addresses, RFC 8981): counted per address, one client could
+// open a fresh address for every connect and never reach its limit. Per
+// /64 it is counted like an IPv4 client behind its home router.
+const DefaultConnectsIPv6Prefix = 64
 
 func (c *Config) setDefaults() {
 	def := func(v *int, d int) {
@@ -130,6 +158,7 @@ func (c *Config) setDefaults() {
 	def(&c.MessagesPerMinute, DefaultMessagesPerMinute)
 	def(&c.WriteWorkers, 2*runtime.GOMAXPROCS(0))
 	def(&c.IndexShards, DefaultIndexShards)
+	def(&c.ConnectsIPv6Prefix, DefaultConnectsIPv6Prefix)
 	defDur(&c.HandshakeTimeout, DefaultHandshakeTimeout)
 	defDur(&c.DrainTime, DefaultDrainTime)
 	defDur(&c.TCPKeepAlive, DefaultTCPKeepAlive)
@@ -165,6 +194,9 @@ func (c *Config) validate() error {
 	if c.HandshakeTimeout < 0 || c.AuthTimeout < 0 || c.IdleTimeout < 0 {
 		return errors.New("server: handshake, auth and idle timeouts cannot be negative")
 	}
+	if c.ConnectsIPv6Prefix < 0 || c.ConnectsIPv6Prefix > 128 {
+		return fmt.Errorf("server: IPv6 prefix /%d for the connect limit is not within /0 to /128", c.ConnectsIPv6Prefix)
+	}
 	if c.MaxMessageSize > 16<<20 {
 		return fmt.Errorf("server: max message size %d is over 16 MiB", c.MaxMessageSize)
 	}
@@ -175,9 +207,10 @@ func (c *Config) validate() error {
 type Server struct {
 	cfg        Config
 	log        *zap.Logger
-	invalidLog *zap.Logger // sampled: garbage on the backbone must not flood the log
+	invalidLog *zap.Logger // sampled: garbage on the backbone, or a client hammering a limit, must not flood the log
 	metrics    *metrics
 	allowed    map[string]bool
+	trusted    trustedSet
 
 	idx        *index.Index[*conn]
 	strs       interner
@@ -222,7 +255,13 @@ func New(cfg Config) (*Server, error) {
 		metrics: newMetrics(cfg.Registry),
 		idx:     index.New[*conn](cfg.IndexShards),
 	}
-	s.connects.limit = cfg.ConnectsPerIP
+	s.connects = newConnectLimiter(cfg.ConnectsPerIP, cfg.ConnectsIPv6Prefix)
+	for _, p := range cfg.TrustedProxies {
+		if !p.IsValid() {
+			return nil, fmt.Errorf("server: trusted proxy %v is not a valid prefix", p)
+		}
+		s.trusted = append(s.trusted, unmapPrefix(p))
+	}
 	s.projects.aware, _ = cfg.Broker.(broker.ProjectAware)
 	s.handshakes = newHandshakeWheel(cfg.HandshakeTimeout)
 	s.clock.Store(uint32(time.Now().Unix()))

@@ -6,8 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"time"
@@ -29,15 +29,39 @@ type handshake struct {
 	cookie      string
 	fallback    string // x-fallback-cookies header
 	origin      string
-	remote      net.Addr // the client's address, for the per-IP limit
+	client      netip.Addr // the client's address (see clientaddr.go)
+	peer        netip.Addr // the TCP peer: the client, or a proxy
+	forwarded   string     // X-Forwarded-For, headers joined; only read from a trusted proxy
+	realIP      string     // X-Real-IP; only read from a trusted proxy
 	tooManyHdrs bool
 }
 
 var crlfcrlf = []byte("\r\n\r\n")
 
 // upgrade runs the HTTP upgrade once the whole request head is buffered and
-// returns how many bytes it used (0 while the head is incomplete).
+// returns how many bytes it used (0 while the head is incomplete). With
+// Config.ProxyProtocol, a PROXY header comes first; it is parsed again,
+// cheaply, each time more of the request arrives, so that nothing of a
+// connection's handshake is kept outside its buffered bytes.
 func (c *conn) upgrade(data []byte) int {
+	peer := peerAddr(c.nc.RemoteAddr())
+	client, skip := peer, 0
+	if c.srv.cfg.ProxyProtocol {
+		var ok bool
+		if client, skip, ok = c.proxyHeader(data, peer); !ok {
+			return skip
+		}
+	}
+	used := c.upgradeRequest(data[skip:], client, peer)
+	if used == 0 {
+		return 0
+	}
+	return skip + used
+}
+
+// upgradeRequest runs the HTTP upgrade on the request head at the start of
+// data, from client (as far as the transport tells) over peer.
+func (c *conn) upgradeRequest(data []byte, client, peer netip.Addr) int {
 	s := c.srv
 	end := bytes.Index(data, crlfcrlf)
 	if end < 0 || end+4 > s.cfg.MaxHeaderBytes {
@@ -49,7 +73,9 @@ func (c *conn) upgrade(data []byte) int {
 	}
 	req := data[:end+4]
 
-	var h handshake
+	h := handshake{client: client, peer: peer}
+	// Any client can send these headers: only a trusted proxy's are read.
+	fromProxy := s.trusted.contains(client)
 	u := ws.Upgrader{
 		OnRequest: func(uri []byte) error {
 			path, _, _ := bytes.Cut(uri, []byte{'?'})
@@ -82,6 +108,14 @@ func (c *conn) upgrade(data []byte) int {
 				h.fallback = string(value)
 			case headerIs(key, "Origin"):
 				h.origin = string(value)
+			case fromProxy && headerIs(key, "X-Forwarded-For"):
+				// Several headers are one list, in order (RFC 9110, 5.3).
+				if h.forwarded != "" {
+					h.forwarded += ","
+				}
+				h.forwarded += string(value)
+			case fromProxy && headerIs(key, "X-Real-Ip"):
+				h.realIP = string(value)
 			}
 			return nil
 		},
@@ -93,7 +127,9 @@ func (c *conn) upgrade(data []byte) int {
 	}{bytes.NewReader(req), &resp})
 	if err != nil {
 		s.metrics.upgrades.WithLabelValues("rejected").Inc()
-		s.log.Debug("upgrade rejected", zap.Uint32("conn", uint32(c.id)), zap.Error(err))
+		if ce := s.log.Check(zap.DebugLevel, "upgrade rejected"); ce != nil {
+			ce.Write(zap.Uint32("conn", uint32(c.id)), zap.Stringer("client", h.client), zap.Error(err))
+		}
 		c.readClosed = true
 		if resp.Len() == 0 {
 			// gobwas answers nothing to a request line it cannot parse;
@@ -102,6 +138,9 @@ func (c *conn) upgrade(data []byte) int {
 		}
 		c.sendLast(outFrame{head: resp.Bytes()})
 		return len(data)
+	}
+	if fromProxy {
+		h.client = forwardedClient(h.forwarded, h.realIP, h.client, s.trusted)
 	}
 	c.upgraded = true
 	c.lastSeen.Store(s.clock.Load())
@@ -115,7 +154,6 @@ func (c *conn) upgrade(data []byte) int {
 	// client may send nothing before it (RFC 6455, 4.1), so netpoll can
 	// have nothing of the client's left to read when it lets go, and no
 	// message can fall between netpoll's buffer and the node's poller.
-	h.remote = c.nc.RemoteAddr()
 	c.upgrading = &pendingUpgrade{resp: resp.Bytes(), h: h}
 	if c.handOver() {
 		return end + 4
@@ -179,11 +217,20 @@ func (c *conn) open(h *handshake) {
 	if project == "" {
 		project = q.Project
 	}
-	if !s.connects.allow(h.remote, time.Now()) {
+	if !s.connects.allow(h.client, time.Now()) {
+		// Sampled: a client hammering the limit must not flood the log.
+		s.invalidLog.Info("connect limit reached", zap.Uint32("conn", uint32(c.id)), zap.Stringer("client", h.client))
 		s.metrics.protocolErrors.WithLabelValues(itoa(protocol.CodeTooManyRequests)).Inc()
 		c.sendText(protocol.AppendError(nil, protocol.CodeTooManyRequests, "Too many requests"))
 		c.closeWith(statusTryAgainLater, "Too many requests")
 		return
+	}
+	if ce := s.log.Check(zap.DebugLevel, "connection opened"); ce != nil {
+		fields := []zap.Field{zap.Uint32("conn", uint32(c.id)), zap.Stringer("client", h.client)}
+		if h.peer != h.client {
+			fields = append(fields, zap.Stringer("peer", h.peer))
+		}
+		ce.Write(fields...)
 	}
 	if qerr != nil && project == "" {
 		// The query could not be read, so neither could its project:
