@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"golang.org/x/sys/unix"
 	"net"
 	"os"
 	"testing"
@@ -53,14 +52,7 @@ func FuzzConsume(f *testing.F) {
 		f.Fatal(err)
 	}
 	defer devnull.Close()
-	s, err := New(Config{Broker: broker.NewMemory(1), MaxMessageSize: 4096, MaxHeaderBytes: 1024, ConnectsPerIP: Off, MessagesPerMinute: Off})
-	if err != nil {
-		f.Fatal(err)
-	}
-	s.pool = &writePool{ch: make(chan *conn, 1)}
-	if s.waiter, err = newPoller(unix.EPOLLOUT, (*conn).schedule); err != nil {
-		f.Fatal(err)
-	}
+	s := offlineNode(f, Config{Broker: broker.NewMemory(1), MaxMessageSize: 4096, MaxHeaderBytes: 1024, ConnectsPerIP: Off, MessagesPerMinute: Off})
 
 	f.Fuzz(func(t *testing.T, data []byte, piece uint8) {
 		nc := &fakeNC{}

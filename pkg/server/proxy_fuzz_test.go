@@ -11,7 +11,6 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
-	"golang.org/x/sys/unix"
 
 	"github.com/switchboard-rt/switchboard/pkg/broker"
 	"github.com/switchboard-rt/switchboard/pkg/proxyproto"
@@ -37,14 +36,7 @@ func FuzzUpgradeProxy(f *testing.F) {
 	// fakeNC's peer is 127.0.0.9; 198.51.100.0/24 stands for a trusted
 	// HTTP proxy behind the balancer.
 	trusted := []netip.Prefix{netip.MustParsePrefix("127.0.0.9/32"), netip.MustParsePrefix("198.51.100.0/24")}
-	s, err := New(Config{Broker: broker.NewMemory(1), MaxHeaderBytes: 2048, ProxyProtocol: true, TrustedProxies: trusted, ConnectsPerIP: Off, Logger: zap.New(core)})
-	if err != nil {
-		f.Fatal(err)
-	}
-	s.pool = &writePool{ch: make(chan *conn, 1)}
-	if s.waiter, err = newPoller(unix.EPOLLOUT, (*conn).schedule); err != nil {
-		f.Fatal(err)
-	}
+	s := offlineNode(f, Config{Broker: broker.NewMemory(1), MaxHeaderBytes: 2048, ProxyProtocol: true, TrustedProxies: trusted, ConnectsPerIP: Off, Logger: zap.New(core)})
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		f.Fatal(err)

@@ -18,7 +18,6 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
-	"golang.org/x/sys/unix"
 
 	"github.com/switchboard-rt/switchboard/pkg/broker"
 )
@@ -293,14 +292,7 @@ func TestProxyHeaderInPieces(t *testing.T) {
 	}
 	defer devnull.Close()
 	core, logs := observer.New(zapcore.DebugLevel)
-	s, err := New(Config{Broker: broker.NewMemory(1), ProxyProtocol: true, ConnectsPerIP: Off, Logger: zap.New(core)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.pool = &writePool{ch: make(chan *conn, 1)}
-	if s.waiter, err = newPoller(unix.EPOLLOUT, (*conn).schedule); err != nil {
-		t.Fatal(err)
-	}
+	s := offlineNode(t, Config{Broker: broker.NewMemory(1), ProxyProtocol: true, ConnectsPerIP: Off, Logger: zap.New(core)})
 	for _, tc := range []struct {
 		hdr  []byte
 		want string

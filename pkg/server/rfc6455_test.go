@@ -178,17 +178,7 @@ func newFeedHarness(t testing.TB, mod func(*Config)) *feedHarness {
 	if mod != nil {
 		mod(&cfg)
 	}
-	s, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.pool = &writePool{ch: make(chan *conn, 1)}
-	if s.waiter, err = newPoller(unix.EPOLLOUT, (*conn).schedule); err != nil {
-		t.Fatal(err)
-	}
-	go s.waiter.run()
-	t.Cleanup(s.waiter.close)
-	return &feedHarness{s: s}
+	return &feedHarness{s: offlineNode(t, cfg)}
 }
 
 // open returns an upgraded connection and a reader of what the server sent

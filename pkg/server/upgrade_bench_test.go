@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/switchboard-rt/switchboard/pkg/broker"
 )
 
@@ -133,14 +131,7 @@ func BenchmarkUpgradeReadPath(b *testing.B) {
 		prefix []byte
 	}{{"proxy-protocol=off", false, nil}, {"proxy-protocol=on", true, proxyV2("192.0.2.1")}} {
 		b.Run(tc.name, func(b *testing.B) {
-			s, err := New(Config{Broker: broker.NewMemory(1), ProxyProtocol: tc.on, ConnectsPerIP: Off})
-			if err != nil {
-				b.Fatal(err)
-			}
-			s.pool = &writePool{ch: make(chan *conn, 1)}
-			if s.waiter, err = newPoller(unix.EPOLLOUT, (*conn).schedule); err != nil {
-				b.Fatal(err)
-			}
+			s := offlineNode(b, Config{Broker: broker.NewMemory(1), ProxyProtocol: tc.on, ConnectsPerIP: Off})
 			req := append(append([]byte(nil), tc.prefix...), upgradeRequest...)
 			in := make([]byte, len(req))
 			b.ReportAllocs()

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"golang.org/x/sys/unix"
 	"net/http"
 	"strings"
 	"syscall"
@@ -51,15 +50,8 @@ func FuzzUpgrade(f *testing.F) {
 
 	// Allowed origins are configured so the Origin header's matching is
 	// fuzzed too.
-	s, err := New(Config{Broker: broker.NewMemory(1), MaxMessageSize: 4096, MaxHeaderBytes: 2048,
+	s := offlineNode(f, Config{Broker: broker.NewMemory(1), MaxMessageSize: 4096, MaxHeaderBytes: 2048,
 		AllowedOrigins: []string{"https://app.example.com", "*.example.org", "localhost:5173"}, ConnectsPerIP: Off, MessagesPerMinute: Off})
-	if err != nil {
-		f.Fatal(err)
-	}
-	s.pool = &writePool{ch: make(chan *conn, 1)}
-	if s.waiter, err = newPoller(unix.EPOLLOUT, (*conn).schedule); err != nil {
-		f.Fatal(err)
-	}
 	// The server writes into one end of a socket pair; the test reads the
 	// other, as the client would.
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)

@@ -16,6 +16,7 @@ import (
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 
 	"github.com/switchboard-rt/switchboard/pkg/broker"
 )
@@ -50,6 +51,25 @@ func testNode(t testing.TB, mod func(*Config)) *Server {
 		defer cancel()
 		_ = s.Shutdown(ctx)
 	})
+	return s
+}
+
+// offlineNode builds a node that listens nowhere: tests, fuzz targets and
+// benchmarks drive its connections' read and write paths directly. Its
+// waiter runs (a reply that fills a socket waits for EPOLLOUT as on a
+// served node); its write pool is a channel of one that nothing drains.
+func offlineNode(tb testing.TB, cfg Config) *Server {
+	tb.Helper()
+	s, err := New(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s.pool = &writePool{ch: make(chan *conn, 1)}
+	if s.waiter, err = newPoller(unix.EPOLLOUT, (*conn).schedule); err != nil {
+		tb.Fatal(err)
+	}
+	go s.waiter.run()
+	tb.Cleanup(s.waiter.close)
 	return s
 }
 
