@@ -69,37 +69,17 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// loggedNode is a node whose JSON log the test reads while it runs.
+// loggedNode is a node whose JSON log, at debug level, the test reads
+// while it runs.
 type loggedNode struct {
 	*node
 	log *syncBuffer
 }
 
-// startLoggedNode is startNode with the log at debug level, readable while
-// the node runs.
 func startLoggedNode(t *testing.T, args ...string) *loggedNode {
 	t.Helper()
-	n := &loggedNode{node: &node{addr: freePort(t), admin: freePort(t), stderr: new(bytes.Buffer), exited: make(chan error, 1)}, log: new(syncBuffer)}
-	n.cmd = exec.Command(switchboardBin, append([]string{"serve", "--listen", n.addr, "--admin-listen", n.admin,
-		"--log-level", "debug", "--log-format", "json"}, args...)...)
-	n.cmd.Stderr = n.log
-	if err := n.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { n.exited <- n.cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = n.cmd.Process.Kill()
-		<-n.exited
-	})
-	redistest.Eventually(t, 10*time.Second, "node healthy", func() bool {
-		resp, err := http.Get("http://" + n.admin + "/healthz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
-	return n
+	n := startNode(t, append([]string{"--log-level", "debug", "--log-format", "json"}, args...)...)
+	return &loggedNode{node: n, log: n.stderr}
 }
 
 // logged returns the "client" field of the node's log lines with message

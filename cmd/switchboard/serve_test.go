@@ -46,7 +46,7 @@ func freePort(t testing.TB) string {
 type node struct {
 	cmd         *exec.Cmd
 	addr, admin string
-	stderr      *bytes.Buffer
+	stderr      *syncBuffer // the node's log, readable while it runs
 	exited      chan error
 }
 
@@ -54,7 +54,7 @@ type node struct {
 // the environment for the admin address to prove SWITCHBOARD_* works.
 func startNode(t testing.TB, args ...string) *node {
 	t.Helper()
-	n := &node{addr: freePort(t), admin: freePort(t), stderr: new(bytes.Buffer), exited: make(chan error, 1)}
+	n := &node{addr: freePort(t), admin: freePort(t), stderr: new(syncBuffer), exited: make(chan error, 1)}
 	n.cmd = exec.Command(switchboardBin, append([]string{"serve", "--listen", n.addr}, args...)...)
 	n.cmd.Env = append(os.Environ(), "SWITCHBOARD_ADMIN_LISTEN="+n.admin, "SWITCHBOARD_LOG_LEVEL=warn")
 	n.cmd.Stderr = n.stderr
