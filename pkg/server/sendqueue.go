@@ -60,28 +60,34 @@ var errWouldBlock = errors.New("socket send buffer full")
 var slowConsumerClose = closeFrame(ws.StatusPolicyViolation, "slow consumer")
 
 // push queues f. A queue that would exceed limit bytes is a slow consumer's:
-// its frames are dropped, but for one already half written (the close frame
-// must follow whole frames to parse), the slow-consumer close frame takes
-// their place, and push returns errSlowConsumer. A single frame larger than
-// the limit is still queued when nothing else is.
+// it is cut (see cut) and push returns errSlowConsumer. A single frame
+// larger than the limit is still queued when nothing else is.
 func (q *sendQueue) push(f outFrame, limit int) error {
-	var err error
 	if len(q.frames) > 0 && q.bytes+f.size() > limit {
-		keep := 0
-		if q.off > 0 {
-			keep = 1
-		}
-		clear(q.frames[keep:])
-		q.frames = q.frames[:keep]
-		q.bytes = 0
-		if keep == 1 {
-			q.bytes = q.frames[0].size()
-		}
-		f, err = outFrame{head: slowConsumerClose}, errSlowConsumer
+		return q.cut()
 	}
 	q.frames = append(q.frames, f)
 	q.bytes += f.size()
-	return err
+	return nil
+}
+
+// cut drops the queued frames, but for one already half written (the close
+// frame must follow whole frames to parse), and queues the slow-consumer
+// close frame in their place.
+func (q *sendQueue) cut() error {
+	keep := 0
+	if q.off > 0 {
+		keep = 1
+	}
+	clear(q.frames[keep:])
+	q.frames = q.frames[:keep]
+	q.bytes = 0
+	if keep == 1 {
+		q.bytes = q.frames[0].size()
+	}
+	q.frames = append(q.frames, outFrame{head: slowConsumerClose})
+	q.bytes += len(slowConsumerClose)
+	return errSlowConsumer
 }
 
 // empty reports whether nothing is queued.
