@@ -45,14 +45,16 @@ bench-tsung: build
 # Density at two counts, connect rate and fan-out latency, Switchboard and
 # the baseline in one run: a table, and bench/results/<time>/chart.html.
 # Knobs: LOW, HIGH (connections), EVENTS, EVENT_RATE, SUSTAINED_EVENTS,
-# SUSTAINED_RATE.
+# SUSTAINED_RATE. Root applies sysctl/ for the run and puts the previous
+# values back on exit, also on failure or Ctrl-C (bench/lib.sh).
 bench: build bench-baseline
 	bench/run.sh
 
 # The whole box: as many nodes as CONNS (default 1,000,000) needs on one
 # port (--reuse-port) and one loopback Redis, the load generator holding
 # CONNS connections, one broadcast to all of them. Minutes; root applies
-# sysctl/. Summary in bench/results/.
+# sysctl/ for the run and puts the previous values back on exit, also on
+# failure or Ctrl-C (bench/lib.sh). Summary in bench/results/.
 bench-wholebox: build
 	bench/wholebox.sh
 

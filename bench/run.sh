@@ -9,7 +9,9 @@
 # default 100) at EVENT_RATE per second (default 5) for the time to the last
 # delivery, SUSTAINED_EVENTS (default 250) at SUSTAINED_RATE per second
 # (default 25) for the deliveries per second one node keeps up with, PORT
-# (default 29505).
+# (default 29505). As root it applies the kernel profile for the run and
+# puts the previous values back when it exits, also on failure or Ctrl-C
+# (bench/lib.sh; KEEP_SYSCTL=1 leaves the profile applied).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,15 +27,17 @@ stamp=$(date -u +%Y%m%dT%H%M%SZ)
 dir=bench/results/$stamp
 mkdir -p "$dir"
 
-echo "== kernel profile (sysctl/apply.sh; changes nothing unless root)"
-sysctl/apply.sh | tail -n 3 || true
+. bench/lib.sh
 
 pids=()
 cleanup() {
 	for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
 }
-trap cleanup EXIT
+sb_on_exit cleanup
+
+echo "== kernel profile (sysctl/apply.sh; changes nothing unless root; put back on exit)"
+sb_apply_profile "$dir/sysctl-before.conf"
 
 # start_server KIND: starts Switchboard or the baseline on PORT; sets $server.
 # A port can still be held for a moment by the previous run's sockets (and,

@@ -2,7 +2,10 @@
 # wholebox.sh -- the whole-box run: many `switchboard serve` processes on one
 # WebSocket port (--reuse-port) sharing one loopback redis-server, and the
 # load generator holding CONNS connections to them from 127.0.0.x; then one
-# broadcast to every connection, timed to the last delivery.
+# broadcast to every connection, timed to the last delivery. As root it
+# applies the kernel profile (sysctl/99-switchboard.conf) for the run and
+# puts the previous values back when it exits, also on failure or Ctrl-C
+# (bench/lib.sh; KEEP_SYSCTL=1 leaves the profile applied).
 #
 # One process holds at most ~19,900 sockets here (RLIMIT_NOFILE 20,000 that
 # cannot be raised), so the node count follows from CONNS. Everything binds
@@ -21,7 +24,8 @@ rate=${RATE:-8000}
 hold=${HOLD:-30s}
 port=${PORT:-29505}
 mkdir -p bench/results
-out=${OUT:-bench/results/wholebox-$(date -u +%Y%m%dT%H%M%SZ).json}
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+out=${OUT:-bench/results/wholebox-$stamp.json}
 
 command -v redis-server >/dev/null || { echo "wholebox: redis-server is needed (apt-get install -y redis-server)" >&2; exit 2; }
 [ -x bin/switchboard ] || { echo "wholebox: run make build first" >&2; exit 2; }
@@ -31,14 +35,15 @@ command -v redis-server >/dev/null || { echo "wholebox: redis-server is needed (
 nodes=$(( (conns + per_node - 1) / per_node ))
 max_conns=$(( $(ulimit -n) - 200 ))
 
+. bench/lib.sh
 pids=()
 cleanup() {
 	for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
 }
-trap cleanup EXIT
+sb_on_exit cleanup
 
-sysctl/apply.sh >/dev/null || true
+sb_apply_profile "bench/results/wholebox-$stamp-sysctl-before.conf"
 
 # The first free port from PORT+1 on (see the admin ports below).
 for redis_port in $(seq $((port + 1)) $((port + 50))); do

@@ -8,12 +8,21 @@
 # key is missing (module not loaded, read-only /proc in a container) --
 # it says so and goes on, so `make bench` can call it anywhere.
 #
+# What it sets stays set until the next reboot (or until something sets it
+# again). To be able to undo it, give --save FILE; it then prints the undo
+# command, `sysctl/apply.sh --restore FILE`. Without --save, the "set" lines
+# (key: old -> new) are the only record of the previous values. The bench
+# scripts (bench/lib.sh) save and restore by themselves.
+#
 # Usage: sysctl/apply.sh [--dry-run] [--file CONF] [--save FILE] [--restore FILE]
 #   --dry-run        print what would change, change nothing
 #   --file CONF      profile to apply (default: 99-switchboard.conf beside this script)
 #   --save FILE      write the previous value of every key it changes to FILE
 #                    (a sysctl.d-format file), so a shared host can be put back
-#   --restore FILE   apply FILE exactly (no raise-only rule): undo a --save
+#   --restore FILE   apply FILE exactly (no raise-only rule): undo a --save.
+#                    Unlike applying, a restore fails (exit 1) when a key that
+#                    exists could not be written back or does not read back as
+#                    saved (a key gone with its module is reported, not failed).
 # Environment: SYSCTL_ROOT (default /proc/sys) -- the tree written, for tests.
 set -euo pipefail
 
@@ -54,7 +63,7 @@ fi
 # fields of a multi-value key (tcp_mem, ip_local_port_range) to one space.
 norm() { tr -s ' \t\n' '   ' <<<"$1" | sed 's/^ //; s/ $//'; }
 
-changed=0 unchanged=0 skipped=0
+changed=0 unchanged=0 skipped=0 failed=0
 while IFS= read -r line || [ -n "$line" ]; do
 	line=${line%%#*}
 	[[ $line =~ ^[[:space:]]*$ ]] && continue
@@ -68,7 +77,11 @@ while IFS= read -r line || [ -n "$line" ]; do
 		echo "skip   $key: $path does not exist (module not loaded, or not this kernel)"
 		skipped=$((skipped + 1)); continue
 	fi
-	have=$(norm "$(cat "$path")")
+	if ! have=$(cat "$path" 2>/dev/null); then
+		echo "skip   $key: $path cannot be read"
+		skipped=$((skipped + 1)) failed=$((failed + 1)); continue
+	fi
+	have=$(norm "$have")
 	if [ "$have" = "$want" ]; then
 		echo "ok     $key = $have"; unchanged=$((unchanged + 1)); continue
 	fi
@@ -81,13 +94,20 @@ while IFS= read -r line || [ -n "$line" ]; do
 	fi
 	if [ ! -w "$path" ]; then
 		echo "skip   $key: $have, wanted $want: $path not writable (not root, or read-only /proc)"
-		skipped=$((skipped + 1)); continue
+		skipped=$((skipped + 1)) failed=$((failed + 1)); continue
 	fi
-	if ! printf '%s\n' "$want" 2>/dev/null >"$path"; then
-		echo "skip   $key: $have, wanted $want: the kernel refused the write"
-		skipped=$((skipped + 1)); continue
-	fi
+	# The previous value is recorded before the write, so a run interrupted
+	# between the two still has it; the line goes again if the kernel refuses.
 	[ -n "$save" ] && printf '%s = %s\n' "$key" "$have" >>"$save"
+	if ! printf '%s\n' "$want" 2>/dev/null >"$path"; then
+		[ -n "$save" ] && sed -i '$d' "$save"
+		echo "skip   $key: $have, wanted $want: the kernel refused the write"
+		skipped=$((skipped + 1)) failed=$((failed + 1)); continue
+	fi
+	if [ "$restore" -eq 1 ] && [ "$(norm "$(cat "$path")")" != "$want" ]; then
+		echo "skip   $key: wrote $want, reads back $(norm "$(cat "$path")")"
+		skipped=$((skipped + 1)) failed=$((failed + 1)); continue
+	fi
 	echo "set    $key: $have -> $want"; changed=$((changed + 1))
 done <"$conf"
 
@@ -95,4 +115,8 @@ verb=changed
 [ "$dry_run" -eq 1 ] && verb="would change"
 echo "apply.sh: $verb $changed, unchanged $unchanged, skipped $skipped ($conf)"
 [ -n "$save" ] && [ "$dry_run" -eq 0 ] && echo "apply.sh: previous values in $save (undo: sysctl/apply.sh --restore $save)"
+if [ "$restore" -eq 1 ] && [ "$dry_run" -eq 0 ] && [ "$failed" -gt 0 ]; then
+	echo "apply.sh: restore incomplete: $failed key(s) of $conf not put back (see the skip lines)" >&2
+	exit 1
+fi
 exit 0

@@ -20,6 +20,13 @@
 #            stateful filter must accept state UNTRACKED on that port.
 #   status   print what is tracked and the limits; change nothing.
 #
+# An operator tool: what it changes is meant to stay (until reboot; it
+# prints how to persist it). To undo: `raise` prints the previous values
+# and the commands that put them back; `notrack --remove` (same --port)
+# deletes the rules `notrack` added. No bench script runs it (they set the
+# profile's nf_conntrack_max and buckets through apply.sh, and put them back
+# on exit: bench/lib.sh).
+#
 # Usage: sysctl/conntrack.sh [--dry-run] raise [--max N] [--buckets N]
 #        sysctl/conntrack.sh [--dry-run] notrack [--port 9505] [--remove]
 #        sysctl/conntrack.sh [--dry-run] --notrack PORT     (the same as notrack --port PORT)
@@ -70,7 +77,9 @@ run() {
 	[ "$dry_run" -eq 1 ] || "$@"
 }
 
-# write_value raises the number in file $1 to $2 (never lowers it).
+# write_value raises the number in file $1 to $2 (never lowers it); the
+# command that puts back the previous value is added to $undo.
+undo=()
 write_value() {
 	local path=$1 want=$2 have
 	have=$(cat "$path")
@@ -81,6 +90,7 @@ write_value() {
 	echo "+ echo $want > $path   (was $have)"
 	[ "$dry_run" -eq 1 ] && return
 	printf '%s\n' "$want" >"$path" || { echo "conntrack.sh: cannot write $path (root needed)" >&2; exit 1; }
+	undo+=("echo $have | sudo tee $path")
 }
 
 status() {
@@ -112,6 +122,10 @@ raise() {
 	fi
 	echo "To survive a reboot: 'options nf_conntrack hashsize=$buckets' in /etc/modprobe.d/, and"
 	echo "net.netfilter.nf_conntrack_max = $max in /etc/sysctl.d/ (sysctl/99-switchboard.conf has it)."
+	if [ ${#undo[@]} -gt 0 ]; then
+		echo "To undo now (the previous values):"
+		printf '  %s\n' "${undo[@]}"
+	fi
 }
 
 notrack() {
@@ -130,6 +144,7 @@ notrack() {
 			fi
 		done
 		echo "Persist with your distribution's iptables-save mechanism (e.g. netfilter-persistent save)."
+		[ "$remove" -eq 1 ] || echo "Undo: sysctl/conntrack.sh notrack --port $port --remove"
 	elif command -v nft >/dev/null; then
 		if [ "$remove" -eq 1 ]; then
 			run nft delete table inet switchboard_notrack
@@ -145,6 +160,7 @@ notrack() {
 		run nft add rule inet switchboard_notrack pre tcp dport "$port" notrack
 		run nft add rule inet switchboard_notrack out tcp sport "$port" notrack
 		echo "Persist by adding the table to /etc/nftables.conf (nft list table inet switchboard_notrack)."
+		echo "Undo: sysctl/conntrack.sh notrack --remove (deletes the table inet switchboard_notrack)"
 	else
 		echo "conntrack.sh: neither iptables nor nft is installed; these are the rules to install:" >&2
 		echo "  iptables -t raw -A PREROUTING -p tcp --dport $port -j CT --notrack" >&2

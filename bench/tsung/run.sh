@@ -2,8 +2,9 @@
 # run.sh -- the loopback Tsung scenario against a local node (make bench-tsung).
 #
 # Applies the kernel profile (and puts the previous values back on exit,
-# since development hosts are shared), starts bin/switchboard on loopback,
-# runs bench/tsung/loopback.xml with the knobs below, builds Tsung's HTML
+# also on failure or Ctrl-C, since development hosts are shared; see
+# bench/lib.sh), starts bin/switchboard on loopback, runs
+# bench/tsung/loopback.xml with the knobs below, builds Tsung's HTML
 # report with tsung_stats.pl, stops the node and prints a summary: the peak
 # of Tsung's "connected" gauge (open WebSocket connections) and the node's
 # own switchboard_connections and resident memory at that peak.
@@ -46,6 +47,7 @@ stamp=$(date -u +%Y%m%dT%H%M%SZ)
 work="$logroot/run-$stamp"
 mkdir -p "$work"
 
+. bench/lib.sh
 node_pid="" sampler_pid=""
 cleanup() {
 	if [ -n "$sampler_pid" ]; then kill "$sampler_pid" 2>/dev/null || true; fi
@@ -53,14 +55,11 @@ cleanup() {
 		kill -TERM "$node_pid" 2>/dev/null || true
 		wait "$node_pid" 2>/dev/null || true
 	fi
-	if [ "${KEEP_SYSCTL:-0}" != 1 ] && [ -s "$work/sysctl-before.conf" ]; then
-		sysctl/apply.sh --restore "$work/sysctl-before.conf" | tail -1
-	fi
 }
-trap cleanup EXIT
+sb_on_exit cleanup
 
 echo "== kernel profile (restored on exit unless KEEP_SYSCTL=1)"
-sysctl/apply.sh --save "$work/sysctl-before.conf"
+sb_apply_profile "$work/sysctl-before.conf"
 
 echo "== node on 127.0.0.1:$port (admin $admin)"
 # connects-per-ip -1: every Tsung user comes from eight 127.0.0.x addresses,
