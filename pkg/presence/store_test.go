@@ -184,4 +184,3 @@ func TestRedisStoreReapsADeadNode(t *testing.T) {
 		t.Fatalf("release of the shared record: %s %v", doc, err)
 	}
 }
-
