@@ -71,6 +71,11 @@ func (c *conn) setIdentity(id auth.Identity) {
 	}
 	// The user table changes under c.mu, as in onClosed, so a closed
 	// connection can never be put back into it.
+	if old.uid != id.UserID {
+		// Signed in as someone else: this connection no longer holds the
+		// old user's presence.
+		s.presences.dropLocked(old, c)
+	}
 	if c.state != stateClosed {
 		s.users.remove(old, c)
 		s.users.add(userKey{c.project, c.userID}, c)
