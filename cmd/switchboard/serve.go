@@ -43,7 +43,7 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	fs.StringVar(&cfg.AdminListen, "admin-listen", server.DefaultAdminListen, "admin HTTP listen address (publish, metrics, health, pprof)")
 	fs.StringVar(&cfg.Path, "path", server.DefaultPath, "WebSocket endpoint path")
 	fs.StringVar(&projects, "projects", "", "comma-separated project ids to accept; empty accepts any")
-	fs.StringVar(&cfg.APIKey, "api-key", "", "bearer key required by POST /v1/publish; empty requires none")
+	fs.StringVar(&cfg.APIKey, "api-key", "", "bearer key required by POST /v1/publish and /v1/presences; empty requires none")
 	fs.StringVar(&authMode, "auth", "none", "auth resolver: none (everyone is a guest), jwt (HS256) or http (ask --auth-url)")
 	fs.StringVar(&jwtSecret, "jwt-secret", "", "HS256 secret for --auth jwt")
 	fs.StringVar(&authOpts.URL, "auth-url", "", "backend URL for --auth http (POST {project, session|jwt|userId})")

@@ -72,7 +72,7 @@ type Config struct {
 	ReusePort bool
 
 	Projects []string // when non-empty, the only projects accepted
-	APIKey   string   // when set, POST /v1/publish needs "Authorization: Bearer <APIKey>"
+	APIKey   string   // when set, POST /v1/publish and /v1/presences need "Authorization: Bearer <APIKey>"
 
 	MaxMessageSize   int // largest client message after reassembly (at most 16 MiB)
 	MaxHeaderBytes   int // largest upgrade request head
