@@ -123,9 +123,15 @@ func TestRedisStoreReapsADeadNode(t *testing.T) {
 	a, b, c := newRedisStore(t, rs.URL()), newRedisStore(t, rs.URL()), newRedisStore(t, rs.URL())
 	ctx := context.Background()
 	now := time.Now()
-	ttl := 200 * time.Millisecond
+	// a's heartbeat lives 200 ms; the survivors' long enough that a slow
+	// machine cannot make them look dead too.
+	ttl, survivorTTL := 200*time.Millisecond, time.Minute
 	for _, s := range []*Redis{a, b, c} {
-		if _, err := s.Tick(ctx, ttl, now); err != nil {
+		d := survivorTTL
+		if s == a {
+			d = ttl
+		}
+		if _, err := s.Tick(ctx, d, now); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -144,7 +150,7 @@ func TestRedisStoreReapsADeadNode(t *testing.T) {
 	var got []Removed
 	redistest.Eventually(t, 10*time.Second, "a reaped", func() bool {
 		for _, s := range []*Redis{b, c} {
-			res, err := s.Tick(ctx, ttl, time.Now())
+			res, err := s.Tick(ctx, survivorTTL, time.Now())
 			if err != nil || res.Lost {
 				t.Fatalf("tick: %+v %v", res, err)
 			}
@@ -153,7 +159,7 @@ func TestRedisStoreReapsADeadNode(t *testing.T) {
 		return len(got) >= 1200
 	})
 	for _, s := range []*Redis{b, c} { // nothing more, for anyone
-		res, _ := s.Tick(ctx, ttl, time.Now())
+		res, _ := s.Tick(ctx, survivorTTL, time.Now())
 		got = append(got, res.Removed...)
 	}
 	var ids []string

@@ -193,9 +193,11 @@ func (p *presences) call(f func(ctx context.Context) (presence.Record, error)) (
 }
 
 // upsert writes uid's presence in project as req asks and announces it.
-// With c (a connection's message) c becomes one of the record's holders;
-// without (the admin API) the record is written as the backend says and
-// held by whoever held it before. It waits for the user's lane.
+// With c (a connection's message) c becomes one of the record's holders,
+// and c gets its response before the event is published, so that the
+// sender sees the response first; without c (the admin API) the record is
+// written as the backend says and held by whoever held it before. It
+// waits for the user's lane.
 func (p *presences) upsert(c *conn, project, uid string, req protocol.PresenceRequest) ([]byte, error) {
 	now := time.Now()
 	d := &protocol.PresenceDoc{
@@ -228,6 +230,7 @@ func (p *presences) upsert(c *conn, project, uid string, req protocol.PresenceRe
 			p.srv.metrics.presenceUpserts.Inc()
 			if c != nil {
 				p.hold(k, c, rec.ID, u)
+				c.sendText(protocol.AppendPresenceResponse(nil, rec.Doc))
 			}
 			p.announce(project, rec.ID, rec.Doc, protocol.PresenceUpsert)
 		}
@@ -402,13 +405,11 @@ func (c *conn) upsertPresence(msg protocol.ClientMessage) {
 		c.sendErr(err)
 		return
 	}
-	doc, err := s.presences.upsert(c, project, uid, req)
+	_, err = s.presences.upsert(c, project, uid, req) // answered on success
 	switch {
 	case errors.Is(err, presence.ErrIDTaken):
 		c.sendError(409, "Presence with the requested ID already exists. Try again with a different ID or use ID.unique() to generate a unique ID.")
 	case err != nil:
 		c.sendError(500, "Presence could not be stored.")
-	default:
-		c.sendText(protocol.AppendPresenceResponse(nil, doc))
 	}
 }
