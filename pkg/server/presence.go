@@ -281,26 +281,37 @@ func (p *presences) hold(k userKey, c *conn, id string, u presence.Upsert) {
 // connection of this node holding it, the store hears of it on k's lane.
 // The caller holds c.mu, which orders this against hold.
 func (p *presences) dropLocked(k userKey, c *conn) {
+	if release := p.detachLocked(k, c); release != nil {
+		release()
+	}
+}
+
+// detachLocked is dropLocked in two steps: c leaves the record now, and
+// the returned function (nil when nothing is to be released) queues the
+// release. setIdentity queues it only once the connection is indexed under
+// its new identity, so that the delete event of the old user's presence
+// cannot reach it under the old roles.
+func (p *presences) detachLocked(k userKey, c *conn) func() {
 	if c.flags&flagPresence == 0 {
-		return
+		return nil
 	}
 	c.flags &^= flagPresence
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	e := p.held[k]
 	if e == nil {
-		return
+		return nil
 	}
 	if i := slices.Index(e.conns, c); i >= 0 {
 		e.conns = slices.Delete(e.conns, i, i+1)
 	}
 	if len(e.conns) > 0 {
-		return
+		return nil
 	}
 	delete(p.held, k)
 	p.srv.metrics.presences.Dec()
 	id := e.id
-	p.lane(k, func() { p.release(k, id, false) })
+	return func() { p.lane(k, func() { p.release(k, id, false) }) }
 }
 
 // release tells the store this node no longer holds record id of user k,
