@@ -72,7 +72,7 @@ one() {
 	# profile widens it to 1024-65535), so a port can be taken by some
 	# outgoing connection for a while: try the next pair then.
 	for _ in 1 2 3 4 5; do
-		# --drain-time 0: the node need not spread its goodbyes at the end.
+		# --drain-time -1s: the node need not spread its goodbyes at the end.
 		"$bin" serve --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
 			--connects-per-ip -1 --max-queue-bytes "$maxq" --drain-time -1s \
 			--log-level warn --log-format json >"$out/$name-node.log" 2>&1 &

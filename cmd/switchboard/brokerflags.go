@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/switchboard-rt/switchboard/pkg/broker"
+	"github.com/switchboard-rt/switchboard/pkg/presence"
 )
 
 // brokerFlags chooses the event backbone: the embedded memory broker
@@ -54,4 +55,34 @@ func (b *brokerFlags) open(log *zap.Logger, reg prometheus.Registerer) (broker.B
 		return nil, nil, fmt.Errorf("--redis-url: %w", err)
 	}
 	return r, r.Close, nil
+}
+
+// presences builds the presence store that goes with the backbone: the
+// node's own memory when it is alone, Redis (the same server or cluster as
+// the backbone) when nodes share one. The returned close function is never
+// nil.
+func (b *brokerFlags) presences() (presence.Store, func() error, error) {
+	if b.redisURL == "" {
+		return presence.NewMemory(), func() error { return nil }, nil
+	}
+	var client redis.UniversalClient
+	if b.sharded {
+		co, err := redis.ParseClusterURL(b.redisURL)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--redis-url: presence store: %w", err)
+		}
+		client = redis.NewClusterClient(co)
+	} else {
+		o, err := redis.ParseURL(b.redisURL)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--redis-url: presence store: %w", err)
+		}
+		client = redis.NewClient(o)
+	}
+	s, err := presence.NewRedis(presence.RedisOptions{Client: client})
+	if err != nil {
+		client.Close()
+		return nil, nil, err
+	}
+	return s, client.Close, nil
 }

@@ -44,7 +44,7 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	fs.StringVar(&cfg.AdminListen, "admin-listen", server.DefaultAdminListen, "admin HTTP listen address (publish, metrics, health, pprof)")
 	fs.StringVar(&cfg.Path, "path", server.DefaultPath, "WebSocket endpoint path")
 	fs.StringVar(&projects, "projects", "", "comma-separated project ids to accept; empty accepts any")
-	fs.StringVar(&cfg.APIKey, "api-key", "", "bearer key required by POST /v1/publish; empty requires none")
+	fs.StringVar(&cfg.APIKey, "api-key", "", "bearer key required by POST /v1/publish and /v1/presences; empty requires none")
 	fs.StringVar(&authMode, "auth", "none", "auth resolver: none (everyone is a guest), jwt (HS256) or http (ask --auth-url)")
 	fs.StringVar(&jwtSecret, "jwt-secret", "", "HS256 secret for --auth jwt")
 	fs.StringVar(&authOpts.URL, "auth-url", "", "backend URL for --auth http (POST {project, session|jwt|userId})")
@@ -73,6 +73,8 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	fs.StringVar(&logFormat, "log-format", "auto", "log format: auto (console on a terminal, else json), json, console")
 	fs.DurationVar(&shutdownTimeout, "shutdown-timeout", 10*time.Second, "bound on the whole shutdown after SIGTERM/SIGINT (the drain included)")
 	fs.BoolVar(&cfg.ReusePort, "reuse-port", false, "listen with SO_REUSEPORT so several processes share --listen (the kernel spreads connections over them)")
+	fs.DurationVar(&cfg.PresenceGrace, "presence-grace", server.DefaultPresenceGrace, "the presences of a node that died are deleted, with their delete events, by the other nodes within this (with --redis-url)")
+	fs.IntVar(&cfg.MaxPresenceBytes, "max-presence-bytes", server.DefaultMaxPresenceBytes, "largest presence metadata in bytes (compacted JSON); more gets error 1003")
 	fs.DurationVar(&cfg.DrainTime, "drain-time", server.DefaultDrainTime, "after SIGTERM, clients get close 1001 spread over this, so they reconnect elsewhere without a stampede (-1s: all at once)")
 	if err := parseFlags(fs, args, getenv); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -138,6 +140,13 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	}
 	defer closeBroker()
 	cfg.Broker = b
+	ps, closePresences, err := bf.presences()
+	if err != nil {
+		fmt.Fprintln(stderr, "switchboard serve:", err)
+		return 2
+	}
+	defer closePresences()
+	cfg.Presences = ps
 
 	srv, err := server.New(cfg)
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
+	"github.com/switchboard-rt/switchboard/pkg/presence"
 	"github.com/switchboard-rt/switchboard/pkg/protocol"
 )
 
@@ -21,6 +22,9 @@ const maxPublishBody = 1 << 20
 func (s *Server) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/publish", s.handlePublish)
+	mux.HandleFunc("GET /v1/presences", s.keyed(s.handleListPresences))
+	mux.HandleFunc("POST /v1/presences", s.keyed(s.handleUpsertPresence))
+	mux.HandleFunc("DELETE /v1/presences/{id}", s.keyed(s.handleDeletePresence))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if !s.serving.Load() {
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "starting"})
@@ -49,14 +53,33 @@ func (s *Server) adminHandler() http.Handler {
 	return mux
 }
 
-func (s *Server) handlePublish(w http.ResponseWriter, r *http.Request) {
-	if s.cfg.APIKey != "" {
-		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || subtle.ConstantTimeCompare([]byte(token), []byte(s.cfg.APIKey)) != 1 {
-			s.metrics.publishErrors.WithLabelValues("unauthorized").Inc()
-			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong API key"})
-			return
+// keyOK reports whether r carries the API key (when one is configured),
+// answering 401 when it does not.
+func (s *Server) keyOK(w http.ResponseWriter, r *http.Request) bool {
+	if s.cfg.APIKey == "" {
+		return true
+	}
+	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || subtle.ConstantTimeCompare([]byte(token), []byte(s.cfg.APIKey)) != 1 {
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong API key"})
+		return false
+	}
+	return true
+}
+
+// keyed wraps a handler that needs the API key.
+func (s *Server) keyed(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if s.keyOK(w, r) {
+			h(w, r)
 		}
+	}
+}
+
+func (s *Server) handlePublish(w http.ResponseWriter, r *http.Request) {
+	if !s.keyOK(w, r) {
+		s.metrics.publishErrors.WithLabelValues("unauthorized").Inc()
+		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxPublishBody))
 	if err != nil {
@@ -89,4 +112,82 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// handleListPresences answers GET /v1/presences?project=P with the
+// project's live presences across the cluster: {"total":N,"presences":[...]}.
+func (s *Server) handleListPresences(w http.ResponseWriter, r *http.Request) {
+	project := r.URL.Query().Get("project")
+	if project == "" {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "project is required"})
+		return
+	}
+	docs, err := s.presences.store.List(r.Context(), project)
+	if err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "presence store: " + err.Error()})
+		return
+	}
+	list := make([]json.RawMessage, len(docs))
+	for i, d := range docs {
+		list[i] = d
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"total": len(list), "presences": list})
+}
+
+// handleUpsertPresence answers POST /v1/presences: a backend sets a
+// user's presence (say, "away"). The body is the presence message's data
+// plus "project" and "userId"; the API key stands for every role, so any
+// permissions are accepted. The record keeps whatever connections hold
+// it; one that none holds lives until it expires or is deleted.
+func (s *Server) handleUpsertPresence(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxPublishBody))
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "reading body: " + err.Error()})
+		return
+	}
+	var who struct {
+		Project string `json:"project"`
+		UserID  string `json:"userId"`
+	}
+	if err := json.Unmarshal(body, &who); err != nil || who.Project == "" || who.UserID == "" {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "project and userId are required"})
+		return
+	}
+	req, err := protocol.ParsePresence(body, s.cfg.MaxPresenceBytes)
+	if err != nil {
+		var pe *protocol.Error
+		if errors.As(err, &pe) {
+			err = errors.New(pe.Message)
+		}
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+		return
+	}
+	doc, err := s.presences.upsert(nil, who.Project, who.UserID, req)
+	switch {
+	case errors.Is(err, presence.ErrIDTaken):
+		writeJSON(w, http.StatusConflict, map[string]string{"error": err.Error()})
+	case err != nil:
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "presence store: " + err.Error()})
+	default:
+		writeJSON(w, http.StatusOK, json.RawMessage(doc))
+	}
+}
+
+// handleDeletePresence answers DELETE /v1/presences/{id}?project=P: the
+// record goes whoever holds it, and its delete event is sent.
+func (s *Server) handleDeletePresence(w http.ResponseWriter, r *http.Request) {
+	project := r.URL.Query().Get("project")
+	if project == "" {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "project is required"})
+		return
+	}
+	doc, err := s.presences.remove(project, r.PathValue("id"))
+	switch {
+	case err != nil:
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "presence store: " + err.Error()})
+	case doc == nil:
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": "presence not found"})
+	default:
+		writeJSON(w, http.StatusOK, json.RawMessage(doc))
+	}
 }

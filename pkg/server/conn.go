@@ -139,6 +139,7 @@ const (
 	flagReading                        // busy: a reader-pool goroutine reads the socket
 	flagInPoll                         // the fd is in the input poller's epoll (it stays there, disarmed, after a notification)
 	flagHeld                           // its user's roles are being re-resolved: events wait in the hold (permissions.go)
+	flagPresence                       // it holds its user's presence (presence.go): its close may end the presence
 )
 
 // busyLocked reports whether something holds the socket, so that a close
@@ -344,6 +345,7 @@ func (c *conn) releaseLocked(ownFD bool) {
 	}
 	c.q.drop()
 	c.srv.users.remove(userKey{c.project, c.userID}, c)
+	c.srv.presences.dropLocked(userKey{c.project, c.userID}, c)
 	c.srv.projects.remove(c.project)
 	c.mu.Unlock()
 	c.unindex()

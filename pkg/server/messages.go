@@ -46,6 +46,9 @@ func (c *conn) handleMessage(b []byte) {
 	case protocol.TypeUnsubscribe:
 		m.messagesIn.WithLabelValues(msg.Type).Inc()
 		c.unsubscribe(msg)
+	case protocol.TypePresence:
+		m.messagesIn.WithLabelValues(msg.Type).Inc()
+		c.upsertPresence(msg)
 	default:
 		m.messagesIn.WithLabelValues("unknown").Inc()
 		c.sendError(protocol.CodeInvalidMessage, "Message type is not valid.")

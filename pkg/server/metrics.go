@@ -28,6 +28,11 @@ type metrics struct {
 	idleTimeouts              prometheus.Counter
 	panics                    prometheus.Counter
 	drainCloses               prometheus.Counter
+
+	presences           prometheus.Gauge
+	presenceUpserts     prometheus.Counter
+	presenceDeletes     *prometheus.CounterVec
+	presenceStoreErrors prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -99,9 +104,21 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		permissionResolveFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_permission_resolve_failures_total", Help: "Re-resolutions after a permission change that failed or timed out; the user's connections dropped to guest.",
 		}),
+		presences: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "switchboard_presences", Help: "Presence records held by connections of this node.",
+		}),
+		presenceUpserts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_presence_upserts_total", Help: "Presence upserts stored (presence messages and the admin API).",
+		}),
+		presenceDeletes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchboard_presence_deletes_total", Help: "Presence records this node deleted and announced, by why: closed (last connection gone), tick (expired, or held by a node that died), api.",
+		}, []string{"reason"}),
+		presenceStoreErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_presence_errors_total", Help: "Presence store calls or event publishes that failed.",
+		}),
 	}
 	reg.MustRegister(m.connections, m.upgrades, m.messagesIn, m.messagesOut, m.framesOut, m.writeCalls, m.sendBufFull, m.deliveries,
 		m.slowConsumers, m.protocolErrors, m.events, m.invalidEvents, m.publishErrors, m.published, m.permissionChanges, m.permissionHolds, m.permissionHoldSeconds, m.permissionResolveFailures, m.handshakeTimeouts, m.idleTimeouts, m.panics,
-		m.drainCloses)
+		m.drainCloses, m.presences, m.presenceUpserts, m.presenceDeletes, m.presenceStoreErrors)
 	return m
 }

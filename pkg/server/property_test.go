@@ -78,10 +78,13 @@ type modelSub struct {
 }
 
 // modelPayload is the part of an event payload the world's queries look at.
+// A presence document has neither v nor k, and a status.
 type modelPayload struct {
-	V    int
-	K    string // "" with HasK: null
-	HasK bool
+	V      int
+	HasV   bool
+	K      string // "" with HasK: null
+	HasK   bool
+	Status string // presence documents only
 }
 
 func (p modelPayload) json(n int) string {
@@ -107,13 +110,14 @@ var worldQueries = []struct {
 	{[]string{`{"method":"notEqual","attribute":"k","values":["a"]}`}, func(p modelPayload) bool { return p.HasK && p.K != "a" }},
 	{[]string{`{"method":"isNull","attribute":"k","values":[]}`}, func(p modelPayload) bool { return p.HasK && p.K == "" }},
 	{[]string{`{"method":"greaterThan","attribute":"v","values":[4]}`, `{"method":"equal","attribute":"k","values":["a","b"]}`},
-		func(p modelPayload) bool { return p.V > 4 && p.HasK && (p.K == "a" || p.K == "b") }},
+		func(p modelPayload) bool { return p.HasV && p.V > 4 && p.HasK && (p.K == "a" || p.K == "b") }},
 	{[]string{`{"method":"or","values":[{"method":"lessThanEqual","attribute":"v","values":[2]},{"method":"equal","attribute":"k","values":["b"]}]}`},
-		func(p modelPayload) bool { return p.V <= 2 || (p.HasK && p.K == "b") }},
+		func(p modelPayload) bool { return (p.HasV && p.V <= 2) || (p.HasK && p.K == "b") }},
+	{[]string{`{"method":"equal","attribute":"status","values":["online"]}`}, func(p modelPayload) bool { return p.Status == "online" }},
 }
 
 func randomPayload(rng *rand.Rand) modelPayload {
-	p := modelPayload{V: rng.IntN(10)}
+	p := modelPayload{V: rng.IntN(10), HasV: true}
 	switch rng.IntN(4) {
 	case 0:
 	case 1:
@@ -149,7 +153,7 @@ func runWorld(t *testing.T, seed uint64) {
 	projects := []string{"p1", "p2"}
 	users := []string{"u1", "u2", "u3"}
 	teams := []string{"t1", "t2"}
-	channels := []string{"c1", "c2", "c3", "c4"}
+	channels := []string{"c1", "c2", "c3", "presences"}
 	pick := func(list []string) string { return list[rng.IntN(len(list))] }
 	subset := func(list []string, min int) []string {
 		var out []string
@@ -171,7 +175,8 @@ func runWorld(t *testing.T, seed uint64) {
 			res.teams[u][tm] = rng.IntN(2) == 0
 		}
 	}
-	s, err := New(Config{Broker: broker.NewMemory(1), Resolver: res, IndexShards: 1 << rng.IntN(4), ConnectsPerIP: Off, MessagesPerMinute: Off})
+	bus := &captureBroker{}
+	s, err := New(Config{Broker: bus, Resolver: res, IndexShards: 1 << rng.IntN(4), ConnectsPerIP: Off, MessagesPerMinute: Off})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -238,8 +243,65 @@ func runWorld(t *testing.T, seed uint64) {
 		p := randomPayload(rng)
 		return &protocol.Event{Project: pick(projects), Roles: roles, Channels: subset(channels, 1), Payload: json.RawMessage(p.json(nEvent))}, p
 	}
+	// The model of presences: per project and user, the connections that
+	// hold the record, its id once known, and its read roles.
+	type modelPresence struct {
+		holders map[*modelConn]bool
+		id      string
+		roles   []string
+		status  string
+	}
+	records := map[userKey]*modelPresence{}
+	var wantPresence []presenceExpect
+	// dropHolder is the model of a connection leaving user k's record.
+	dropHolder := func(m *modelConn, k userKey) {
+		rec := records[k]
+		if rec == nil || !rec.holders[m] {
+			return
+		}
+		delete(rec.holders, m)
+		if len(rec.holders) == 0 {
+			delete(records, k)
+			if len(rec.roles) == 0 {
+				return // no read role: no event
+			}
+			wantPresence = append(wantPresence, presenceExpect{"delete", k.project, k.uid, rec.id, rec.roles, rec.status})
+		}
+	}
+	// checkPresenceEvents compares what the node published with the
+	// model's expectations, learns ids the server chose, and routes each
+	// event, checking its delivery like any other.
+	checkPresenceEvents := func(step int) {
+		s.presences.flush()
+		got := bus.take()
+		if len(got) != len(wantPresence) {
+			t.Fatalf("seed %d step %d: %d presence events published, want %d (%+v)", seed, step, len(got), len(wantPresence), wantPresence)
+		}
+		for i, msg := range got {
+			w := wantPresence[i]
+			ev, err := protocol.ParseEvent(msg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			info, err := protocol.ParsePresenceInfo(ev.Payload)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if w.id == "" {
+				w.id = info.ID
+				if rec := records[userKey{w.project, w.uid}]; rec != nil && rec.id == "" {
+					rec.id = info.ID
+				}
+			}
+			if ev.Project != w.project || info.UserID != w.uid || info.ID != w.id || !slices.Equal(ev.Roles, w.roles) || ev.Events[0] != "presences."+w.id+"."+w.action {
+				t.Fatalf("seed %d step %d: published %s, want %+v", seed, step, msg, w)
+			}
+			checkEvent(t, seed, step, r, live, ev, modelPayload{Status: w.status}, 0, nil)
+		}
+		wantPresence = wantPresence[:0]
+	}
 	for step := 0; step < 40; step++ {
-		switch op := rng.IntN(10); {
+		switch op := rng.IntN(12); {
 		case op < 2 || len(live) == 0:
 			connect()
 		case op == 2: // subscribe by message, sometimes replacing an id
@@ -260,12 +322,55 @@ func runWorld(t *testing.T, seed uint64) {
 		case op == 4: // authenticate as someone (possibly again)
 			m := live[rng.IntN(len(live))]
 			uid := pick(users)
+			old := userKey{m.project, uidOf(m)}
 			m.c.handleMessage([]byte(`{"type":"authentication","data":{"session":"s-` + uid + `"}}`))
 			m.roles = modelRoles(uid)
+			if old.uid != uid { // signed in as someone else: the old presence is not held here any more
+				dropHolder(m, old)
+			}
+			checkPresenceEvents(step)
 		case op == 5: // leave
 			i := rng.IntN(len(live))
-			_ = live[i].c.onClosed(nil)
+			m := live[i]
+			k := userKey{m.project, uidOf(m)}
+			_ = m.c.onClosed(nil)
 			live = slices.Delete(live, i, i+1)
+			dropHolder(m, k)
+			checkPresenceEvents(step)
+		case op >= 10: // upsert a presence
+			m := live[rng.IntN(len(live))]
+			uid := uidOf(m)
+			perms := [][]string{nil, {`read("any")`}, {`read("users")`}, {`read("team:t1")`, `write("users")`}, {`read("guests")`}, {}, {`update("any")`}}[rng.IntN(7)]
+			status := pick([]string{"online", "away"})
+			data := map[string]any{"status": status}
+			if perms != nil {
+				data["permissions"] = perms
+			}
+			if rng.IntN(2) == 0 {
+				data["presenceId"] = "id-" + uid
+			}
+			b, _ := json.Marshal(map[string]any{"type": "presence", "data": data})
+			drainQueue(m.c)
+			m.c.handleMessage(b)
+			k := userKey{m.project, uid}
+			allowed := uid != "" && protocol.CheckPresenceRoles(perms, m.roles) == nil
+			if allowed {
+				rec := records[k]
+				if rec == nil {
+					rec = &modelPresence{holders: map[*modelConn]bool{}}
+					if id, ok := data["presenceId"].(string); ok {
+						rec.id = id
+					}
+					records[k] = rec
+				}
+				rec.holders[m] = true
+				rec.roles = protocol.ReadRoles(protocol.ExpandPermissions(perms, uid))
+				rec.status = status
+				if len(rec.roles) > 0 {
+					wantPresence = append(wantPresence, presenceExpect{"upsert", k.project, k.uid, rec.id, rec.roles, status})
+				}
+			}
+			checkPresenceEvents(step)
 		case op == 6: // membership change, announced to the user's own team
 			uid, tm := pick(users), pick(teams)
 			gate := make(chan struct{})
@@ -330,6 +435,43 @@ func runWorld(t *testing.T, seed uint64) {
 			return
 		}
 	}
+}
+
+// presenceExpect is a presence event the model expects.
+type presenceExpect struct {
+	action, project, uid string
+	id                   string // "" until the server has chosen it
+	roles                []string
+	status               string
+}
+
+// captureBroker keeps what the node publishes (presence events) for the
+// property test to check and route itself.
+type captureBroker struct {
+	mu   sync.Mutex
+	msgs [][]byte
+}
+
+func (b *captureBroker) Publish(_ context.Context, msg []byte) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.msgs = append(b.msgs, append([]byte(nil), msg...))
+	return nil
+}
+
+func (b *captureBroker) Run(ctx context.Context, _ broker.Handler) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+func (b *captureBroker) Ready() error { return nil }
+
+func (b *captureBroker) take() [][]byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := b.msgs
+	b.msgs = nil
+	return out
 }
 
 // waitHolds waits until no permission change is being resolved.

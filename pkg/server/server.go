@@ -27,6 +27,7 @@ import (
 	"github.com/switchboard-rt/switchboard/pkg/auth"
 	"github.com/switchboard-rt/switchboard/pkg/broker"
 	"github.com/switchboard-rt/switchboard/pkg/index"
+	"github.com/switchboard-rt/switchboard/pkg/presence"
 )
 
 // Defaults of Config. A zero field takes its default; the flags of
@@ -47,6 +48,12 @@ const (
 	DefaultIndexShards       = 64
 	DefaultTCPKeepAlive      = 2 * time.Minute
 	DefaultAuthTimeout       = 5 * time.Second
+	// DefaultPresenceGrace is how soon the presences of a node that died
+	// are deleted by the others (PRESENCE.md).
+	DefaultPresenceGrace = presence.DefaultGrace
+	// DefaultMaxPresenceBytes bounds a presence's metadata (compacted
+	// JSON): it is stored, listed and sent in every presence event.
+	DefaultMaxPresenceBytes = 4 << 10
 )
 
 // Off, as a limit or duration of Config marked "Off turns it off", turns
@@ -66,7 +73,7 @@ type Config struct {
 	ReusePort bool
 
 	Projects []string // when non-empty, the only projects accepted
-	APIKey   string   // when set, POST /v1/publish needs "Authorization: Bearer <APIKey>"
+	APIKey   string   // when set, POST /v1/publish and /v1/presences need "Authorization: Bearer <APIKey>"
 
 	MaxMessageSize   int // largest client message after reassembly (at most 16 MiB)
 	MaxHeaderBytes   int // largest upgrade request head
@@ -117,6 +124,16 @@ type Config struct {
 
 	AuthTimeout time.Duration // bound on one resolver call
 
+	// Presences stores presence records; default presence.NewMemory()
+	// (one node). Nodes sharing a Redis backbone share a presence.Redis.
+	Presences presence.Store
+	// PresenceGrace: the presences of a node that died are deleted, and
+	// their delete events sent, within this. A node refreshes its
+	// heartbeat every quarter of it.
+	PresenceGrace time.Duration
+	// MaxPresenceBytes bounds a presence's metadata; more is error 1003.
+	MaxPresenceBytes int
+
 	Broker   broker.Broker        // required
 	Resolver auth.Resolver        // default auth.None
 	Logger   *zap.Logger          // default zap.NewNop
@@ -163,6 +180,11 @@ func (c *Config) setDefaults() {
 	defDur(&c.DrainTime, DefaultDrainTime)
 	defDur(&c.TCPKeepAlive, DefaultTCPKeepAlive)
 	defDur(&c.AuthTimeout, DefaultAuthTimeout)
+	defDur(&c.PresenceGrace, DefaultPresenceGrace)
+	def(&c.MaxPresenceBytes, DefaultMaxPresenceBytes)
+	if c.Presences == nil {
+		c.Presences = presence.NewMemory()
+	}
 	if c.Resolver == nil {
 		c.Resolver = auth.None{}
 	}
@@ -185,7 +207,7 @@ func (c *Config) validate() error {
 	}{
 		{"max message size", c.MaxMessageSize}, {"max header bytes", c.MaxHeaderBytes}, {"max queue bytes", c.MaxQueueBytes},
 		{"max subscriptions", c.MaxSubscriptions}, {"write workers", c.WriteWorkers}, {"index shards", c.IndexShards},
-		{"max conns", c.MaxConns},
+		{"max conns", c.MaxConns}, {"max presence bytes", c.MaxPresenceBytes},
 	} {
 		if f.v < 0 {
 			return fmt.Errorf("server: %s %d is negative", f.name, f.v)
@@ -196,6 +218,9 @@ func (c *Config) validate() error {
 	}
 	if c.ConnectsIPv6Prefix < 0 || c.ConnectsIPv6Prefix > 128 {
 		return fmt.Errorf("server: IPv6 prefix /%d for the connect limit is not within /0 to /128", c.ConnectsIPv6Prefix)
+	}
+	if c.PresenceGrace < 100*time.Millisecond {
+		return fmt.Errorf("server: presence grace %v is under 100ms", c.PresenceGrace)
 	}
 	if c.MaxMessageSize > 16<<20 {
 		return fmt.Errorf("server: max message size %d is over 16 MiB", c.MaxMessageSize)
@@ -229,6 +254,7 @@ type Server struct {
 	readers    boundedPool[*conn] // reads adopted sockets (conn.readAdopted)
 	router     *router
 	holds      *holds // users whose roles are being re-resolved after a permission change
+	presences  *presences
 
 	serving  atomic.Bool
 	draining atomic.Bool
@@ -269,6 +295,7 @@ func New(cfg Config) (*Server, error) {
 	s.readers = boundedPool[*conn]{max: maxReaders, do: (*conn).readAdopted}
 	s.router = newRouter(s)
 	s.holds = newHolds(s)
+	s.presences = newPresences(s)
 	if len(cfg.Projects) > 0 {
 		s.allowed = make(map[string]bool, len(cfg.Projects))
 		for _, p := range cfg.Projects {
@@ -345,6 +372,7 @@ func (s *Server) Start() (err error) {
 			s.log.Error("admin server stopped", zap.Error(err))
 		}
 	}()
+	s.presences.start()
 	s.serving.Store(true)
 	s.log.Info("serving", zap.String("listen", s.ln.Addr().String()), zap.String("admin", s.adminLn.Addr().String()))
 	return nil
@@ -396,6 +424,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.waiter.close()
 	close(s.stopSweep)
 	s.wg.Wait()
+	s.presences.shutdown()
 	s.pool.stop()
 	s.quarantine.closeAll()
 	s.serving.Store(false)

@@ -71,12 +71,21 @@ func (c *conn) setIdentity(id auth.Identity) {
 	}
 	// The user table changes under c.mu, as in onClosed, so a closed
 	// connection can never be put back into it.
+	var release func()
+	if old.uid != id.UserID {
+		// Signed in as someone else: this connection no longer holds the
+		// old user's presence (released below, once re-indexed).
+		release = s.presences.detachLocked(old, c)
+	}
 	if c.state != stateClosed {
 		s.users.remove(old, c)
 		s.users.add(userKey{c.project, c.userID}, c)
 	}
 	c.mu.Unlock()
 	c.reindex()
+	if release != nil {
+		release()
+	}
 }
 
 // projectTable counts this node's upgraded connections per project and

@@ -3,16 +3,28 @@
 // the URL), 24.2 (URL subscription slots) and 28 (subscribe messages).
 //
 // Usage: SWITCHBOARD_ADDR=host:port SWITCHBOARD_ADMIN=host:port
-//        SWITCHBOARD_JWT=<HS256 token for user u1> node sdk.test.mjs
+//        SWITCHBOARD_JWT=<HS256 token for user u1>
+//        SWITCHBOARD_JWTS='{"u1t1":..,"u2t1":..,"u3":..}' node sdk.test.mjs
+// (u1t1 and u2t1 are in team t1, u3 is not: the presence check).
 // Exits 0 when every check passed; prints one line per check.
 import WebSocket from 'ws';
 import * as sdk28 from 'appwrite';
 import * as sdk24 from 'appwrite24';
 import * as sdk21 from 'appwrite21';
 
-// The browser globals the SDK expects.
+// The browser globals the SDK expects. The WebSocket keeps what it
+// receives, so that the presence check can read the `response` frame the
+// SDK itself ignores.
+const received = new WeakMap();
+class RecordingWebSocket extends WebSocket {
+  constructor(...args) {
+    super(...args);
+    received.set(this, []);
+    this.addEventListener('message', (m) => received.get(this).push(JSON.parse(m.data)));
+  }
+}
 globalThis.window = globalThis;
-globalThis.WebSocket = WebSocket;
+globalThis.WebSocket = RecordingWebSocket;
 const store = new Map();
 globalThis.localStorage = {
   getItem: (k) => (store.has(k) ? store.get(k) : null),
@@ -23,8 +35,9 @@ globalThis.localStorage = {
 const addr = process.env.SWITCHBOARD_ADDR;
 const admin = process.env.SWITCHBOARD_ADMIN;
 const jwt = process.env.SWITCHBOARD_JWT;
-if (!addr || !admin || !jwt) {
-  console.error('SWITCHBOARD_ADDR, SWITCHBOARD_ADMIN and SWITCHBOARD_JWT are required');
+const jwts = JSON.parse(process.env.SWITCHBOARD_JWTS || '{}');
+if (!addr || !admin || !jwt || !jwts.u1t1 || !jwts.u2t1 || !jwts.u3) {
+  console.error('SWITCHBOARD_ADDR, SWITCHBOARD_ADMIN, SWITCHBOARD_JWT and SWITCHBOARD_JWTS are required');
   process.exit(2);
 }
 
@@ -135,11 +148,72 @@ async function check(name, mod, withQueries) {
   for (const f of unsubs) f();
 }
 
+// The presence of appwrite@28: realtime.upsertPresence is answered with
+// the document; a signed-in client whose roles the presence's read
+// permission names receives the upsert event, one whose roles it does not
+// name receives nothing, and when the first client's socket closes the
+// delete event reaches the reader.
+async function checkPresence() {
+  const name = 'appwrite@28 presence';
+  const watcher = new sdk28.Realtime(client(sdk28, jwts.u2t1));
+  const outsider = new sdk28.Realtime(client(sdk28, jwts.u3));
+  const watched = [];
+  const outside = [];
+  const subs = [
+    await watcher.subscribe(sdk28.Channel.presences(), (r) => watched.push(r)),
+    await outsider.subscribe('presences', (r) => outside.push(r)),
+  ];
+  const ready = ++seq;
+  await until(`${name}: both readers are subscribed to presences`,
+    () => publish(['any'], ['presences'], { ready }),
+    () => watched.some((r) => r.payload.ready === ready) && outside.some((r) => r.payload.ready === ready));
+
+  const owner = new sdk28.Realtime(client(sdk28, jwts.u1t1));
+  await owner.upsertPresence({
+    status: 'online', presenceId: 'sdk-p1',
+    permissions: [sdk28.Permission.read(sdk28.Role.team('t1'))], metadata: { page: '/docs' },
+  });
+  let resp;
+  await until(`${name}: upsertPresence is answered`, async () => {}, () => {
+    resp = owner.socket && received.get(owner.socket).find((m) => m.type === 'response' && m.data.to === 'presence');
+    return resp;
+  });
+  const doc = resp.data.presence;
+  if (doc.$id !== 'sdk-p1' || doc.userId !== 'u1' || doc.status !== 'online' || doc.source !== 'realtime' ||
+      doc.metadata.page !== '/docs' || !doc.$createdAt || !doc.expiresAt ||
+      JSON.stringify(doc.$permissions) !== JSON.stringify(['read("team:t1")'])) {
+    throw new Error(`${name}: response ${JSON.stringify(resp)}`);
+  }
+  console.log(`ok ${name}: upsertPresence is answered with the document`);
+
+  const isEvent = (r, action) => r.events.includes(`presences.sdk-p1.${action}`);
+  await until(`${name}: the team reader receives the upsert event`, async () => {}, () => watched.some((r) => isEvent(r, 'upsert')));
+  const up = watched.find((r) => isEvent(r, 'upsert'));
+  if (!up.channels.includes('presences') || up.payload.status !== 'online') {
+    throw new Error(`${name}: upsert event ${JSON.stringify(up)}`);
+  }
+  const mark = ++seq;
+  await publish(['any'], ['presences'], { mark });
+  await until(`${name}: the outsider receives the marker`, async () => {}, () => outside.some((r) => r.payload.mark === mark));
+  if (outside.some((r) => r.events.some((e) => e.startsWith('presences.sdk-p1')))) {
+    throw new Error(`${name}: the outsider got ${JSON.stringify(outside)}`);
+  }
+  console.log(`ok ${name}: the reader the permission names gets the upsert event, the other nothing`);
+
+  await owner.disconnect();
+  await until(`${name}: the delete event reaches the reader once the socket closed`, async () => {}, () => watched.some((r) => isEvent(r, 'delete')));
+  console.log(`ok ${name}: closing the socket sends the delete event`);
+  for (const s of subs) await s.close();
+  await watcher.disconnect();
+  await outsider.disconnect();
+}
+
 try {
+  await checkPresence();
   await check('appwrite@28 (subscribe messages)', sdk28, true);
   await check('appwrite@24.2 (URL slots)', sdk24, true);
   await check('appwrite@21.5 (channels[])', sdk21, false);
-  console.log('3 passed, 0 failed');
+  console.log('4 passed, 0 failed');
   process.exit(0);
 } catch (err) {
   console.error(`FAIL ${err.stack || err}`);
