@@ -483,6 +483,7 @@ func (c *conn) flushLocked() error {
 			c.outBytes += f.size()
 		}
 		if err == errWouldBlock {
+			c.srv.metrics.sendBufferFull.Inc()
 			c.waitOut = true
 			return c.srv.waiter.arm(c, &c.outArmed)
 		}

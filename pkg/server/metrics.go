@@ -11,6 +11,7 @@ type metrics struct {
 	messagesOut    prometheus.Counter
 	framesOut      prometheus.Counter
 	writeCalls     prometheus.Counter
+	sendBufferFull prometheus.Counter
 	deliveries     prometheus.Counter
 	slowConsumers  prometheus.Counter
 	protocolErrors *prometheus.CounterVec
@@ -45,6 +46,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		writeCalls: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_writev_calls_total", Help: "writev system calls made for client sockets; frames written per call shows how much batching under load saves.",
+		}),
+		sendBufferFull: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_send_buffer_full_total", Help: "Writes that ended part-way because the socket's send buffer was full; the rest waited for EPOLLOUT.",
 		}),
 		deliveries: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_deliveries_total", Help: "Event frames queued for a recipient.",
@@ -83,7 +87,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "switchboard_permission_changes_total", Help: "Permission changes applied to users with connections on this node.",
 		}),
 	}
-	reg.MustRegister(m.connections, m.upgrades, m.messagesIn, m.messagesOut, m.framesOut, m.writeCalls, m.deliveries,
+	reg.MustRegister(m.connections, m.upgrades, m.messagesIn, m.messagesOut, m.framesOut, m.writeCalls, m.sendBufferFull, m.deliveries,
 		m.slowConsumers, m.protocolErrors, m.events, m.invalidEvents, m.publishErrors, m.published, m.permissionChanges, m.handshakeTimeouts, m.idleTimeouts, m.panics,
 		m.drainCloses)
 	return m
