@@ -1,12 +1,10 @@
 package server
 
 import (
-	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"strings"
 	"syscall"
 	"testing"
@@ -196,25 +194,17 @@ func TestPingFloodIsAnsweredOrLimitedOthersUnaffected(t *testing.T) {
 
 func TestPingFloodWithoutReadingIsCutOffAsSlowConsumer(t *testing.T) {
 	const maxQueue = 64 << 10
-	s := testNode(t, func(c *Config) { c.MaxQueueBytes = maxQueue })
+	s := testNode(t, func(c *Config) {
+		c.MaxQueueBytes = maxQueue
+		// The flooder never reads its pongs: a small send buffer on the
+		// server's side and a fixed receive buffer on the flooder's keep
+		// the kernel from absorbing them on its behalf, whatever tcp_wmem
+		// says (stock, the server's send buffer alone holds 3.9 MB).
+		c.sendBuffer = 4 << 10
+	})
 	bystander := dial(t, s, "project=p1&channels[]=files", nil)
 	bystander.expect("connected")
-	// The flooder never reads its pongs; a small receive buffer keeps the
-	// kernel from absorbing them on its behalf.
-	d := ws.Dialer{Timeout: 5 * time.Second, NetDial: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		nd := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-			var serr error
-			err := rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
-			return errors.Join(err, serr)
-		}}
-		return nd.DialContext(ctx, network, addr)
-	}}
-	flooder, err := tryDialWith(d, s, "project=p1", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	flooder.t = t
-	defer flooder.conn.Close()
+	flooder := dialReadBuffer(t, s, "project=p1", testClientReadBuffer)
 	flooder.expect("connected")
 
 	ping := ws.MustCompileFrame(ws.MaskFrame(ws.NewPingFrame([]byte(strings.Repeat("p", 125)))))

@@ -138,6 +138,15 @@ type Config struct {
 	Resolver auth.Resolver        // default auth.None
 	Logger   *zap.Logger          // default zap.NewNop
 	Registry *prometheus.Registry // default a new registry
+
+	// sendBuffer, when positive, is the SO_SNDBUF of accepted sockets (the
+	// kernel doubles it and locks it against autotuning). Tests only: a
+	// small one makes writes end part-way whatever the host's tcp_wmem,
+	// while the client keeps a receive window well above the MSS. A client
+	// that shrinks its own SO_RCVBUF for this instead advertises a window
+	// below the loopback MSS (64 KiB), and the server's unsent bytes then
+	// wait on the persist timer's backed-off probes (issue 12).
+	sendBuffer int
 }
 
 // DefaultConnectsIPv6Prefix counts IPv6 clients per /64 for the connect
@@ -489,6 +498,11 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 	if s.cfg.TCPKeepAlive > 0 {
 		if err := setKeepAlive(c.fd, s.cfg.TCPKeepAlive); err != nil {
 			s.log.Debug("tcp keepalive not set", zap.Uint32("conn", uint32(c.id)), zap.Error(err))
+		}
+	}
+	if s.cfg.sendBuffer > 0 {
+		if err := unix.SetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_SNDBUF, s.cfg.sendBuffer); err != nil {
+			s.log.Debug("send buffer not set", zap.Uint32("conn", uint32(c.id)), zap.Error(err))
 		}
 	}
 	s.handshakes.add(c, time.Now())

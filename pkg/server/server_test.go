@@ -1,9 +1,7 @@
 package server
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -11,7 +9,6 @@ import (
 	"reflect"
 	"runtime"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -316,30 +313,34 @@ func TestJWTRolesDecideDelivery(t *testing.T) {
 	}
 }
 
+// TestSlowConsumerIsClosedOthersUnharmed: a client that stops reading is
+// cut off once its queue passes MaxQueueBytes, while a client that reads
+// every batch as it comes gets every event.
+//
+// What the kernel absorbs for the slow client is bounded by the test, not
+// by the host: the server's sockets get a small send buffer and the slow
+// client a fixed receive buffer, so its queue overflows after about 20 of
+// the 200 events whatever tcp_wmem says (stock, the server's send buffer
+// alone holds 3.9 MB). It used to shrink the client's receive buffer to
+// 4 KiB instead, a window below the loopback MSS.
 func TestSlowConsumerIsClosedOthersUnharmed(t *testing.T) {
-	s := testNode(t, func(c *Config) { c.MaxQueueBytes = 256 << 10 })
-	// The slow client never reads, and a small receive buffer keeps the
-	// kernel from absorbing megabytes on its behalf.
-	d := ws.Dialer{Timeout: 5 * time.Second, NetDial: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		nd := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-			var serr error
-			err := rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
-			return errors.Join(err, serr)
-		}}
-		return nd.DialContext(ctx, network, addr)
-	}}
-	slow, err := tryDialWith(d, s, "project=p1&channels[]=files", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	slow.t = t
-	defer slow.conn.Close()
+	const maxQueue = 256 << 10
+	s := testNode(t, func(c *Config) {
+		c.MaxQueueBytes = maxQueue
+		c.sendBuffer = 64 << 10 // 128 KiB once the kernel doubles it
+	})
+	slow := dialReadBuffer(t, s, "project=p1&channels[]=files", testClientReadBuffer)
 	slow.expect("connected")
 	fast := dial(t, s, "project=p1&channels[]=files", nil)
 	fast.expect("connected")
 
 	big := `{"blob":"` + strings.Repeat("x", 32<<10) + `"}`
-	const batches, perBatch = 20, 10 // 200 x 32 KiB: far more than the slow client's buffers and queue
+	// 200 x 32 KiB: far more than the slow client's buffers and queue. A
+	// batch (~130 KiB) is about half the queue limit, so the healthy client
+	// is never cut, even when the write pool gets to it only after the whole
+	// batch is queued (a loaded machine): with 10 per batch (320 KiB) it
+	// was, once in 20 runs beside two busy loops.
+	const batches, perBatch = 50, 4
 	for b := 0; b < batches; b++ {
 		for i := 0; i < perBatch; i++ {
 			publish(t, s, event("p1", []string{"any"}, []string{"files"}, big))
@@ -357,6 +358,9 @@ func TestSlowConsumerIsClosedOthersUnharmed(t *testing.T) {
 	got := 0
 	for {
 		m, err := slow.tryRead(10 * time.Second)
+		if isTimeout(err) {
+			t.Fatalf("slow client's stream still open after %d events: %v", got, err)
+		}
 		if err != nil {
 			break
 		}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -89,6 +90,38 @@ type message struct {
 func dial(t *testing.T, s *Server, query string, header http.Header) *client {
 	t.Helper()
 	c, err := tryDial(s, query, header)
+	if err != nil {
+		t.Fatalf("dial %s: %v", query, err)
+	}
+	c.t = t
+	t.Cleanup(func() { c.conn.Close() })
+	return c
+}
+
+// testClientReadBuffer is the SO_RCVBUF of a test client that reads while
+// the server's writes end part-way (Config.sendBuffer makes them): 128 KiB,
+// 256 KiB once the kernel doubles it, a window of several loopback MSSes
+// (65,483 bytes), so that a paused reader's window updates flow normally;
+// and under the stock net.core.rmem_max (212,992), so that the kernel takes
+// it as asked whatever tcp_rmem says. A client window below the MSS leaves
+// the server's unsent bytes to the persist timer's backed-off probes: the
+// stall of issue 12.
+const testClientReadBuffer = 128 << 10
+
+// dialReadBuffer dials like dial, with the client's SO_RCVBUF set to
+// rcvbuf before the connect, so that the window scale and clamp the kernel
+// picks at the SYN follow from it rather than from tcp_rmem.
+func dialReadBuffer(t *testing.T, s *Server, query string, rcvbuf int) *client {
+	t.Helper()
+	d := ws.Dialer{Timeout: 5 * time.Second, NetDial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		nd := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			err := rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, rcvbuf) })
+			return errors.Join(err, serr)
+		}}
+		return nd.DialContext(ctx, network, addr)
+	}}
+	c, err := tryDialWith(d, s, query, nil)
 	if err != nil {
 		t.Fatalf("dial %s: %v", query, err)
 	}

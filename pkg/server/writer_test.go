@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -22,23 +21,31 @@ import (
 // be sent twice: every frame must parse, every event arrive once and in
 // order, and every ping be answered. It is a stress test, so a broken rule
 // shows only sometimes: with the one-writer-at-a-time check removed from
-// flushLocked it failed 4 of 10 runs (1 of 10 under -race).
+// flushLocked it failed 15 of 20 runs (19 of 20 under -race), frames
+// arriving out of order.
+//
+// Writes end part-way because the server's sockets get a small send buffer,
+// not because the client shrinks its receive buffer: a client window below
+// the MSS stalled the stream in TCP's persist timer on hosts with the stock
+// tcp_wmem (issue 12), and with the stock send buffer (3.9 MB right after
+// the accept on loopback) and a normal client no write ends part-way at all.
 func TestConcurrentWritesKeepTheStreamWhole(t *testing.T) {
 	const clients, events, pings = 16, 2000, 2000
 	mem := broker.NewMemory(events)
 	s := testNode(t, func(c *Config) {
 		c.Broker = mem
 		c.MaxQueueBytes = 64 << 20 // pauses must not make it a slow consumer
+		// 128 KiB once doubled: ~60 events, which the client's pauses fill
+		// (~400 part-way writes a run), while most writevs still go through
+		// whole, so that the two writers' writevs can meet. 8 KiB made
+		// nearly every write end part-way (~1,500 a run) and the socket
+		// sat full so often that the broken check was caught 0-3 times in 10.
+		c.sendBuffer = 64 << 10
 	})
 	cs := make([]*client, clients)
 	for i := range cs {
-		cs[i] = dial(t, s, "project=p1&channels[]=files", nil)
+		cs[i] = dialReadBuffer(t, s, "project=p1&channels[]=files", testClientReadBuffer)
 		cs[i].expect("connected")
-		// A small receive buffer makes the server's writes end part-way
-		// often.
-		if err := cs[i].conn.(*net.TCPConn).SetReadBuffer(4096); err != nil {
-			t.Fatal(err)
-		}
 	}
 
 	pad := strings.Repeat("x", 2048)
@@ -60,6 +67,10 @@ func TestConcurrentWritesKeepTheStreamWhole(t *testing.T) {
 					errs <- fmt.Errorf("ping %d: %w", i, err)
 					return
 				}
+				// Spread the pings over the event stream: sent in one
+				// burst, 2,000 pings of 7 bytes arrive in a read or two, and
+				// the pongs meet only the first events' writes.
+				time.Sleep(200 * time.Microsecond)
 			}
 			errs <- nil
 		}()
@@ -69,6 +80,13 @@ func TestConcurrentWritesKeepTheStreamWhole(t *testing.T) {
 		if err := <-errs; err != nil {
 			t.Fatal(err)
 		}
+	}
+	// The test proves something only if writes did end part-way and
+	// resume on EPOLLOUT.
+	if n := counterValue(t, s, "switchboard_send_buffer_full_total"); n == 0 {
+		t.Fatal("no write ended part-way: the send buffer never filled")
+	} else {
+		t.Logf("%v writes ended part-way and resumed on EPOLLOUT", n)
 	}
 }
 
