@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/netip"
 	"os"
 	"strings"
@@ -14,6 +13,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/switchboard-rt/switchboard/internal/redistest"
 	"github.com/switchboard-rt/switchboard/pkg/auth"
 	"github.com/switchboard-rt/switchboard/pkg/broker"
 	"github.com/switchboard-rt/switchboard/pkg/server"
@@ -186,12 +186,7 @@ func TestRunRefusesWhatTheBudgetCannotHold(t *testing.T) {
 
 func TestRefusedConnectionsAreCountedAsFailed(t *testing.T) {
 	// A port nobody listens on: every connect is refused.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := redistest.RefusedAddr(t)
 	sum := run(t, Config{URL: "ws://" + addr + "/v1/realtime?project=p1&channels[]=files", Conns: 20, ConnectTimeout: 2 * time.Second})
 	if sum.Counters.Failed != 20 || sum.Counters.ErrConnect != 20 || sum.OpenAtFull != 0 {
 		t.Fatalf("counters %+v: want 20 failed connects", sum.Counters)
