@@ -162,6 +162,21 @@ func startPublisher(n *node, interval time.Duration) *publisher {
 	return p
 }
 
+// await waits until n more events have been accepted than when it was
+// called: events flowing, however slow the machine, rather than a fixed
+// time that a loaded one fills with fewer of them.
+func (p *publisher) await(t *testing.T, n int) {
+	t.Helper()
+	p.mu.Lock()
+	want := len(p.log) + n
+	p.mu.Unlock()
+	redistest.Eventually(t, 10*time.Second, fmt.Sprintf("%d events published", want), func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return len(p.log) >= want
+	})
+}
+
 // finish stops publishing and returns what was accepted.
 func (p *publisher) finish() []sent {
 	close(p.stop)
@@ -250,11 +265,16 @@ func TestRollingRestartMovesClientsToTheOtherNode(t *testing.T) {
 	}
 
 	pub := startPublisher(b, 5*time.Millisecond)
-	time.Sleep(300 * time.Millisecond)
+	pub.await(t, 50) // ~250 ms of events before the drain
 	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	redistest.Eventually(t, 200*time.Millisecond, "A not ready at once", func() bool { return readyz(a) != http.StatusOK })
+	// A 503 can only come from the drain: before it /readyz says 200, after
+	// it nothing answers. The drain lasts 1 s (~100 polls), so the load
+	// balancer learns of it while it runs; 10 s bounds a stuck node.
+	redistest.Eventually(t, 10*time.Second, "A answering /readyz 503 while it drains", func() bool {
+		return readyz(a) == http.StatusServiceUnavailable
+	})
 	select {
 	case err := <-a.exited:
 		a.exited <- err
@@ -264,7 +284,7 @@ func TestRollingRestartMovesClientsToTheOtherNode(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("node A did not exit after SIGTERM")
 	}
-	time.Sleep(300 * time.Millisecond)
+	pub.await(t, 50) // events to the moved clients, on B alone
 	log := pub.finish()
 	if !publishSeq(b, final) {
 		t.Fatal("final marker refused")
@@ -411,13 +431,21 @@ func TestRedisPauseIsSurvived(t *testing.T) {
 	}
 
 	pub := startPublisher(a, 20*time.Millisecond)
-	time.Sleep(300 * time.Millisecond)
+	pub.await(t, 15) // ~300 ms of events before the pause
 	cli := redistest.Binary(t, "redis-cli")
 	start := time.Now()
 	if out, err := exec.Command(cli, "-p", fmt.Sprint(rs.Port), "DEBUG", "SLEEP", "3").CombinedOutput(); err != nil {
 		t.Fatalf("DEBUG SLEEP: %v: %s", err, out)
 	}
 	pause := time.Since(start)
+	// A node notices the pause when a PING it sent during it times out:
+	// silent for one health interval (1 s), it pings and gives the reply
+	// another, so with a 3 s pause the timeout is due by the time Redis
+	// wakes. Until the node has acted on it, /readyz may still say 200 for
+	// a subscription about to be dropped, and the marker below would be
+	// lost on it. 500 ms is the margin for that timer's goroutine to run
+	// late on a loaded machine; no event tells the test that a node will
+	// not notice at all (a PING answered in time).
 	time.Sleep(500 * time.Millisecond)
 	waitReady(t, a, b)
 	log := pub.finish()

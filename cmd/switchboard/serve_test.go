@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -38,6 +39,8 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// freePort is a loopback address on a port free when chosen; see
+// redistest.FreePorts for why it may be taken by the time a node binds it.
 func freePort(t testing.TB) string {
 	t.Helper()
 	return fmt.Sprintf("127.0.0.1:%d", redistest.FreePorts(t, 1)[0])
@@ -50,11 +53,33 @@ type node struct {
 	exited      chan error
 }
 
-// startNode runs `switchboard serve` as a subprocess, configured through
-// the environment for the admin address to prove SWITCHBOARD_* works.
+// errPortTaken reports that a node exited at start because an address it
+// was given was taken between its choice and the bind.
+var errPortTaken = errors.New("address taken")
+
+// startNode runs `switchboard serve` as a subprocess on free ports, on
+// other ones if one was taken meanwhile (each rarely is, so the fifth
+// attempt is the last).
 func startNode(t testing.TB, args ...string) *node {
 	t.Helper()
-	n := &node{addr: freePort(t), admin: freePort(t), stderr: new(syncBuffer), exited: make(chan error, 1)}
+	for attempt := 1; ; attempt++ {
+		n, err := tryStartNode(t, freePort(t), args...)
+		if err == nil {
+			return n
+		}
+		if !errors.Is(err, errPortTaken) || attempt == 5 {
+			t.Fatal(err)
+		}
+		t.Logf("%v; trying other ports", err)
+	}
+}
+
+// tryStartNode runs `switchboard serve --listen addr`, configured through
+// the environment for the admin address to prove SWITCHBOARD_* works, and
+// waits until it is healthy or has exited.
+func tryStartNode(t testing.TB, addr string, args ...string) (*node, error) {
+	t.Helper()
+	n := &node{addr: addr, admin: freePort(t), stderr: new(syncBuffer), exited: make(chan error, 1)}
 	n.cmd = exec.Command(switchboardBin, append([]string{"serve", "--listen", n.addr}, args...)...)
 	n.cmd.Env = append(os.Environ(), "SWITCHBOARD_ADMIN_LISTEN="+n.admin, "SWITCHBOARD_LOG_LEVEL=warn")
 	n.cmd.Stderr = n.stderr
@@ -72,13 +97,22 @@ func startNode(t testing.TB, args ...string) *node {
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
-				return n
+				return n, nil
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("node never became healthy: %v\n%s", err, n.stderr)
+		select {
+		case exit := <-n.exited:
+			n.exited <- exit // for the cleanup
+			// Wait has returned: stderr is complete and no longer written.
+			if strings.Contains(n.stderr.String(), "address already in use") {
+				return nil, fmt.Errorf("%w: node exited at start: %s", errPortTaken, n.stderr)
+			}
+			return nil, fmt.Errorf("node exited at start: %v\n%s", exit, n.stderr)
+		case <-time.After(20 * time.Millisecond):
 		}
-		time.Sleep(20 * time.Millisecond)
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("node never became healthy: %v\n%s", err, n.stderr)
+		}
 	}
 }
 
@@ -348,10 +382,23 @@ func TestNodesShareRedisAndPublishGoesStraightToRedis(t *testing.T) {
 // published through Redis reaches clients of both.
 func TestReusePortSharesTheListenAddress(t *testing.T) {
 	rs := redistest.Start(t)
-	addr := freePort(t)
-	a := startNode(t, "--redis-url", rs.URL(), "--reuse-port", "--listen", addr)
-	b := startNode(t, "--redis-url", rs.URL(), "--reuse-port", "--listen", addr)
-	a.addr, b.addr = addr, addr
+	var a, b *node
+	for attempt := 1; a == nil; attempt++ {
+		var err error
+		a, err = tryStartNode(t, freePort(t), "--redis-url", rs.URL(), "--reuse-port")
+		if err != nil && (!errors.Is(err, errPortTaken) || attempt == 5) {
+			t.Fatal(err)
+		}
+	}
+	addr := a.addr
+	// b may still find its admin port taken: try it on others.
+	for attempt := 1; b == nil; attempt++ {
+		var err error
+		b, err = tryStartNode(t, addr, "--redis-url", rs.URL(), "--reuse-port")
+		if err != nil && (!errors.Is(err, errPortTaken) || attempt == 5) {
+			t.Fatal(err)
+		}
+	}
 	waitReady(t, a, b)
 	var conns []*wsConn
 	for range 64 {

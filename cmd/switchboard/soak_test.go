@@ -522,15 +522,25 @@ type soakFigures struct {
 	goroutines, heapInuse, rss, conns float64
 }
 
-// settle waits for the node to be quiet, forces a GC (the heap profile
-// handler's gc=1) so that heap in use is the live heap rather than
-// wherever the collector happened to be, and reads the figures.
+// settle waits for the node to be quiet (the churned connections closed,
+// and as many goroutines as 200 ms earlier: the reads and writes that
+// closing set off are done), forces a GC (the heap profile handler's gc=1)
+// so that heap in use is the live heap rather than wherever the collector
+// happened to be, and reads the figures. It gives up waiting after 10 s and
+// reads them anyway: the bounds checked on them then tell what is wrong.
 func settle(t *testing.T, n *node, wantConns float64) soakFigures {
 	t.Helper()
-	time.Sleep(2 * time.Second)
 	deadline := time.Now().Add(10 * time.Second)
 	for n.metric(t, "switchboard_connections") != wantConns && time.Now().Before(deadline) {
 		time.Sleep(100 * time.Millisecond)
+	}
+	for g := -1.0; time.Now().Before(deadline); {
+		now := n.metric(t, "go_goroutines")
+		if now == g {
+			break
+		}
+		g = now
+		time.Sleep(200 * time.Millisecond)
 	}
 	resp, err := http.Get("http://" + n.admin + "/debug/pprof/heap?gc=1")
 	if err != nil {

@@ -5,7 +5,9 @@ package redistest
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -44,6 +46,11 @@ func isExecutable(p string) bool {
 
 // FreePorts returns n distinct free loopback ports. The listeners stay open
 // until all are chosen, so the kernel cannot hand out one port twice.
+//
+// A port is only free when chosen: the kernel picks it from the ephemeral
+// range, so until a process binds it, any connect on the host (this test's
+// own included) may take it as its source port. Start and
+// (*Server).Start retry when that happened.
 func FreePorts(t testing.TB, n int) []int {
 	t.Helper()
 	ports := make([]int, n)
@@ -60,6 +67,27 @@ func FreePorts(t testing.TB, n int) []int {
 		ln.Close()
 	}
 	return ports
+}
+
+// RefusedAddr returns a loopback address where every connect is refused
+// for the rest of the test. A socket bound to the port without listening
+// holds it: no other bind can take it, nor can a connect use it as its
+// source port, which a port merely chosen free and closed does not ensure.
+func RefusedAddr(t testing.TB) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatalf("socket: %v", err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatalf("bind a loopback port: %v", err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatalf("getsockname: %v", err)
+	}
+	return "127.0.0.1:" + strconv.Itoa(sa.(*syscall.SockaddrInet4).Port)
 }
 
 // Server is one redis-server process on a fixed loopback port; it can
@@ -98,12 +126,26 @@ func New(t testing.TB, port int, extra ...string) *Server {
 	return s
 }
 
-// Start starts a server on a free port.
+// portAttempts is how many free ports Start tries: each is taken between
+// its choice and the bind only rarely, so five in a row means something else
+// is wrong.
+const portAttempts = 5
+
+// Start starts a server on a free port, on another one if the port was
+// taken meanwhile.
 func Start(t testing.TB, extra ...string) *Server {
 	t.Helper()
-	s := New(t, FreePorts(t, 1)[0], extra...)
-	s.Start()
-	return s
+	for attempt := 1; ; attempt++ {
+		s := New(t, FreePorts(t, 1)[0], extra...)
+		err := s.launch()
+		if err == nil {
+			return s
+		}
+		if !errors.Is(err, errPortTaken) || attempt == portAttempts {
+			t.Fatal(err)
+		}
+		t.Logf("%v; trying another port", err)
+	}
 }
 
 // Addr is the server's loopback address.
@@ -112,11 +154,34 @@ func (s *Server) Addr() string { return "127.0.0.1:" + strconv.Itoa(s.Port) }
 // URL is the server's redis:// URL.
 func (s *Server) URL() string { return "redis://" + s.Addr() }
 
-// Start launches the process and waits until it answers on its port.
+// errPortTaken reports that redis-server could not bind its port.
+var errPortTaken = errors.New("port taken")
+
+// Start launches the process and waits until it answers on its port. A
+// port freed by Kill (or chosen by FreePorts) may have been taken meanwhile
+// as the source port of a connection, which ends soon (the clients of this
+// very server retry theirs): Start retries on the same port for up to 10 s.
 func (s *Server) Start() {
 	s.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := s.launch()
+		if err == nil {
+			return
+		}
+		if !errors.Is(err, errPortTaken) || time.Now().After(deadline) {
+			s.t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond) // retry pace, not a wait for anything
+	}
+}
+
+// launch starts the process and waits until it answers on its port. It
+// returns errPortTaken (wrapped) when the process exited because the port
+// was in use.
+func (s *Server) launch() error {
 	if s.cmd != nil {
-		s.t.Fatalf("redis-server :%d already running", s.Port)
+		return fmt.Errorf("redis-server :%d already running", s.Port)
 	}
 	args := append([]string{
 		"--port", strconv.Itoa(s.Port), "--bind", "127.0.0.1",
@@ -124,13 +189,14 @@ func (s *Server) Start() {
 	}, s.extra...)
 	logf, err := os.OpenFile(s.logf, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		s.t.Fatalf("open redis log: %v", err)
+		return fmt.Errorf("open redis log: %w", err)
 	}
 	defer logf.Close()
+	logStart, _ := logf.Seek(0, io.SeekEnd) // the log of earlier runs stays
 	cmd := exec.Command(s.bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
-		s.t.Fatalf("start redis-server on :%d: %v", s.Port, err)
+		return fmt.Errorf("start redis-server on :%d: %w", s.Port, err)
 	}
 	s.cmd = cmd
 	s.exited = make(chan error, 1)
@@ -138,17 +204,21 @@ func (s *Server) Start() {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if answers(s.Addr()) {
-			return
+			return nil
 		}
 		select {
 		case err := <-s.exited:
 			b, _ := os.ReadFile(s.logf)
+			b = b[min(int(logStart), len(b)):]
 			s.cmd = nil
-			s.t.Fatalf("redis-server on :%d exited at start: %v\n%s", s.Port, err, b)
+			if strings.Contains(string(b), "Address already in use") {
+				return fmt.Errorf("%w: redis-server on :%d: %v", errPortTaken, s.Port, err)
+			}
+			return fmt.Errorf("redis-server on :%d exited at start: %v\n%s", s.Port, err, b)
 		case <-time.After(10 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			s.t.Fatalf("redis-server on :%d did not answer within 10 s", s.Port)
+			return fmt.Errorf("redis-server on :%d did not answer within 10 s", s.Port)
 		}
 	}
 }
@@ -228,19 +298,28 @@ func StartCluster(t testing.TB) *Cluster {
 	t.Helper()
 	cli := Binary(t, "redis-cli")
 	dir := t.TempDir()
-	ports := FreePorts(t, 6)
 	c := &Cluster{}
 	var addrs []string
-	for i := range 3 {
-		port, bus := ports[i], ports[3+i]
-		s := New(t, port,
-			"--cluster-enabled", "yes",
-			"--cluster-port", strconv.Itoa(bus),
-			"--cluster-config-file", filepath.Join(dir, fmt.Sprintf("nodes-%d.conf", port)),
-			"--cluster-node-timeout", "5000")
-		s.Start()
-		c.Nodes = append(c.Nodes, s)
-		addrs = append(addrs, s.Addr())
+	for range 3 {
+		for attempt := 1; ; attempt++ {
+			ports := FreePorts(t, 2)
+			port, bus := ports[0], ports[1]
+			s := New(t, port,
+				"--cluster-enabled", "yes",
+				"--cluster-port", strconv.Itoa(bus),
+				"--cluster-config-file", filepath.Join(dir, fmt.Sprintf("nodes-%d.conf", port)),
+				"--cluster-node-timeout", "5000")
+			err := s.launch()
+			if err == nil {
+				c.Nodes = append(c.Nodes, s)
+				addrs = append(addrs, s.Addr())
+				break
+			}
+			if !errors.Is(err, errPortTaken) || attempt == portAttempts {
+				t.Fatal(err)
+			}
+			t.Logf("%v; trying other ports", err)
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -286,7 +286,7 @@ func TestRedisResubscribesAfterRedisRestart(t *testing.T) {
 }
 
 func TestRedisPublishWhileDownFailsFast(t *testing.T) {
-	r, _, _ := newTestRedis(t, "redis://127.0.0.1:"+fmt.Sprint(redistest.FreePorts(t, 1)[0]), 0)
+	r, _, _ := newTestRedis(t, "redis://"+redistest.RefusedAddr(t), 0)
 	// Without a deadline of its own, Publish is bounded by its own timeout.
 	start := time.Now()
 	if err := r.Publish(context.Background(), []byte("x")); err == nil {

@@ -7,13 +7,16 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 
+	"github.com/switchboard-rt/switchboard/internal/redistest"
 	"github.com/switchboard-rt/switchboard/pkg/auth"
 	"github.com/switchboard-rt/switchboard/pkg/broker"
 	"github.com/switchboard-rt/switchboard/pkg/server"
@@ -190,12 +193,7 @@ func TestRunRefusesWhatTheBudgetCannotHold(t *testing.T) {
 
 func TestRefusedConnectionsAreCountedAsFailed(t *testing.T) {
 	// A port nobody listens on: every connect is refused.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := redistest.RefusedAddr(t)
 	sum := run(t, Config{URL: "ws://" + addr + "/v1/realtime?project=p1&channels[]=files", Conns: 20, ConnectTimeout: 2 * time.Second})
 	if sum.Counters.Failed != 20 || sum.Counters.ErrConnect != 20 || sum.OpenAtFull != 0 {
 		t.Fatalf("counters %+v: want 20 failed connects", sum.Counters)
@@ -246,16 +244,20 @@ func TestStalledConnectionsAreClosedAsSlowConsumers(t *testing.T) {
 		c.MaxQueueBytes = 512 << 10 // 32 events of slack for a healthy reader
 		c.Registry = reg
 	})
+	// 300 events of 16 KB are 4.8 MB per connection, far more than a
+	// socket that is not read holds before the node's queue starts: the
+	// node's send buffer is capped at 128 KiB here, the client's receive
+	// buffer stays at tcp_rmem's default (128 KiB stock, 4 KiB tuned) as it
+	// never reads. So every stalled connection overflows its 512 KiB
+	// queue. Left to the kernel, the node's send buffer is sized at once
+	// from the initial congestion window and the loopback MSS: 3.9 MB on
+	// Linux 6.18 (this comment said 2.6 MB before), which with the queue
+	// left a margin of 0.4 MB that followed the kernel version. 60
+	// events/s (1 MB/s per healthy connection) keeps the healthy ones far
+	// from their queue limit even under -race on a busy machine.
+	capListenerSendBuffer(t, s, 64<<10)
 	cfg := benchConfig(s, conns, events)
 	cfg.Stalled = stalled
-	// 300 events of 16 KB are 4.8 MB per connection, more than a socket
-	// that is not read holds before the node's queue starts: the node's
-	// send buffer is sized from the initial congestion window (about
-	// 2.6 MB on loopback with stock tcp_wmem), the client's receive buffer
-	// stays at tcp_rmem's default (128 KiB stock) as it never reads. So
-	// every stalled connection overflows its 512 KiB queue. 60 events/s
-	// (1 MB/s per healthy connection) keeps the healthy ones far from
-	// theirs even under -race on a busy machine.
 	cfg.PayloadBytes = 16 << 10
 	cfg.PublishRate = 60
 	sum := run(t, cfg)
@@ -332,6 +334,41 @@ func TestStalledConnectionsCutShortAreNotCountedAsClosed(t *testing.T) {
 	}
 	if st := sum.Stalled; st == nil || st.Ready != stalled || st.ClosedByServer != 0 || st.OpenAtEnd != stalled {
 		t.Fatalf("stalled %+v; want %d ready, none closed by the server", sum.Stalled, stalled)
+	}
+}
+
+// capListenerSendBuffer sets SO_SNDBUF (the kernel doubles n) on the
+// node's listening socket, which the sockets it accepts inherit, locked
+// against autotuning. The node runs in this process but keeps its
+// listener to itself, so the socket is found among the process's
+// descriptors: the listening one bound to the node's address.
+func capListenerSendBuffer(t *testing.T, s *server.Server, n int) {
+	t.Helper()
+	want := s.Addr().(*net.TCPAddr)
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := 0
+	for _, e := range fds {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if on, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err != nil || on != 1 {
+			continue
+		}
+		sa, err := unix.Getsockname(fd)
+		if a, ok := sa.(*unix.SockaddrInet4); err != nil || !ok || a.Port != want.Port || !want.IP.Equal(net.IP(a.Addr[:])) {
+			continue
+		}
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, n); err != nil {
+			t.Fatal(err)
+		}
+		set++
+	}
+	if set == 0 {
+		t.Fatalf("no listening socket on %v among this process's descriptors", want)
 	}
 }
 

@@ -10,9 +10,18 @@ import (
 // counterValue sums a metric family's samples in the node's registry.
 func counterValue(t *testing.T, s *Server, name string) float64 {
 	t.Helper()
-	mfs, err := s.cfg.Registry.Gather()
+	v, err := metricSum(s, name)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return v
+}
+
+// metricSum is counterValue for goroutines other than the test's.
+func metricSum(s *Server, name string) (float64, error) {
+	mfs, err := s.cfg.Registry.Gather()
+	if err != nil {
+		return 0, err
 	}
 	var sum float64
 	for _, mf := range mfs {
@@ -28,7 +37,7 @@ func counterValue(t *testing.T, s *Server, name string) float64 {
 			}
 		}
 	}
-	return sum
+	return sum, nil
 }
 
 func get(t *testing.T, url string) (int, string) {
