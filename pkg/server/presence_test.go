@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/golang-jwt/jwt/v5"
 
@@ -190,8 +191,14 @@ func TestPresenceMessageOverTheWire(t *testing.T) {
 	marker(t, s, "4")
 	watcher.expectPayload(`{"marker":"4"}`) // u4's events were never for u2
 	c.expectPayload(`{"marker":"4"}`)       // and the delete is no longer for c, now u5
-	if listed := listPresences(t, s, "p1"); len(listed) != 0 {
-		t.Fatalf("listed after re-authentication: %+v", listed)
+	// The record is released on u4's lane, after the re-authentication's
+	// response: no event tells this test when, so it waits for the list.
+	deadline := time.Now().Add(5 * time.Second)
+	for listed := listPresences(t, s, "p1"); len(listed) != 0; listed = listPresences(t, s, "p1") {
+		if time.Now().After(deadline) {
+			t.Fatalf("listed after re-authentication: %+v", listed)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
