@@ -423,10 +423,16 @@ func (c *conn) enqueueLocked(f outFrame) {
 	if c.state >= stateClosing {
 		return
 	}
-	if err := c.q.push(f, c.srv.cfg.MaxQueueBytes); err == errSlowConsumer {
-		c.srv.metrics.slowConsumers.Inc()
-		c.setStateLocked(stateClosing)
+	if err := c.q.push(f, c.srv.cfg.MaxQueueBytes); err != nil {
+		c.slowConsumerLocked()
 	}
+}
+
+// slowConsumerLocked closes a connection whose queue push just cut
+// (errSlowConsumer).
+func (c *conn) slowConsumerLocked() {
+	c.srv.metrics.slowConsumers.Inc()
+	c.setStateLocked(stateClosing)
 }
 
 // flushLocked writes what the socket takes now (sendQueue.write). A full

@@ -237,6 +237,7 @@ func (c *conn) applyIdentity(k userKey, id auth.Identity, err error) {
 // holds r.mu.
 func (r *router) deliverHeld(ev *protocol.Event, conns []heldConn, i int) {
 	r.begin(ev)
+	r.releasing = true
 	for _, hc := range conns {
 		if i < hc.from {
 			continue
@@ -246,9 +247,10 @@ func (r *router) deliverHeld(ev *protocol.Event, conns []heldConn, i int) {
 		ok := c.project == ev.Project && admits(c.roles, ev.Roles)
 		c.mu.Unlock()
 		if ok {
-			r.queue(c, true)
+			r.visit(0, c)
 		}
 	}
+	r.releasing = false
 	r.finish()
 }
 

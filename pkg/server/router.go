@@ -27,9 +27,10 @@ type router struct {
 	sched  []*conn             // connections to hand to the write pool
 	count  int                 // frames queued for this event
 
-	ids  []string // scratch: matched subscription ids of one recipient
-	key  []byte   // scratch: ids joined, as the frames key
-	tail []byte   // scratch: encoded tail
+	releasing bool     // a permission hold is delivering its kept events (visit lets its connections in)
+	ids       []string // scratch: matched subscription ids of one recipient
+	key       []byte   // scratch: ids joined, as the frames key
+	tail      []byte   // scratch: encoded tail
 }
 
 // maxFrameCache bounds the per-event frame cache: events whose recipients
@@ -88,18 +89,15 @@ func (r *router) finish() {
 	s.metrics.deliveries.Add(float64(r.count))
 }
 
-// visit queues the event for one recipient the index found. It runs under
-// an index shard's read lock: it takes only the connection's own lock and
-// never blocks.
-func (r *router) visit(_ index.ID, c *conn) { r.queue(c, false) }
-
-// queue queues the event on c if one of c's subscriptions matches it. A
-// connection whose roles are being re-resolved is left out (its hold
-// delivers the event later, against the new roles), unless this is that
-// hold delivering it (held).
-func (r *router) queue(c *conn, held bool) {
+// visit queues the event on c if one of c's subscriptions matches it. The
+// index calls it for each recipient, under a shard's read lock: it takes
+// only the connection's own lock and never blocks. A connection whose
+// roles are being re-resolved is left out (its hold delivers the event
+// later, against the new roles), unless this is that hold delivering it
+// (r.releasing).
+func (r *router) visit(_ index.ID, c *conn) {
 	c.mu.Lock()
-	if c.state != stateLive || (c.flags&flagHeld != 0 && !held) {
+	if c.state != stateLive || (c.flags&flagHeld != 0 && !r.releasing) {
 		c.mu.Unlock()
 		return
 	}
@@ -108,7 +106,9 @@ func (r *router) queue(c *conn, held bool) {
 		c.mu.Unlock()
 		return
 	}
-	c.enqueueLocked(r.frameFor(r.ids))
+	if err := c.q.push(r.frameFor(r.ids), r.srv.cfg.MaxQueueBytes); err != nil {
+		c.slowConsumerLocked()
+	}
 	r.count++
 	// A slow consumer that was just cut off is woken even while it waits
 	// for EPOLLOUT, so that it is closed now rather than when it reads.
