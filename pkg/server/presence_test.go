@@ -221,22 +221,6 @@ func listPresences(t *testing.T, s *Server, project string) []presenceDoc {
 	return l.Presences
 }
 
-// adminPresence calls the presence admin API.
-func adminPresence(t *testing.T, s *Server, method, path, body, key string) (int, string) {
-	t.Helper()
-	req, _ := http.NewRequest(method, "http://"+s.AdminAddr().String()+path, strings.NewReader(body))
-	if key != "" {
-		req.Header.Set("Authorization", "Bearer "+key)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
-
 func TestPresenceAdminAPI(t *testing.T) {
 	s, tok := jwtNode(t, func(c *Config) { c.APIKey = "key" })
 	watcher := dial(t, s, "project=p1&channels[]=presences&jwt="+tok("u2"), nil)
@@ -247,34 +231,34 @@ func TestPresenceAdminAPI(t *testing.T) {
 	a.expectPresence()
 	watcher.expectPresenceEvent("upsert", "p1")
 
-	if code, _ := adminPresence(t, s, "GET", "/v1/presences?project=p1", "", ""); code != 401 {
+	if code, _ := adminRequest(t, s, "GET", "/v1/presences?project=p1", "", ""); code != 401 {
 		t.Fatalf("list without the key: %d", code)
 	}
 	// The backend sets "away": the same record, an upsert event.
-	code, body := adminPresence(t, s, "POST", "/v1/presences", `{"project":"p1","userId":"u1","status":"away","permissions":["read(\"users\")"]}`, "key")
+	code, body := adminRequest(t, s, "POST", "/v1/presences", `{"project":"p1","userId":"u1","status":"away","permissions":["read(\"users\")"]}`, "key")
 	if code != 200 || !strings.Contains(body, `"$id":"p1"`) || !strings.Contains(body, `"status":"away"`) || !strings.Contains(body, `"source":"api"`) {
 		t.Fatalf("admin upsert: %d %s", code, body)
 	}
 	if d := watcher.expectPresenceEvent("upsert", "p1"); d.Status != "away" {
 		t.Fatalf("away event %+v", d)
 	}
-	if code, body := adminPresence(t, s, "POST", "/v1/presences", `{"project":"p1","userId":"u1"}`, "key"); code != 400 || !strings.Contains(body, "Status is required") {
+	if code, body := adminRequest(t, s, "POST", "/v1/presences", `{"project":"p1","userId":"u1"}`, "key"); code != 400 || !strings.Contains(body, "Status is required") {
 		t.Fatalf("bad admin upsert: %d %s", code, body)
 	}
-	if code, body := adminPresence(t, s, "POST", "/v1/presences", `{"project":"p1","userId":"u9","presenceId":"p1","status":"x"}`, "key"); code != 409 {
+	if code, body := adminRequest(t, s, "POST", "/v1/presences", `{"project":"p1","userId":"u9","presenceId":"p1","status":"x"}`, "key"); code != 409 {
 		t.Fatalf("someone else's id: %d %s", code, body)
 	}
 	// The backend deletes it: a delete event; then there is nothing to delete.
-	if code, body := adminPresence(t, s, "DELETE", "/v1/presences/p1?project=p1", "", "key"); code != 200 || !strings.Contains(body, `"$id":"p1"`) {
+	if code, body := adminRequest(t, s, "DELETE", "/v1/presences/p1?project=p1", "", "key"); code != 200 || !strings.Contains(body, `"$id":"p1"`) {
 		t.Fatalf("admin delete: %d %s", code, body)
 	}
 	watcher.expectPresenceEvent("delete", "p1")
-	if code, _ := adminPresence(t, s, "DELETE", "/v1/presences/p1?project=p1", "", "key"); code != 404 {
+	if code, _ := adminRequest(t, s, "DELETE", "/v1/presences/p1?project=p1", "", "key"); code != 404 {
 		t.Fatalf("second delete: %d", code)
 	}
 	// The connection that held it closes: nothing more is announced.
 	a.conn.Close()
-	code, _ = adminPresence(t, s, "POST", "/v1/presences", `{"project":"p1","userId":"u7","presenceId":"x7","status":"busy","permissions":["read(\"any\")"]}`, "key")
+	code, _ = adminRequest(t, s, "POST", "/v1/presences", `{"project":"p1","userId":"u7","presenceId":"x7","status":"busy","permissions":["read(\"any\")"]}`, "key")
 	if code != 200 {
 		t.Fatalf("admin upsert of an unconnected user: %d", code)
 	}

@@ -229,7 +229,13 @@ func publish(t *testing.T, s *Server, body string) {
 
 func post(t *testing.T, s *Server, body, key string) (int, string) {
 	t.Helper()
-	req, _ := http.NewRequest("POST", "http://"+s.AdminAddr().String()+"/v1/publish", strings.NewReader(body))
+	return adminRequest(t, s, "POST", "/v1/publish", body, key)
+}
+
+// adminRequest calls the node's admin API, with the API key when key is set.
+func adminRequest(t *testing.T, s *Server, method, path, body, key string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, "http://"+s.AdminAddr().String()+path, strings.NewReader(body))
 	if key != "" {
 		req.Header.Set("Authorization", "Bearer "+key)
 	}
