@@ -158,39 +158,24 @@ type Config struct {
 const DefaultConnectsIPv6Prefix = 64
 
 func (c *Config) setDefaults() {
-	def := func(v *int, d int) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	defDur := func(v *time.Duration, d time.Duration) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	defStr := func(v *string, d string) {
-		if *v == "" {
-			*v = d
-		}
-	}
-	defStr(&c.Listen, DefaultListen)
-	defStr(&c.AdminListen, DefaultAdminListen)
-	defStr(&c.Path, DefaultPath)
-	def(&c.MaxMessageSize, DefaultMaxMessageSize)
-	def(&c.MaxHeaderBytes, DefaultMaxHeaderBytes)
-	def(&c.MaxQueueBytes, DefaultMaxQueueBytes)
-	def(&c.MaxSubscriptions, DefaultMaxSubscriptions)
-	def(&c.ConnectsPerIP, DefaultConnectsPerIP)
-	def(&c.MessagesPerMinute, DefaultMessagesPerMinute)
-	def(&c.WriteWorkers, 2*runtime.GOMAXPROCS(0))
-	def(&c.IndexShards, DefaultIndexShards)
-	def(&c.ConnectsIPv6Prefix, DefaultConnectsIPv6Prefix)
-	defDur(&c.HandshakeTimeout, DefaultHandshakeTimeout)
-	defDur(&c.DrainTime, DefaultDrainTime)
-	defDur(&c.TCPKeepAlive, DefaultTCPKeepAlive)
-	defDur(&c.AuthTimeout, DefaultAuthTimeout)
-	defDur(&c.PresenceGrace, DefaultPresenceGrace)
-	def(&c.MaxPresenceBytes, DefaultMaxPresenceBytes)
+	orDefault(&c.Listen, DefaultListen)
+	orDefault(&c.AdminListen, DefaultAdminListen)
+	orDefault(&c.Path, DefaultPath)
+	orDefault(&c.MaxMessageSize, DefaultMaxMessageSize)
+	orDefault(&c.MaxHeaderBytes, DefaultMaxHeaderBytes)
+	orDefault(&c.MaxQueueBytes, DefaultMaxQueueBytes)
+	orDefault(&c.MaxSubscriptions, DefaultMaxSubscriptions)
+	orDefault(&c.ConnectsPerIP, DefaultConnectsPerIP)
+	orDefault(&c.MessagesPerMinute, DefaultMessagesPerMinute)
+	orDefault(&c.WriteWorkers, 2*runtime.GOMAXPROCS(0))
+	orDefault(&c.IndexShards, DefaultIndexShards)
+	orDefault(&c.ConnectsIPv6Prefix, DefaultConnectsIPv6Prefix)
+	orDefault(&c.HandshakeTimeout, DefaultHandshakeTimeout)
+	orDefault(&c.DrainTime, DefaultDrainTime)
+	orDefault(&c.TCPKeepAlive, DefaultTCPKeepAlive)
+	orDefault(&c.AuthTimeout, DefaultAuthTimeout)
+	orDefault(&c.PresenceGrace, DefaultPresenceGrace)
+	orDefault(&c.MaxPresenceBytes, DefaultMaxPresenceBytes)
 	if c.Presences == nil {
 		c.Presences = presence.NewMemory()
 	}
@@ -202,6 +187,14 @@ func (c *Config) setDefaults() {
 	}
 	if c.Registry == nil {
 		c.Registry = prometheus.NewRegistry()
+	}
+}
+
+// orDefault sets *v to d when *v is the zero value.
+func orDefault[T comparable](v *T, d T) {
+	var zero T
+	if *v == zero {
+		*v = d
 	}
 }
 
