@@ -1,6 +1,7 @@
 package server
 
 import (
+	"slices"
 	"sync"
 
 	"github.com/gobwas/ws"
@@ -20,12 +21,14 @@ type router struct {
 	mu  sync.Mutex
 
 	// Per-event state, reset by route.
-	ev     *protocol.Event
-	doc    query.Document      // the event's payload, decoded on demand
-	prefix []byte              // the event's shared, encode-once part
-	frames map[string]outFrame // frame per distinct matched-id list
-	sched  []*conn             // connections to hand to the write pool
-	count  int                 // frames queued for this event
+	ev      *protocol.Event
+	doc     query.Document      // the event's payload, decoded on demand
+	prefix  []byte              // the event's shared, encode-once part
+	frames  map[string]outFrame // frame per distinct matched-id list
+	last    outFrame            // the frame frameFor returned last
+	lastIDs []string            // its ids; empty when none yet for this event
+	sched   []*conn             // connections to hand to the write pool
+	count   int                 // frames queued for this event
 
 	releasing bool     // a permission hold is delivering its kept events (visit lets its connections in)
 	ids       []string // scratch: matched subscription ids of one recipient
@@ -85,6 +88,8 @@ func (r *router) finish() {
 	}
 	r.sched = r.sched[:0]
 	clear(r.frames)
+	clear(r.lastIDs)
+	r.last, r.lastIDs = outFrame{}, r.lastIDs[:0]
 	r.ev, r.prefix = nil, nil
 	s.metrics.deliveries.Add(float64(r.count))
 }
@@ -148,13 +153,28 @@ func anyIn(a, b []string) bool {
 // frameFor returns the frame for one list of matched ids: the shared prefix
 // plus a header and tail built once per distinct list.
 func (r *router) frameFor(ids []string) outFrame {
+	// Recipients that subscribed alike come in runs, and their ids are the
+	// same interned strings (slotSubscriptionID), so comparing with the
+	// last list is cheaper than building the key and looking it up.
+	if slices.Equal(ids, r.lastIDs) {
+		return r.last
+	}
 	r.key = r.key[:0]
 	for _, id := range ids {
 		r.key = append(append(r.key, id...), 0)
 	}
-	if f, ok := r.frames[string(r.key)]; ok {
-		return f
+	f, ok := r.frames[string(r.key)]
+	if !ok {
+		f = r.newFrame(ids)
 	}
+	r.last, r.lastIDs = f, append(r.lastIDs[:0], ids...)
+	return f
+}
+
+// newFrame builds the frame for ids: a header and tail of their own around
+// the shared prefix, cached for the rest of the event (up to maxFrameCache
+// lists).
+func (r *router) newFrame(ids []string) outFrame {
 	r.tail = protocol.AppendEventTail(r.tail[:0], ids)
 	buf := make([]byte, 0, maxServerHeader+len(r.tail))
 	buf = appendFrameHeader(buf, ws.OpText, len(r.prefix)+len(r.tail))
