@@ -47,3 +47,11 @@ type ProjectAware interface {
 	// Unwant undoes one Want; delivery stops when no Want remains.
 	Unwant(project string)
 }
+
+// Backlogged is implemented by brokers that buffer received messages for
+// the handler (all of this package's): Backlog is how many wait there now,
+// which shows a router falling behind before the buffer fills and
+// messages are dropped.
+type Backlogged interface {
+	Backlog() int
+}

@@ -48,3 +48,6 @@ func (m *Memory) Run(ctx context.Context, h Handler) error {
 
 // Ready implements Broker: the in-process queue is always available.
 func (m *Memory) Ready() error { return nil }
+
+// Backlog implements Backlogged: messages published and not yet handled.
+func (m *Memory) Backlog() int { return len(m.queue) }

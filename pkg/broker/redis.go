@@ -69,10 +69,14 @@ type Redis struct {
 
 	mu      sync.Mutex
 	runDone chan struct{} // non-nil while Run runs; closed when it returns
+	queue   chan string   // Run's queue into the handler, while Run runs
 	closed  chan struct{}
 }
 
-var _ Broker = (*Redis)(nil)
+var (
+	_ Broker     = (*Redis)(nil)
+	_ Backlogged = (*Redis)(nil)
+)
 
 // NewRedis parses opts.URL and registers the metrics. It does not connect:
 // Run does, and keeps retrying until Redis answers, so a node can start
@@ -170,11 +174,12 @@ func (r *Redis) Run(ctx context.Context, h Handler) error {
 		return fmt.Errorf("redis broker: %w", errRunning)
 	}
 	runDone := make(chan struct{})
-	r.runDone = runDone
+	queue := make(chan string, r.buffer)
+	r.runDone, r.queue = runDone, queue
 	r.mu.Unlock()
 	defer func() {
 		r.mu.Lock()
-		r.runDone = nil
+		r.runDone, r.queue = nil, nil
 		r.mu.Unlock()
 		close(runDone)
 	}()
@@ -189,7 +194,6 @@ func (r *Redis) Run(ctx context.Context, h Handler) error {
 		}
 	}()
 
-	queue := make(chan string, r.buffer)
 	l := &link{
 		timing:  r.timing,
 		kind:    "subscribe",
@@ -222,6 +226,14 @@ func (r *Redis) Run(ctx context.Context, h Handler) error {
 		return err
 	}
 	return ErrClosed
+}
+
+// Backlog implements Backlogged: messages received from Redis that wait
+// for the handler.
+func (r *Redis) Backlog() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.queue)
 }
 
 // report is the link's state callback.

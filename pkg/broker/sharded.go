@@ -129,6 +129,7 @@ type partitionSub struct {
 var (
 	_ Broker       = (*RedisSharded)(nil)
 	_ ProjectAware = (*RedisSharded)(nil)
+	_ Backlogged   = (*RedisSharded)(nil)
 )
 
 // NewRedisSharded parses the options and registers the metrics (the
@@ -457,6 +458,14 @@ func (s *RedisSharded) updateLocked() {
 		s.m.connected.Set(0)
 	}
 	s.m.partitions.Set(float64(subscribed))
+}
+
+// Backlog implements Backlogged: messages received from any partition
+// that wait for the handler.
+func (s *RedisSharded) Backlog() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.queue)
 }
 
 // Ready implements Broker: nil while Run runs, the cluster answers, and no

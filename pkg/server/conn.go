@@ -441,7 +441,7 @@ func (c *conn) flushLocked() {
 	if c.state == stateClosed {
 		return
 	}
-	frames, calls, err := c.q.write(&c.mu, c.fd)
+	frames, calls, err := c.q.write(&c.mu, c.fd, c.srv.latency)
 	c.srv.metrics.framesOut.Add(float64(frames))
 	c.srv.metrics.writeCalls.Add(float64(calls))
 	if err == errWouldBlock {

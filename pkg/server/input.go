@@ -3,6 +3,7 @@ package server
 import (
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -105,11 +106,17 @@ func (p *poller) run() {
 }
 
 // registered returns the connections waiting in p.
-func (p *poller) registered() []*conn {
+func (p *poller) registered() []*conn { return p.sample(math.MaxInt) }
+
+// sample returns up to max of the connections waiting in p.
+func (p *poller) sample(max int) []*conn {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	out := make([]*conn, 0, len(p.conns))
+	out := make([]*conn, 0, min(max, len(p.conns)))
 	for _, c := range p.conns {
+		if len(out) == max {
+			break
+		}
 		out = append(out, c)
 	}
 	return out

@@ -234,9 +234,10 @@ func (c *conn) applyIdentity(k userKey, id auth.Identity, err error) {
 
 // deliverHeld matches the i-th event kept for a hold against each held
 // connection's identity now and queues it where it matches. The caller
-// holds r.mu.
+// holds r.mu. Its delivery latency counts from now: the hold before it is
+// switchboard_permission_hold_seconds'.
 func (r *router) deliverHeld(ev *protocol.Event, conns []heldConn, i int) {
-	r.begin(ev)
+	r.begin(ev, r.srv.latency.stamp())
 	r.releasing = true
 	for _, hc := range conns {
 		if i < hc.from {

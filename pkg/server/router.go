@@ -22,6 +22,7 @@ type router struct {
 
 	// Per-event state, reset by route.
 	ev      *protocol.Event
+	born    int64               // its arrival (deliveryLatency.stamp)
 	doc     query.Document      // the event's payload, decoded on demand
 	prefix  []byte              // the event's shared, encode-once part
 	frames  map[string]outFrame // frame per distinct matched-id list
@@ -47,6 +48,7 @@ func newRouter(s *Server) *router {
 // route handles one backbone message.
 func (r *router) route(msg []byte) {
 	s := r.srv
+	born := s.latency.stamp()
 	ev, err := protocol.ParseEvent(msg)
 	if err != nil {
 		s.metrics.invalidEvents.Inc()
@@ -57,7 +59,7 @@ func (r *router) route(msg []byte) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if len(ev.Roles) > 0 && len(ev.Channels) > 0 {
-		r.begin(ev)
+		r.begin(ev, born)
 		s.idx.Lookup(ev.Project, ev.Roles, ev.Channels, r.visit)
 		r.finish()
 		s.holds.record(ev)
@@ -69,9 +71,10 @@ func (r *router) route(msg []byte) {
 	}
 }
 
-// begin sets up the delivery of ev. The caller holds r.mu.
-func (r *router) begin(ev *protocol.Event) {
-	r.ev = ev
+// begin sets up the delivery of ev, which arrived at born. The caller
+// holds r.mu.
+func (r *router) begin(ev *protocol.Event, born int64) {
+	r.ev, r.born = ev, born
 	r.doc.Reset(ev.Payload)
 	// A fresh slice per event: queued frames keep referencing it after
 	// the delivery.
@@ -180,7 +183,7 @@ func (r *router) newFrame(ids []string) outFrame {
 	buf = appendFrameHeader(buf, ws.OpText, len(r.prefix)+len(r.tail))
 	h := len(buf)
 	buf = append(buf, r.tail...)
-	f := outFrame{head: buf[:h:h], body: r.prefix, tail: buf[h:]}
+	f := outFrame{head: buf[:h:h], body: r.prefix, tail: buf[h:], born: r.born}
 	if len(r.frames) < maxFrameCache {
 		r.frames[string(r.key)] = f
 	}

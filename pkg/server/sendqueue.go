@@ -16,6 +16,10 @@ import (
 // encode-once part. Non-event frames keep everything in head.
 type outFrame struct {
 	head, body, tail []byte
+	// born is when the event arrived at the router (deliveryLatency.stamp),
+	// for the delivery-latency histogram and the oldest-queued-frame gauge;
+	// 0 on a frame that is not an event's.
+	born int64
 }
 
 func (f outFrame) size() int { return len(f.head) + len(f.body) + len(f.tail) }
@@ -100,13 +104,15 @@ func (q *sendQueue) empty() bool { return len(q.frames) == 0 }
 // call; they leave in the next writev of the same loop. Only one goroutine
 // writes at a time: another caller finds q.writing and leaves its frames to
 // that writer. It returns the frames and writev calls it completed.
-func (q *sendQueue) write(mu *sync.Mutex, fd int) (frames, calls int, err error) {
+// Each batch's event frames are recorded in lat once written.
+func (q *sendQueue) write(mu *sync.Mutex, fd int, lat *deliveryLatency) (frames, calls int, err error) {
 	for len(q.frames) > 0 && !q.waitOut && !q.writing {
 		batch, off := q.frames, q.off
 		q.frames, q.off = nil, 0
 		q.writing = true
 		mu.Unlock()
 		done, off, n, werr := writevQueue(fd, batch, off)
+		lat.written(batch[:done], fd)
 		mu.Lock()
 		q.writing = false
 		frames += done

@@ -236,6 +236,7 @@ type Server struct {
 	log        *zap.Logger
 	invalidLog *zap.Logger // sampled: garbage on the backbone, or a client hammering a limit, must not flood the log
 	metrics    *metrics
+	latency    *deliveryLatency
 	allowed    map[string]bool
 	trusted    trustedSet
 
@@ -281,8 +282,10 @@ func New(cfg Config) (*Server, error) {
 			return zapcore.NewSamplerWithOptions(c, time.Second, 5, 0)
 		})),
 		metrics: newMetrics(cfg.Registry),
+		latency: newDeliveryLatency(),
 		idx:     index.New[*conn](cfg.IndexShards),
 	}
+	s.registerDeliveryMetrics(cfg.Registry)
 	s.connects = newConnectLimiter(cfg.ConnectsPerIP, cfg.ConnectsIPv6Prefix)
 	for _, p := range cfg.TrustedProxies {
 		if !p.IsValid() {
