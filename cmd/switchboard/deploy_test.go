@@ -155,13 +155,7 @@ func TestDashboardAndAlertsNameOnlyExportedSeries(t *testing.T) {
 // promtool is not installed (Debian package prometheus) it is skipped,
 // but CI installs it.
 func TestAlertRules(t *testing.T) {
-	promtool, err := exec.LookPath("promtool")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("promtool is required in CI")
-		}
-		t.Skip("promtool is not installed (Debian package prometheus); the alert rules are not checked")
-	}
+	promtool := needBinary(t, "promtool")
 	for _, args := range [][]string{{"check", "rules", alertRules}, {"test", "rules", alertRulesTests}} {
 		cmd := exec.Command(promtool, args...)
 		cmd.Dir = filepath.Dir(alertRules)

@@ -29,8 +29,8 @@ import (
 // several loopback source addresses (127.0.0.2, 127.0.0.3, ...; Linux
 // routes all of 127/8 to lo).
 
-// needBinary finds a proxy binary, or skips the test: CI installs both
-// (.ci/run) and fails without them.
+// needBinary finds a tool the test runs (a proxy, promtool), or skips the
+// test: CI installs them (.ci/run) and fails without them.
 func needBinary(t *testing.T, name string) string {
 	t.Helper()
 	if p, err := exec.LookPath(name); err == nil {
@@ -42,7 +42,7 @@ func needBinary(t *testing.T, name string) string {
 	if os.Getenv("CI") == "true" {
 		t.Fatalf("%s is required in CI (.ci/run installs it)", name)
 	}
-	t.Skipf("%s is not installed (apt-get install %s); this test needs it", name, name)
+	t.Skipf("%s is not installed (.ci/run names its package); this test needs it", name)
 	return ""
 }
 
