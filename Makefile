@@ -1,7 +1,7 @@
 GO ?= go
 SHELL := /bin/bash # the fuzz loop reads PIPESTATUS
 
-.PHONY: all build run test soak sdk-deps vet bench bench-go bench-index bench-tsung bench-slow bench-baseline bench-wholebox fuzz clean
+.PHONY: all build run test soak sdk-deps browser-deps vet bench bench-go bench-index bench-tsung bench-slow bench-baseline bench-wholebox fuzz clean
 
 all: build
 
@@ -13,8 +13,10 @@ run:
 	$(GO) run ./cmd/switchboard serve
 
 # The test command of the README and of .ci/run. The Appwrite SDK test
-# needs Node; its packages are pinned in test/sdk/package-lock.json.
-test: sdk-deps
+# needs Node; its packages are pinned in test/sdk/package-lock.json. The
+# browser tests (internal/browsertest) also need Debian's chromium, and
+# playwright-core, pinned in test/browser/package-lock.json.
+test: sdk-deps browser-deps
 	$(GO) vet ./...
 	$(GO) test -race -count=1 ./...
 
@@ -31,6 +33,10 @@ soak:
 sdk-deps:
 	@if command -v npm >/dev/null; then npm ci --prefix test/sdk --no-audit --no-fund --loglevel=error; \
 	else echo "npm not found: the Appwrite SDK test will be skipped"; fi
+
+browser-deps:
+	@if command -v npm >/dev/null; then npm ci --prefix test/browser --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: the browser tests will be skipped"; fi
 
 # Go micro-benchmarks (index lookup, encode-once fan-out, frame codec).
 bench-go:
