@@ -12,7 +12,9 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -26,6 +28,7 @@ import (
 
 	"github.com/switchboard-rt/switchboard/pkg/auth"
 	"github.com/switchboard-rt/switchboard/pkg/broker"
+	"github.com/switchboard-rt/switchboard/pkg/dashboard"
 	"github.com/switchboard-rt/switchboard/pkg/index"
 	"github.com/switchboard-rt/switchboard/pkg/presence"
 )
@@ -73,7 +76,7 @@ type Config struct {
 	ReusePort bool
 
 	Projects []string // when non-empty, the only projects accepted
-	APIKey   string   // when set, POST /v1/publish and /v1/presences need "Authorization: Bearer <APIKey>"
+	APIKey   string   // when set, POST /v1/publish, /v1/presences and the dashboard need "Authorization: Bearer <APIKey>" (the dashboard also takes it as basic auth's password)
 
 	MaxMessageSize   int // largest client message after reassembly (at most 16 MiB)
 	MaxHeaderBytes   int // largest upgrade request head
@@ -134,7 +137,11 @@ type Config struct {
 	// MaxPresenceBytes bounds a presence's metadata; more is error 1003.
 	MaxPresenceBytes int
 
-	Broker   broker.Broker        // required
+	Broker broker.Broker // required
+	// Peers carries the dashboard's once-a-second node samples between
+	// the nodes of a cluster: a broker on a channel of its own (never the
+	// event channel). Nil: the dashboard shows this node alone.
+	Peers    broker.Broker
 	Resolver auth.Resolver        // default auth.None
 	Logger   *zap.Logger          // default zap.NewNop
 	Registry *prometheus.Registry // default a new registry
@@ -257,6 +264,7 @@ type Server struct {
 	router     *router
 	holds      *holds // users whose roles are being re-resolved after a permission change
 	presences  *presences
+	dashboard  *dashboard.Dashboard
 
 	serving  atomic.Bool
 	draining atomic.Bool
@@ -348,11 +356,19 @@ func (s *Server) Start() (err error) {
 	if s.adminLn, err = net.Listen("tcp", s.cfg.AdminListen); err != nil {
 		return fmt.Errorf("admin listen %s: %w", s.cfg.AdminListen, err)
 	}
+	undo = append(undo, func() { s.adminLn.Close() })
+	if s.dashboard, err = dashboard.New(dashboard.Options{
+		Node: nodeName(s.ln.Addr()), Gatherer: s.cfg.Registry, Ready: s.cfg.Broker.Ready,
+		TopProjects: s.projects.top, Peers: s.cfg.Peers, Logger: s.log,
+	}); err != nil {
+		return err
+	}
 	// Nothing below fails.
 	s.admin = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stopRouter = cancel
-	s.wg.Add(6)
+	s.wg.Add(7)
+	go func() { defer s.wg.Done(); s.dashboard.Run(ctx) }()
 	go func() { defer s.wg.Done(); s.waiter.run() }()
 	go func() { defer s.wg.Done(); s.input.run() }()
 	go func() { defer s.wg.Done(); s.runSweeper(s.stopSweep) }()
@@ -378,6 +394,20 @@ func (s *Server) Start() (err error) {
 	s.serving.Store(true)
 	s.log.Info("serving", zap.String("listen", s.ln.Addr().String()), zap.String("admin", s.adminLn.Addr().String()))
 	return nil
+}
+
+// nodeName names this node in the dashboard's cluster view: host, port
+// and process, since nodes that share a port (ReusePort) share the rest.
+func nodeName(listen net.Addr) string {
+	host, err := os.Hostname()
+	if err != nil {
+		host = "unknown-host"
+	}
+	port := listen.String()
+	if a, ok := listen.(*net.TCPAddr); ok {
+		port = strconv.Itoa(a.Port)
+	}
+	return fmt.Sprintf("%s:%s pid %d", host, port, os.Getpid())
 }
 
 // setReusePort is a net.ListenConfig Control that sets SO_REUSEPORT.
