@@ -8,6 +8,8 @@ const KEEP = 300; // points per chart: five minutes, as the node keeps
 
 const num = (v, digits = 0) => v == null ? "n/a" : v.toLocaleString("en-US", { maximumFractionDigits: digits });
 const ms = (v) => v == null ? "n/a" : (v * 1000).toFixed(v < 0.01 ? 2 : 1) + " ms";
+// compact labels an axis: 100k rather than 100,000, which would not fit.
+const compact = (v) => Math.abs(v) >= 1e6 ? +(v / 1e6).toFixed(1) + "M" : Math.abs(v) >= 1e3 ? +(v / 1e3).toFixed(1) + "k" : +v.toFixed(3) + "";
 const mib = (v) => v == null ? "n/a" : (v / 1048576).toFixed(1) + " MiB";
 
 // Each chart: a title, and series that read a sample (or a total).
@@ -40,7 +42,7 @@ function makeChart(parent, def) {
     title: def.title, width: 420, height: 190,
     scales: { x: { time: true } },
     series: [{}, ...def.series.map(([label], i) => ({ label, stroke: colors[i], width: 1.5, spanGaps: false }))],
-    axes: [{}, { size: 60 }],
+    axes: [{}, { size: 50, values: (u, vals) => vals.map(compact) }],
   }, data, div);
   return {
     push(item) {
