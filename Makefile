@@ -51,7 +51,8 @@ bench-tsung: build
 # Density at two counts, connect rate and fan-out latency, Switchboard and
 # the baseline in one run: a table, and bench/results/<time>/chart.html.
 # Knobs: LOW, HIGH (connections), EVENTS, EVENT_RATE, SUSTAINED_EVENTS,
-# SUSTAINED_RATE. Root applies sysctl/ for the run and puts the previous
+# SUSTAINED_RATE. It prints the URL of the node under test's dashboard
+# first: the live view while it runs. Root applies sysctl/ for the run and puts the previous
 # values back on exit, also on failure or Ctrl-C (bench/lib.sh).
 bench: build bench-baseline
 	bench/run.sh
