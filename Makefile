@@ -1,7 +1,7 @@
 GO ?= go
 SHELL := /bin/bash # the fuzz loop reads PIPESTATUS
 
-.PHONY: all build run test soak sdk-deps browser-deps vet bench bench-go bench-index bench-tsung bench-slow bench-baseline bench-wholebox fuzz clean
+.PHONY: all build run test soak sdk-deps browser-deps vet bench bench-dashboard bench-go bench-index bench-tsung bench-slow bench-baseline bench-wholebox fuzz clean
 
 all: build
 
@@ -72,6 +72,16 @@ bench-wholebox: build
 # the slow-consumer closes of each run (details in bench/slow.sh).
 bench-slow: build
 	bench/slow.sh
+
+# What an open dashboard costs: the node's CPU per delivery under 2,000
+# connections and 50 events/s, in alternating 8 s windows without and with
+# a page's event stream open (BenchmarkDashboardCost, ~45 s per COUNT);
+# then one second of the dashboard's own work (BenchmarkTick).
+bench-dashboard:
+	@$(GO) version; uptime
+	$(GO) test -run '^$$' -bench '^BenchmarkDashboardCost$$' -benchtime 1x -count $(COUNT) ./cmd/switchboard/
+	$(GO) test -run '^$$' -bench '^BenchmarkTick$$' -benchmem -count $(COUNT) ./pkg/dashboard/
+	@uptime
 
 # The goroutine-per-connection gorilla/websocket server that `switchboard
 # bench` figures are compared with. Its own module, so the product's go.mod
