@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/switchboard-rt/switchboard/internal/redistest"
 	"github.com/switchboard-rt/switchboard/pkg/dashboard"
 )
 
@@ -48,23 +49,20 @@ func TestDashboardNeedsTheKey(t *testing.T) {
 	}
 }
 
-// TestDashboardFollowsConnections connects WebSocket clients of two
-// projects and reads the node's own dashboard stream until it shows them,
-// with the projects ranked; then they leave and it shows that too.
-func TestDashboardFollowsConnections(t *testing.T) {
-	s := testNode(t, nil)
+// dashboardStream opens s's dashboard stream over a real socket and
+// returns await, which reads ticks until one satisfies ok, for up to 5 s.
+func dashboardStream(t *testing.T, s *Server) (await func(what string, ok func(dashboard.Sample) bool)) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+s.AdminAddr().String()+"/dashboard/events", nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
+	t.Cleanup(func() { cancel(); resp.Body.Close() })
 	ticks := bufio.NewScanner(resp.Body)
 	ticks.Buffer(nil, 1<<20)
-	// await reads ticks until one satisfies ok, for up to 5 s.
-	await := func(what string, ok func(dashboard.Sample) bool) {
+	return func(what string, ok func(dashboard.Sample) bool) {
 		t.Helper()
 		deadline := time.Now().Add(5 * time.Second)
 		for ticks.Scan() {
@@ -82,6 +80,14 @@ func TestDashboardFollowsConnections(t *testing.T) {
 		}
 		t.Fatalf("stream ended before %s: %v", what, ticks.Err())
 	}
+}
+
+// TestDashboardFollowsConnections connects WebSocket clients of two
+// projects and reads the node's own dashboard stream until it shows them,
+// with the projects ranked; then they leave and it shows that too.
+func TestDashboardFollowsConnections(t *testing.T) {
+	s := testNode(t, nil)
+	await := dashboardStream(t, s)
 	var clients []*client
 	for _, p := range []string{"alpha", "alpha", "alpha", "beta"} {
 		clients = append(clients, dial(t, s, "project="+p+"&channels[]=files", nil))
@@ -94,6 +100,20 @@ func TestDashboardFollowsConnections(t *testing.T) {
 		c.conn.Close()
 	}
 	await("the clients gone", func(smp dashboard.Sample) bool { return smp.Conns == 0 && len(smp.Top) == 0 })
+}
+
+// TestDashboardShowsRedisDown: a node on a real redis-server shows its
+// broker up, then down with the reason when Redis dies, then up again
+// when it is back, without the page reopening its stream.
+func TestDashboardShowsRedisDown(t *testing.T) {
+	rs := redistest.Start(t)
+	s := redisNode(t, rs.URL(), nil)
+	await := dashboardStream(t, s)
+	await("the broker up", func(smp dashboard.Sample) bool { return smp.BrokerUp })
+	rs.Kill()
+	await("the broker down", func(smp dashboard.Sample) bool { return !smp.BrokerUp && smp.BrokerErr != "" })
+	rs.Start()
+	await("the broker up again", func(smp dashboard.Sample) bool { return smp.BrokerUp })
 }
 
 // TestShutdownEndsDashboardStreams: an open page must not hold the admin
