@@ -149,7 +149,10 @@ func TestPageIsSelfContained(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("GET / = %d:\n%s", resp.StatusCode, page.String())
 	}
-	for _, ref := range []string{"dashboard/uplot/uPlot.iife.min.js", "dashboard/uplot/uPlot.min.css", "dashboard/app.js", "dashboard/style.css"} {
+	if csp := resp.Header.Get("Content-Security-Policy"); !strings.Contains(csp, "default-src 'self'") {
+		t.Errorf("Content-Security-Policy %q lets the page load from elsewhere", csp)
+	}
+	for _, ref := range []string{"dashboard/uplot/uPlot.iife.min.js", "dashboard/uplot/uPlot.min.css", "dashboard/app.js", "dashboard/style.css", "dashboard/favicon.svg"} {
 		if !strings.Contains(page.String(), `"`+ref+`"`) {
 			t.Errorf("the page does not load %s", ref)
 		}

@@ -65,22 +65,22 @@ type Sample struct {
 	Node string `json:"node"`
 	At   int64  `json:"at"` // unix milliseconds
 
-	Conns      Figure         `json:"conns"`  // open client sockets
-	Upgrades   Figure         `json:"upg"`    // upgrades/s that succeeded
-	Rejected   Figure         `json:"rej"`    // upgrades/s refused
-	Events     Figure         `json:"ev"`     // backbone events/s routed
-	Deliveries Figure         `json:"del"`    // event frames/s queued for recipients
-	P50        Figure         `json:"p50"`    // delivery latency, seconds, over the last interval
-	P99        Figure         `json:"p99"`    //
-	SlowCloses Figure         `json:"slow"`   // slow-consumer closes/s
-	Writev     Figure         `json:"writev"` // writev calls/s
-	RSS        Figure         `json:"rss"`    // resident bytes
-	Heap       Figure         `json:"heap"`   // live heap bytes
-	Goroutines Figure         `json:"gor"`    //
-	BrokerUp   bool           `json:"up"`     // the broker can carry events
-	BrokerErr  string         `json:"berr"`   // why not, when it cannot
-	Dropped    Figure         `json:"drop"`   // backbone messages/s dropped by the broker
-	Top        []ProjectCount `json:"top"`    // projects with the most connections, most first
+	Conns      Figure         `json:"conns"`          // open client sockets
+	Upgrades   Figure         `json:"upg"`            // upgrades/s that succeeded
+	Rejected   Figure         `json:"rej"`            // upgrades/s refused
+	Events     Figure         `json:"ev"`             // backbone events/s routed
+	Deliveries Figure         `json:"del"`            // event frames/s queued for recipients
+	P50        Figure         `json:"p50"`            // delivery latency, seconds, over the last interval
+	P99        Figure         `json:"p99"`            //
+	SlowCloses Figure         `json:"slow"`           // slow-consumer closes/s
+	Writev     Figure         `json:"writev"`         // writev calls/s
+	RSS        Figure         `json:"rss"`            // resident bytes
+	Heap       Figure         `json:"heap"`           // live heap bytes
+	Goroutines Figure         `json:"gor"`            //
+	BrokerUp   bool           `json:"up"`             // the broker can carry events
+	BrokerErr  string         `json:"berr,omitempty"` // why not, when it cannot
+	Dropped    Figure         `json:"drop"`           // backbone messages/s dropped by the broker
+	Top        []ProjectCount `json:"top"`            // projects with the most connections, most first
 }
 
 // maxSampleBytes bounds a peer's published sample; a larger message on the

@@ -33,6 +33,8 @@ try {
   const pageErrors = [];
   page.on("pageerror", (e) => pageErrors.push(String(e)));
   page.on("requestfailed", (r) => pageErrors.push(`request failed: ${r.url()}`));
+  // A Content-Security-Policy violation is only a console error.
+  page.on("console", (m) => { if (m.type() === "error") pageErrors.push(`console: ${m.text()}`); });
   await page.goto(url);
   await page.waitForFunction(() => document.querySelector("#stream")?.textContent === "live", null, { timeout: 10000 });
   await page.waitForFunction(() => document.querySelectorAll("#nodes tbody tr[data-state=up]").length === 2, null, { timeout: 10000 });
