@@ -58,9 +58,9 @@ type ProjectCount struct {
 }
 
 // Sample is one second of one node's figures: what the page charts and
-// what a node publishes to the others (compact JSON, about 400 bytes).
-// Rates are per second over the last interval; Dropped and SlowCloses are
-// rates too, so a chart shows when they happened.
+// what a node publishes to the others (compact JSON, about 650 bytes with
+// ten projects). Rates are per second over the last interval; Dropped and
+// SlowCloses are rates too, so a chart shows when they happened.
 type Sample struct {
 	Node string `json:"node"`
 	At   int64  `json:"at"` // unix milliseconds
