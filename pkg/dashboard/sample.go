@@ -72,6 +72,8 @@ type Sample struct {
 	Deliveries Figure         `json:"del"`            // event frames/s queued for recipients
 	P50        Figure         `json:"p50"`            // delivery latency, seconds, over the last interval
 	P99        Figure         `json:"p99"`            //
+	Oldest     Figure         `json:"oldest"`         // seconds the oldest frame waiting on a socket has waited
+	Backlog    Figure         `json:"backlog"`        // backbone messages waiting for the router
 	SlowCloses Figure         `json:"slow"`           // slow-consumer closes/s
 	Writev     Figure         `json:"writev"`         // writev calls/s
 	RSS        Figure         `json:"rss"`            // resident bytes
@@ -120,6 +122,8 @@ const (
 	metricSlow       = "switchboard_slow_consumer_closes_total"
 	metricWritev     = "switchboard_writev_calls_total"
 	metricLatency    = "switchboard_delivery_latency_seconds"
+	metricOldest     = "switchboard_send_queue_oldest_seconds"
+	metricBacklog    = "switchboard_router_backlog"
 	metricDropped    = "broker_dropped_messages_total"
 	metricRSS        = "process_resident_memory_bytes"
 	metricHeap       = "go_memstats_heap_alloc_bytes"
@@ -180,6 +184,8 @@ func (s *sampler) take(now time.Time) (Sample, error) {
 		Dropped:    rate(p.dropped, cur.dropped, dt),
 		P50:        quantile(0.50, p.latency, cur.latency),
 		P99:        quantile(0.99, p.latency, cur.latency),
+		Oldest:     sum(byName[metricOldest], "", ""),
+		Backlog:    sum(byName[metricBacklog], "", ""),
 		RSS:        sum(byName[metricRSS], "", ""),
 		Heap:       sum(byName[metricHeap], "", ""),
 		Goroutines: sum(byName[metricGoroutines], "", ""),

@@ -20,7 +20,8 @@ func TestSampleRatesAndQuantiles(t *testing.T) {
 	events := prometheus.NewCounter(prometheus.CounterOpts{Name: metricEvents})
 	deliveries := prometheus.NewCounter(prometheus.CounterOpts{Name: metricDeliveries})
 	latency := prometheus.NewHistogram(prometheus.HistogramOpts{Name: metricLatency, Buckets: []float64{0.001, 0.002, 0.005, 0.01}})
-	reg.MustRegister(conns, upgrades, events, deliveries, latency)
+	oldest := prometheus.NewGauge(prometheus.GaugeOpts{Name: metricOldest})
+	reg.MustRegister(conns, upgrades, events, deliveries, latency, oldest)
 	s := sampler{gatherer: reg}
 	t0 := time.Unix(1000, 0)
 
@@ -34,11 +35,12 @@ func TestSampleRatesAndQuantiles(t *testing.T) {
 	if first.Events.Known() || first.P50.Known() {
 		t.Fatalf("first sample has rates without a previous one: %+v", first)
 	}
-	if first.RSS.Known() || first.Writev.Known() {
+	if first.RSS.Known() || first.Writev.Known() || first.Backlog.Known() {
 		t.Fatalf("figures whose metrics are not registered must be unknown: %+v", first)
 	}
 
 	conns.Set(2000)
+	oldest.Set(0.25)
 	upgrades.WithLabelValues("ok").Add(300)
 	upgrades.WithLabelValues("rejected").Add(4)
 	events.Add(100)
@@ -57,7 +59,7 @@ func TestSampleRatesAndQuantiles(t *testing.T) {
 	}{
 		// The upgrades vector had no children at the first sample: zero
 		// then, so this second has a rate.
-		{"connections", second.Conns, 2000}, {"upgrades/s", second.Upgrades, 150}, {"rejected/s", second.Rejected, 2},
+		{"connections", second.Conns, 2000}, {"oldest queued", second.Oldest, 0.25}, {"upgrades/s", second.Upgrades, 150}, {"rejected/s", second.Rejected, 2},
 		{"events/s", second.Events, 50}, {"deliveries/s", second.Deliveries, 2000},
 		// rank 50 of 99 in (1 ms, 2 ms]: 1 ms + 1 ms x 50/99.
 		{"p50", second.P50, Figure(0.001 + 0.001*50/99.0)},
