@@ -19,7 +19,7 @@ const nodeCharts = [
   { title: "events/s", series: [["events", (s) => s.ev]] },
   { title: "deliveries/s", series: [["deliveries", (s) => s.del]] },
   { title: "delivery latency (ms)", series: [["p50", (s) => s.p50 == null ? null : s.p50 * 1000], ["p99", (s) => s.p99 == null ? null : s.p99 * 1000]] },
-  { title: "oldest queued frame (ms) / router backlog", series: [["oldest ms", (s) => s.oldest == null ? null : s.oldest * 1000], ["backlog", (s) => s.backlog]] },
+  { title: "queue wait (ms) / router backlog", series: [["oldest ms", (s) => s.oldest == null ? null : s.oldest * 1000], ["backlog", (s) => s.backlog]] },
   { title: "slow-consumer closes/s", series: [["closes", (s) => s.slow]] },
   { title: "memory (MiB)", series: [["RSS", (s) => s.rss == null ? null : s.rss / 1048576], ["heap", (s) => s.heap == null ? null : s.heap / 1048576]] },
   { title: "goroutines", series: [["goroutines", (s) => s.gor]] },
