@@ -61,3 +61,32 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Errorf("the page reloaded %d times; errors: %q", r.Reloads, r.PageErrors)
 	}
 }
+
+// TestDashboardOutlivesItsNode: a page open while its node is killed and
+// a new one starts on the same ports (what make bench does between runs)
+// goes live again by itself, showing the new node, without a reload.
+func TestDashboardOutlivesItsNode(t *testing.T) {
+	env := browsertest.Find(t)
+	n := startNode(t)
+	replacement, _ := json.Marshal([]string{switchboardBin, "serve", "--listen", n.addr, "--admin-listen", n.admin, "--log-level", "warn"})
+	out := env.Run(t, browsertest.Script{
+		Path: "dashboard-restart.test.mjs",
+		Env:  []string{"DASHBOARD_URL=http://" + n.admin + "/", "KILL_PID=" + strconv.Itoa(n.cmd.Process.Pid), "NODE_CMD=" + string(replacement)},
+	})
+	var r struct {
+		Before, After         string
+		LiveAgainAfterSeconds float64
+		Reloads               int
+		PageErrors            []string
+	}
+	if err := json.Unmarshal(out, &r); err != nil {
+		t.Fatalf("script output %q: %v", out, err)
+	}
+	t.Logf("page: %+v", r)
+	if r.Before == r.After || r.Reloads != 0 || len(r.PageErrors) != 0 {
+		t.Errorf("page showed %q, then %q after %d reloads; errors %q", r.Before, r.After, r.Reloads, r.PageErrors)
+	}
+	if r.LiveAgainAfterSeconds > 5 {
+		t.Errorf("the page was live again %.1f s after the new node started, want within 5 s", r.LiveAgainAfterSeconds)
+	}
+}

@@ -119,8 +119,19 @@ function onTick(t) {
 }
 
 const stream = document.getElementById("stream");
-const es = new EventSource("dashboard/events");
-es.addEventListener("init", (e) => { start(JSON.parse(e.data)); stream.textContent = "live"; stream.className = "ok"; });
-es.addEventListener("tick", (e) => onTick(JSON.parse(e.data)));
-// EventSource reconnects by itself; "init" then redraws from the node's history.
-es.onerror = () => { stream.textContent = "reconnecting"; stream.className = "bad"; };
+
+// connect opens the stream. EventSource retries a dropped connection by
+// itself, but gives up for good on an HTTP error (a node restarting
+// behind a proxy, a port briefly held by something else, too many pages
+// open): then a new one is opened a second later.
+function connect() {
+  const es = new EventSource("dashboard/events");
+  es.addEventListener("init", (e) => { start(JSON.parse(e.data)); stream.textContent = "live"; stream.className = "ok"; });
+  es.addEventListener("tick", (e) => onTick(JSON.parse(e.data)));
+  es.onerror = () => {
+    stream.textContent = "reconnecting";
+    stream.className = "bad";
+    if (es.readyState === EventSource.CLOSED) setTimeout(connect, 1000);
+  };
+}
+connect();
