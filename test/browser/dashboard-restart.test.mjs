@@ -4,14 +4,9 @@
 // without a reload, until the page is live again and names the new node.
 // Prints the timings as one JSON line.
 import { spawn } from "node:child_process";
-import { launch } from "./launch.mjs";
+import { launch, need } from "./launch.mjs";
 
-const env = (name) => {
-  const v = process.env[name];
-  if (!v) throw new Error(`${name} is not set`);
-  return v;
-};
-const nodeCmd = JSON.parse(env("NODE_CMD"));
+const nodeCmd = JSON.parse(need("NODE_CMD"));
 
 const browser = await launch();
 let replacement;
@@ -21,12 +16,12 @@ try {
   page.on("pageerror", (e) => result.pageErrors.push(String(e)));
   let navigations = 0;
   page.on("framenavigated", (f) => { if (f === page.mainFrame()) navigations++; });
-  await page.goto(env("DASHBOARD_URL"));
+  await page.goto(need("DASHBOARD_URL"));
   await page.waitForFunction(() => document.querySelector("#stream")?.textContent === "live", null, { timeout: 10000 });
   result.before = await page.textContent("#node");
   navigations = 0;
 
-  process.kill(Number(env("KILL_PID")), "SIGKILL");
+  process.kill(Number(need("KILL_PID")), "SIGKILL");
   await page.waitForFunction(() => document.querySelector("#stream").textContent === "reconnecting", null, { timeout: 10000, polling: 50 });
   const started = Date.now();
   replacement = spawn(nodeCmd[0], nodeCmd.slice(1), { stdio: ["ignore", "ignore", "inherit"] });

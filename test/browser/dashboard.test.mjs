@@ -10,18 +10,13 @@
 //   4. screenshot, and print the timings as one JSON line on stdout.
 // Each wait is bounded; a bound passed throws, which fails the Go test.
 import { spawn } from "node:child_process";
-import { launch, screenshot } from "./launch.mjs";
+import { launch, need, screenshot } from "./launch.mjs";
 
-const env = (name) => {
-  const v = process.env[name];
-  if (!v) throw new Error(`${name} is not set`);
-  return v;
-};
-const url = env("DASHBOARD_URL");
-const key = env("DASHBOARD_KEY");
-const loadCmd = JSON.parse(env("LOAD_CMD"));
-const loadConns = Number(env("LOAD_CONNS"));
-const killPid = Number(env("KILL_PID"));
+const url = need("DASHBOARD_URL");
+const key = need("DASHBOARD_KEY");
+const loadCmd = JSON.parse(need("LOAD_CMD"));
+const loadConns = Number(need("LOAD_CONNS"));
+const killPid = Number(need("KILL_PID"));
 const number = (text) => (text == null || text === "n/a" ? NaN : Number(text.replaceAll(",", "")));
 
 const browser = await launch();

@@ -23,3 +23,11 @@ export async function screenshot(page, name) {
   await page.screenshot({ path, fullPage: true });
   console.error(`screenshot: ${path}`);
 }
+
+// need returns the environment variable name, which the Go side sets;
+// a missing one is the test's bug, said plainly.
+export function need(name) {
+  const v = process.env[name];
+  if (!v) throw new Error(`${name} is not set`);
+  return v;
+}
