@@ -10,11 +10,16 @@ import (
 
 // BenchmarkTick is one second's work of the dashboard: a gather of a
 // registry shaped like a node's (the Go and process collectors, which
-// `switchboard serve` registers, and the node's counters), the sample,
-// the cluster rows and one tick's JSON pushed to an open page. Its cost
-// is per second, whatever the deliveries: ns/op / 1e9 is the share of
-// one core it takes.
+// `switchboard serve` registers, and the node's counters), the sample and
+// the cluster rows ("closed"), and with a page open also the tick's JSON
+// pushed to it ("open"). Its cost is per second, whatever the deliveries:
+// ns/op / 1e9 is the share of one core it takes.
 func BenchmarkTick(b *testing.B) {
+	b.Run("closed", func(b *testing.B) { benchmarkTick(b, false) })
+	b.Run("open", func(b *testing.B) { benchmarkTick(b, true) })
+}
+
+func benchmarkTick(b *testing.B, open bool) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, name := range []string{metricEvents, metricDeliveries, metricSlow, metricWritev} {
@@ -36,12 +41,16 @@ func BenchmarkTick(b *testing.B) {
 		b.Fatal(err)
 	}
 	page := make(chan []byte, 1)
-	d.streams[page] = struct{}{}
+	if open {
+		d.streams[page] = struct{}{}
+	}
 	now := time.Now()
 	for b.Loop() {
 		lat.Observe(0.001)
 		now = now.Add(time.Second)
 		d.tick(now)
-		<-page
+		if open {
+			<-page
+		}
 	}
 }

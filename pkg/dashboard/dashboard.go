@@ -213,6 +213,9 @@ func (d *Dashboard) tick(now time.Time) {
 	slices.SortFunc(d.rows[1:], func(a, b NodeRow) int { return strings.Compare(a.Node, b.Node) })
 	total := sumRows(now, d.rows)
 	d.totals = appendKept(d.totals, total)
+	if len(d.streams) == 0 {
+		return // nobody is watching: the history is enough for the next page
+	}
 	msg, err := json.Marshal(tick{Self: s, Total: total, Nodes: d.rows})
 	if err != nil {
 		d.log.Warn("dashboard encode", zap.Error(err))
