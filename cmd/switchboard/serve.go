@@ -13,7 +13,6 @@ import (
 
 	"github.com/cloudwego/netpoll"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/sys/unix"
@@ -132,7 +131,6 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	}
 	cfg.Logger = log
 	cfg.Registry = prometheus.NewRegistry()
-	cfg.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	b, closeBroker, err := bf.open(log, cfg.Registry)
 	if err != nil {
 		fmt.Fprintln(stderr, "switchboard serve:", err)

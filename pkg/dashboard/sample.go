@@ -1,11 +1,14 @@
 package dashboard
 
 import (
+	"bytes"
 	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
+	"os"
+	"runtime/metrics"
 	"slices"
 	"strconv"
 	"time"
@@ -112,8 +115,10 @@ func decodeSample(b []byte) (Sample, error) {
 }
 
 // Metric names the sampler reads from the node's registry. The delivery
-// latency histogram and the process and Go collectors are optional: a
-// figure whose metric is absent is unknown.
+// latency histogram, the queue and backlog gauges and the broker's drops
+// are optional: a figure whose metric is absent is unknown. RSS, heap and
+// goroutines are read from the process itself (readProcess), not from the
+// process collector: see Options.Gatherer.
 const (
 	metricConns      = "switchboard_connections"
 	metricUpgrades   = "switchboard_upgrades_total"
@@ -125,9 +130,6 @@ const (
 	metricOldest     = "switchboard_send_queue_oldest_seconds"
 	metricBacklog    = "switchboard_router_backlog"
 	metricDropped    = "broker_dropped_messages_total"
-	metricRSS        = "process_resident_memory_bytes"
-	metricHeap       = "go_memstats_heap_alloc_bytes"
-	metricGoroutines = "go_goroutines"
 )
 
 // counters are the raw counter values of one gather, kept to turn the
@@ -186,10 +188,8 @@ func (s *sampler) take(now time.Time) (Sample, error) {
 		P99:        quantile(0.99, p.latency, cur.latency),
 		Oldest:     sum(byName[metricOldest], "", ""),
 		Backlog:    sum(byName[metricBacklog], "", ""),
-		RSS:        sum(byName[metricRSS], "", ""),
-		Heap:       sum(byName[metricHeap], "", ""),
-		Goroutines: sum(byName[metricGoroutines], "", ""),
 	}
+	smp.RSS, smp.Heap, smp.Goroutines = readProcess()
 	s.prev = cur
 	return smp, nil
 }
@@ -286,4 +286,32 @@ func quantile(q float64, prev, cur *dto.Histogram) Figure {
 	}
 	// Above the last finite bound (the +Inf bucket is implicit).
 	return Figure(lower)
+}
+
+// processMetrics are the runtime/metrics read for the heap and goroutines:
+// reading them stops nothing (runtime.ReadMemStats would stop the world).
+var processMetrics = [...]string{"/memory/classes/heap/objects:bytes", "/sched/goroutines:goroutines"}
+
+// readProcess returns this process's resident bytes (/proc/self/statm:
+// one small read), live heap bytes and goroutines; unknown where the
+// system does not say.
+func readProcess() (rss, heap, goroutines Figure) {
+	rss = unknown
+	if b, err := os.ReadFile("/proc/self/statm"); err == nil {
+		if f := bytes.Fields(b); len(f) > 1 {
+			if pages, err := strconv.ParseInt(string(f[1]), 10, 64); err == nil {
+				rss = Figure(pages * int64(os.Getpagesize()))
+			}
+		}
+	}
+	samples := []metrics.Sample{{Name: processMetrics[0]}, {Name: processMetrics[1]}}
+	metrics.Read(samples)
+	return rss, uintFigure(samples[0].Value), uintFigure(samples[1].Value)
+}
+
+func uintFigure(v metrics.Value) Figure {
+	if v.Kind() != metrics.KindUint64 {
+		return unknown
+	}
+	return Figure(v.Uint64())
 }
