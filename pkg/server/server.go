@@ -297,10 +297,8 @@ func New(cfg Config) (*Server, error) {
 			return zapcore.NewSamplerWithOptions(c, time.Second, 5, 0)
 		})),
 		metrics: newMetrics(cfg.Registry),
-		runtime: prometheus.NewRegistry(),
 		idx:     index.New[*conn](cfg.IndexShards),
 	}
-	s.runtime.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.connects = newConnectLimiter(cfg.ConnectsPerIP, cfg.ConnectsIPv6Prefix)
 	for _, p := range cfg.TrustedProxies {
 		if !p.IsValid() {
@@ -316,6 +314,8 @@ func New(cfg Config) (*Server, error) {
 	s.router = newRouter(s)
 	s.holds = newHolds(s)
 	s.presences = newPresences(s)
+	s.runtime = prometheus.NewRegistry()
+	s.runtime.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if len(cfg.Projects) > 0 {
 		s.allowed = make(map[string]bool, len(cfg.Projects))
 		for _, p := range cfg.Projects {
