@@ -279,3 +279,41 @@ func FuzzDecodeSample(f *testing.F) {
 		}
 	})
 }
+
+// TestStreamsAreBounded: pages past maxStreams get 503 and cost nothing;
+// one closing makes room again.
+func TestStreamsAreBounded(t *testing.T) {
+	_, url, _ := startDashboard(t, "solo", nil)
+	var closers []context.CancelFunc
+	for range maxStreams {
+		ctx, cancel := context.WithCancel(context.Background())
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url+"/dashboard/events", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("stream %d: %v %v", len(closers), err, resp)
+		}
+		closers = append(closers, func() { cancel(); resp.Body.Close() })
+	}
+	defer func() {
+		for _, c := range closers {
+			c()
+		}
+	}()
+	resp, err := http.Get(url + "/dashboard/events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("stream %d: %d, want 503", maxStreams+1, resp.StatusCode)
+	}
+	closers[0]()
+	redistest.Eventually(t, 5*time.Second, "a closed page makes room", func() bool {
+		resp, err := http.Get(url + "/dashboard/events")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close() // ends the stream it opened, if it did
+		return resp.StatusCode == http.StatusOK
+	})
+}
