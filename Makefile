@@ -1,7 +1,7 @@
 GO ?= go
 SHELL := /bin/bash # the fuzz loop reads PIPESTATUS
 
-.PHONY: all build run test soak sdk-deps vet bench bench-go bench-index bench-tsung bench-slow bench-baseline bench-wholebox fuzz clean
+.PHONY: all build run test soak sdk-deps browser-deps vet bench bench-dashboard bench-go bench-index bench-tsung bench-slow bench-baseline bench-wholebox fuzz clean
 
 all: build
 
@@ -13,8 +13,10 @@ run:
 	$(GO) run ./cmd/switchboard serve
 
 # The test command of the README and of .ci/run. The Appwrite SDK test
-# needs Node; its packages are pinned in test/sdk/package-lock.json.
-test: sdk-deps
+# needs Node; its packages are pinned in test/sdk/package-lock.json. The
+# browser tests (internal/browsertest) also need Debian's chromium, and
+# playwright-core, pinned in test/browser/package-lock.json.
+test: sdk-deps browser-deps
 	$(GO) vet ./...
 	$(GO) test -race -count=1 ./...
 
@@ -32,6 +34,10 @@ sdk-deps:
 	@if command -v npm >/dev/null; then npm ci --prefix test/sdk --no-audit --no-fund --loglevel=error; \
 	else echo "npm not found: the Appwrite SDK test will be skipped"; fi
 
+browser-deps:
+	@if command -v npm >/dev/null; then npm ci --prefix test/browser --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: the browser tests will be skipped"; fi
+
 # Go micro-benchmarks (index lookup, encode-once fan-out, frame codec).
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem ./pkg/...
@@ -45,7 +51,8 @@ bench-tsung: build
 # Density at two counts, connect rate and fan-out latency, Switchboard and
 # the baseline in one run: a table, and bench/results/<time>/chart.html.
 # Knobs: LOW, HIGH (connections), EVENTS, EVENT_RATE, SUSTAINED_EVENTS,
-# SUSTAINED_RATE. Root applies sysctl/ for the run and puts the previous
+# SUSTAINED_RATE. It prints the URL of the node under test's dashboard
+# first: the live view while it runs. Root applies sysctl/ for the run and puts the previous
 # values back on exit, also on failure or Ctrl-C (bench/lib.sh).
 bench: build bench-baseline
 	bench/run.sh
@@ -65,6 +72,16 @@ bench-wholebox: build
 # the slow-consumer closes of each run (details in bench/slow.sh).
 bench-slow: build
 	bench/slow.sh
+
+# What an open dashboard costs: the node's CPU per delivery under 2,000
+# connections and 50 events/s, in alternating 8 s windows without and with
+# a page's event stream open (BenchmarkDashboardCost, ~45 s per COUNT);
+# then one second of the dashboard's own work (BenchmarkTick).
+bench-dashboard:
+	@$(GO) version; uptime
+	$(GO) test -run '^$$' -bench '^BenchmarkDashboardCost$$' -benchtime 1x -count $(COUNT) ./cmd/switchboard/
+	$(GO) test -run '^$$' -bench '^BenchmarkTick$$' -benchmem -count $(COUNT) ./pkg/dashboard/
+	@uptime
 
 # The goroutine-per-connection gorilla/websocket server that `switchboard
 # bench` figures are compared with. Its own module, so the product's go.mod

@@ -12,6 +12,10 @@
 # (default 29505). As root it applies the kernel profile for the run and
 # puts the previous values back when it exits, also on failure or Ctrl-C
 # (bench/lib.sh; KEEP_SYSCTL=1 leaves the profile applied).
+#
+# While it runs, the node under test's dashboard (GET / on its admin port)
+# is the live view; its URL is printed first. Every run starts a fresh node
+# on the same ports and the open page reconnects to it by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +40,7 @@ cleanup() {
 }
 sb_on_exit cleanup
 
+echo "== live view: http://127.0.0.1:$admin/ (the dashboard of the Switchboard node under test; the baseline runs have none)"
 echo "== kernel profile (sysctl/apply.sh; changes nothing unless root; put back on exit)"
 sb_apply_profile "$dir/sysctl-before.conf"
 

@@ -57,6 +57,22 @@ func (b *brokerFlags) open(log *zap.Logger, reg prometheus.Registerer) (broker.B
 	return r, r.Close, nil
 }
 
+// peers builds the dashboard's cluster channel: a Redis broker of its own
+// on <channel>.nodes, so the nodes' once-a-second samples never share a
+// connection or a channel with events. Nil without Redis (the dashboard
+// shows the node alone) and with --redis-sharded, whose cluster URL a
+// plain client cannot dial. The returned close function is never nil.
+func (b *brokerFlags) peers(log *zap.Logger) (broker.Broker, func() error, error) {
+	if b.redisURL == "" || b.sharded {
+		return nil, func() error { return nil }, nil
+	}
+	r, err := broker.NewRedis(broker.RedisOptions{URL: b.redisURL, Channel: b.channel + ".nodes", Buffer: 256, Logger: log.Named("dashboard")})
+	if err != nil {
+		return nil, nil, fmt.Errorf("--redis-url: dashboard peers: %w", err)
+	}
+	return r, r.Close, nil
+}
+
 // presences builds the presence store that goes with the backbone: the
 // node's own memory when it is alone, Redis (the same server or cluster as
 // the backbone) when nodes share one. The returned close function is never

@@ -13,7 +13,6 @@ import (
 
 	"github.com/cloudwego/netpoll"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/sys/unix"
@@ -41,10 +40,10 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 		trustedProxies  string
 	)
 	fs.StringVar(&cfg.Listen, "listen", server.DefaultListen, "WebSocket listen address")
-	fs.StringVar(&cfg.AdminListen, "admin-listen", server.DefaultAdminListen, "admin HTTP listen address (publish, metrics, health, pprof)")
+	fs.StringVar(&cfg.AdminListen, "admin-listen", server.DefaultAdminListen, "admin HTTP listen address (publish, metrics, health, pprof, the dashboard at /)")
 	fs.StringVar(&cfg.Path, "path", server.DefaultPath, "WebSocket endpoint path")
 	fs.StringVar(&projects, "projects", "", "comma-separated project ids to accept; empty accepts any")
-	fs.StringVar(&cfg.APIKey, "api-key", "", "bearer key required by POST /v1/publish and /v1/presences; empty requires none")
+	fs.StringVar(&cfg.APIKey, "api-key", "", "bearer key required by POST /v1/publish, /v1/presences and the dashboard (GET /, where a browser gives it as the basic-auth password); empty requires none")
 	fs.StringVar(&authMode, "auth", "none", "auth resolver: none (everyone is a guest), jwt (HS256) or http (ask --auth-url)")
 	fs.StringVar(&jwtSecret, "jwt-secret", "", "HS256 secret for --auth jwt")
 	fs.StringVar(&authOpts.URL, "auth-url", "", "backend URL for --auth http (POST {project, session|jwt|userId})")
@@ -132,7 +131,6 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	}
 	cfg.Logger = log
 	cfg.Registry = prometheus.NewRegistry()
-	cfg.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	b, closeBroker, err := bf.open(log, cfg.Registry)
 	if err != nil {
 		fmt.Fprintln(stderr, "switchboard serve:", err)
@@ -147,6 +145,13 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	}
 	defer closePresences()
 	cfg.Presences = ps
+	peers, closePeers, err := bf.peers(log)
+	if err != nil {
+		fmt.Fprintln(stderr, "switchboard serve:", err)
+		return 2
+	}
+	defer closePeers()
+	cfg.Peers = peers
 
 	srv, err := server.New(cfg)
 	if err != nil {

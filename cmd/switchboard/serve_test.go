@@ -117,7 +117,7 @@ func tryStartNode(t testing.TB, addr string, args ...string) (*node, error) {
 }
 
 // metric reads one unlabelled sample from the node's /metrics.
-func (n *node) metric(t *testing.T, name string) float64 {
+func (n *node) metric(t testing.TB, name string) float64 {
 	t.Helper()
 	resp, err := http.Get("http://" + n.admin + "/metrics")
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"net/http/pprof"
 	"strings"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
@@ -44,12 +45,20 @@ func (s *Server) adminHandler() http.Handler {
 			writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 		}
 	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(prometheus.Gatherers{s.cfg.Registry, s.runtime}, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	// The dashboard: a browser can neither send a bearer header on a page
+	// load nor set one on an EventSource, so it also takes the key as the
+	// password of HTTP basic auth (any user name): the browser asks once
+	// and sends it with the page, its files and its event stream. A key in
+	// the URL would end up in histories and proxy logs.
+	dash := s.dashboard.Handler()
+	mux.Handle("GET /{$}", s.keyedPage(dash))
+	mux.Handle("GET /dashboard/", s.keyedPage(dash))
 	return mux
 }
 
@@ -65,6 +74,23 @@ func (s *Server) keyOK(w http.ResponseWriter, r *http.Request) bool {
 		return false
 	}
 	return true
+}
+
+// keyedPage wraps a handler for a browser: the key may come as the
+// password of basic auth, and a refusal asks the browser for it.
+func (s *Server) keyedPage(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.cfg.APIKey != "" {
+			if _, pass, ok := r.BasicAuth(); ok && subtle.ConstantTimeCompare([]byte(pass), []byte(s.cfg.APIKey)) == 1 {
+				h.ServeHTTP(w, r)
+				return
+			}
+			w.Header().Set("WWW-Authenticate", `Basic realm="switchboard admin", charset="UTF-8"`)
+		}
+		if s.keyOK(w, r) {
+			h.ServeHTTP(w, r)
+		}
+	})
 }
 
 // keyed wraps a handler that needs the API key.

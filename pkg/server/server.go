@@ -12,7 +12,9 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -20,12 +22,14 @@ import (
 
 	"github.com/cloudwego/netpoll"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/sys/unix"
 
 	"github.com/switchboard-rt/switchboard/pkg/auth"
 	"github.com/switchboard-rt/switchboard/pkg/broker"
+	"github.com/switchboard-rt/switchboard/pkg/dashboard"
 	"github.com/switchboard-rt/switchboard/pkg/index"
 	"github.com/switchboard-rt/switchboard/pkg/presence"
 )
@@ -73,7 +77,7 @@ type Config struct {
 	ReusePort bool
 
 	Projects []string // when non-empty, the only projects accepted
-	APIKey   string   // when set, POST /v1/publish and /v1/presences need "Authorization: Bearer <APIKey>"
+	APIKey   string   // when set, POST /v1/publish, /v1/presences and the dashboard need "Authorization: Bearer <APIKey>" (the dashboard also takes it as basic auth's password)
 
 	MaxMessageSize   int // largest client message after reassembly (at most 16 MiB)
 	MaxHeaderBytes   int // largest upgrade request head
@@ -134,10 +138,20 @@ type Config struct {
 	// MaxPresenceBytes bounds a presence's metadata; more is error 1003.
 	MaxPresenceBytes int
 
-	Broker   broker.Broker        // required
-	Resolver auth.Resolver        // default auth.None
-	Logger   *zap.Logger          // default zap.NewNop
-	Registry *prometheus.Registry // default a new registry
+	Broker broker.Broker // required
+	// Peers carries the dashboard's once-a-second node samples between
+	// the nodes of a cluster: a broker on a channel of its own (never the
+	// event channel). Nil: the dashboard shows this node alone.
+	Peers    broker.Broker
+	Resolver auth.Resolver // default auth.None
+	Logger   *zap.Logger   // default zap.NewNop
+	// Registry holds the node's series (the server's, the broker's) and
+	// is served on /metrics with the Go and process collectors, which the
+	// server adds itself and keeps apart: the dashboard gathers Registry
+	// every second, and the process collector lists /proc/self/fd on
+	// kernels before 6.2 (0.8 µs a descriptor measured). Default a new
+	// registry; do not register those two collectors in it.
+	Registry *prometheus.Registry
 
 	// sendBuffer, when positive, is the SO_SNDBUF of accepted sockets (the
 	// kernel doubles it and locks it against autotuning). Tests only: a
@@ -258,6 +272,8 @@ type Server struct {
 	router     *router
 	holds      *holds // users whose roles are being re-resolved after a permission change
 	presences  *presences
+	dashboard  *dashboard.Dashboard
+	runtime    *prometheus.Registry // the Go and process collectors: on /metrics, not in the dashboard's second
 
 	serving  atomic.Bool
 	draining atomic.Bool
@@ -301,6 +317,8 @@ func New(cfg Config) (*Server, error) {
 	s.router = newRouter(s)
 	s.holds = newHolds(s)
 	s.presences = newPresences(s)
+	s.runtime = prometheus.NewRegistry()
+	s.runtime.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if len(cfg.Projects) > 0 {
 		s.allowed = make(map[string]bool, len(cfg.Projects))
 		for _, p := range cfg.Projects {
@@ -351,11 +369,19 @@ func (s *Server) Start() (err error) {
 	if s.adminLn, err = net.Listen("tcp", s.cfg.AdminListen); err != nil {
 		return fmt.Errorf("admin listen %s: %w", s.cfg.AdminListen, err)
 	}
+	undo = append(undo, func() { s.adminLn.Close() })
+	if s.dashboard, err = dashboard.New(dashboard.Options{
+		Node: nodeName(s.ln.Addr()), Gatherer: s.cfg.Registry, Ready: s.cfg.Broker.Ready,
+		TopProjects: s.projects.top, Peers: s.cfg.Peers, Logger: s.log,
+	}); err != nil {
+		return err
+	}
 	// Nothing below fails.
 	s.admin = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stopRouter = cancel
-	s.wg.Add(6)
+	s.wg.Add(7)
+	go func() { defer s.wg.Done(); s.dashboard.Run(ctx) }()
 	go func() { defer s.wg.Done(); s.waiter.run() }()
 	go func() { defer s.wg.Done(); s.input.run() }()
 	go func() { defer s.wg.Done(); s.runSweeper(s.stopSweep) }()
@@ -381,6 +407,20 @@ func (s *Server) Start() (err error) {
 	s.serving.Store(true)
 	s.log.Info("serving", zap.String("listen", s.ln.Addr().String()), zap.String("admin", s.adminLn.Addr().String()))
 	return nil
+}
+
+// nodeName names this node in the dashboard's cluster view: host, port
+// and process, since nodes that share a port (ReusePort) share the rest.
+func nodeName(listen net.Addr) string {
+	host, err := os.Hostname()
+	if err != nil {
+		host = "unknown-host"
+	}
+	port := listen.String()
+	if a, ok := listen.(*net.TCPAddr); ok {
+		port = strconv.Itoa(a.Port)
+	}
+	return fmt.Sprintf("%s:%s pid %d", host, port, os.Getpid())
 }
 
 // setReusePort is a net.ListenConfig Control that sets SO_REUSEPORT.

@@ -1,10 +1,14 @@
 package server
 
 import (
+	"cmp"
+	"slices"
+	"strings"
 	"sync"
 
 	"github.com/switchboard-rt/switchboard/pkg/auth"
 	"github.com/switchboard-rt/switchboard/pkg/broker"
+	"github.com/switchboard-rt/switchboard/pkg/dashboard"
 	"github.com/switchboard-rt/switchboard/pkg/protocol"
 )
 
@@ -88,9 +92,10 @@ func (c *conn) setIdentity(id auth.Identity) {
 	}
 }
 
-// projectTable counts this node's upgraded connections per project and
-// tells a project-aware broker (sharded Redis) when the first arrives and
-// the last leaves, so the node only receives the projects it serves.
+// projectTable counts this node's upgraded connections per project: the
+// dashboard's top projects, and it tells a project-aware broker (sharded
+// Redis) when the first arrives and the last leaves, so the node only
+// receives the projects it serves.
 type projectTable struct {
 	mu     sync.Mutex
 	counts map[string]int
@@ -98,7 +103,7 @@ type projectTable struct {
 }
 
 func (t *projectTable) add(project string) {
-	if t.aware == nil || project == "" {
+	if project == "" {
 		return
 	}
 	t.mu.Lock()
@@ -107,13 +112,13 @@ func (t *projectTable) add(project string) {
 		t.counts = make(map[string]int)
 	}
 	t.counts[project]++
-	if t.counts[project] == 1 {
+	if t.counts[project] == 1 && t.aware != nil {
 		t.aware.Want(project)
 	}
 }
 
 func (t *projectTable) remove(project string) {
-	if t.aware == nil || project == "" {
+	if project == "" {
 		return
 	}
 	t.mu.Lock()
@@ -121,6 +126,27 @@ func (t *projectTable) remove(project string) {
 	t.counts[project]--
 	if t.counts[project] <= 0 {
 		delete(t.counts, project)
-		t.aware.Unwant(project)
+		if t.aware != nil {
+			t.aware.Unwant(project)
+		}
 	}
+}
+
+// top returns up to n projects with the most connections, most first (by
+// name among equals). The dashboard asks once a second; the lock is held
+// for a copy of the counts only, never for the sort.
+func (t *projectTable) top(n int) []dashboard.ProjectCount {
+	t.mu.Lock()
+	all := make([]dashboard.ProjectCount, 0, len(t.counts))
+	for p, c := range t.counts {
+		all = append(all, dashboard.ProjectCount{Project: p, Conns: c})
+	}
+	t.mu.Unlock()
+	slices.SortFunc(all, func(a, b dashboard.ProjectCount) int {
+		if a.Conns != b.Conns {
+			return cmp.Compare(b.Conns, a.Conns)
+		}
+		return strings.Compare(a.Project, b.Project)
+	})
+	return all[:min(n, len(all))]
 }

@@ -1,0 +1,66 @@
+// The dashboard of a node under load, read from the page as an operator
+// sees it (cmd/switchboard TestDashboardInBrowser starts the nodes):
+//   1. open DASHBOARD_URL (basic auth with DASHBOARD_KEY) and wait until
+//      its stream is live and both nodes are listed;
+//   2. start the load (LOAD_CMD, a JSON argv) and, without reloading,
+//      wait until the page shows LOAD_CONNS connections and deliveries/s
+//      above 0;
+//   3. kill the second node (KILL_PID, SIGKILL) and wait until its row is
+//      marked gone;
+//   4. screenshot, and print the timings as one JSON line on stdout.
+// Each wait is bounded; a bound passed throws, which fails the Go test.
+import { spawn } from "node:child_process";
+import { launch, need, screenshot } from "./launch.mjs";
+
+const url = need("DASHBOARD_URL");
+const key = need("DASHBOARD_KEY");
+const loadCmd = JSON.parse(need("LOAD_CMD"));
+const loadConns = Number(need("LOAD_CONNS"));
+const killPid = Number(need("KILL_PID"));
+const number = (text) => (text == null || text === "n/a" ? NaN : Number(text.replaceAll(",", "")));
+
+const browser = await launch();
+let load;
+const result = {};
+try {
+  const context = await browser.newContext({ httpCredentials: { username: "admin", password: key }, viewport: { width: 1400, height: 1000 } });
+  const page = await context.newPage();
+  const pageErrors = [];
+  page.on("pageerror", (e) => pageErrors.push(String(e)));
+  page.on("requestfailed", (r) => pageErrors.push(`request failed: ${r.url()}`));
+  // A Content-Security-Policy violation is only a console error.
+  page.on("console", (m) => { if (m.type() === "error") pageErrors.push(`console: ${m.text()}`); });
+  await page.goto(url);
+  await page.waitForFunction(() => document.querySelector("#stream")?.textContent === "live", null, { timeout: 10000 });
+  await page.waitForFunction(() => document.querySelectorAll("#nodes tbody tr[data-state=up]").length === 2, null, { timeout: 10000 });
+  result.connsBefore = number(await page.textContent("#conns"));
+  const self = await page.textContent("#node");
+  const other = await page.$$eval("#nodes tbody tr", (rows, self) => rows.map((r) => r.dataset.node).find((n) => n !== self), self);
+  const navigations = [];
+  page.on("framenavigated", (f) => { if (f === page.mainFrame()) navigations.push(f.url()); });
+
+  const loadStart = Date.now();
+  load = spawn(loadCmd[0], loadCmd.slice(1), { stdio: ["ignore", "ignore", "inherit"] });
+  await page.waitForFunction((want) => Number(document.querySelector("#conns").textContent.replaceAll(",", "")) >= want, loadConns, { timeout: 15000, polling: 100 });
+  result.connsAfterSeconds = (Date.now() - loadStart) / 1000;
+  await page.waitForFunction(() => Number(document.querySelector("#deliveries").textContent.replaceAll(",", "")) > 0, null, { timeout: 15000, polling: 100 });
+  result.deliveriesAfterSeconds = (Date.now() - loadStart) / 1000;
+  result.conns = number(await page.textContent("#conns"));
+  result.deliveriesPerSecond = number(await page.textContent("#deliveries"));
+  result.latency = await page.textContent("#latency");
+  result.topProject = await page.textContent("#projects tbody tr td");
+  await screenshot(page, "dashboard-under-load");
+
+  const killedAt = Date.now();
+  process.kill(killPid, "SIGKILL");
+  await page.waitForFunction((n) => document.querySelector(`#nodes tbody tr[data-node="${CSS.escape(n)}"]`)?.dataset.state === "gone", other, { timeout: 15000, polling: 100 });
+  result.goneAfterSeconds = (Date.now() - killedAt) / 1000;
+  result.clusterSummary = await page.textContent("#cluster-summary");
+  await screenshot(page, "dashboard-node-gone");
+  result.reloads = navigations.length;
+  result.pageErrors = pageErrors;
+} finally {
+  if (load && load.exitCode === null) load.kill("SIGKILL");
+  await browser.close();
+}
+console.log(JSON.stringify(result));
