@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gobwas/httphead"
 	"github.com/gobwas/ws"
 	"go.uber.org/zap"
 
@@ -120,6 +121,24 @@ func (c *conn) upgradeRequest(data []byte, client, peer netip.Addr) int {
 			return nil
 		},
 	}
+	deflate := false
+	if s.cfg.Compression != Off {
+		u.Negotiate = func(opt httphead.Option) (httphead.Option, error) {
+			// Offers come in the client's order of preference: the
+			// first one the node can accept wins (RFC 7692 5), and one
+			// it cannot is declined, never a reason to refuse the
+			// upgrade. Other extensions are declined by silence.
+			if deflate || string(opt.Name) != deflateExtension {
+				return httphead.Option{}, nil
+			}
+			o, ok := parseDeflateOffer(opt)
+			if !ok {
+				return httphead.Option{}, nil
+			}
+			deflate = true
+			return deflateResponse(o), nil
+		}
+	}
 	var resp bytes.Buffer
 	_, err := u.Upgrade(struct {
 		io.Reader
@@ -148,8 +167,14 @@ func (c *conn) upgradeRequest(data []byte, client, peer netip.Addr) int {
 	if c.state == stateHandshake {
 		c.setStateLocked(stateLive)
 	}
+	if deflate {
+		c.flags |= flagDeflate
+	}
 	c.mu.Unlock()
 	s.metrics.upgrades.WithLabelValues("ok").Inc()
+	if deflate {
+		s.metrics.deflateUpgrades.Inc()
+	}
 	// The 101 goes out only once netpoll has let go of the socket: a
 	// client may send nothing before it (RFC 6455, 4.1), so netpoll can
 	// have nothing of the client's left to read when it lets go, and no
