@@ -54,7 +54,7 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	fs.DurationVar(&cfg.AuthTimeout, "auth-timeout", server.DefaultAuthTimeout, "bound on one auth resolver call")
 	fs.IntVar(&cfg.MaxMessageSize, "max-message-size", server.DefaultMaxMessageSize, "largest client message in bytes after reassembly; larger closes with 1009")
 	fs.StringVar(&compression, "compression", "on", "permessage-deflate (RFC 7692) with clients that offer it, events compressed once for all their recipients: on or off")
-	fs.IntVar(&cfg.CompressionMinBytes, "compression-min-bytes", server.DefaultCompressionMinBytes, "smallest event payload in bytes sent compressed (-1: every event)")
+	fs.IntVar(&cfg.CompressionMinBytes, "compression-min-bytes", server.DefaultCompressionMinBytes, "smallest event message in bytes (the whole frame payload) sent compressed (-1: every event)")
 	fs.IntVar(&cfg.MaxHeaderBytes, "max-header-bytes", server.DefaultMaxHeaderBytes, "largest upgrade request head in bytes")
 	fs.IntVar(&cfg.MaxQueueBytes, "max-queue-bytes", server.DefaultMaxQueueBytes, "outbound bytes queued per connection before it is closed as a slow consumer")
 	fs.IntVar(&cfg.MaxSubscriptions, "max-subscriptions", server.DefaultMaxSubscriptions, "subscriptions per connection; more are refused with error 1003")

@@ -54,7 +54,7 @@ const (
 	// DefaultMaxPresenceBytes bounds a presence's metadata (compacted
 	// JSON): it is stored, listed and sent in every presence event.
 	DefaultMaxPresenceBytes = 4 << 10
-	// DefaultCompressionMinBytes is the smallest event payload sent
+	// DefaultCompressionMinBytes is the smallest event message sent
 	// compressed: below it, deflate's block headers and the stored tail
 	// (COMPRESSION.md) save too little to pay for the client's inflate.
 	DefaultCompressionMinBytes = 256
@@ -88,7 +88,8 @@ type Config struct {
 	// any other value negotiates it with clients that offer it, and sends
 	// them events compressed (COMPRESSION.md).
 	Compression int
-	// CompressionMinBytes is the smallest event payload sent compressed;
+	// CompressionMinBytes is the smallest event message (the frame's
+	// payload: envelope, document and subscriptions) sent compressed;
 	// default DefaultCompressionMinBytes, Off compresses every event.
 	CompressionMinBytes int
 
