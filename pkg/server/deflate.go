@@ -161,6 +161,13 @@ func storedFinalSize(n int) int {
 	return n + 5*((n+0xfffe)/0xffff) + 1
 }
 
+// storedRawSize is the inverse of storedFinalSize: the bytes that stored
+// blocks of size s carry.
+func storedRawSize(s int) int {
+	blocks := (s - 1 + 0xffff + 5 - 1) / (0xffff + 5)
+	return s - 1 - 5*blocks
+}
+
 // rsv1Bit is RSV1 in a frame's first byte: RFC 7692's "Per-Message
 // Compressed" bit (6). ws.Header.Rsv holds it as rsv1Bit>>4.
 const rsv1Bit = 0x40

@@ -400,8 +400,8 @@ func TestStoredTailInflates(t *testing.T) {
 	for _, n := range []int{0, 1, 300, 0xffff, 0xffff + 1, 3*0xffff + 7} {
 		tail := bytes.Repeat([]byte("t"), n)
 		msg := append(d.deflateShared(prefix), appendStoredFinal(nil, tail)...)
-		if got := len(appendStoredFinal(nil, tail)); got != storedFinalSize(n) {
-			t.Fatalf("tail of %d: %d bytes, storedFinalSize says %d", n, got, storedFinalSize(n))
+		if got := len(appendStoredFinal(nil, tail)); got != storedFinalSize(n) || storedRawSize(got) != n {
+			t.Fatalf("tail of %d: %d bytes, storedFinalSize says %d, storedRawSize %d", n, got, storedFinalSize(n), storedRawSize(got))
 		}
 		var z inflater
 		out, err := z.inflate(msg, 1<<20)

@@ -51,24 +51,17 @@ func newRouter(s *Server) *router {
 
 // frameCache holds an event's frames by distinct list of matched ids.
 type frameCache struct {
-	frames  map[string]cachedFrame
-	last    cachedFrame // the frame frameFor returned last
-	lastIDs []string    // its ids; empty when none yet for this event
+	frames  map[string]outFrame
+	last    outFrame // the frame frameFor returned last
+	lastIDs []string // its ids; empty when none yet for this event
 }
 
-// cachedFrame is a frame and the size of its payload before compression
-// (its own payload size when it is not compressed).
-type cachedFrame struct {
-	outFrame
-	plain int
-}
-
-func newFrameCache() frameCache { return frameCache{frames: make(map[string]cachedFrame)} }
+func newFrameCache() frameCache { return frameCache{frames: make(map[string]outFrame)} }
 
 func (fc *frameCache) reset() {
 	clear(fc.frames)
 	clear(fc.lastIDs)
-	fc.last, fc.lastIDs = cachedFrame{}, fc.lastIDs[:0]
+	fc.last, fc.lastIDs = outFrame{}, fc.lastIDs[:0]
 }
 
 // route handles one backbone message.
@@ -143,13 +136,13 @@ func (r *router) visit(_ index.ID, c *conn) {
 		return
 	}
 	f := r.frameFor(r.ids, c.flags&flagDeflate != 0)
-	if err := c.q.push(f.outFrame, r.srv.cfg.MaxQueueBytes); err != nil {
+	if err := c.q.push(f, r.srv.cfg.MaxQueueBytes); err != nil {
 		c.slowConsumerLocked()
 	}
 	r.count++
 	if f.head[0]&rsv1Bit != 0 {
 		r.zcount++
-		r.zplain += f.plain
+		r.zplain += len(r.prefix) + storedRawSize(len(f.tail))
 		r.zwire += len(f.body) + len(f.tail)
 	}
 	// A slow consumer that was just cut off is woken even while it waits
@@ -190,7 +183,7 @@ func anyIn(a, b []string) bool {
 // frameFor returns the frame for one list of matched ids, compressed when
 // deflate (the recipient negotiated it) and worth it: the shared prefix
 // plus a header and tail built once per distinct list.
-func (r *router) frameFor(ids []string, deflate bool) cachedFrame {
+func (r *router) frameFor(ids []string, deflate bool) outFrame {
 	fc := &r.plain
 	if deflate {
 		fc = &r.deflated
@@ -221,7 +214,7 @@ func (r *router) frameFor(ids []string, deflate bool) cachedFrame {
 // CompressionMinBytes) carries the prefix deflated once per event and the
 // tail as stored deflate blocks (appendStoredFinal), so no recipient and
 // no id list costs a compression of its own.
-func (r *router) newFrame(ids []string, deflate bool) cachedFrame {
+func (r *router) newFrame(ids []string, deflate bool) outFrame {
 	r.tail = protocol.AppendEventTail(r.tail[:0], ids)
 	plain := len(r.prefix) + len(r.tail)
 	if deflate && plain >= r.srv.cfg.CompressionMinBytes {
@@ -232,14 +225,14 @@ func (r *router) newFrame(ids []string, deflate bool) cachedFrame {
 			buf[0] |= rsv1Bit // RFC 7692 6: the first frame of a compressed message
 			h := len(buf)
 			buf = appendStoredFinal(buf, r.tail)
-			return cachedFrame{outFrame{head: buf[:h:h], body: z, tail: buf[h:]}, plain}
+			return outFrame{head: buf[:h:h], body: z, tail: buf[h:]}
 		}
 	}
 	buf := make([]byte, 0, maxServerHeader+len(r.tail))
 	buf = appendFrameHeader(buf, ws.OpText, plain)
 	h := len(buf)
 	buf = append(buf, r.tail...)
-	return cachedFrame{outFrame{head: buf[:h:h], body: r.prefix, tail: buf[h:]}, plain}
+	return outFrame{head: buf[:h:h], body: r.prefix, tail: buf[h:]}
 }
 
 // sharedDeflated returns the event's prefix compressed, computing it for
