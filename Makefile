@@ -13,7 +13,9 @@ run:
 	$(GO) run ./cmd/switchboard serve
 
 # The test command of the README and of .ci/run. The Appwrite SDK test
-# needs Node; its packages are pinned in test/sdk/package-lock.json.
+# needs Node; its packages are pinned in test/sdk/package-lock.json. The
+# browser test (compression) also needs Debian's chromium; its packages
+# are pinned in test/browser/package-lock.json.
 test: sdk-deps
 	$(GO) vet ./...
 	$(GO) test -race -count=1 ./...
@@ -29,7 +31,8 @@ soak:
 	SWITCHBOARD_SOAK=$(SOAKTIME) $(GO) test -race -count=1 -run '^TestSoak$$' -v -timeout 0 ./cmd/switchboard/
 
 sdk-deps:
-	@if command -v npm >/dev/null; then npm ci --prefix test/sdk --no-audit --no-fund --loglevel=error; \
+	@if command -v npm >/dev/null; then npm ci --prefix test/sdk --no-audit --no-fund --loglevel=error && \
+		npm ci --prefix test/browser --no-audit --no-fund --loglevel=error; \
 	else echo "npm not found: the Appwrite SDK test will be skipped"; fi
 
 # Go micro-benchmarks (index lookup, encode-once fan-out, frame codec).
