@@ -14,7 +14,7 @@ import (
 // (appwrite@28's browser bundle) in headless Chromium (Debian's chromium,
 // driven by npm playwright-core, pinned in test/browser/package-lock.json)
 // against a node started here. Chromium offers permessage-deflate; the
-// node must agree (RFC 7692), send the 2 KB documents compressed (its
+// node must agree (RFC 7692), send the documents compressed (its
 // metrics say so), and the page must receive them intact. Chromium
 // compresses what it sends too, so the node's inflate path runs on a real
 // browser's output. Skipped without chromium or node (not in CI).
@@ -38,7 +38,7 @@ func TestChromiumReceivesCompressedEvents(t *testing.T) {
 	}
 	n := startNode(t, "--connects-per-ip", "-1")
 	const events = 5
-	doc := appwriteDocument2KB(t)
+	doc := appwriteDocument(t)
 	shot := filepath.Join(t.TempDir(), "deflate.png")
 	cmd := exec.Command("node", "deflate.test.mjs")
 	cmd.Dir = dir
@@ -69,9 +69,10 @@ func TestChromiumReceivesCompressedEvents(t *testing.T) {
 	t.Logf("events out: %v bytes plain, %v compressed (%.1fx)", plain, wire, plain/wire)
 }
 
-// appwriteDocument2KB is a realistic Appwrite database document of about
-// 2 KB (the shape pkg/server's compression benchmarks use).
-func appwriteDocument2KB(t *testing.T) string {
+// appwriteDocument is a realistic Appwrite database document (1,399 bytes
+// of JSON; 1.6 KB as an event message): system attributes, permissions,
+// a message with its text, attachments and reactions.
+func appwriteDocument(t *testing.T) string {
 	t.Helper()
 	var text string
 	for _, w := range strings.Fields(`Moved the release review to Friday morning; the backend deploy waits for the

@@ -1,7 +1,7 @@
 // Runs the Appwrite Web SDK (appwrite@28, its browser bundle) inside
 // headless Chromium against a running Switchboard node: Chromium offers
 // permessage-deflate as every browser does, the node agrees, and the
-// events (2 KB documents) must arrive intact. What the upgrade agreed is
+// events (Appwrite documents of ~1.4 KB) must arrive intact. What the upgrade agreed is
 // read from Chromium's own view of the handshake (DevTools protocol);
 // that the events went out compressed is the Go test's to check, from the
 // node's metrics.
