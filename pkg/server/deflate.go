@@ -24,6 +24,8 @@ import (
 // deflateExtension is the extension's token in Sec-WebSocket-Extensions.
 const deflateExtension = "permessage-deflate"
 
+var deflateExtensionBytes = []byte(deflateExtension)
+
 // deflateOffer is what one permessage-deflate offer asked for, as far as the
 // response depends on it.
 type deflateOffer struct {

@@ -1,7 +1,10 @@
 package server
 
 import (
+	"context"
 	"fmt"
+	"os"
+	"runtime"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -157,5 +160,46 @@ func BenchmarkDeflateWriteFloor(b *testing.B) {
 				b.ReportMetric(float64(frame.size()), "wire-B/delivery")
 			})
 		}
+	}
+}
+
+// BenchmarkIdleConnHeap is the heap an idle upgraded connection keeps
+// (after a GC), for a client that offers nothing and for one that
+// negotiated permessage-deflate: compression must cost an idle connection
+// nothing (no compressor, no inflater, only its flagDeflate bit). Each
+// iteration upgrades one connection through the read path, as
+// BenchmarkUpgradeReadPath does, and keeps it open.
+func BenchmarkIdleConnHeap(b *testing.B) {
+	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer devnull.Close()
+	for _, tc := range []struct{ name, req string }{{"offer=none", upgradeRequest}, {"offer=permessage-deflate", upgradeRequestDeflate}} {
+		b.Run(tc.name, func(b *testing.B) {
+			s := offlineNode(b, Config{Broker: broker.NewMemory(1), ConnectsPerIP: Off})
+			conns := make([]*conn, 0, b.N)
+			var before, after runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&before)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				c := &conn{Context: context.Background(), srv: s, nc: &fakeNC{}, fd: int(devnull.Fd())}
+				c.id = s.idx.Insert(c)
+				c.feed([]byte(tc.req))
+				conns = append(conns, c)
+			}
+			b.StopTimer()
+			runtime.GC()
+			runtime.ReadMemStats(&after)
+			// The conns slice itself is the benchmark's, not the node's.
+			b.ReportMetric(float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)-int64(cap(conns))*8)/float64(b.N), "heap-B/conn")
+			if tc.req == upgradeRequestDeflate && conns[0].flags&flagDeflate == 0 {
+				b.Fatal("the offer was not agreed")
+			}
+			for _, c := range conns {
+				c.onClosed(nil)
+			}
+		})
 	}
 }

@@ -35,6 +35,7 @@ type handshake struct {
 	forwarded   string     // X-Forwarded-For, headers joined; only read from a trusted proxy
 	realIP      string     // X-Real-IP; only read from a trusted proxy
 	tooManyHdrs bool
+	deflate     bool // permessage-deflate was agreed (deflate.go)
 }
 
 var crlfcrlf = []byte("\r\n\r\n")
@@ -121,21 +122,22 @@ func (c *conn) upgradeRequest(data []byte, client, peer netip.Addr) int {
 			return nil
 		},
 	}
-	deflate := false
-	if s.cfg.Compression != Off {
+	// Only a request that names the extension gets a negotiator: the
+	// others pay nothing for it (two allocations per upgrade).
+	if s.cfg.Compression != Off && bytes.Contains(req, deflateExtensionBytes) {
 		u.Negotiate = func(opt httphead.Option) (httphead.Option, error) {
 			// Offers come in the client's order of preference: the
 			// first one the node can accept wins (RFC 7692 5), and one
 			// it cannot is declined, never a reason to refuse the
 			// upgrade. Other extensions are declined by silence.
-			if deflate || string(opt.Name) != deflateExtension {
+			if h.deflate || string(opt.Name) != deflateExtension {
 				return httphead.Option{}, nil
 			}
 			o, ok := parseDeflateOffer(opt)
 			if !ok {
 				return httphead.Option{}, nil
 			}
-			deflate = true
+			h.deflate = true
 			return deflateResponse(o), nil
 		}
 	}
@@ -167,12 +169,12 @@ func (c *conn) upgradeRequest(data []byte, client, peer netip.Addr) int {
 	if c.state == stateHandshake {
 		c.setStateLocked(stateLive)
 	}
-	if deflate {
+	if h.deflate {
 		c.flags |= flagDeflate
 	}
 	c.mu.Unlock()
 	s.metrics.upgrades.WithLabelValues("ok").Inc()
-	if deflate {
+	if h.deflate {
 		s.metrics.deflateUpgrades.Inc()
 	}
 	// The 101 goes out only once netpoll has let go of the socket: a
