@@ -86,7 +86,7 @@ func appwriteDocument(t *testing.T) string {
 		"$id": "6551f0c2a8d3e1b4", "$sequence": 1842, "$collectionId": "messages", "$databaseId": "chat",
 		"$createdAt": "2026-01-14T09:21:44.512+00:00", "$updatedAt": "2026-01-14T09:23:02.090+00:00",
 		"$permissions": []string{`read("any")`, `update("user:65a0b1c2d3e4f5a6")`, `delete("user:65a0b1c2d3e4f5a6")`},
-		"author": "65a0b1c2d3e4f5a6", "authorName": "Maria Lopez", "room": "general", "text": text,
+		"author":       "65a0b1c2d3e4f5a6", "authorName": "Maria Lopez", "room": "general", "text": text,
 		"quote": text[:len(text)/2], "edited": true, "tags": []string{"release", "backend", "q3"},
 		"attachments": []map[string]any{
 			{"fileId": "65a0c9d8e7f6a5b4", "bucketId": "uploads", "name": "whiteboard.png", "mimeType": "image/png", "sizeOriginal": 482133},
