@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/gobwas/httphead"
+	"github.com/gobwas/ws"
 )
 
 // permessage-deflate (RFC 7692), shaped by fan-out: see COMPRESSION.md.
@@ -26,55 +27,45 @@ const deflateExtension = "permessage-deflate"
 
 var deflateExtensionBytes = []byte(deflateExtension)
 
-// deflateOffer is what one permessage-deflate offer asked for, as far as the
-// response depends on it.
+// deflateOffer is one permessage-deflate offer as its parameters arrive.
 type deflateOffer struct {
-	serverMaxWindowBits int // 0: not offered
+	seen     [4]bool // each parameter at most once (RFC 7692 5)
+	declined bool    // the server must decline it
+	bits15   bool    // it offered server_max_window_bits=15, which the response repeats
 }
 
-// parseDeflateOffer reads one offer's parameters (RFC 7692 7.1). ok is false
-// when the server must decline the offer (RFC 7692 5): a parameter that is
-// not defined for an offer, an invalid value, a parameter twice, or a
-// configuration the server does not support (server_max_window_bits below
-// 15: compress/flate always uses a 32 KiB window).
-func parseDeflateOffer(opt httphead.Option) (o deflateOffer, ok bool) {
-	var seen [4]bool
-	ok = true
-	opt.Parameters.ForEach(func(key, val []byte) bool {
-		i := -1
-		switch string(key) {
-		case "server_no_context_takeover":
-			i = 0
-			ok = len(val) == 0 // 7.1.1.1: no value
-		case "client_no_context_takeover":
-			i = 1
-			ok = len(val) == 0 // 7.1.1.2: no value
-		case "server_max_window_bits":
-			i = 2
-			bits, valid := windowBits(val)
-			// 7.1.2.1: a value is required. A smaller window than ours is
-			// a configuration we cannot honour: decline.
-			ok = valid && bits == 15
-			o.serverMaxWindowBits = bits
-		case "client_max_window_bits":
-			i = 3
-			// 7.1.2.2: no value, or 8 to 15. Any window inflates: the
-			// response leaves it out, so the client may use up to its own.
-			if len(val) > 0 {
-				_, ok = windowBits(val)
-			}
-		default:
-			ok = false
+// param takes one parameter of the offer (RFC 7692 7.1). The server must
+// decline an offer (RFC 7692 5) with a parameter that is not defined for an
+// offer, an invalid value, a parameter twice, or a configuration the server
+// does not support: server_max_window_bits below 15, since compress/flate
+// always uses a 32 KiB window.
+func (o *deflateOffer) param(key, val []byte) {
+	i, ok := -1, true
+	switch string(key) {
+	case "server_no_context_takeover":
+		i, ok = 0, len(val) == 0 // 7.1.1.1: no value
+	case "client_no_context_takeover":
+		i, ok = 1, len(val) == 0 // 7.1.1.2: no value
+	case "server_max_window_bits":
+		// 7.1.2.1: a value is required. A smaller window than ours is a
+		// configuration we cannot honour.
+		bits, valid := windowBits(val)
+		i, ok, o.bits15 = 2, valid && bits == 15, true
+	case "client_max_window_bits":
+		// 7.1.2.2: no value, or 8 to 15. Any window inflates: the
+		// response leaves it out, so the client may use up to its own.
+		i = 3
+		if len(val) > 0 {
+			_, ok = windowBits(val)
 		}
-		if ok && seen[i] {
-			ok = false // RFC 7692 5: the same parameter twice
-		}
-		if ok {
-			seen[i] = true
-		}
-		return ok
-	})
-	return o, ok
+	default:
+		ok = false
+	}
+	if !ok || o.seen[i] {
+		o.declined = true
+		return
+	}
+	o.seen[i] = true
 }
 
 // windowBits parses an LZ77 window size in bits: an integer from 8 to 15
@@ -90,20 +81,66 @@ func windowBits(v []byte) (int, bool) {
 	return 0, false
 }
 
-// deflateResponse is the server's answer to an accepted offer: no context
-// takeover either way, always (see the top of this file), and the
-// server_max_window_bits the offer named, which 7.1.2.1 requires back.
-func deflateResponse(o deflateOffer) httphead.Option {
-	opt := httphead.Option{Name: []byte(deflateExtension)}
-	opt.Parameters.Set([]byte("server_no_context_takeover"), nil)
-	// 7.1.1.2: a server may answer client_no_context_takeover whether the
-	// client offered it or not, and every client that offers the
-	// extension must honour it.
-	opt.Parameters.Set([]byte("client_no_context_takeover"), nil)
-	if o.serverMaxWindowBits != 0 {
-		opt.Parameters.Set([]byte("server_max_window_bits"), []byte(itoa(o.serverMaxWindowBits)))
+// deflateAgreement is the outcome of a handshake's offers.
+type deflateAgreement uint8
+
+const (
+	deflateNone   deflateAgreement = iota // no acceptable offer
+	deflateAgreed                         // agreed
+	deflateBits15                         // agreed, and the offer named server_max_window_bits=15
+)
+
+// negotiate reads one Sec-WebSocket-Extensions header value and agrees to
+// its first acceptable permessage-deflate offer, unless one was agreed
+// already (offers come in the client's order of preference, also across
+// headers). It reports false when the value is not the header's grammar.
+// Declined offers and other extensions are passed over in silence: they
+// never refuse the upgrade (RFC 7692 5).
+func (a *deflateAgreement) negotiate(v []byte) bool {
+	var o deflateOffer
+	cur, isDeflate := -1, false
+	settle := func() {
+		if isDeflate && !o.declined && *a == deflateNone {
+			*a = deflateAgreed
+			if o.bits15 {
+				*a = deflateBits15
+			}
+		}
 	}
-	return opt
+	ok := httphead.ScanOptions(v, func(i int, name, key, val []byte) httphead.Control {
+		if i != cur {
+			settle()
+			cur, o, isDeflate = i, deflateOffer{}, string(name) == deflateExtension
+		}
+		if isDeflate && key != nil {
+			o.param(key, val)
+		}
+		return httphead.ControlContinue
+	})
+	settle()
+	return ok
+}
+
+// Responses to an accepted offer: no context takeover either way, always
+// (see the top of this file); 7.1.1.2 lets a server answer
+// client_no_context_takeover whether the client offered it or not, and
+// every client that offers the extension must honour it. 7.1.2.1 has the
+// server repeat server_max_window_bits when the offer named it. Interfaces
+// made once, so that an upgrade that agrees allocates nothing for it.
+var (
+	deflateResponse       ws.HandshakeHeader = ws.HandshakeHeaderString("Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n")
+	deflateResponseBits15 ws.HandshakeHeader = ws.HandshakeHeaderString("Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=15\r\n")
+)
+
+// header is the response header for the agreement; nil when none.
+func (a deflateAgreement) header() ws.HandshakeHeader {
+	switch a {
+	case deflateAgreed:
+		return deflateResponse
+	case deflateBits15:
+		return deflateResponseBits15
+	}
+	return nil
 }
 
 // deflateTail is the empty stored block that ends a sync flush; RFC 7692
