@@ -423,3 +423,14 @@ func TestAppwriteDocumentSize(t *testing.T) {
 		}
 	}
 }
+
+// RFC 7692 7.2.3.6: an empty message may be sent compressed as the single
+// byte 00 (an empty stored block's header, its LEN and NLEN stripped);
+// Chromium does so. It inflates to nothing.
+func TestRFC7692_7_2_3_6_EmptyMessageInflates(t *testing.T) {
+	var z inflater
+	out, err := z.inflate([]byte{0x00}, 16)
+	if err != nil || len(out) != 0 {
+		t.Fatalf("inflate(00) = %q, %v; want an empty message", out, err)
+	}
+}
