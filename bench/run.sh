@@ -8,8 +8,12 @@
 # 5,000) and HIGH (default 19,000) connection counts, EVENTS (broadcasts,
 # default 100) at EVENT_RATE per second (default 5) for the time to the last
 # delivery, SUSTAINED_EVENTS (default 250) at SUSTAINED_RATE per second
-# (default 25) for the deliveries per second one node keeps up with, PORT
-# (default 29505). As root it applies the kernel profile for the run and
+# (default 25) for the deliveries per second one node keeps up with, with
+# SUSTAINED_PAYLOAD bytes per event (default 0: ~40-byte payloads) and the
+# SUSTAINED_COMPRESSING fraction of clients offering permessage-deflate
+# (default 0; COMPRESSION.md: SUSTAINED_PAYLOAD=2048 SUSTAINED_COMPRESSING=0.5
+# is the sustained run with 2 KB documents and half the clients compressing),
+# PORT (default 29505). As root it applies the kernel profile for the run and
 # puts the previous values back when it exits, also on failure or Ctrl-C
 # (bench/lib.sh; KEEP_SYSCTL=1 leaves the profile applied).
 #
@@ -25,6 +29,8 @@ events=${EVENTS:-100}
 event_rate=${EVENT_RATE:-5}
 sustained_events=${SUSTAINED_EVENTS:-250}
 sustained_rate=${SUSTAINED_RATE:-25}
+sustained_payload=${SUSTAINED_PAYLOAD:-0}
+sustained_compressing=${SUSTAINED_COMPRESSING:-0}
 port=${PORT:-29505}
 admin=$((port + 1))
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
@@ -113,7 +119,8 @@ for kind in switchboard baseline; do
 	run "$kind-fanout" "$kind" --conns "$high" --rate 5000 --hold 1s \
 		--publish-url "http://127.0.0.1:$admin/v1/publish" --events "$events" --publish-rate "$event_rate"
 	run "$kind-sustained" "$kind" --conns "$high" --rate 5000 --hold 1s \
-		--publish-url "http://127.0.0.1:$admin/v1/publish" --events "$sustained_events" --publish-rate "$sustained_rate"
+		--publish-url "http://127.0.0.1:$admin/v1/publish" --events "$sustained_events" --publish-rate "$sustained_rate" \
+		--payload-bytes "$sustained_payload" --compressing "$sustained_compressing"
 done
 
 {

@@ -38,6 +38,7 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 		origins         string
 		readBuffer      int
 		trustedProxies  string
+		compression     string
 	)
 	fs.StringVar(&cfg.Listen, "listen", server.DefaultListen, "WebSocket listen address")
 	fs.StringVar(&cfg.AdminListen, "admin-listen", server.DefaultAdminListen, "admin HTTP listen address (publish, metrics, health, pprof, the dashboard at /)")
@@ -51,6 +52,8 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	fs.StringVar(&authOpts.BearerAuth, "auth-key", "", "bearer key sent to --auth-url")
 	fs.DurationVar(&cfg.AuthTimeout, "auth-timeout", server.DefaultAuthTimeout, "bound on one auth resolver call")
 	fs.IntVar(&cfg.MaxMessageSize, "max-message-size", server.DefaultMaxMessageSize, "largest client message in bytes after reassembly; larger closes with 1009")
+	fs.StringVar(&compression, "compression", "on", "permessage-deflate (RFC 7692) with clients that offer it, events compressed once for all their recipients: on or off")
+	fs.IntVar(&cfg.CompressionMinBytes, "compression-min-bytes", server.DefaultCompressionMinBytes, "smallest event message in bytes (the whole frame payload) sent compressed (-1: every event)")
 	fs.IntVar(&cfg.MaxHeaderBytes, "max-header-bytes", server.DefaultMaxHeaderBytes, "largest upgrade request head in bytes")
 	fs.IntVar(&cfg.MaxQueueBytes, "max-queue-bytes", server.DefaultMaxQueueBytes, "outbound bytes queued per connection before it is closed as a slow consumer")
 	fs.IntVar(&cfg.MaxSubscriptions, "max-subscriptions", server.DefaultMaxSubscriptions, "subscriptions per connection; more are refused with error 1003")
@@ -101,6 +104,14 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	}
 	defer log.Sync()
 
+	switch compression {
+	case "on":
+	case "off":
+		cfg.Compression = server.Off
+	default:
+		fmt.Fprintf(stderr, "switchboard serve: unknown --compression %q (want on or off)\n", compression)
+		return 2
+	}
 	cfg.Projects = splitList(projects)
 	cfg.AllowedOrigins = splitList(origins)
 	if cfg.TrustedProxies, err = parsePrefixes(splitList(trustedProxies)); err != nil {

@@ -9,6 +9,7 @@ package loadgen
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/url"
 	"runtime"
@@ -60,6 +61,10 @@ type Config struct {
 	// cover the other (healthy) connections only, and the summary's
 	// `stalled` section says how many of these the server closed.
 	Stalled int
+	// Compressing is the fraction (0 to 1) of the connections, spread
+	// evenly, that offer permessage-deflate (RFC 7692) as browsers do and
+	// inflate the compressed events they receive to read them.
+	Compressing float64
 
 	// PublishURL is the admin endpoint events are POSTed to, e.g.
 	// http://127.0.0.1:9506/v1/publish. Events are published only when
@@ -131,12 +136,21 @@ const maxPayloadBytes = 512 << 10
 // ones: g is stalled when floor((g+1)*Stalled/Conns) steps past
 // floor(g*Stalled/Conns), which picks exactly Stalled of the Conns
 // indexes, evenly spaced, however the run is split over processes.
-func (c *Config) isStalled(g int) bool {
-	if c.Stalled <= 0 || c.Conns <= 0 {
+func (c *Config) isStalled(g int) bool { return spread(g, c.Stalled, c.Conns) }
+
+// isCompressing reports whether run-wide connection g is one of the
+// Compressing fraction, spread as isStalled spreads the stalled ones.
+func (c *Config) isCompressing(g int) bool {
+	return spread(g, int(math.Round(c.Compressing*float64(c.Conns))), c.Conns)
+}
+
+// spread reports whether g is one of k indexes of n picked evenly: g is
+// picked when floor((g+1)*k/n) steps past floor(g*k/n).
+func spread(g, k, n int) bool {
+	if k <= 0 || n <= 0 {
 		return false
 	}
-	n, s := int64(c.Conns), int64(c.Stalled)
-	return (int64(g)+1)*s/n > int64(g)*s/n
+	return (int64(g)+1)*int64(k)/int64(n) > int64(g)*int64(k)/int64(n)
 }
 
 // publishing reports whether the run publishes events.
@@ -155,6 +169,9 @@ func (c *Config) validate() error {
 	}
 	if c.Stalled < 0 || c.Stalled > c.Conns {
 		return fmt.Errorf("stalled must be between 0 and conns (%d)", c.Conns)
+	}
+	if c.Compressing < 0 || c.Compressing > 1 {
+		return errors.New("compressing must be a fraction between 0 and 1")
 	}
 	if c.PayloadBytes < 0 || c.PayloadBytes > maxPayloadBytes {
 		return fmt.Errorf("payload-bytes must be between 0 and %d", maxPayloadBytes)

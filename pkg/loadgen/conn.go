@@ -29,6 +29,7 @@ type conn struct {
 	state    uint8
 	wasReady bool  // reached stReady once: counted in completeness
 	stall    uint8 // stallNone for a healthy connection
+	deflate  bool  // offers permessage-deflate; after the 101, whether the server agreed
 	deadline int64 // unix ns: connect timeout, then close timeout
 	partial  *partial
 
@@ -45,8 +46,9 @@ type conn struct {
 // partial holds what a connection has not finished reading: the start of
 // a frame (or of the upgrade response) and a fragmented message.
 type partial struct {
-	pending []byte
-	frag    []byte
+	pending    []byte
+	frag       []byte
+	compressed bool // frag is a compressed message (RSV1 on its first frame)
 }
 
 // see records event seq and reports whether it is new. A sequence more

@@ -12,6 +12,7 @@ type counters struct {
 	errReset, serverCloses, errorFrames, authFailed          atomic.Int64
 	closedClean, closeTimeouts                               atomic.Int64
 	stalledOpen, stalledClosed                               atomic.Int64
+	deflateAgreed, compressedMsgs                            atomic.Int64
 }
 
 // Progress is a snapshot of a generator's counters (one loop, one worker
@@ -60,6 +61,11 @@ type Progress struct {
 	// the error kinds above, which describe the healthy connections.
 	StalledOpen   int64 `json:"stalled_open"`
 	StalledClosed int64 `json:"stalled_closed"`
+	// DeflateAgreed connections offered permessage-deflate and had it
+	// accepted; CompressedMessages are the messages they received
+	// compressed (and inflated).
+	DeflateAgreed      int64 `json:"deflate_agreed"`
+	CompressedMessages int64 `json:"compressed_messages"`
 }
 
 // pending is the number of attempted connections neither ready nor failed.
@@ -77,6 +83,7 @@ func (c *counters) snapshot() Progress {
 		ServerCloses: c.serverCloses.Load(), ErrorFrames: c.errorFrames.Load(), AuthFailed: c.authFailed.Load(),
 		ClosedClean: c.closedClean.Load(), CloseTimeouts: c.closeTimeouts.Load(),
 		StalledOpen: c.stalledOpen.Load(), StalledClosed: c.stalledClosed.Load(),
+		DeflateAgreed: c.deflateAgreed.Load(), CompressedMessages: c.compressedMsgs.Load(),
 	}
 	p.Attempted = c.attempted.Load()
 	return p
@@ -105,6 +112,8 @@ func (p *Progress) add(o Progress) {
 	p.CloseTimeouts += o.CloseTimeouts
 	p.StalledOpen += o.StalledOpen
 	p.StalledClosed += o.StalledClosed
+	p.DeflateAgreed += o.DeflateAgreed
+	p.CompressedMessages += o.CompressedMessages
 }
 
 // healthyOpen is the open connections that read their sockets.

@@ -20,6 +20,7 @@ var errMaskedServerFrame = errors.New("server frame is masked")
 // frameHeader is a parsed server frame header.
 type frameHeader struct {
 	fin    bool
+	rsv1   bool // RFC 7692: the first frame of a compressed message
 	opcode byte
 	length int // payload length
 	size   int // header length
@@ -32,6 +33,7 @@ func parseFrameHeader(b []byte) (h frameHeader, ok bool, err error) {
 		return h, false, nil
 	}
 	h.fin = b[0]&0x80 != 0
+	h.rsv1 = b[0]&0x40 != 0
 	h.opcode = b[0] & 0x0F
 	if b[1]&0x80 != 0 {
 		return h, false, errMaskedServerFrame

@@ -42,6 +42,8 @@ type loop struct {
 	wbuf    []byte
 	rng     *rand.ChaCha8
 	request []byte // upgrade request without the key line's value
+	offer   []byte // the same, offering permessage-deflate
+	inflate inflater
 	authMsg []byte
 
 	hist      Histogram
@@ -83,6 +85,9 @@ func newLoop(cfg *Config, t *target, n, globalFirst, stride int, rate float64, s
 		sources:   make(map[netip.Addr]int),
 	}
 	l.request = fmt.Appendf(nil, "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ", t.path, t.hostPort)
+	// What Chromium offers.
+	l.offer = fmt.Appendf(nil, "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"+
+		"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\nSec-WebSocket-Key: ", t.path, t.hostPort)
 	if cfg.Auth != "" {
 		l.authMsg = fmt.Appendf(nil, `{"type":"authentication","data":{"session":%q}}`, cfg.Auth)
 	}
@@ -192,6 +197,7 @@ func (l *loop) open(i int, now time.Time) {
 	if l.cfg.isStalled(l.globalFirst + i*l.stride) {
 		c.stall = stallPending
 	}
+	c.deflate = l.cfg.isCompressing(l.globalFirst + i*l.stride)
 	l.ctr.attempted.Add(1)
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -343,7 +349,11 @@ func (l *loop) endStallDrain(now time.Time) {
 func (l *loop) sendUpgrade(c *conn) bool {
 	var key [16]byte
 	_, _ = l.rng.Read(key[:])
-	b := append(l.wbuf[:0], l.request...)
+	req := l.request
+	if c.deflate {
+		req = l.offer
+	}
+	b := append(l.wbuf[:0], req...)
 	b = base64.StdEncoding.AppendEncode(b, key[:])
 	b = append(b, "\r\n\r\n"...)
 	l.wbuf = b
@@ -438,6 +448,12 @@ func (l *loop) consume(c *conn, data []byte) bool {
 			l.fail(c, &l.ctr.errHandshake)
 			return false
 		}
+		if c.deflate {
+			c.deflate = bytes.Contains(data[:end], []byte("permessage-deflate"))
+			if c.deflate {
+				l.ctr.deflateAgreed.Add(1)
+			}
+		}
 		data = data[end+4:]
 		c.state = stWaitConnected
 	}
@@ -504,15 +520,19 @@ func (l *loop) frame(c *conn, h frameHeader, payload []byte) bool {
 		l.lose(c, &l.ctr.serverCloses)
 		return false
 	case opText, opBinary, opContinuation:
+		if h.rsv1 && (!c.deflate || h.opcode == opContinuation) {
+			l.lose(c, &l.ctr.errProto) // RFC 7692 6
+			return false
+		}
 		if h.fin && h.opcode != opContinuation {
-			l.message(c, payload)
-			return c.state != stDone
+			return l.compressedOr(c, h.rsv1, payload)
 		}
 		if c.partial == nil {
 			c.partial = &partial{}
 		}
 		if h.opcode != opContinuation {
 			c.partial.frag = c.partial.frag[:0]
+			c.partial.compressed = h.rsv1
 		}
 		c.partial.frag = append(c.partial.frag, payload...)
 		if len(c.partial.frag) > maxPending {
@@ -522,13 +542,28 @@ func (l *loop) frame(c *conn, h frameHeader, payload []byte) bool {
 		if h.fin {
 			msg := c.partial.frag
 			c.partial.frag = nil
-			l.message(c, msg)
+			return l.compressedOr(c, c.partial.compressed, msg)
 		}
 		return c.state != stDone
 	default:
 		l.lose(c, &l.ctr.errProto)
 		return false
 	}
+}
+
+// compressedOr handles a whole message, inflating it first when it is
+// compressed; false when c was closed.
+func (l *loop) compressedOr(c *conn, compressed bool, msg []byte) bool {
+	if compressed {
+		var err error
+		if msg, err = l.inflate.inflate(msg); err != nil {
+			l.lose(c, &l.ctr.errProto)
+			return false
+		}
+		l.ctr.compressedMsgs.Add(1)
+	}
+	l.message(c, msg)
+	return c.state != stDone
 }
 
 // message handles one server message.

@@ -387,3 +387,25 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Fatalf("no counter %s", name)
 	return 0
 }
+
+// With Compressing, that fraction of the connections offers
+// permessage-deflate as a browser does; the node agrees, sends them every
+// event compressed, and they inflate and count each as a delivery like the
+// plain ones.
+func TestCompressingConnectionsInflateEveryEvent(t *testing.T) {
+	const conns, events = 100, 10
+	reg := prometheus.NewRegistry()
+	s := startNode(t, func(c *server.Config) { c.Registry = reg })
+	cfg := benchConfig(s, conns, events)
+	cfg.Compressing = 0.5
+	cfg.PayloadBytes = 2048
+	cfg.Hold = 200 * time.Millisecond
+	sum := run(t, cfg)
+	checkComplete(t, sum, conns, events)
+	if c := sum.Counters; c.DeflateAgreed != conns/2 || c.CompressedMessages != conns/2*events {
+		t.Fatalf("%d connections agreed on compression, %d compressed messages; want %d and %d", c.DeflateAgreed, c.CompressedMessages, conns/2, conns/2*events)
+	}
+	if n := counterValue(t, reg, "switchboard_deflate_deliveries_total"); n != conns/2*events {
+		t.Fatalf("node queued %v compressed deliveries, want %d", n, conns/2*events)
+	}
+}

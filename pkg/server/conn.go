@@ -140,6 +140,7 @@ const (
 	flagInPoll                         // the fd is in the input poller's epoll (it stays there, disarmed, after a notification)
 	flagHeld                           // its user's roles are being re-resolved: events wait in the hold (permissions.go)
 	flagPresence                       // it holds its user's presence (presence.go): its close may end the presence
+	flagDeflate                        // it negotiated permessage-deflate (deflate.go): events go to it compressed, its messages may be
 )
 
 // busyLocked reports whether something holds the socket, so that a close

@@ -1,9 +1,11 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"net"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/cloudwego/netpoll"
@@ -26,9 +28,14 @@ func (f *fakeNC) RemoteAddr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0
 const upgradeRequest = "GET /v1/realtime?project=p1&channels[]=files HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
 	"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
 
-// FuzzConsume drives the whole read path (upgrade request, frame headers,
-// unmasking, fragment reassembly, client JSON) with arbitrary bytes fed in
-// arbitrary pieces. Writes go to /dev/null.
+// upgradeRequestDeflate offers permessage-deflate (RFC 7692), which the
+// node accepts: its frames may be compressed.
+var upgradeRequestDeflate = strings.Replace(upgradeRequest, "\r\n\r\n", "\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n", 1)
+
+// FuzzConsume drives the whole read path (upgrade request and extension
+// negotiation, frame headers, unmasking, fragment reassembly, inflation of
+// compressed messages, client JSON) with arbitrary bytes fed in arbitrary
+// pieces. Writes go to /dev/null.
 func FuzzConsume(f *testing.F) {
 	mask := func(fr ws.Frame) []byte {
 		b, _ := ws.CompileFrame(ws.MaskFrame(fr))
@@ -46,6 +53,18 @@ func FuzzConsume(f *testing.F) {
 	f.Add([]byte(upgradeRequest+string(maskedFrame(ws.OpText, false, []byte("{\"type\":\"pi\xce"), m))+string(maskedFrame(ws.OpPing, true, []byte("p"), m))+
 		string(maskedFrame(ws.OpContinuation, true, []byte("\xba\",\"x\":\"ng\"}"), m))), uint8(4))
 	f.Add([]byte(upgradeRequest+string(maskedFrame(ws.OpClose, true, []byte{0x03, 0xe8, 0xed, 0xa0, 0x80}, m))), uint8(2))
+
+	// Compressed messages (RFC 7692): whole, fragmented around a ping,
+	// ending in a final block, a bomb over the limit, and RSV1 where it
+	// must not be.
+	z := func(frames [][]byte) []byte { return append([]byte(upgradeRequestDeflate), bytes.Join(frames, nil)...) }
+	ping := deflated(f, []byte(`{"type":"ping"}`), false)
+	f.Add(z(compressedFrames(ping, 1, m)), uint8(11))
+	f.Add(z(append(compressedFrames(deflated(f, []byte(`{"type":"subscribe","data":[{"channels":["a","b"]}]}`), false), 3, m), maskedFrame(ws.OpPing, true, nil, m))), uint8(5))
+	f.Add(z(compressedFrames(deflated(f, []byte(`{"type":"ping"}`), true), 2, m)), uint8(63))
+	f.Add(z(compressedFrames(deflated(f, make([]byte, 64<<10), false), 2, m)), uint8(30))
+	f.Add(z([][]byte{func() []byte { b := maskedFrame(ws.OpPing, true, []byte("x"), m); b[0] |= rsv1Bit; return b }()}), uint8(6))
+	f.Add(append([]byte(upgradeRequest), compressedFrames(ping, 1, m)[0]...), uint8(8))
 
 	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
 	if err != nil {

@@ -33,6 +33,11 @@ type metrics struct {
 	presenceUpserts     prometheus.Counter
 	presenceDeletes     *prometheus.CounterVec
 	presenceStoreErrors prometheus.Counter
+
+	deflateUpgrades   prometheus.Counter
+	deflatedEvents    prometheus.Counter
+	deflatedDelivered prometheus.Counter
+	deflateBytes      *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -116,7 +121,20 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		presenceStoreErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_presence_errors_total", Help: "Presence store calls or event publishes that failed.",
 		}),
+		deflateUpgrades: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_deflate_upgrades_total", Help: "Upgrades that negotiated permessage-deflate.",
+		}),
+		deflatedEvents: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_deflate_events_total", Help: "Events whose shared part was compressed: once per event, whatever the number of compressing recipients.",
+		}),
+		deflatedDelivered: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_deflate_deliveries_total", Help: "Event frames queued compressed (RSV1).",
+		}),
+		deflateBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchboard_deflate_bytes_total", Help: "Payload bytes of compressed messages, by direction (out: events sent, in: client messages) and form (plain: before compression or after inflation, deflated: on the wire).",
+		}, []string{"direction", "form"}),
 	}
+	reg.MustRegister(m.deflateUpgrades, m.deflatedEvents, m.deflatedDelivered, m.deflateBytes)
 	reg.MustRegister(m.connections, m.upgrades, m.messagesIn, m.messagesOut, m.framesOut, m.writeCalls, m.sendBufFull, m.deliveries,
 		m.slowConsumers, m.protocolErrors, m.events, m.invalidEvents, m.publishErrors, m.published, m.permissionChanges, m.permissionHolds, m.permissionHoldSeconds, m.permissionResolveFailures, m.handshakeTimeouts, m.idleTimeouts, m.panics,
 		m.drainCloses, m.presences, m.presenceUpserts, m.presenceDeletes, m.presenceStoreErrors)

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"errors"
 	"slices"
 	"unicode/utf8"
 
@@ -90,9 +91,10 @@ type inbound struct {
 	left int64     // payload bytes of h still to come; 0 between frames
 	ctrl []byte    // payload of a control frame so far (at most 125 bytes)
 
-	msgOp ws.OpCode  // opcode of the data message in progress; 0 when none
-	msg   []byte     // that message so far, unmasked
-	text  utf8Stream // validity of msg so far, when it is text
+	msgOp      ws.OpCode  // opcode of the data message in progress; 0 when none
+	compressed bool       // that message is compressed (RSV1 on its first frame): UTF-8 is checked once inflated
+	msg        []byte     // that message so far, unmasked
+	text       utf8Stream // validity of msg so far, when it is text and not compressed
 }
 
 // readFrames handles every frame in data, keeping what a frame or message
@@ -108,7 +110,8 @@ func (c *conn) readFrames(data []byte) {
 			return // c.pend keeps the partial header
 		}
 		data = data[hn:]
-		if !c.checkHeader(h) {
+		compressed, ok := c.checkHeader(&h)
+		if !ok {
 			return
 		}
 		if int64(len(data)) >= h.Length && (h.OpCode.IsControl() || (h.Fin && h.OpCode != ws.OpContinuation)) {
@@ -122,6 +125,10 @@ func (c *conn) readFrames(data []byte) {
 				c.handleControl(h.OpCode, payload)
 				continue
 			}
+			if compressed {
+				c.handleCompressed(h.OpCode, payload)
+				continue
+			}
 			if h.OpCode == ws.OpText && !utf8.Valid(payload) {
 				c.failUTF8()
 				return
@@ -129,7 +136,7 @@ func (c *conn) readFrames(data []byte) {
 			c.handleData(h.OpCode, payload)
 			continue
 		}
-		c.beginFrame(h)
+		c.beginFrame(h, compressed)
 		if h.Length == 0 {
 			c.endFrame()
 		}
@@ -158,19 +165,40 @@ func (c *conn) nextHeader(data []byte) (h ws.Header, n int, ok bool) {
 	return h, size - had, true
 }
 
+// errCompressedBit is RFC 7692 6's rule: RSV1 only on the first frame of
+// a data message, and only with the extension negotiated.
+var errCompressedBit = ws.ProtocolError("RSV1 set on a control or continuation frame, or without permessage-deflate")
+
 // checkHeader applies RFC 6455's rules for a frame in this place of the
-// stream and the node's size limit, and fails the connection when they are
-// broken. The size is judged from the header alone, so an oversized
-// message is refused before its payload is read.
-func (c *conn) checkHeader(h ws.Header) bool {
+// stream (and RFC 7692's for RSV1, which it clears from h) and the node's
+// size limit, and fails the connection when they are broken. compressed
+// reports RSV1 on the first frame of a data message. The size is judged
+// from the header alone, so an oversized message is refused before its
+// payload is read.
+func (c *conn) checkHeader(h *ws.Header) (compressed, ok bool) {
 	state := ws.StateServerSide
 	if c.in != nil && c.in.msgOp != 0 {
 		state = state.Set(ws.StateFragmented)
 	}
-	if err := ws.CheckHeader(h, state); err != nil {
+	err := error(nil)
+	if h.Rsv&(rsv1Bit>>4) != 0 {
+		// RFC 7692 6: RSV1 marks a compressed message, on its first frame
+		// only; anywhere else, or on a connection that did not negotiate
+		// the extension, it fails the connection (and so does RSV2/3,
+		// which CheckHeader still sees).
+		if h.OpCode.IsControl() || h.OpCode == ws.OpContinuation || !c.deflates() {
+			err = errCompressedBit
+		}
+		h.Rsv &^= rsv1Bit >> 4
+		compressed = true
+	}
+	if err == nil {
+		err = ws.CheckHeader(*h, state)
+	}
+	if err != nil {
 		c.srv.metrics.protocolErrors.WithLabelValues("frame").Inc()
 		c.closeWith(ws.StatusProtocolError, err.Error())
-		return false
+		return false, false
 	}
 	size := h.Length
 	if h.OpCode == ws.OpContinuation {
@@ -179,14 +207,23 @@ func (c *conn) checkHeader(h ws.Header) bool {
 	if size > int64(c.srv.cfg.MaxMessageSize) {
 		c.srv.metrics.protocolErrors.WithLabelValues("too_big").Inc()
 		c.closeWith(ws.StatusMessageTooBig, "message too big")
-		return false
+		return false, false
 	}
-	return true
+	return compressed, true
+}
+
+// deflates reports whether c negotiated permessage-deflate. The bit is set
+// before the connection's first frame and never changes, but its byte
+// shares mu with bits that do.
+func (c *conn) deflates() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.flags&flagDeflate != 0
 }
 
 // beginFrame starts a frame whose payload is not all in this read, or
 // that belongs to a message of several frames.
-func (c *conn) beginFrame(h ws.Header) {
+func (c *conn) beginFrame(h ws.Header, compressed bool) {
 	in := c.in
 	if in == nil {
 		in = new(inbound)
@@ -195,7 +232,7 @@ func (c *conn) beginFrame(h ws.Header) {
 	in.h, in.left = h, h.Length
 	switch h.OpCode {
 	case ws.OpText, ws.OpBinary:
-		in.msgOp = h.OpCode
+		in.msgOp, in.compressed = h.OpCode, compressed
 		in.text = utf8Stream{}
 		// A message of one frame gets a buffer of its exact size, so its
 		// bytes are copied once. The fragments of a longer one are added
@@ -226,7 +263,7 @@ func (c *conn) readPayload(data []byte) []byte {
 	if in.h.OpCode.IsControl() {
 		in.ctrl = append(in.ctrl, chunk...)
 	} else {
-		if in.msgOp == ws.OpText && !in.text.write(chunk) {
+		if in.msgOp == ws.OpText && !in.compressed && !in.text.write(chunk) {
 			c.failUTF8()
 			return nil
 		}
@@ -246,13 +283,17 @@ func (c *conn) endFrame() {
 		c.handleControl(in.h.OpCode, in.ctrl)
 		in.ctrl = in.ctrl[:0]
 	} else if in.h.Fin {
-		if in.msgOp == ws.OpText && !in.text.complete() {
+		if in.msgOp == ws.OpText && !in.compressed && !in.text.complete() {
 			c.failUTF8() // the message ends inside a character
 			return
 		}
-		op, msg := in.msgOp, in.msg
-		in.msgOp, in.msg = 0, nil
-		c.handleData(op, msg)
+		op, msg, compressed := in.msgOp, in.msg, in.compressed
+		in.msgOp, in.msg, in.compressed = 0, nil, false
+		if compressed {
+			c.handleCompressed(op, msg)
+		} else {
+			c.handleData(op, msg)
+		}
 	}
 	if c.in == in && in.msgOp == 0 && in.left == 0 {
 		c.in = nil // nothing in progress: an idle connection holds no input state
@@ -314,6 +355,36 @@ func (c *conn) handleData(op ws.OpCode, msg []byte) {
 		return
 	}
 	c.handleMessage(msg)
+}
+
+// handleCompressed inflates a compressed data message (RFC 7692 7.2.2)
+// with a pooled inflater and handles it. More than MaxMessageSize bytes of
+// output closes with 1009 as soon as inflation passes it; data that does
+// not inflate closes with 1007. Text is checked for UTF-8 once inflated
+// (RFC 7692 makes the payload the compressed bytes, RFC 6455 8.1 the text
+// the inflated ones).
+func (c *conn) handleCompressed(op ws.OpCode, msg []byte) {
+	s := c.srv
+	z := s.inflaters.get()
+	defer s.inflaters.put(z)
+	plain, err := z.inflate(msg, s.cfg.MaxMessageSize)
+	switch {
+	case errors.Is(err, errInflatedTooBig):
+		s.metrics.protocolErrors.WithLabelValues("too_big").Inc()
+		c.closeWith(ws.StatusMessageTooBig, "message too big once inflated")
+		return
+	case err != nil:
+		s.metrics.protocolErrors.WithLabelValues("deflate").Inc()
+		c.closeWith(ws.StatusInvalidFramePayloadData, "invalid compressed data")
+		return
+	}
+	s.metrics.deflateBytes.WithLabelValues("in", "deflated").Add(float64(len(msg)))
+	s.metrics.deflateBytes.WithLabelValues("in", "plain").Add(float64(len(plain)))
+	if op == ws.OpText && !utf8.Valid(plain) {
+		c.failUTF8()
+		return
+	}
+	c.handleData(op, plain)
 }
 
 // utf8Stream checks UTF-8 that arrives in pieces, carrying a character cut

@@ -21,15 +21,20 @@ type router struct {
 	mu  sync.Mutex
 
 	// Per-event state, reset by route.
-	ev      *protocol.Event
-	born    int64               // its arrival (deliveryLatency.stamp)
-	doc     query.Document      // the event's payload, decoded on demand
-	prefix  []byte              // the event's shared, encode-once part
-	frames  map[string]outFrame // frame per distinct matched-id list
-	last    outFrame            // the frame frameFor returned last
-	lastIDs []string            // its ids; empty when none yet for this event
-	sched   []*conn             // connections to hand to the write pool
-	count   int                 // frames queued for this event
+	ev       *protocol.Event
+	born     int64          // its arrival (deliveryLatency.stamp)
+	doc      query.Document // the event's payload, decoded on demand
+	prefix   []byte         // the event's shared, encode-once part
+	plain    frameCache     // frames for connections without compression
+	deflated frameCache     // frames for connections that negotiated permessage-deflate
+	zprefix  []byte         // prefix compressed (deflate.go), once the first compressing recipient needs it
+	zdone    bool           // zprefix was computed (it stays nil when compressing would not pay)
+	sched    []*conn        // connections to hand to the write pool
+	count    int            // frames queued for this event
+	zcount   int            // of which compressed
+	zplain   int            // their payload bytes before compression
+	zwire    int            // and after
+	deflater eventDeflater
 
 	releasing bool     // a permission hold is delivering its kept events (visit lets its connections in)
 	ids       []string // scratch: matched subscription ids of one recipient
@@ -42,7 +47,22 @@ type router struct {
 const maxFrameCache = 1024
 
 func newRouter(s *Server) *router {
-	return &router{srv: s, frames: make(map[string]outFrame)}
+	return &router{srv: s, plain: newFrameCache(), deflated: newFrameCache()}
+}
+
+// frameCache holds an event's frames by distinct list of matched ids.
+type frameCache struct {
+	frames  map[string]outFrame
+	last    outFrame // the frame frameFor returned last
+	lastIDs []string // its ids; empty when none yet for this event
+}
+
+func newFrameCache() frameCache { return frameCache{frames: make(map[string]outFrame)} }
+
+func (fc *frameCache) reset() {
+	clear(fc.frames)
+	clear(fc.lastIDs)
+	fc.last, fc.lastIDs = outFrame{}, fc.lastIDs[:0]
 }
 
 // route handles one backbone message.
@@ -79,7 +99,7 @@ func (r *router) begin(ev *protocol.Event, born int64) {
 	// A fresh slice per event: queued frames keep referencing it after
 	// the delivery.
 	r.prefix = protocol.AppendEventPrefix(make([]byte, 0, 256+len(ev.Payload)), ev)
-	r.count = 0
+	r.count, r.zcount, r.zplain, r.zwire = 0, 0, 0, 0
 }
 
 // finish wakes the write pool for the connections the event was queued on.
@@ -90,11 +110,15 @@ func (r *router) finish() {
 		r.sched[i] = nil
 	}
 	r.sched = r.sched[:0]
-	clear(r.frames)
-	clear(r.lastIDs)
-	r.last, r.lastIDs = outFrame{}, r.lastIDs[:0]
-	r.ev, r.prefix = nil, nil
+	r.plain.reset()
+	r.deflated.reset()
+	r.ev, r.prefix, r.zprefix, r.zdone = nil, nil, nil, false
 	s.metrics.deliveries.Add(float64(r.count))
+	if r.zcount > 0 {
+		s.metrics.deflatedDelivered.Add(float64(r.zcount))
+		s.metrics.deflateBytes.WithLabelValues("out", "plain").Add(float64(r.zplain))
+		s.metrics.deflateBytes.WithLabelValues("out", "deflated").Add(float64(r.zwire))
+	}
 }
 
 // visit queues the event on c if one of c's subscriptions matches it. The
@@ -114,10 +138,16 @@ func (r *router) visit(_ index.ID, c *conn) {
 		c.mu.Unlock()
 		return
 	}
-	if err := c.q.push(r.frameFor(r.ids), r.srv.cfg.MaxQueueBytes); err != nil {
+	f := r.frameFor(r.ids, c.flags&flagDeflate != 0)
+	if err := c.q.push(f, r.srv.cfg.MaxQueueBytes); err != nil {
 		c.slowConsumerLocked()
 	}
 	r.count++
+	if f.head[0]&rsv1Bit != 0 {
+		r.zcount++
+		r.zplain += len(r.prefix) + storedRawSize(len(f.tail))
+		r.zwire += len(f.body) + len(f.tail)
+	}
 	// A slow consumer that was just cut off is woken even while it waits
 	// for EPOLLOUT, so that it is closed now rather than when it reads.
 	wake := c.q.wake(c.state == stateClosing)
@@ -153,39 +183,72 @@ func anyIn(a, b []string) bool {
 	return false
 }
 
-// frameFor returns the frame for one list of matched ids: the shared prefix
+// frameFor returns the frame for one list of matched ids, compressed when
+// deflate (the recipient negotiated it) and worth it: the shared prefix
 // plus a header and tail built once per distinct list.
-func (r *router) frameFor(ids []string) outFrame {
+func (r *router) frameFor(ids []string, deflate bool) outFrame {
+	fc := &r.plain
+	if deflate {
+		fc = &r.deflated
+	}
 	// Recipients that subscribed alike come in runs, and their ids are the
 	// same interned strings (slotSubscriptionID), so comparing with the
 	// last list is cheaper than building the key and looking it up.
-	if slices.Equal(ids, r.lastIDs) {
-		return r.last
+	if slices.Equal(ids, fc.lastIDs) {
+		return fc.last
 	}
 	r.key = r.key[:0]
 	for _, id := range ids {
 		r.key = append(append(r.key, id...), 0)
 	}
-	f, ok := r.frames[string(r.key)]
+	f, ok := fc.frames[string(r.key)]
 	if !ok {
-		f = r.newFrame(ids)
+		f = r.newFrame(ids, deflate)
+		if len(fc.frames) < maxFrameCache {
+			fc.frames[string(r.key)] = f
+		}
 	}
-	r.last, r.lastIDs = f, append(r.lastIDs[:0], ids...)
+	fc.last, fc.lastIDs = f, append(fc.lastIDs[:0], ids...)
 	return f
 }
 
 // newFrame builds the frame for ids: a header and tail of their own around
-// the shared prefix, cached for the rest of the event (up to maxFrameCache
-// lists).
-func (r *router) newFrame(ids []string) outFrame {
+// the shared prefix. A compressed frame (deflate, and the payload reaches
+// CompressionMinBytes) carries the prefix deflated once per event and the
+// tail as stored deflate blocks (appendStoredFinal), so no recipient and
+// no id list costs a compression of its own.
+func (r *router) newFrame(ids []string, deflate bool) outFrame {
 	r.tail = protocol.AppendEventTail(r.tail[:0], ids)
+	plain := len(r.prefix) + len(r.tail)
+	if deflate && plain >= r.srv.cfg.CompressionMinBytes {
+		if z := r.sharedDeflated(); z != nil {
+			stored := storedFinalSize(len(r.tail))
+			buf := make([]byte, 0, maxServerHeader+stored)
+			buf = appendFrameHeader(buf, ws.OpText, len(z)+stored)
+			buf[0] |= rsv1Bit // RFC 7692 6: the first frame of a compressed message
+			h := len(buf)
+			buf = appendStoredFinal(buf, r.tail)
+			return outFrame{head: buf[:h:h], body: z, tail: buf[h:], born: r.born}
+		}
+	}
 	buf := make([]byte, 0, maxServerHeader+len(r.tail))
-	buf = appendFrameHeader(buf, ws.OpText, len(r.prefix)+len(r.tail))
+	buf = appendFrameHeader(buf, ws.OpText, plain)
 	h := len(buf)
 	buf = append(buf, r.tail...)
-	f := outFrame{head: buf[:h:h], body: r.prefix, tail: buf[h:], born: r.born}
-	if len(r.frames) < maxFrameCache {
-		r.frames[string(r.key)] = f
+	return outFrame{head: buf[:h:h], body: r.prefix, tail: buf[h:], born: r.born}
+}
+
+// sharedDeflated returns the event's prefix compressed, computing it for
+// the first recipient that needs it; nil when compression does not make it
+// smaller (then compressing recipients get the plain frame).
+func (r *router) sharedDeflated() []byte {
+	if !r.zdone {
+		r.zdone = true
+		r.zprefix = r.deflater.deflateShared(r.prefix)
+		r.srv.metrics.deflatedEvents.Inc()
+		if len(r.zprefix) >= len(r.prefix) {
+			r.zprefix = nil
+		}
 	}
-	return f
+	return r.zprefix
 }

@@ -58,6 +58,10 @@ const (
 	// DefaultMaxPresenceBytes bounds a presence's metadata (compacted
 	// JSON): it is stored, listed and sent in every presence event.
 	DefaultMaxPresenceBytes = 4 << 10
+	// DefaultCompressionMinBytes is the smallest event message sent
+	// compressed: below it, deflate's block headers and the stored tail
+	// (COMPRESSION.md) save too little to pay for the client's inflate.
+	DefaultCompressionMinBytes = 256
 )
 
 // Off, as a limit or duration of Config marked "Off turns it off", turns
@@ -83,6 +87,15 @@ type Config struct {
 	MaxHeaderBytes   int // largest upgrade request head
 	MaxQueueBytes    int // outbound bytes queued per connection before it is a slow consumer
 	MaxSubscriptions int // subscriptions per connection
+
+	// Compression: Off declines every permessage-deflate offer (RFC 7692);
+	// any other value negotiates it with clients that offer it, and sends
+	// them events compressed (COMPRESSION.md).
+	Compression int
+	// CompressionMinBytes is the smallest event message (the frame's
+	// payload: envelope, document and subscriptions) sent compressed;
+	// default DefaultCompressionMinBytes, Off compresses every event.
+	CompressionMinBytes int
 
 	ConnectsPerIP     int      // upgrades per client IP per minute; Off turns the limit off
 	MessagesPerMinute int      // client messages per connection per minute; Off turns the limit off
@@ -190,6 +203,7 @@ func (c *Config) setDefaults() {
 	orDefault(&c.AuthTimeout, DefaultAuthTimeout)
 	orDefault(&c.PresenceGrace, DefaultPresenceGrace)
 	orDefault(&c.MaxPresenceBytes, DefaultMaxPresenceBytes)
+	orDefault(&c.CompressionMinBytes, DefaultCompressionMinBytes)
 	if c.Presences == nil {
 		c.Presences = presence.NewMemory()
 	}
@@ -268,6 +282,7 @@ type Server struct {
 	quarantine fdQuarantine // closed adopted sockets whose numbers are not free yet
 	input      *poller      // client input of connections netpoll handed over
 	readBufs   sync.Pool
+	inflaters  inflaterPool       // shared by every connection: none holds one between messages
 	readers    boundedPool[*conn] // reads adopted sockets (conn.readAdopted)
 	router     *router
 	holds      *holds // users whose roles are being re-resolved after a permission change

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gobwas/httphead"
 	"github.com/gobwas/ws"
 	"go.uber.org/zap"
 
@@ -34,6 +35,7 @@ type handshake struct {
 	forwarded   string     // X-Forwarded-For, headers joined; only read from a trusted proxy
 	realIP      string     // X-Real-IP; only read from a trusted proxy
 	tooManyHdrs bool
+	deflate     deflateAgreement // permessage-deflate (deflate.go)
 }
 
 var crlfcrlf = []byte("\r\n\r\n")
@@ -120,6 +122,17 @@ func (c *conn) upgradeRequest(data []byte, client, peer netip.Addr) int {
 			return nil
 		},
 	}
+	// Only a request that names the extension gets a negotiator: the
+	// others pay nothing for it. The offers are read where they lie
+	// (deflateAgreement.negotiate) and the answer is a header made once,
+	// rather than gobwas's Negotiate, which builds options on the heap
+	// (600 bytes and five allocations per upgrade).
+	if s.cfg.Compression != Off && bytes.Contains(req, deflateExtensionBytes) {
+		u.ExtensionCustom = func(v []byte, exts []httphead.Option) ([]httphead.Option, bool) {
+			return exts, h.deflate.negotiate(v)
+		}
+		u.OnBeforeUpgrade = func() (ws.HandshakeHeader, error) { return h.deflate.header(), nil }
+	}
 	var resp bytes.Buffer
 	_, err := u.Upgrade(struct {
 		io.Reader
@@ -148,8 +161,14 @@ func (c *conn) upgradeRequest(data []byte, client, peer netip.Addr) int {
 	if c.state == stateHandshake {
 		c.setStateLocked(stateLive)
 	}
+	if h.deflate != deflateNone {
+		c.flags |= flagDeflate
+	}
 	c.mu.Unlock()
 	s.metrics.upgrades.WithLabelValues("ok").Inc()
+	if h.deflate != deflateNone {
+		s.metrics.deflateUpgrades.Inc()
+	}
 	// The 101 goes out only once netpoll has let go of the socket: a
 	// client may send nothing before it (RFC 6455, 4.1), so netpoll can
 	// have nothing of the client's left to read when it lets go, and no

@@ -37,6 +37,10 @@ func FuzzUpgrade(f *testing.F) {
 	f.Add([]byte("GET /v1/realtime?project=p1&channels[]=files&files[0][]=%7B%22method%22%3A%22select%22%2C%22values%22%3A%5B%22*%22%5D%7D HTTP/1.1\r\n" +
 		"Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" +
 		"X-Appwrite-Session: s1\r\nCookie: a=1\r\nCookie: a_session_p1=%zz\r\n\r\n"))
+	// RFC 7692 offers: accepted, declined, several, malformed.
+	f.Add([]byte(upgradeRequestDeflate))
+	f.Add([]byte(strings.Replace(upgradeRequest, "\r\n\r\n", "\r\nSec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=9, permessage-deflate; client_max_window_bits=15; server_no_context_takeover\r\n"+
+		"Sec-WebSocket-Extensions: x-webkit-deflate-frame, permessage-deflate; client_max_window_bits=\"10\"; foo\r\n\r\n", 1)))
 	f.Add([]byte("GET /v1/realtime HTTP/1.0\r\n\r\n"))
 	f.Add([]byte("POST /v1/realtime?project=p1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"))
 	f.Add([]byte("GET /elsewhere HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"))

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsflate"
 	"github.com/gobwas/ws/wsutil"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
@@ -79,6 +80,9 @@ type client struct {
 	t    *testing.T
 	conn net.Conn
 	r    io.Reader
+
+	deflate    bool // it negotiated permessage-deflate: compressed frames are inflated (gobwas's wsflate)
+	compressed int  // data frames that arrived compressed
 }
 
 // message is a server->client message as the SDK sees it.
@@ -173,6 +177,16 @@ func (c *client) tryRead(timeout time.Duration) (message, error) {
 			code, reason := ws.ParseCloseFrameData(f.Payload)
 			return message{}, wsutil.ClosedError{Code: code, Reason: reason}
 		case ws.OpText:
+			if f.Header.Rsv != 0 {
+				// RFC 7692 6: RSV1 only to a client that negotiated it.
+				if !c.deflate || f.Header.Rsv != ws.Rsv(true, false, false) {
+					return message{}, fmt.Errorf("frame with RSV bits %03b to a client that negotiated %v", f.Header.Rsv, c.deflate)
+				}
+				if f, err = wsflate.DecompressFrame(f); err != nil {
+					return message{}, fmt.Errorf("inflate an event: %w", err)
+				}
+				c.compressed++
+			}
 			var m message
 			if err := json.Unmarshal(f.Payload, &m); err != nil {
 				return message{}, fmt.Errorf("server sent invalid JSON %q: %w", f.Payload, err)
