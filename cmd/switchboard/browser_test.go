@@ -2,12 +2,12 @@ package main
 
 import (
 	"encoding/json"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/switchboard-rt/switchboard/internal/browsertest"
 )
 
 // TestChromiumReceivesCompressedEvents runs the Appwrite Web SDK
@@ -17,39 +17,19 @@ import (
 // node must agree (RFC 7692), send the documents compressed (its
 // metrics say so), and the page must receive them intact. Chromium
 // compresses what it sends too, so the node's inflate path runs on a real
-// browser's output. Skipped without chromium or node (not in CI).
+// browser's output. Skipped without chromium, node or playwright-core
+// (browsertest.Find; required in CI).
 func TestChromiumReceivesCompressedEvents(t *testing.T) {
-	chromium, err := exec.LookPath("chromium")
-	if err == nil {
-		_, err = exec.LookPath("node")
-	}
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("chromium and node are required in CI: %v", err)
-		}
-		t.Skipf("the browser test needs chromium and node: %v", err)
-	}
-	dir, err := filepath.Abs("../../test/browser")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(dir, "node_modules", "playwright-core")); err != nil {
-		t.Fatalf("test/browser has no node_modules: run `npm ci --prefix test/browser` (make test does): %v", err)
-	}
+	env := browsertest.Find(t)
 	n := startNode(t, "--connects-per-ip", "-1")
 	const events = 5
 	doc := appwriteDocument(t)
-	shot := filepath.Join(t.TempDir(), "deflate.png")
-	cmd := exec.Command("node", "deflate.test.mjs")
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "SWITCHBOARD_ADDR="+n.addr, "SWITCHBOARD_ADMIN="+n.admin, "CHROMIUM="+chromium,
-		"DOC="+doc, "EVENTS="+strconv.Itoa(events), "SCREENSHOT="+shot)
-	out, err := cmd.CombinedOutput()
-	t.Logf("node deflate.test.mjs:\n%s", out)
-	t.Logf("screenshot: %s", shot)
-	if err != nil {
-		t.Fatalf("browser test failed: %v", err)
-	}
+	out := env.Run(t, browsertest.Script{
+		Path: "deflate.test.mjs",
+		Env: []string{"SWITCHBOARD_ADDR=" + n.addr, "SWITCHBOARD_ADMIN=" + n.admin, "DOC=" + doc,
+			"EVENTS=" + strconv.Itoa(events), "SCREENSHOT=" + filepath.Join(t.ArtifactDir(), "deflate.png")},
+	})
+	t.Logf("node deflate.test.mjs: %s", out)
 	// The node's side: every upgrade agreed, the documents went out
 	// compressed (each once per event), and what Chromium sent compressed
 	// was inflated.
