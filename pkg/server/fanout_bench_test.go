@@ -46,7 +46,7 @@ func benchFanout(b *testing.B, n int, shared bool, filter *query.Filter) {
 
 // fanoutNode builds an offline node with n live connections subscribed to
 // "files" (one subscription id for all when shared), each with flags.
-func fanoutNode(b *testing.B, cfg Config, n int, shared bool, filter *query.Filter, flags connFlags) (*Server, []*conn) {
+func fanoutNode(b testing.TB, cfg Config, n int, shared bool, filter *query.Filter, flags connFlags) (*Server, []*conn) {
 	s, err := New(cfg)
 	if err != nil {
 		b.Fatal(err)

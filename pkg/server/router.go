@@ -40,6 +40,7 @@ type router struct {
 	ids       []string // scratch: matched subscription ids of one recipient
 	key       []byte   // scratch: ids joined, as the frames key
 	tail      []byte   // scratch: encoded tail
+	slab      []byte   // frame heads and tails are carved from it (frameBuf)
 }
 
 // maxFrameCache bounds the per-event frame cache: events whose recipients
@@ -197,19 +198,34 @@ func (r *router) frameFor(ids []string, deflate bool) outFrame {
 	if slices.Equal(ids, fc.lastIDs) {
 		return fc.last
 	}
-	r.key = r.key[:0]
-	for _, id := range ids {
-		r.key = append(append(r.key, id...), 0)
-	}
-	f, ok := fc.frames[string(r.key)]
+	key := frameKey(ids, &r.key)
+	f, ok := fc.frames[key]
 	if !ok {
 		f = r.newFrame(ids, deflate)
 		if len(fc.frames) < maxFrameCache {
-			fc.frames[string(r.key)] = f
+			fc.frames[key] = f
 		}
 	}
 	fc.last, fc.lastIDs = f, append(fc.lastIDs[:0], ids...)
 	return f
+}
+
+// frameKey returns the frame cache's key for ids. Most recipients match
+// one subscription, and its id is the key as it is: a string the
+// connection already holds, so the key costs no allocation. More ids are
+// joined in scratch, each followed by a NUL. The two forms never collide
+// because a subscription id holds no control character (protocol.validName;
+// the node's own ids are hex).
+func frameKey(ids []string, scratch *[]byte) string {
+	if len(ids) == 1 {
+		return ids[0]
+	}
+	b := (*scratch)[:0]
+	for _, id := range ids {
+		b = append(append(b, id...), 0)
+	}
+	*scratch = b
+	return string(b)
 }
 
 // newFrame builds the frame for ids: a header and tail of their own around
@@ -223,7 +239,7 @@ func (r *router) newFrame(ids []string, deflate bool) outFrame {
 	if deflate && plain >= r.srv.cfg.CompressionMinBytes {
 		if z := r.sharedDeflated(); z != nil {
 			stored := storedFinalSize(len(r.tail))
-			buf := make([]byte, 0, maxServerHeader+stored)
+			buf := r.frameBuf(maxServerHeader + stored)
 			buf = appendFrameHeader(buf, ws.OpText, len(z)+stored)
 			buf[0] |= rsv1Bit // RFC 7692 6: the first frame of a compressed message
 			h := len(buf)
@@ -231,11 +247,33 @@ func (r *router) newFrame(ids []string, deflate bool) outFrame {
 			return outFrame{head: buf[:h:h], body: z, tail: buf[h:], born: r.born}
 		}
 	}
-	buf := make([]byte, 0, maxServerHeader+len(r.tail))
+	buf := r.frameBuf(maxServerHeader + len(r.tail))
 	buf = appendFrameHeader(buf, ws.OpText, plain)
 	h := len(buf)
 	buf = append(buf, r.tail...)
 	return outFrame{head: buf[:h:h], body: r.prefix, tail: buf[h:], born: r.born}
+}
+
+// slabSize is the size of the blocks frameBuf carves frames' heads and
+// tails from: one allocation per 5-10 distinct frames (a head and a tail
+// of one id take 25-50 bytes) instead of one each, which is most of what
+// an event whose recipients all subscribed under ids of their own costs
+// beyond the index. Small, because a frame still queued keeps its whole
+// block alive: a stalled connection holding N frames pins at most N
+// blocks, ≤ 256 B each, next to the event prefixes its queue counts.
+const slabSize = 256
+
+// frameBuf returns an empty slice with capacity n for a new frame's head
+// and tail. It is carved from r.slab and never handed out twice: a frame
+// queued on a connection references it until written, after the event
+// that made it is gone.
+func (r *router) frameBuf(n int) []byte {
+	if cap(r.slab)-len(r.slab) < n {
+		r.slab = make([]byte, 0, max(n, slabSize))
+	}
+	l := len(r.slab)
+	r.slab = r.slab[:l+n]
+	return r.slab[l : l : l+n]
 }
 
 // sharedDeflated returns the event's prefix compressed, computing it for
