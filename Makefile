@@ -1,7 +1,7 @@
 GO ?= go
 SHELL := /bin/bash # the fuzz loop reads PIPESTATUS
 
-.PHONY: all build run test soak sdk-deps browser-deps vet bench bench-dashboard bench-go bench-index bench-tsung bench-slow bench-baseline bench-wholebox fuzz clean
+.PHONY: all build run test soak sdk-deps browser-deps vet bench bench-dashboard bench-go bench-index bench-tsung bench-slow bench-ab bench-baseline bench-wholebox fuzz clean
 
 all: build
 
@@ -72,6 +72,14 @@ bench-wholebox: build
 # the slow-consumer closes of each run (details in bench/slow.sh).
 bench-slow: build
 	bench/slow.sh
+
+# Two variants of the node in interleaved runs: A and B are "BINARY
+# COMPRESSING-FRACTION" (default bin/switchboard with 0 and with 1), RUN is
+# idle (RSS per connection at CONNS, default 19,000) or sustained (node CPU
+# per delivery in make bench's sustained run, PAYLOAD bytes per event);
+# ROUNDS (8). Prints each round, the paired difference and the ratio.
+bench-ab: build
+	bench/ab.sh
 
 # What an open dashboard costs: the node's CPU per delivery under 2,000
 # connections and 50 events/s, in alternating 8 s windows without and with

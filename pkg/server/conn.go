@@ -69,6 +69,32 @@ type conn struct {
 	fd  int
 	id  index.ID
 
+	// lastSeen is the coarse second (Server.clock) of the last complete
+	// client frame, for the idle sweep.
+	lastSeen atomic.Uint32
+
+	// idxMu orders index writes for this connection: a reindex that read
+	// the connection's state can never land after onClosed's Delete (the ID
+	// may already belong to a new connection by then). The router never
+	// takes it, so holding it across an index call cannot deadlock.
+	idxMu   sync.Mutex
+	removed bool // deleted from the index; guarded by idxMu
+
+	// Everything from state to roles is guarded by mu: the router, the
+	// write pool and the read side all reach it. The order is the router's:
+	// what it reads for each recipient (state, flags, mu, subs, q) lies in
+	// two cache lines of the 256-byte object, the fewest it can
+	// (TestRouterReadsTwoCacheLinesOfAConn), and events to 10,000
+	// recipients miss the cache on most of them.
+	state   connState
+	flags   connFlags
+	mu      sync.Mutex
+	subs    []subscription
+	q       sendQueue
+	project string
+	userID  string
+	roles   []string
+
 	// Read side: only the goroutine reading the socket (netpoll's handler,
 	// then a reader-pool goroutine) touches these, never two at once.
 	upgraded   bool
@@ -78,33 +104,6 @@ type conn struct {
 	pend       []byte          // bytes of an incomplete handshake or frame header; nil when none
 	upgrading  *pendingUpgrade // accepted upgrade waiting for the socket's hand-over
 	in         *inbound        // a frame or message spanning reads (reader.go); nil when none
-
-	// idxMu orders index writes for this connection: a reindex that read
-	// the connection's state can never land after onClosed's Delete (the ID
-	// may already belong to a new connection by then). The router never
-	// takes it, so holding it across an index call cannot deadlock.
-	idxMu   sync.Mutex
-	removed bool // deleted from the index; guarded by idxMu
-
-	// state and flags are guarded by mu, like everything after it; they sit
-	// in the padding after removed, which keeps the struct at 256 bytes
-	// (the allocator's next size class is 288).
-	state connState
-	flags connFlags
-
-	// lastSeen is the coarse second (Server.clock) of the last complete
-	// client frame, for the idle sweep. Its four bytes sit in the padding
-	// after removed: the struct does not grow.
-	lastSeen atomic.Uint32
-
-	// Everything below is guarded by mu: the router, the write pool and the
-	// read side all reach it.
-	mu      sync.Mutex
-	q       sendQueue
-	project string
-	userID  string
-	roles   []string
-	subs    []subscription
 }
 
 // connState is where a connection is in its life; see conn.

@@ -43,8 +43,10 @@ func TestQueuedFramesKeepTheirBytes(t *testing.T) {
 			payload := slices.Concat(f.body, f.tail) // the frame without its header
 			var got struct {
 				Data struct {
-					Payload       struct{ ID string `json:"$id"` } `json:"payload"`
-					Subscriptions []string                       `json:"subscriptions"`
+					Payload struct {
+						ID string `json:"$id"`
+					} `json:"payload"`
+					Subscriptions []string `json:"subscriptions"`
 				} `json:"data"`
 			}
 			if err := json.Unmarshal(payload, &got); err != nil {
