@@ -556,7 +556,7 @@ func (l *loop) frame(c *conn, h frameHeader, payload []byte) bool {
 func (l *loop) compressedOr(c *conn, compressed bool, msg []byte) bool {
 	if compressed {
 		var err error
-		if msg, err = l.inflate.inflate(msg); err != nil {
+		if msg, err = l.inflate.inflate(msg, stampsRead); err != nil {
 			l.lose(c, &l.ctr.errProto)
 			return false
 		}
