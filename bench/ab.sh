@@ -11,14 +11,16 @@
 #
 # RUN=idle (default): CONNS (19,000) idle connections held 5 s; the figure
 # is the node's RSS per connection. RUN=sustained: make bench's sustained
-# run -- CONNS connections, 250 broadcasts at 25/s with PAYLOAD bytes each
-# (default 0: ~40 bytes; 2048 is a 2 KB document); the figure is the node's
-# CPU per delivery, and every run must deliver everything. Each run starts a
-# fresh `serve` on PORT (default 29505), with `bin/switchboard bench` as
-# the load, ROUNDS (default 8) rounds. Raw summaries in
-# bench/results/<time>-ab-RUN/. As root it applies the kernel profile for
-# the run and puts the previous values back on exit (bench/lib.sh), like
-# make bench.
+# run -- CONNS connections, 250 broadcasts at RATE/s (default 25) with
+# PAYLOAD bytes each (default 0: ~40 bytes; 2048 is a 2 KB document); the
+# figure is the node's CPU per delivery, and every run must deliver
+# everything (2 KB events to 19,000 connections at 25/s are more than the
+# node and the generator deliver together on a 2-core box: lower RATE).
+# Each run starts a fresh `serve` on PORT (default 29505), with
+# `bin/switchboard bench` as the load, ROUNDS (default 8) rounds. Raw
+# summaries in bench/results/<time>-ab-RUN/. As root it applies the kernel
+# profile for the run and puts the previous values back on exit
+# (bench/lib.sh), like make bench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +28,7 @@ run=${RUN:-idle}
 conns=${CONNS:-19000}
 rounds=${ROUNDS:-8}
 payload=${PAYLOAD:-0}
+rate=${RATE:-25}
 port=${PORT:-29505}
 admin=$((port + 1))
 read -r a_bin a_z <<<"${A:-bin/switchboard 0}"
@@ -34,7 +37,7 @@ dir=bench/results/$(date -u +%Y%m%dT%H%M%SZ)-ab-$run
 mkdir -p "$dir"
 case $run in
 idle) load=(--hold 5s) ;;
-sustained) load=(--hold 1s --publish-url "http://127.0.0.1:$admin/v1/publish" --events 250 --publish-rate 25 --payload-bytes "$payload") ;;
+sustained) load=(--hold 1s --publish-url "http://127.0.0.1:$admin/v1/publish" --events 250 --publish-rate "$rate" --payload-bytes "$payload") ;;
 *)
 	echo "RUN is idle or sustained" >&2
 	exit 2
@@ -102,7 +105,7 @@ PY
 
 unit="B/conn (node RSS)"
 [ "$run" = idle ] || unit="ns/delivery (node CPU)"
-echo "machine: $(nproc) cores, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg); RUN=$run, $conns connections, payload $payload"
+echo "machine: $(nproc) cores, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg); RUN=$run, $conns connections, payload $payload, rate $rate"
 echo "A: $a_bin, compressing $a_z   B: $b_bin, compressing $b_z   figures in $unit"
 for r in $(seq "$rounds"); do
 	if [ $((r % 2)) = 1 ]; then
