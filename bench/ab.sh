@@ -55,22 +55,13 @@ cleanup() {
 sb_on_exit cleanup
 sb_apply_profile "$dir/sysctl-before.conf"
 
-# once NAME BIN COMPRESSING: one run; prints its figure.
+# once NAME BIN COMPRESSING: one run; its figure goes to $dir/NAME.figure.
+# (Not run in a subshell, so that cleanup knows the server to stop.)
 once() {
 	local name=$1 bin=$2 z=$3
-	for _ in $(seq 20); do
-		"$bin" serve --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
-			--connects-per-ip -1 --log-level warn &
-		server=$!
-		for _ in $(seq 100); do
-			curl -s -o /dev/null "http://127.0.0.1:$admin/metrics" && break 2
-			kill -0 "$server" 2>/dev/null || break
-			sleep 0.05
-		done
-		kill -9 "$server" 2>/dev/null || true
-		wait "$server" 2>/dev/null || true
-		sleep 2 # the previous run's sockets may still hold the port
-	done
+	sb_start_server "$admin" "$bin" serve --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
+		--connects-per-ip -1 --log-level warn
+	server=$sb_server
 	bin/switchboard bench --url "ws://127.0.0.1:$port/v1/realtime?project=bench&channels[]=files" \
 		--server-pid "$server" --conns "$conns" --rate 5000 --compressing "$z" "${load[@]}" \
 		2>"$dir/$name.progress" >"$dir/$name.json"
@@ -82,7 +73,7 @@ once() {
 	# Every connection must have been held (and, sustained, every event
 	# delivered), and exactly the compressing share must have negotiated
 	# permessage-deflate, or the figure is void.
-	python3 - "$dir/$name" "$conns" "$z" "$run" <<'PY'
+	python3 - "$dir/$name" "$conns" "$z" "$run" >"$dir/$name.figure" <<'PY'
 import json, re, sys
 name, conns, z, run = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 s = json.load(open(name + ".json"))
@@ -109,12 +100,14 @@ echo "machine: $(nproc) cores, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg
 echo "A: $a_bin, compressing $a_z   B: $b_bin, compressing $b_z   figures in $unit"
 for r in $(seq "$rounds"); do
 	if [ $((r % 2)) = 1 ]; then
-		a=$(once "a-$r" "$a_bin" "$a_z")
-		b=$(once "b-$r" "$b_bin" "$b_z")
+		once "a-$r" "$a_bin" "$a_z"
+		once "b-$r" "$b_bin" "$b_z"
 	else
-		b=$(once "b-$r" "$b_bin" "$b_z")
-		a=$(once "a-$r" "$a_bin" "$a_z")
+		once "b-$r" "$b_bin" "$b_z"
+		once "a-$r" "$a_bin" "$a_z"
 	fi
+	a=$(<"$dir/a-$r.figure")
+	b=$(<"$dir/b-$r.figure")
 	echo "round $r: A $a, B $b" | tee -a "$dir/rounds.txt"
 done
 python3 - "$dir/rounds.txt" <<'PY' | tee -a "$dir/rounds.txt"

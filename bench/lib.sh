@@ -6,6 +6,7 @@
 #   sb_on_exit cleanup         # instead of `trap cleanup EXIT`: installs the
 #                              # EXIT, INT, TERM and HUP traps at once
 #   sb_apply_profile FILE      # save the values it changes to FILE, apply
+#   sb_start_server ADMIN CMD… # start the server under test, wait for it
 #
 # On exit (normal end, a failure under set -e, Ctrl-C, SIGTERM, SIGHUP) the
 # traps ignore further INT/TERM/HUP, restore the saved values with
@@ -150,4 +151,30 @@ sb_restore() {
 	fi
 	_sb_lock_release
 	return 0
+}
+
+# sb_start_server ADMIN CMD...: run CMD in the background and wait until
+# http://127.0.0.1:ADMIN/ answers; sets sb_server to its pid. A port can
+# still be held for a moment by the previous run's sockets (and, with the
+# profile's wide ephemeral range, by any outgoing connection), so a server
+# that exits at once is started again, 20 times at most; then the script
+# stops.
+sb_start_server() {
+	local admin=$1
+	shift
+	for _ in $(seq 20); do
+		"$@" &
+		sb_server=$!
+		for _ in $(seq 100); do
+			curl -s -o /dev/null "http://127.0.0.1:$admin/" && return 0
+			kill -0 "$sb_server" 2>/dev/null || break
+			sleep 0.05
+		done
+		kill -9 "$sb_server" 2>/dev/null || true
+		wait "$sb_server" 2>/dev/null || true
+		echo "== $1 did not start (admin port $admin); again in 2 s" >&2
+		sleep 2
+	done
+	echo "== $1 could not start" >&2
+	exit 1
 }

@@ -51,34 +51,18 @@ echo "== kernel profile (sysctl/apply.sh; changes nothing unless root; put back 
 sb_apply_profile "$dir/sysctl-before.conf"
 
 # start_server KIND: starts Switchboard or the baseline on PORT; sets $server.
-# A port can still be held for a moment by the previous run's sockets (and,
-# with the profile's wide ephemeral range, by any outgoing connection), so a
-# server that exits at once is started again.
 start_server() {
-	for _ in $(seq 20); do
-		case $1 in
-		switchboard)
-			bin/switchboard serve --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
-				--connects-per-ip -1 --log-level warn &
-			;;
-		baseline)
-			bin/baseline --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" 2>/dev/null &
-			;;
-		esac
-		server=$!
-		pids+=("$server")
-		for _ in $(seq 100); do
-			curl -s -o /dev/null "http://127.0.0.1:$admin/" && return 0
-			kill -0 "$server" 2>/dev/null || break
-			sleep 0.05
-		done
-		kill -9 "$server" 2>/dev/null || true
-		wait "$server" 2>/dev/null || true
-		echo "== $1 did not start on ports $port/$admin; again in 2 s" >&2
-		sleep 2
-	done
-	echo "== $1 could not start" >&2
-	exit 1
+	case $1 in
+	switchboard)
+		sb_start_server "$admin" bin/switchboard serve --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
+			--connects-per-ip -1 --log-level warn
+		;;
+	baseline)
+		sb_start_server "$admin" bin/baseline --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin"
+		;;
+	esac
+	server=$sb_server
+	pids+=("$server")
 }
 
 stop_server() {
