@@ -2,7 +2,9 @@ package server
 
 import (
 	"slices"
+	"strings"
 	"sync"
+	"unsafe"
 
 	"github.com/gobwas/ws"
 	"go.uber.org/zap"
@@ -198,11 +200,14 @@ func (r *router) frameFor(ids []string, deflate bool) outFrame {
 	if slices.Equal(ids, fc.lastIDs) {
 		return fc.last
 	}
-	key := frameKey(ids, &r.key)
+	key, borrowed := frameKey(ids, &r.key)
 	f, ok := fc.frames[key]
 	if !ok {
 		f = r.newFrame(ids, deflate)
 		if len(fc.frames) < maxFrameCache {
+			if borrowed {
+				key = strings.Clone(key)
+			}
 			fc.frames[key] = f
 		}
 	}
@@ -213,19 +218,20 @@ func (r *router) frameFor(ids []string, deflate bool) outFrame {
 // frameKey returns the frame cache's key for ids. Most recipients match
 // one subscription, and its id is the key as it is: a string the
 // connection already holds, so the key costs no allocation. More ids are
-// joined in scratch, each followed by a NUL. The two forms never collide
-// because a subscription id holds no control character (protocol.validName;
-// the node's own ids are hex).
-func frameKey(ids []string, scratch *[]byte) string {
+// joined in scratch, each followed by a NUL, and the key borrows scratch's
+// bytes: good for a lookup, copied before the map keeps it. The two forms
+// never collide because a subscription id holds no control character
+// (protocol.validName; the node's own ids are hex).
+func frameKey(ids []string, scratch *[]byte) (key string, borrowed bool) {
 	if len(ids) == 1 {
-		return ids[0]
+		return ids[0], false
 	}
 	b := (*scratch)[:0]
 	for _, id := range ids {
 		b = append(append(b, id...), 0)
 	}
 	*scratch = b
-	return string(b)
+	return unsafe.String(unsafe.SliceData(b), len(b)), true
 }
 
 // newFrame builds the frame for ids: a header and tail of their own around

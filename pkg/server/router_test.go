@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/switchboard-rt/switchboard/pkg/broker"
@@ -66,7 +67,8 @@ func TestFrameKeyTellsIDListsApart(t *testing.T) {
 	seen := map[string][]string{}
 	var scratch []byte
 	for _, ids := range lists {
-		k := frameKey(ids, &scratch)
+		k, _ := frameKey(ids, &scratch)
+		k = strings.Clone(k)
 		if prev, ok := seen[k]; ok {
 			t.Fatalf("%q and %q share the key %q", prev, ids, k)
 		}
