@@ -54,7 +54,7 @@ func benchCmd(args []string, getenv func(string) string, stdout, stderr io.Write
 	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 10*time.Second, "bound from connect() to `connected`")
 	fs.DurationVar(&cfg.CloseTimeout, "close-timeout", 3*time.Second, "bound on the wait for the server's close frames at the end")
 	fs.IntVar(&cfg.Stalled, "stalled", 0, "connections (spread evenly) that stop reading after `connected`, so the server must treat them as slow consumers; event figures then cover the others")
-	fs.Float64Var(&cfg.Compressing, "compressing", 0, "fraction of the connections (0-1, spread evenly) that offer permessage-deflate as browsers do; they inflate each event as far as its stamps")
+	fs.Float64Var(&cfg.Compressing, "compressing", 0, "fraction of the connections (0-1, spread evenly) that offer permessage-deflate as browsers do and inflate the events they receive")
 	fs.StringVar(&cfg.PublishURL, "publish-url", "", "admin publish endpoint, e.g. http://127.0.0.1:9506/v1/publish (empty: no events)")
 	fs.StringVar(&cfg.APIKey, "api-key", "", "bearer key for --publish-url")
 	fs.Float64Var(&cfg.PublishRate, "publish-rate", 10, "events per second")

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/switchboard-rt/switchboard/internal/permessage"
 )
 
 // readBufSize is the one read buffer a loop shares among its connections.
@@ -43,7 +45,7 @@ type loop struct {
 	rng     *rand.ChaCha8
 	request []byte // upgrade request without the key line's value
 	offer   []byte // the same, offering permessage-deflate
-	inflate inflater
+	inflate permessage.Inflater
 	authMsg []byte
 
 	hist      Histogram
@@ -556,7 +558,7 @@ func (l *loop) frame(c *conn, h frameHeader, payload []byte) bool {
 func (l *loop) compressedOr(c *conn, compressed bool, msg []byte) bool {
 	if compressed {
 		var err error
-		if msg, err = l.inflate.inflate(msg, stampsRead); err != nil {
+		if msg, err = l.inflate.Inflate(msg, maxPending); err != nil {
 			l.lose(c, &l.ctr.errProto)
 			return false
 		}

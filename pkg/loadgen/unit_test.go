@@ -2,7 +2,6 @@ package loadgen
 
 import (
 	"bytes"
-	"compress/flate"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -293,42 +292,5 @@ func TestHangupAfterDataIsNoticed(t *testing.T) {
 	}
 	if c := sum.Counters; c.EverReady != 1 || c.Dropped != 1 || c.ErrReset != 1 || c.Pongs != 1 {
 		t.Errorf("counters %+v: want one ready connection, its pong read, then dropped by EOF", c)
-	}
-}
-
-// A compressed event is inflated only as far as its stamps, and what is
-// read gives the same stamps as the whole message; a message without them
-// is inflated whole, and a cut one is an error.
-func TestInflateStopsAfterTheStamps(t *testing.T) {
-	msg := appendPayload([]byte(`{"type":"event","data":{"events":["e"],"channels":["files"],"payload":`), 7, 1764412345678901234, 8192)
-	msg = append(msg, `,"subscriptions":["s"]}}`...)
-	var buf bytes.Buffer
-	fw, _ := flate.NewWriter(&buf, flate.BestSpeed)
-	fw.Write(msg)
-	fw.Flush()
-	z := buf.Bytes()[:buf.Len()-4] // RFC 7692 7.2.1: without the 00 00 ff ff tail
-
-	var inf inflater
-	head, err := inf.inflate(z, stampsRead)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(head) >= len(msg) || !bytes.HasPrefix(msg, head) {
-		t.Fatalf("inflated %d of %d bytes; want a prefix of the message", len(head), len(msg))
-	}
-	if seq, sent, ok := eventStamp(head); !ok || seq != 7 || sent != 1764412345678901234 {
-		t.Fatalf("stamps %d %d %v from the inflated head", seq, sent, ok)
-	}
-	whole, err := inf.inflate(z, nil)
-	if err != nil || !bytes.Equal(whole, msg) {
-		t.Fatalf("whole message: %v, %d of %d bytes", err, len(whole), len(msg))
-	}
-	if _, err := inf.inflate(z[:len(z)/2], nil); err == nil {
-		t.Fatal("a message cut in half inflated without error")
-	}
-	for _, cut := range []string{`{"sbts":`, `{"sbts":123`, `{"sbts":x`} {
-		if stampsRead([]byte(cut)) {
-			t.Errorf("stampsRead(%q) = true", cut)
-		}
 	}
 }

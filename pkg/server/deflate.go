@@ -4,13 +4,12 @@ import (
 	"bytes"
 	"compress/flate"
 	"encoding/binary"
-	"errors"
-	"fmt"
-	"io"
 	"sync"
 
 	"github.com/gobwas/httphead"
 	"github.com/gobwas/ws"
+
+	"github.com/switchboard-rt/switchboard/internal/permessage"
 )
 
 // permessage-deflate (RFC 7692), shaped by fan-out: see COMPRESSION.md.
@@ -143,10 +142,6 @@ func (a deflateAgreement) header() ws.HandshakeHeader {
 	return nil
 }
 
-// deflateTail is the empty stored block that ends a sync flush; RFC 7692
-// 7.2.1 strips it from a message, and 7.2.2 appends it again to inflate.
-var deflateTail = []byte{0x00, 0x00, 0xff, 0xff}
-
 // compressLevel is the router's deflate level. BestSpeed resets in constant
 // time; the other levels clear 640 KiB of hash tables per stream, which a
 // fresh stream per event would pay every time.
@@ -211,113 +206,16 @@ func storedRawSize(s int) int {
 // Compressed" bit (6). ws.Header.Rsv holds it as rsv1Bit>>4.
 const rsv1Bit = 0x40
 
-// errInflatedTooBig reports a compressed message whose inflation exceeds
-// the node's message size limit.
-var errInflatedTooBig = errors.New("inflated message over the size limit")
-
-// inflater inflates one client message. Connections hold none: one is
-// taken from the node's pool for a message and given back at once (see the
-// top of this file for why no state survives a message).
-type inflater struct {
-	src inflateSource
-	fr  io.ReadCloser
-	out []byte
-}
-
-// maxPooledInflateBuf bounds the output buffer an inflater keeps in the
-// pool: the rare large message should not pin its size for good.
-const maxPooledInflateBuf = 64 << 10
-
-// inflateEnd is what inflate appends to a message: the 00 00 ff ff of RFC
-// 7692 7.2.2, then an empty final block (fixed Huffman, just its
-// end-of-block code). A message that ends where 7.2.1 says it must then
-// reads to io.EOF, and one cut off inside a block runs into these bytes and
-// fails, instead of passing as a shorter message. A message that ends in a
-// final block of its own (7.2.3.4) never reads them.
-var inflateEnd = append(append([]byte(nil), deflateTail...), 0x03, 0x00)
-
-// errInflate reports compressed data that is not a valid message.
-var errInflate = errors.New("invalid compressed data")
-
-// inflate returns msg inflated (RFC 7692 7.2.2), or errInflatedTooBig as
-// soon as the output passes limit bytes, so a bomb costs at most limit bytes
-// of work, or errInflate. The result is valid until the inflater goes back
-// to the pool.
-func (z *inflater) inflate(msg []byte, limit int) ([]byte, error) {
-	z.src = inflateSource{parts: [2][]byte{msg, inflateEnd}}
-	if z.fr == nil {
-		z.fr = flate.NewReader(&z.src)
-	} else if err := z.fr.(flate.Resetter).Reset(&z.src, nil); err != nil {
-		return nil, err
-	}
-	out := z.out[:0]
-	for {
-		if len(out) == cap(out) {
-			out = append(out, 0)[:len(out)]
-		}
-		n, err := z.fr.Read(out[len(out):min(cap(out), limit+1)])
-		out = out[:len(out)+n]
-		if len(out) > limit {
-			z.keep(out)
-			return nil, errInflatedTooBig
-		}
-		if err == io.EOF {
-			z.keep(out)
-			return out, nil
-		}
-		if err != nil {
-			z.keep(out)
-			return nil, fmt.Errorf("%w: %w", errInflate, err)
-		}
-	}
-}
-
-func (z *inflater) keep(out []byte) {
-	if cap(out) <= maxPooledInflateBuf {
-		z.out = out[:0]
-	} else {
-		z.out = nil
-	}
-	z.src = inflateSource{}
-}
-
-// inflateSource reads a message and then the empty block's tail, as one
-// flate.Reader (an io.ByteReader too, so flate does not wrap it in a
-// bufio.Reader of its own).
-type inflateSource struct {
-	parts [2][]byte
-}
-
-func (s *inflateSource) Read(p []byte) (int, error) {
-	for i := range s.parts {
-		if len(s.parts[i]) > 0 {
-			n := copy(p, s.parts[i])
-			s.parts[i] = s.parts[i][n:]
-			return n, nil
-		}
-	}
-	return 0, io.EOF
-}
-
-func (s *inflateSource) ReadByte() (byte, error) {
-	for i := range s.parts {
-		if len(s.parts[i]) > 0 {
-			b := s.parts[i][0]
-			s.parts[i] = s.parts[i][1:]
-			return b, nil
-		}
-	}
-	return 0, io.EOF
-}
-
-// inflaterPool holds the node's idle inflaters.
+// inflaterPool holds the node's idle inflaters. Connections hold none: one
+// is taken for a message and given back at once (see the top of this file
+// for why no state survives a message).
 type inflaterPool struct{ p sync.Pool }
 
-func (p *inflaterPool) get() *inflater {
-	if z, ok := p.p.Get().(*inflater); ok {
+func (p *inflaterPool) get() *permessage.Inflater {
+	if z, ok := p.p.Get().(*permessage.Inflater); ok {
 		return z
 	}
-	return new(inflater)
+	return new(permessage.Inflater)
 }
 
-func (p *inflaterPool) put(z *inflater) { p.p.Put(z) }
+func (p *inflaterPool) put(z *permessage.Inflater) { p.p.Put(z) }

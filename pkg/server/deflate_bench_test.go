@@ -123,7 +123,7 @@ func BenchmarkInflate(b *testing.B) {
 			b.SetBytes(int64(len(m.p)))
 			for i := 0; i < b.N; i++ {
 				in := pool.get()
-				if _, err := in.inflate(z, DefaultMaxMessageSize); err != nil {
+				if _, err := in.Inflate(z, DefaultMaxMessageSize); err != nil {
 					b.Fatal(err)
 				}
 				pool.put(in)

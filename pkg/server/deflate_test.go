@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+
+	"github.com/switchboard-rt/switchboard/internal/permessage"
 )
 
 // The tests of permessage-deflate (RFC 7692) go through the real wire:
@@ -156,7 +158,7 @@ func deflated(t testing.TB, p []byte, final bool) []byte {
 		t.Fatal(err)
 	}
 	out := b.Bytes()
-	if !bytes.HasSuffix(out, deflateTail) {
+	if !bytes.HasSuffix(out, permessage.Tail) {
 		t.Fatalf("sync flush does not end in 00 00 ff ff: % x", out[len(out)-4:])
 	}
 	return out[:len(out)-4]
@@ -403,12 +405,12 @@ func TestStoredTailInflates(t *testing.T) {
 		if got := len(appendStoredFinal(nil, tail)); got != storedFinalSize(n) || storedRawSize(got) != n {
 			t.Fatalf("tail of %d: %d bytes, storedFinalSize says %d, storedRawSize %d", n, got, storedFinalSize(n), storedRawSize(got))
 		}
-		var z inflater
-		out, err := z.inflate(msg, 1<<20)
+		var z permessage.Inflater
+		out, err := z.Inflate(msg, 1<<20)
 		if err != nil || !bytes.Equal(out, append(append([]byte(nil), prefix...), tail...)) {
 			t.Fatalf("tail of %d: err %v, %d bytes out", n, err, len(out))
 		}
-		r := flate.NewReader(bytes.NewReader(append(append(msg, deflateTail...), 0x03, 0x00)))
+		r := flate.NewReader(bytes.NewReader(append(append(msg, permessage.Tail...), 0x03, 0x00)))
 		var b bytes.Buffer
 		if _, err := b.ReadFrom(r); err != nil || b.Len() != len(prefix)+n {
 			t.Fatalf("tail of %d: compress/flate: %v, %d bytes", n, err, b.Len())
@@ -428,8 +430,8 @@ func TestAppwriteDocumentSize(t *testing.T) {
 // byte 00 (an empty stored block's header, its LEN and NLEN stripped);
 // Chromium does so. It inflates to nothing.
 func TestRFC7692_7_2_3_6_EmptyMessageInflates(t *testing.T) {
-	var z inflater
-	out, err := z.inflate([]byte{0x00}, 16)
+	var z permessage.Inflater
+	out, err := z.Inflate([]byte{0x00}, 16)
 	if err != nil || len(out) != 0 {
 		t.Fatalf("inflate(00) = %q, %v; want an empty message", out, err)
 	}

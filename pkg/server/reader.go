@@ -7,6 +7,8 @@ import (
 
 	"github.com/cloudwego/netpoll"
 	"github.com/gobwas/ws"
+
+	"github.com/switchboard-rt/switchboard/internal/permessage"
 )
 
 // The read side of a connection: the upgrade request, then frames, parsed
@@ -367,9 +369,9 @@ func (c *conn) handleCompressed(op ws.OpCode, msg []byte) {
 	s := c.srv
 	z := s.inflaters.get()
 	defer s.inflaters.put(z)
-	plain, err := z.inflate(msg, s.cfg.MaxMessageSize)
+	plain, err := z.Inflate(msg, s.cfg.MaxMessageSize)
 	switch {
-	case errors.Is(err, errInflatedTooBig):
+	case errors.Is(err, permessage.ErrTooBig):
 		s.metrics.protocolErrors.WithLabelValues("too_big").Inc()
 		c.closeWith(ws.StatusMessageTooBig, "message too big once inflated")
 		return
