@@ -25,12 +25,8 @@ import (
 // Both ends live in this process, so the socket count is bounded by half
 // the descriptor limit.
 func BenchmarkLoopbackWriteFloor(b *testing.B) {
-	var lim unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
-		b.Fatal(err)
-	}
-	n := min(9000, int(lim.Cur-200)/2)
-	srv, cli := loopbackPairs(b, n)
+	srv, cli := loopbackPairs(b)
+	n := len(srv)
 	frame := outFrame{head: make([]byte, 10), body: make([]byte, 120), tail: make([]byte, 20)}
 	for _, readers := range []int{0, 1} {
 		for _, writers := range []int{1, 2} {
@@ -127,9 +123,16 @@ func benchWriteFloor(b *testing.B, srv, cli []int, frame outFrame, writers, read
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)*19000/1e6, "ms/19000conns")
 }
 
-// loopbackPairs opens n connected loopback TCP pairs: the accepted (server)
-// ends and the client ends, both non-blocking, closed at the end of b.
-func loopbackPairs(b *testing.B, n int) (srv, cli []int) {
+// loopbackPairs opens connected loopback TCP pairs, 9,000 or as many as
+// half the descriptor limit allows (both ends are in this process): the
+// accepted (server) ends and the client ends, both non-blocking, closed at
+// the end of b.
+func loopbackPairs(b *testing.B) (srv, cli []int) {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		b.Fatal(err)
+	}
+	n := min(9000, int(lim.Cur-200)/2)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
