@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"net/http"
 	"os"
@@ -33,25 +32,10 @@ var metricName = regexp.MustCompile(`\b(?:switchboard|broker|process|go)_[a-zA-Z
 // (histograms as their _bucket, _sum and _count series).
 func exportedSeries(t *testing.T, n *node) map[string]bool {
 	t.Helper()
-	resp, err := http.Get("http://" + n.admin + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
 	names := make(map[string]bool)
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		if i := strings.IndexAny(line, "{ "); i > 0 {
-			names[line[:i]] = true
-		}
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
+	for _, s := range n.scrape(t) {
+		name, _, _ := strings.Cut(s.series, "{")
+		names[name] = true
 	}
 	return names
 }

@@ -1,12 +1,10 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
 	"math"
-	"net/http"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -26,34 +24,20 @@ type latencyHistogram struct {
 
 func scrapeLatency(t *testing.T, n *node) latencyHistogram {
 	t.Helper()
-	resp, err := http.Get("http://" + n.admin + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
 	var h latencyHistogram
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		name, rest, ok := strings.Cut(sc.Text(), " ")
-		if !ok || !strings.HasPrefix(name, "switchboard_delivery_latency_seconds") {
-			continue
-		}
-		v, err := strconv.ParseFloat(rest, 64)
-		if err != nil {
-			t.Fatalf("%s: %v", sc.Text(), err)
-		}
-		switch {
+	for _, s := range n.scrape(t) {
+		switch name := s.series; {
 		case name == "switchboard_delivery_latency_seconds_count":
-			h.count = v
+			h.count = s.value
 		case name == "switchboard_delivery_latency_seconds_sum":
-			h.sum = v
+			h.sum = s.value
 		case strings.HasPrefix(name, `switchboard_delivery_latency_seconds_bucket{le="`):
 			le := strings.TrimSuffix(strings.TrimPrefix(name, `switchboard_delivery_latency_seconds_bucket{le="`), `"}`)
 			b, err := strconv.ParseFloat(le, 64)
 			if err != nil {
-				t.Fatalf("%s: %v", sc.Text(), err)
+				t.Fatalf("%s: %v", name, err)
 			}
-			h.bounds, h.counts = append(h.bounds, b), append(h.counts, v)
+			h.bounds, h.counts = append(h.bounds, b), append(h.counts, s.value)
 		}
 	}
 	if len(h.bounds) == 0 || !math.IsInf(h.bounds[len(h.bounds)-1], 1) {

@@ -116,22 +116,50 @@ func tryStartNode(t testing.TB, addr string, args ...string) (*node, error) {
 	}
 }
 
-// metric reads one unlabelled sample from the node's /metrics.
-func (n *node) metric(t testing.TB, name string) float64 {
+// sample is one line of a node's /metrics: the series (name and labels,
+// as exposed) and its value.
+type sample struct {
+	series string
+	value  float64
+}
+
+// scrape reads every sample of the node's /metrics, in the exposition's
+// order.
+func (n *node) scrape(t testing.TB) []sample {
 	t.Helper()
 	resp, err := http.Get("http://" + n.admin + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
+	var out []sample
 	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return f
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if i <= 0 || err != nil {
+			t.Fatalf("/metrics line %q: %v", line, err)
+		}
+		out = append(out, sample{line[:i], v})
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// metric reads one sample from the node's /metrics: name is the series as
+// exposed, with its labels if it has any.
+func (n *node) metric(t testing.TB, name string) float64 {
+	t.Helper()
+	for _, s := range n.scrape(t) {
+		if s.series == name {
+			return s.value
 		}
 	}
 	t.Fatalf("metric %s not found", name)
