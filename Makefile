@@ -77,8 +77,8 @@ bench-slow: build
 # COMPRESSING-FRACTION" (default bin/switchboard with 0 and with 1), RUN is
 # idle (RSS per connection at CONNS, default 19,000) or sustained (node CPU
 # per delivery in make bench's sustained run, PAYLOAD bytes per event at
-# RATE events/s);
-# ROUNDS (8). Prints each round, the paired difference and the ratio.
+# RATE events/s); ROUNDS (8). Prints each round, the paired difference and
+# the ratio.
 bench-ab: build
 	bench/ab.sh
 

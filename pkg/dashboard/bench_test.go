@@ -10,9 +10,9 @@ import (
 // BenchmarkTick is one second's work of the dashboard: a gather of a
 // registry shaped like a node's (its counters, without the Go and process
 // collectors, which the server keeps out of it), the process's own
-// figures, the sample and the cluster rows ("closed"), and with a page open also the tick's JSON
-// pushed to it ("open"). Its cost is per second, whatever the deliveries:
-// ns/op / 1e9 is the share of one core it takes.
+// figures, the sample and the cluster rows ("closed"), and with a page
+// open also the tick's JSON pushed to it ("open"). Its cost is per second,
+// whatever the deliveries: ns/op / 1e9 is the share of one core it takes.
 func BenchmarkTick(b *testing.B) {
 	b.Run("closed", func(b *testing.B) { benchmarkTick(b, false) })
 	b.Run("open", func(b *testing.B) { benchmarkTick(b, true) })
