@@ -293,11 +293,17 @@ type Server struct {
 	serving  atomic.Bool
 	draining atomic.Bool
 
+	// life orders Start and Shutdown: whichever comes second sees what
+	// the first did, whatever goroutines they are called from.
+	life    sync.Mutex
+	started bool // Start succeeded
+	stopped bool // Shutdown was called
+
 	ln, adminLn net.Listener
 	loop        netpoll.EventLoop
 	admin       *http.Server
 	stopRouter  context.CancelFunc
-	wg          sync.WaitGroup // router, pollers, sweeper, event loop, admin server
+	tasks       tasks // router, pollers, sweeper, event loop, admin server, dashboard
 }
 
 // New validates cfg and builds a node; Start makes it listen.
@@ -350,8 +356,16 @@ func (s *Server) projectAllowed(p string) bool {
 // Start binds both listeners and starts serving; it returns once clients
 // can connect. When a step fails, what the steps before it set up is
 // undone (listeners closed, pollers and the write pool stopped), so a
-// caller may try again.
+// caller may try again. Start after Shutdown fails: a node is not reused.
 func (s *Server) Start() (err error) {
+	s.life.Lock()
+	defer s.life.Unlock()
+	switch {
+	case s.stopped:
+		return errors.New("server: start after shutdown")
+	case s.started:
+		return errors.New("server: already started")
+	}
 	var undo []func()
 	defer func() {
 		if err != nil {
@@ -381,6 +395,10 @@ func (s *Server) Start() (err error) {
 		return fmt.Errorf("listen %s: %w", s.cfg.Listen, err)
 	}
 	undo = append(undo, func() { s.ln.Close() })
+	pl, err := newPollListener(s.ln)
+	if err != nil {
+		return err
+	}
 	if s.adminLn, err = net.Listen("tcp", s.cfg.AdminListen); err != nil {
 		return fmt.Errorf("admin listen %s: %w", s.cfg.AdminListen, err)
 	}
@@ -395,30 +413,27 @@ func (s *Server) Start() (err error) {
 	s.admin = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stopRouter = cancel
-	s.wg.Add(7)
-	go func() { defer s.wg.Done(); s.dashboard.Run(ctx) }()
-	go func() { defer s.wg.Done(); s.waiter.run() }()
-	go func() { defer s.wg.Done(); s.input.run() }()
-	go func() { defer s.wg.Done(); s.runSweeper(s.stopSweep) }()
-	go func() {
-		defer s.wg.Done()
+	s.tasks.start("dashboard", func() { s.dashboard.Run(ctx) })
+	s.tasks.start("output poller", s.waiter.run)
+	s.tasks.start("input poller", s.input.run)
+	s.tasks.start("sweeper", func() { s.runSweeper(s.stopSweep) })
+	s.tasks.start("router", func() {
 		if err := s.cfg.Broker.Run(ctx, s.router.route); err != nil && !errors.Is(err, context.Canceled) {
 			s.log.Error("broker stopped", zap.Error(err))
 		}
-	}()
-	go func() {
-		defer s.wg.Done()
-		if err := s.loop.Serve(s.ln); err != nil && !s.draining.Load() {
+	})
+	s.tasks.start(eventLoopTask, func() {
+		if err := s.loop.Serve(pl); err != nil && !s.draining.Load() {
 			s.log.Error("event loop stopped", zap.Error(err))
 		}
-	}()
-	go func() {
-		defer s.wg.Done()
+	})
+	s.tasks.start("admin server", func() {
 		if err := s.admin.Serve(s.adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.log.Error("admin server stopped", zap.Error(err))
 		}
-	}()
+	})
 	s.presences.start()
+	s.started = true
 	s.serving.Store(true)
 	s.log.Info("serving", zap.String("listen", s.ln.Addr().String()), zap.String("admin", s.adminLn.Addr().String()))
 	return nil
@@ -464,17 +479,30 @@ func (s *Server) AdminAddr() net.Addr { return s.adminLn.Addr() }
 // that they reconnect to other nodes without a stampede, while events keep
 // flowing to those not yet told; then the router, the listeners and the
 // remaining sockets stop. The spread is shortened to end before ctx does.
-// It returns when everything has stopped or ctx ends.
+//
+// It returns when everything has stopped, or by the time ctx ends: then
+// the error names what did not stop (still running in the background).
+// Shutdown may be called at any moment after New, also before Start, which
+// then fails, or while Start runs, which it waits for.
 func (s *Server) Shutdown(ctx context.Context) error {
-	if !s.draining.CompareAndSwap(false, true) {
+	s.life.Lock()
+	if s.stopped {
+		s.life.Unlock()
 		return errors.New("server: already shut down")
 	}
+	s.stopped = true
+	started := s.started
+	s.life.Unlock()
+	if !started {
+		return nil
+	}
+	s.draining.Store(true)
 	s.log.Info("telling clients to go away", zap.Int64("connections", s.open.Load()), zap.Duration("drain_time", s.cfg.DrainTime))
 	s.goAwayAll(ctx)
 	s.stopRouter()
-	err := s.loop.Shutdown(ctx)
-	if e := s.admin.Shutdown(ctx); err == nil {
-		err = e
+	errs := []error{s.stopEventLoop(ctx)}
+	if err := s.admin.Shutdown(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("admin server: %w", err))
 	}
 	// Sockets netpoll handed over are ours to close.
 	for _, c := range s.input.registered() {
@@ -483,12 +511,47 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.input.close()
 	s.waiter.close()
 	close(s.stopSweep)
-	s.wg.Wait()
-	s.presences.shutdown()
-	s.pool.stop()
+	if err := s.tasks.wait(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	errs = append(errs,
+		within(ctx, "presences", s.presences.shutdown),
+		within(ctx, "write pool", s.pool.stop))
 	s.quarantine.closeAll()
 	s.serving.Store(false)
+	err := errors.Join(errs...)
+	if err != nil {
+		err = fmt.Errorf("server: shutdown: %w", err)
+		s.log.Error("shutdown did not finish", zap.Error(err))
+	}
 	return err
+}
+
+// eventLoopTask names the task that runs netpoll's event loop.
+const eventLoopTask = "event loop"
+
+// stopEventLoop stops netpoll's event loop and waits for its Serve to
+// return. netpoll's Shutdown does nothing when Serve has not yet set up its
+// server (a Shutdown right after Start can overtake the goroutine that
+// calls Serve), and a Serve that starts after it would then wait forever:
+// so Shutdown is called again until Serve has returned.
+func (s *Server) stopEventLoop(ctx context.Context) error {
+	served := s.tasks.doneCh(eventLoopTask)
+	retry := time.NewTicker(time.Millisecond)
+	defer retry.Stop()
+	var err error
+	for {
+		if e := s.loop.Shutdown(ctx); e != nil {
+			err = fmt.Errorf("event loop: %w", e)
+		}
+		select {
+		case <-served:
+			return err
+		case <-retry.C:
+		case <-ctx.Done():
+			return err // tasks.wait names Serve if it is still running
+		}
+	}
 }
 
 // drainTick is the step of the drain: each tick closes the share of

@@ -1,0 +1,85 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"strings"
+)
+
+// tasks are the goroutines a node runs for its whole life, each with a
+// name, so that a shutdown that runs out of time can say which of them did
+// not stop instead of waiting for them forever.
+type tasks struct {
+	list []task
+}
+
+type task struct {
+	name string
+	done chan struct{}
+}
+
+// start runs f in a goroutine of its own, known by name.
+func (t *tasks) start(name string, f func()) {
+	done := make(chan struct{})
+	t.list = append(t.list, task{name: name, done: done})
+	go func() {
+		defer close(done)
+		f()
+	}()
+}
+
+// doneCh is the channel closed when the task of that name has returned;
+// nil when no such task was started.
+func (t *tasks) doneCh(name string) <-chan struct{} {
+	for _, k := range t.list {
+		if k.name == name {
+			return k.done
+		}
+	}
+	return nil
+}
+
+// wait returns when every task has returned, or when ctx ends; then the
+// error names the tasks still running.
+func (t *tasks) wait(ctx context.Context) error {
+	for _, k := range t.list {
+		select {
+		case <-k.done:
+		case <-ctx.Done():
+		}
+	}
+	var stuck []string
+	for _, k := range t.list {
+		select {
+		case <-k.done:
+		default:
+			stuck = append(stuck, k.name)
+		}
+	}
+	if len(stuck) > 0 {
+		return fmt.Errorf("%s did not stop: %w", strings.Join(stuck, ", "), context.Cause(ctx))
+	}
+	return nil
+}
+
+// within runs f, a step of the shutdown that should not block, and returns
+// when it has or when ctx ends; then the error names the step and f goes
+// on in the background (what is stuck is named, never waited for).
+func within(ctx context.Context, name string, f func()) error {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f()
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	select {
+	case <-done: // finished as ctx ended: a step that stopped is no error
+		return nil
+	default:
+		return fmt.Errorf("%s did not stop: %w", name, context.Cause(ctx))
+	}
+}
