@@ -165,15 +165,6 @@ type Config struct {
 	// kernels before 6.2 (0.8 µs a descriptor measured). Default a new
 	// registry; do not register those two collectors in it.
 	Registry *prometheus.Registry
-
-	// sendBuffer, when positive, is the SO_SNDBUF of accepted sockets (the
-	// kernel doubles it and locks it against autotuning). Tests only: a
-	// small one makes writes end part-way whatever the host's tcp_wmem,
-	// while the client keeps a receive window well above the MSS. A client
-	// that shrinks its own SO_RCVBUF for this instead advertises a window
-	// below the loopback MSS (64 KiB), and the server's unsent bytes then
-	// wait on the persist timer's backed-off probes (issue 12).
-	sendBuffer int
 }
 
 // DefaultConnectsIPv6Prefix counts IPv6 clients per /64 for the connect
@@ -267,6 +258,15 @@ type Server struct {
 	latency    *deliveryLatency
 	allowed    map[string]bool
 	trusted    trustedSet
+	// sendBuffer, when positive, is the SO_SNDBUF of accepted sockets (the
+	// kernel doubles it and locks it against autotuning). Only tests set
+	// it, between New and Start: a small one makes writes end part-way
+	// whatever the host's tcp_wmem, while the client keeps a receive
+	// window well above the MSS. A client that shrinks its own SO_RCVBUF
+	// for this instead advertises a window below the loopback MSS (64
+	// KiB), and the server's unsent bytes then wait on the persist timer's
+	// backed-off probes.
+	sendBuffer int
 
 	idx        *index.Index[*conn]
 	strs       interner
@@ -551,8 +551,8 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 			s.log.Debug("tcp keepalive not set", zap.Uint32("conn", uint32(c.id)), zap.Error(err))
 		}
 	}
-	if s.cfg.sendBuffer > 0 {
-		if err := unix.SetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_SNDBUF, s.cfg.sendBuffer); err != nil {
+	if s.sendBuffer > 0 {
+		if err := unix.SetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_SNDBUF, s.sendBuffer); err != nil {
 			s.log.Debug("send buffer not set", zap.Uint32("conn", uint32(c.id)), zap.Error(err))
 		}
 	}
