@@ -1,7 +1,7 @@
 GO ?= go
 SHELL := /bin/bash # the fuzz loop reads PIPESTATUS
 
-.PHONY: all build run test soak sdk-deps browser-deps vet bench bench-dashboard bench-go bench-index bench-tsung bench-slow bench-ab bench-baseline bench-wholebox fuzz clean
+.PHONY: all build run test soak sdk-deps browser-deps bench bench-dashboard bench-go bench-index bench-tsung bench-slow bench-ab bench-baseline bench-wholebox fuzz clean
 
 all: build
 

@@ -28,11 +28,28 @@ func (b *brokerFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&b.channel, "redis-channel", broker.DefaultChannel, "Redis Pub/Sub channel carrying backbone messages")
 	fs.BoolVar(&b.sharded, "redis-sharded", false, "Redis Cluster sharded Pub/Sub: SPUBLISH/SSUBSCRIBE per project partition (--redis-url names the cluster: redis://H:P?addr=H2:P2&addr=H3:P3)")
 	fs.IntVar(&b.partitions, "redis-partitions", broker.DefaultPartitions, "with --redis-sharded: partitions projects are hashed over (every node and publisher must agree)")
-	fs.IntVar(&b.buffer, "broker-buffer", 4096, "messages buffered between the backbone and the router; beyond it Redis messages are dropped and counted")
+	fs.IntVar(&b.buffer, "broker-buffer", broker.DefaultBuffer, "messages buffered between the backbone and the router; beyond it Redis messages are dropped and counted")
+}
+
+// applyDefaults gives the flags the README's rule: zero (or an empty
+// channel) takes the default, and none can be switched off. The embedded
+// broker would otherwise take a zero buffer as 1, and the dashboard's
+// channel would be ".nodes".
+func (b *brokerFlags) applyDefaults() error {
+	if b.channel == "" {
+		b.channel = broker.DefaultChannel
+	}
+	return errors.Join(
+		flagDefault("broker-buffer", &b.buffer, broker.DefaultBuffer),
+		flagDefault("redis-partitions", &b.partitions, broker.DefaultPartitions),
+	)
 }
 
 // open builds the chosen broker. The returned close function is never nil.
 func (b *brokerFlags) open(log *zap.Logger, reg prometheus.Registerer) (broker.Broker, func() error, error) {
+	if err := b.applyDefaults(); err != nil {
+		return nil, nil, err
+	}
 	if b.redisURL == "" {
 		if b.sharded {
 			return nil, nil, errors.New("--redis-sharded needs --redis-url")

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"time"
 )
 
 // envName is the environment variable that sets flag name.
@@ -27,6 +28,19 @@ func parseFlags(fs *flag.FlagSet, args []string, getenv func(string) string) err
 		return err
 	}
 	return fs.Parse(args)
+}
+
+// flagDefault gives a flag that cannot be switched off the rule of the
+// README's table: zero takes the default d, and a negative value, which
+// would mean "off" for a limit that can be, is an error.
+func flagDefault[T int | time.Duration](name string, v *T, d T) error {
+	switch {
+	case *v < 0:
+		return fmt.Errorf("--%s %v is negative: it cannot be switched off (0 takes the default, %v)", name, *v, d)
+	case *v == 0:
+		*v = d
+	}
+	return nil
 }
 
 // usageWithEnv prints the flags with their defaults and variables.

@@ -18,6 +18,9 @@ import (
 	"github.com/switchboard-rt/switchboard/pkg/protocol"
 )
 
+// defaultPublishTimeout bounds a publish when --timeout is not given (or 0).
+const defaultPublishTimeout = 10 * time.Second
+
 // appwriteTime is the timestamp layout Appwrite publishes.
 const appwriteTime = "2006-01-02T15:04:05.000-07:00"
 
@@ -42,12 +45,16 @@ func publishCmd(args []string, getenv func(string) string, stdout, stderr io.Wri
 	fs.StringVar(&payload, "payload", "{}", "payload JSON, or @FILE to read it from a file")
 	fs.StringVar(&userID, "user-id", "", "user id (with --permissions-changed)")
 	fs.BoolVar(&permissionsChanged, "permissions-changed", false, "mark the message as a permission change of --user-id")
-	fs.DurationVar(&timeout, "timeout", 10*time.Second, "bound on the whole request")
+	fs.DurationVar(&timeout, "timeout", defaultPublishTimeout, "bound on the whole request")
 	bf.register(fs)
 	if err := parseFlags(fs, args, getenv); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
+		fmt.Fprintln(stderr, "switchboard publish:", err)
+		return 2
+	}
+	if err := flagDefault("timeout", &timeout, defaultPublishTimeout); err != nil {
 		fmt.Fprintln(stderr, "switchboard publish:", err)
 		return 2
 	}

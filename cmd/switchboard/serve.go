@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -19,6 +20,16 @@ import (
 
 	"github.com/switchboard-rt/switchboard/pkg/auth"
 	"github.com/switchboard-rt/switchboard/pkg/server"
+)
+
+// Defaults of the flags serve consumes itself rather than passing on in
+// server.Config.
+const (
+	defaultShutdownTimeout = 10 * time.Second
+	// defaultReadBuffer is netpoll's input buffer per connection in its
+	// upgrade, a quarter of netpoll's own 4 KiB default (measured when it
+	// was chosen: 8.8 KB -> 5.2 KB RSS per idle connection at 10k).
+	defaultReadBuffer = 1024
 )
 
 func serve(args []string, getenv func(string) string, stderr io.Writer) int {
@@ -48,7 +59,7 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	fs.StringVar(&authMode, "auth", "none", "auth resolver: none (everyone is a guest), jwt (HS256) or http (ask --auth-url)")
 	fs.StringVar(&jwtSecret, "jwt-secret", "", "HS256 secret for --auth jwt")
 	fs.StringVar(&authOpts.URL, "auth-url", "", "backend URL for --auth http (POST {project, session|jwt|userId})")
-	fs.DurationVar(&authOpts.CacheTTL, "auth-cache-ttl", 30*time.Second, "how long --auth http reuses an answer per session (negative: never)")
+	fs.DurationVar(&authOpts.CacheTTL, "auth-cache-ttl", auth.DefaultCacheTTL, "how long --auth http reuses an answer per session (-1s: never)")
 	fs.StringVar(&authOpts.BearerAuth, "auth-key", "", "bearer key sent to --auth-url")
 	fs.DurationVar(&cfg.AuthTimeout, "auth-timeout", server.DefaultAuthTimeout, "bound on one auth resolver call")
 	fs.IntVar(&cfg.MaxMessageSize, "max-message-size", server.DefaultMaxMessageSize, "largest client message in bytes after reassembly; larger closes with 1009")
@@ -63,17 +74,17 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	fs.BoolVar(&cfg.ProxyProtocol, "proxy-protocol", false, "require a PROXY protocol header (v1 or v2, as HAProxy send-proxy-v2 or AWS NLB send) on every WebSocket connection and take the client's address from it; connections without one are refused")
 	fs.StringVar(&trustedProxies, "trusted-proxies", "", "comma-separated CIDRs or addresses of load balancers: with --proxy-protocol the only peers that may connect; their X-Forwarded-For (right-most untrusted address) or X-Real-IP names the client (empty: never read)")
 	fs.StringVar(&origins, "allowed-origins", "", "comma-separated browser origins allowed to connect (scheme://host, host, *.domain); empty allows all")
-	fs.IntVar(&cfg.MaxConns, "max-conns", 0, "upgraded connections held by this node; above it upgrades get HTTP 503 (0: no limit)")
+	fs.IntVar(&cfg.MaxConns, "max-conns", 0, "upgraded connections held by this node; above it upgrades get HTTP 503 (the default, 0, is no limit; so is -1)")
 	fs.DurationVar(&cfg.HandshakeTimeout, "handshake-timeout", server.DefaultHandshakeTimeout, "a connection must complete its upgrade request within this")
-	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "close (1001) upgraded connections that send no frame for this long; the SDK pings every 20s (0: off)")
+	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "close (1001) upgraded connections that send no frame for this long; the SDK pings every 20s (the default, 0, is off; so is -1s)")
 	fs.DurationVar(&cfg.TCPKeepAlive, "tcp-keepalive", server.DefaultTCPKeepAlive, "TCP keepalive idle time on accepted sockets, then probes every third of it, three probes (-1s: off)")
 	fs.IntVar(&cfg.WriteWorkers, "write-workers", 0, "write pool goroutines (0: 2 x GOMAXPROCS)")
 	fs.IntVar(&cfg.IndexShards, "index-shards", server.DefaultIndexShards, "subscription index shards (rounded up to a power of two)")
-	fs.IntVar(&readBuffer, "read-buffer", 1024, "netpoll's input buffer in bytes for a connection in its HTTP upgrade (upgraded connections leave netpoll and hold no buffer while idle)")
+	fs.IntVar(&readBuffer, "read-buffer", defaultReadBuffer, "netpoll's input buffer in bytes for a connection in its HTTP upgrade (upgraded connections leave netpoll and hold no buffer while idle)")
 	bf.register(fs)
 	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&logFormat, "log-format", "auto", "log format: auto (console on a terminal, else json), json, console")
-	fs.DurationVar(&shutdownTimeout, "shutdown-timeout", 10*time.Second, "bound on the whole shutdown after SIGTERM/SIGINT (the drain included)")
+	fs.DurationVar(&shutdownTimeout, "shutdown-timeout", defaultShutdownTimeout, "bound on the whole shutdown after SIGTERM/SIGINT (the drain included); it cannot be switched off")
 	fs.BoolVar(&cfg.ReusePort, "reuse-port", false, "listen with SO_REUSEPORT so several processes share --listen (the kernel spreads connections over them)")
 	fs.DurationVar(&cfg.PresenceGrace, "presence-grace", server.DefaultPresenceGrace, "the presences of a node that died are deleted, with their delete events, by the other nodes within this (with --redis-url)")
 	fs.IntVar(&cfg.MaxPresenceBytes, "max-presence-bytes", server.DefaultMaxPresenceBytes, "largest presence metadata in bytes (compacted JSON); more gets error 1003")
@@ -87,6 +98,15 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "switchboard serve: unexpected arguments %q\n", fs.Args())
+		return 2
+	}
+	// server.New gives the fields of cfg the table's rule (zero is the
+	// default); the flags serve consumes itself get it here.
+	if err := errors.Join(
+		flagDefault("shutdown-timeout", &shutdownTimeout, defaultShutdownTimeout),
+		flagDefault("read-buffer", &readBuffer, defaultReadBuffer),
+	); err != nil {
+		fmt.Fprintln(stderr, "switchboard serve:", err)
 		return 2
 	}
 
@@ -129,7 +149,9 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 		}
 		cfg.Resolver = r
 	case "http":
-		authOpts.Timeout = cfg.AuthTimeout
+		// The resolver's own default is shorter: a zero --auth-timeout must
+		// bound its calls by the server's default, as it does the rest.
+		authOpts.Timeout = cmp.Or(cfg.AuthTimeout, server.DefaultAuthTimeout)
 		r, err := auth.NewHTTP(authOpts)
 		if err != nil {
 			fmt.Fprintln(stderr, "switchboard serve: --auth http:", err)

@@ -2,6 +2,7 @@ package auth
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,14 +13,26 @@ import (
 	"time"
 )
 
-// HTTPOptions configures an HTTP resolver.
+// Defaults of HTTPOptions; a zero field takes its default.
+const (
+	DefaultHTTPTimeout = 3 * time.Second
+	DefaultCacheTTL    = 30 * time.Second
+	DefaultCacheSize   = 100_000
+)
+
+// HTTPOptions configures an HTTP resolver. A zero field takes its default;
+// a negative CacheTTL turns the cache off, and NewHTTP refuses any other
+// negative value.
 type HTTPOptions struct {
-	URL        string        // the backend endpoint that answers POSTs
-	Timeout    time.Duration // bound on one backend call; default 3 s
-	CacheTTL   time.Duration // how long an answer is reused; default 30 s, negative disables
-	CacheSize  int           // most answers kept; default 100,000
-	Client     *http.Client  // default a client with Timeout
-	BearerAuth string        // optional "Authorization: Bearer" sent to the backend
+	URL     string        // the backend endpoint that answers POSTs
+	Timeout time.Duration // bound on one backend call; default DefaultHTTPTimeout
+	// CacheTTL is how long an answer is reused; default DefaultCacheTTL.
+	// A negative value (-1s) turns the cache off: every lookup asks the
+	// backend.
+	CacheTTL   time.Duration
+	CacheSize  int          // most answers kept; default DefaultCacheSize
+	Client     *http.Client // default a client with Timeout
+	BearerAuth string       // optional "Authorization: Bearer" sent to the backend
 }
 
 // HTTP resolves credentials by asking a backend:
@@ -53,15 +66,12 @@ func NewHTTP(opts HTTPOptions) (*HTTP, error) {
 	if opts.URL == "" {
 		return nil, errors.New("auth: http resolver needs a URL")
 	}
-	if opts.Timeout <= 0 {
-		opts.Timeout = 3 * time.Second
+	if opts.Timeout < 0 || opts.CacheSize < 0 {
+		return nil, fmt.Errorf("auth: http resolver timeout %v or cache size %d is negative", opts.Timeout, opts.CacheSize)
 	}
-	if opts.CacheTTL == 0 {
-		opts.CacheTTL = 30 * time.Second
-	}
-	if opts.CacheSize <= 0 {
-		opts.CacheSize = 100_000
-	}
+	opts.Timeout = cmp.Or(opts.Timeout, DefaultHTTPTimeout)
+	opts.CacheTTL = cmp.Or(opts.CacheTTL, DefaultCacheTTL)
+	opts.CacheSize = cmp.Or(opts.CacheSize, DefaultCacheSize)
 	client := opts.Client
 	if client == nil {
 		client = &http.Client{Timeout: opts.Timeout}

@@ -156,3 +156,41 @@ func TestHTTPCacheIsBounded(t *testing.T) {
 		t.Fatalf("cache holds %d answers, limit 10", n)
 	}
 }
+
+// Zero takes the default; a negative CacheTTL turns the cache off (as
+// --auth-cache-ttl -1s); no other option can be switched off, so a negative
+// one is refused.
+func TestHTTPOptionsZeroIsTheDefaultNegativeTTLNeverCaches(t *testing.T) {
+	roles := &roleTable{m: map[string][]string{"u1": {"team:t1"}}}
+	srv, calls := fakeBackend(t, roles)
+	creds := Credentials{Project: "p1", Session: "s-u1"}
+	for _, tc := range []struct {
+		name      string
+		ttl       time.Duration
+		wantCalls int32
+	}{{"default", 0, 1}, {"-1ns", -1, 2}, {"-1s", -time.Second, 2}} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := NewHTTP(HTTPOptions{URL: srv.URL, CacheTTL: tc.ttl})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.ttl == 0 && (r.opts.CacheTTL != DefaultCacheTTL || r.opts.Timeout != DefaultHTTPTimeout || r.opts.CacheSize != DefaultCacheSize) {
+				t.Fatalf("zero options became %+v", r.opts)
+			}
+			calls.Store(0)
+			for range 2 {
+				if _, err := r.Resolve(context.Background(), creds); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := calls.Load(); got != tc.wantCalls {
+				t.Fatalf("two lookups made %d backend calls, want %d", got, tc.wantCalls)
+			}
+		})
+	}
+	for _, o := range []HTTPOptions{{URL: srv.URL, Timeout: -time.Second}, {URL: srv.URL, CacheSize: -1}} {
+		if _, err := NewHTTP(o); err == nil {
+			t.Errorf("NewHTTP(%+v) accepted a negative option", o)
+		}
+	}
+}

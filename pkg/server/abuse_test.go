@@ -194,13 +194,12 @@ func TestPingFloodIsAnsweredOrLimitedOthersUnaffected(t *testing.T) {
 
 func TestPingFloodWithoutReadingIsCutOffAsSlowConsumer(t *testing.T) {
 	const maxQueue = 64 << 10
-	s := testNode(t, func(c *Config) {
+	// The flooder never reads its pongs: a small send buffer on the
+	// server's side and a fixed receive buffer on the flooder's keep the
+	// kernel from absorbing them on its behalf, whatever tcp_wmem says
+	// (stock, the server's send buffer alone holds 3.9 MB).
+	s := testNodeSendBuffer(t, 4<<10, func(c *Config) {
 		c.MaxQueueBytes = maxQueue
-		// The flooder never reads its pongs: a small send buffer on the
-		// server's side and a fixed receive buffer on the flooder's keep
-		// the kernel from absorbing them on its behalf, whatever tcp_wmem
-		// says (stock, the server's send buffer alone holds 3.9 MB).
-		c.sendBuffer = 4 << 10
 	})
 	bystander := dial(t, s, "project=p1&channels[]=files", nil)
 	bystander.expect("connected")

@@ -71,21 +71,6 @@ func TestIdleTimeoutClosesSilentClientsOnly(t *testing.T) {
 	}
 }
 
-func TestIdleTimeoutOffByDefault(t *testing.T) {
-	if every := idleSweepEvery(0); every != 0 {
-		t.Fatalf("idle sweep every %d ticks with no timeout", every)
-	}
-	s := testNode(t, nil)
-	c := dial(t, s, "project=p1", nil)
-	c.expect("connected")
-	// Pretend the connection has been silent for a day: without a timeout
-	// the sweep must leave it alone.
-	s.idx.Range(func(_ index.ID, sc *conn) { sc.lastSeen.Store(s.clock.Load() - 86400) })
-	s.sweepIdle(s.clock.Load())
-	c.send(`{"type":"ping"}`)
-	c.expect("pong")
-}
-
 // serverFDs returns the server-side descriptors of the node's connections.
 func serverFDs(s *Server) []int {
 	var fds []int

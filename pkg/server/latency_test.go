@@ -104,9 +104,8 @@ func TestDeliveryLatencyCountsEveryDeliveryOverTheWire(t *testing.T) {
 // for EPOLLOUT: the gauge shows their age, no older than the first publish,
 // and falls back to 0 once the client reads its queue dry.
 func TestSendQueueOldestSecondsWhileAClientStalls(t *testing.T) {
-	s := testNode(t, func(c *Config) {
+	s := testNodeSendBuffer(t, 64<<10, func(c *Config) {
 		c.MaxQueueBytes = 8 << 20 // never cut: the frames must stay queued
-		c.sendBuffer = 64 << 10
 	})
 	stalled := dialReadBuffer(t, s, "project=p1&channels[]=files", testClientReadBuffer)
 	stalled.expect("connected")

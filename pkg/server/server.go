@@ -65,12 +65,15 @@ const (
 )
 
 // Off, as a limit or duration of Config marked "Off turns it off", turns
-// that limit or behaviour off. (Zero takes the default.)
+// that limit or behaviour off; so does any other negative value, which is
+// why Off as a time.Duration (-1ns) serves as well as -1s. Zero never
+// means off: it takes the default, which for a few limits is itself "no
+// limit" (their fields say so).
 const Off = -1
 
 // Config is a node's configuration. A zero field takes its default (the
-// Default constants); negative values are only meaningful where a field
-// says Off turns it off.
+// Default constants); a negative value is Off where a field says Off
+// turns it off, and refused by New everywhere else.
 type Config struct {
 	Listen      string // WebSocket address; default DefaultListen
 	AdminListen string // admin HTTP address; default DefaultAdminListen
@@ -88,13 +91,15 @@ type Config struct {
 	MaxQueueBytes    int // outbound bytes queued per connection before it is a slow consumer
 	MaxSubscriptions int // subscriptions per connection
 
-	// Compression: Off declines every permessage-deflate offer (RFC 7692);
-	// any other value negotiates it with clients that offer it, and sends
-	// them events compressed (COMPRESSION.md).
+	// Compression: Off turns it off, declining every permessage-deflate
+	// offer (RFC 7692); zero (the default) or a positive value negotiates
+	// it with clients that offer it, and sends them events compressed
+	// (COMPRESSION.md).
 	Compression int
 	// CompressionMinBytes is the smallest event message (the frame's
 	// payload: envelope, document and subscriptions) sent compressed;
-	// default DefaultCompressionMinBytes, Off compresses every event.
+	// default DefaultCompressionMinBytes. Off turns the threshold off:
+	// every event is compressed.
 	CompressionMinBytes int
 
 	ConnectsPerIP     int      // upgrades per client IP per minute; Off turns the limit off
@@ -120,7 +125,10 @@ type Config struct {
 	// the list is the client). Empty: no forwarding header is ever read.
 	TrustedProxies []netip.Prefix
 
-	MaxConns         int           // upgraded connections held; above it upgrades get HTTP 503; default: no limit
+	// MaxConns bounds the upgraded connections held; above it upgrades
+	// get HTTP 503. The default is no limit, so zero and Off both leave
+	// it unbounded.
+	MaxConns         int
 	HandshakeTimeout time.Duration // bound on the upgrade request arriving whole
 	// DrainTime is what Shutdown spreads the clients' close 1001 over;
 	// Off tells them all at once.
@@ -129,10 +137,10 @@ type Config struct {
 	IndexShards  int // subscription index shards
 
 	// IdleTimeout closes (1001) an upgraded connection that sent no frame
-	// for this long: a dead peer that TCP has not noticed yet. Default:
-	// off. The Appwrite SDK pings every 20 s, so anything well above that
-	// only ever catches dead or stuck clients. Checked at one-second
-	// granularity.
+	// for this long: a dead peer that TCP has not noticed yet. The default
+	// is off, so zero and Off both turn it off. The Appwrite SDK pings
+	// every 20 s, so anything well above that only ever catches dead or
+	// stuck clients. Checked at one-second granularity.
 	IdleTimeout time.Duration
 	// TCPKeepAlive is the idle time before the kernel probes an accepted
 	// socket (then every third of it, three probes): it reaps peers that
@@ -165,15 +173,6 @@ type Config struct {
 	// kernels before 6.2 (0.8 µs a descriptor measured). Default a new
 	// registry; do not register those two collectors in it.
 	Registry *prometheus.Registry
-
-	// sendBuffer, when positive, is the SO_SNDBUF of accepted sockets (the
-	// kernel doubles it and locks it against autotuning). Tests only: a
-	// small one makes writes end part-way whatever the host's tcp_wmem,
-	// while the client keeps a receive window well above the MSS. A client
-	// that shrinks its own SO_RCVBUF for this instead advertises a window
-	// below the loopback MSS (64 KiB), and the server's unsent bytes then
-	// wait on the persist timer's backed-off probes (issue 12).
-	sendBuffer int
 }
 
 // DefaultConnectsIPv6Prefix counts IPv6 clients per /64 for the connect
@@ -237,17 +236,18 @@ func (c *Config) validate() error {
 	}{
 		{"max message size", c.MaxMessageSize}, {"max header bytes", c.MaxHeaderBytes}, {"max queue bytes", c.MaxQueueBytes},
 		{"max subscriptions", c.MaxSubscriptions}, {"write workers", c.WriteWorkers}, {"index shards", c.IndexShards},
-		{"max conns", c.MaxConns}, {"max presence bytes", c.MaxPresenceBytes},
+		{"max presence bytes", c.MaxPresenceBytes},
 	} {
 		if f.v < 0 {
 			return fmt.Errorf("server: %s %d is negative", f.name, f.v)
 		}
 	}
-	if c.HandshakeTimeout < 0 || c.AuthTimeout < 0 || c.IdleTimeout < 0 {
-		return errors.New("server: handshake, auth and idle timeouts cannot be negative")
+	if c.HandshakeTimeout < 0 || c.AuthTimeout < 0 {
+		return errors.New("server: handshake and auth timeouts cannot be negative")
 	}
-	if c.ConnectsIPv6Prefix < 0 || c.ConnectsIPv6Prefix > 128 {
-		return fmt.Errorf("server: IPv6 prefix /%d for the connect limit is not within /0 to /128", c.ConnectsIPv6Prefix)
+	// Zero took the default: /0 cannot be asked for.
+	if c.ConnectsIPv6Prefix < 1 || c.ConnectsIPv6Prefix > 128 {
+		return fmt.Errorf("server: IPv6 prefix /%d for the connect limit is not within /1 to /128", c.ConnectsIPv6Prefix)
 	}
 	if c.PresenceGrace < 100*time.Millisecond {
 		return fmt.Errorf("server: presence grace %v is under 100ms", c.PresenceGrace)
@@ -267,6 +267,15 @@ type Server struct {
 	latency    *deliveryLatency
 	allowed    map[string]bool
 	trusted    trustedSet
+	// sendBuffer, when positive, is the SO_SNDBUF of accepted sockets (the
+	// kernel doubles it and locks it against autotuning). Only tests set
+	// it, between New and Start: a small one makes writes end part-way
+	// whatever the host's tcp_wmem, while the client keeps a receive
+	// window well above the MSS. A client that shrinks its own SO_RCVBUF
+	// for this instead advertises a window below the loopback MSS (64
+	// KiB), and the server's unsent bytes then wait on the persist timer's
+	// backed-off probes.
+	sendBuffer int
 
 	idx        *index.Index[*conn]
 	strs       interner
@@ -614,8 +623,8 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 			s.log.Debug("tcp keepalive not set", zap.Uint32("conn", uint32(c.id)), zap.Error(err))
 		}
 	}
-	if s.cfg.sendBuffer > 0 {
-		if err := unix.SetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_SNDBUF, s.cfg.sendBuffer); err != nil {
+	if s.sendBuffer > 0 {
+		if err := unix.SetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_SNDBUF, s.sendBuffer); err != nil {
 			s.log.Debug("send buffer not set", zap.Uint32("conn", uint32(c.id)), zap.Error(err))
 		}
 	}

@@ -325,9 +325,8 @@ func TestJWTRolesDecideDelivery(t *testing.T) {
 // 4 KiB instead, a window below the loopback MSS.
 func TestSlowConsumerIsClosedOthersUnharmed(t *testing.T) {
 	const maxQueue = 256 << 10
-	s := testNode(t, func(c *Config) {
+	s := testNodeSendBuffer(t, 64<<10, func(c *Config) { // 128 KiB once the kernel doubles it
 		c.MaxQueueBytes = maxQueue
-		c.sendBuffer = 64 << 10 // 128 KiB once the kernel doubles it
 	})
 	slow := dialReadBuffer(t, s, "project=p1&channels[]=files", testClientReadBuffer)
 	slow.expect("connected")

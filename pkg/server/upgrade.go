@@ -127,7 +127,7 @@ func (c *conn) upgradeRequest(data []byte, client, peer netip.Addr) int {
 	// (deflateAgreement.negotiate) and the answer is a header made once,
 	// rather than gobwas's Negotiate, which builds options on the heap
 	// (600 bytes and five allocations per upgrade).
-	if s.cfg.Compression != Off && bytes.Contains(req, deflateExtensionBytes) {
+	if s.cfg.Compression >= 0 && bytes.Contains(req, deflateExtensionBytes) {
 		u.ExtensionCustom = func(v []byte, exts []httphead.Option) ([]httphead.Option, bool) {
 			return exts, h.deflate.negotiate(v)
 		}

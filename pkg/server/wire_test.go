@@ -29,6 +29,21 @@ import (
 // wait.
 func testNode(t testing.TB, mod func(*Config)) *Server {
 	t.Helper()
+	return startTestNode(t, newTestNode(t, mod))
+}
+
+// testNodeSendBuffer is testNode with a send buffer of sendBuffer bytes
+// (doubled by the kernel) on every accepted socket: see Server.sendBuffer.
+func testNodeSendBuffer(t testing.TB, sendBuffer int, mod func(*Config)) *Server {
+	t.Helper()
+	s := newTestNode(t, mod)
+	s.sendBuffer = sendBuffer
+	return startTestNode(t, s)
+}
+
+// newTestNode builds, without starting, the node testNode starts.
+func newTestNode(t testing.TB, mod func(*Config)) *Server {
+	t.Helper()
 	cfg := Config{
 		Listen:            "127.0.0.1:0",
 		AdminListen:       "127.0.0.1:0",
@@ -45,6 +60,12 @@ func testNode(t testing.TB, mod func(*Config)) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return s
+}
+
+// startTestNode starts s and shuts it down when the test ends.
+func startTestNode(t testing.TB, s *Server) *Server {
+	t.Helper()
 	if err := s.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +124,7 @@ func dial(t *testing.T, s *Server, query string, header http.Header) *client {
 }
 
 // testClientReadBuffer is the SO_RCVBUF of a test client that reads while
-// the server's writes end part-way (Config.sendBuffer makes them): 128 KiB,
+// the server's writes end part-way (Server.sendBuffer makes them): 128 KiB,
 // 256 KiB once the kernel doubles it, a window of several loopback MSSes
 // (65,483 bytes), so that a paused reader's window updates flow normally;
 // and under the stock net.core.rmem_max (212,992), so that the kernel takes

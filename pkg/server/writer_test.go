@@ -35,16 +35,15 @@ import (
 func TestConcurrentWritesKeepTheStreamWhole(t *testing.T) {
 	const clients, events, pings = 16, 2000, 2000
 	mem := broker.NewMemory(events)
-	s := testNode(t, func(c *Config) {
+	// A send buffer of 128 KiB once doubled: ~60 events, which the
+	// client's pauses fill (hundreds of part-way writes a run), while most
+	// writevs still go through whole, so that the two writers' writevs can
+	// meet. 8 KiB made nearly every write end part-way (~1,500 a run) and
+	// the socket sat full so often that the broken check was caught only
+	// 0-3 times in 10.
+	s := testNodeSendBuffer(t, 64<<10, func(c *Config) {
 		c.Broker = mem
 		c.MaxQueueBytes = 64 << 20 // pauses must not make it a slow consumer
-		// 128 KiB once doubled: ~60 events, which the client's pauses fill
-		// (hundreds of part-way writes a run), while most writevs still go
-		// through whole, so that the two writers' writevs can meet. 8 KiB
-		// made nearly every write end part-way (~1,500 a run) and the
-		// socket sat full so often that the broken check was caught only
-		// 0-3 times in 10.
-		c.sendBuffer = 64 << 10
 	})
 	cs := make([]*client, clients)
 	full := make([]func() bool, clients)
