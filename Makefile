@@ -1,7 +1,7 @@
 GO ?= go
 SHELL := /bin/bash # the fuzz loop reads PIPESTATUS
 
-.PHONY: all build run test soak sdk-deps browser-deps bench bench-dashboard bench-go bench-index bench-tsung bench-slow bench-ab bench-baseline bench-wholebox fuzz clean
+.PHONY: all build run test stress-test soak sdk-deps browser-deps bench bench-dashboard bench-go bench-index bench-tsung bench-slow bench-ab bench-baseline bench-wholebox fuzz clean
 
 all: build
 
@@ -16,9 +16,28 @@ run:
 # needs Node; its packages are pinned in test/sdk/package-lock.json. The
 # browser tests (internal/browsertest) also need Debian's chromium, and
 # playwright-core, pinned in test/browser/package-lock.json.
+#
+# Each package's tests are bounded by TEST_TIMEOUT (pkg/server, the
+# longest, takes about 1.5 minutes alone and 3 on a loaded box): a hang
+# fails within minutes with the goroutine dump of where it hangs.
+# internal/testreport prints each package's result, the whole output of a
+# failed test, and the slowest tests. The second go test runs the
+# shutdown-at-any-moment test at a production binary's speed, where it
+# takes its 10,000 rounds in seconds (under -race it takes 1,000).
+TEST_TIMEOUT ?= 5m
 test: sdk-deps browser-deps
 	$(GO) vet ./...
-	$(GO) test -race -count=1 ./...
+	set -o pipefail; $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -json ./... | $(GO) run ./internal/testreport
+	$(GO) test -count=1 -timeout 2m -run '^TestShutdownAtAnyMomentAfterStart$$' ./pkg/server/
+
+# The README's go test COUNT times (10) in a row with LOAD (0) processes
+# spinning on the CPU throughout: flakes show up here before CI finds
+# them. Prints each run's result and failing tests, and the tally; the
+# reports stay in $TMPDIR/switchboard-stress-<time>/ (test/stress.sh).
+# (COUNT's own default, 3, is the benchmarks' repeat count below.)
+LOAD ?= 0
+stress-test: sdk-deps browser-deps
+	COUNT=$(if $(filter file undefined,$(origin COUNT)),10,$(COUNT)) LOAD=$(LOAD) TEST_TIMEOUT=$(TEST_TIMEOUT) GO=$(GO) test/stress.sh
 
 # TestSoak for SOAKTIME: connection churn, steady publishes and random
 # subscribe/unsubscribe against one node; fails on a missed, extra or

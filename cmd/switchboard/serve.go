@@ -33,6 +33,13 @@ const (
 )
 
 func serve(args []string, getenv func(string) string, stderr io.Writer) int {
+	// First of all: a SIGTERM while the node starts (a deploy that changes
+	// its mind, a supervisor stopping a crash loop) must lead to the drain
+	// once the node is up, not kill the process with its clients untold.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sig)
+
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = usageWithEnv(fs, "switchboard serve [flags]")
@@ -123,6 +130,7 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 		return 2
 	}
 	defer log.Sync()
+	log.Info("starting", zap.String("listen", cfg.Listen), zap.String("admin", cfg.AdminListen))
 
 	switch compression {
 	case "on":
@@ -196,17 +204,35 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 		return 1
 	}
 
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	s := <-sig
 	log.Info("draining", zap.String("signal", s.String()), zap.Duration("timeout", shutdownTimeout))
+	go exitIfStuck(log, sig, shutdownTimeout+exitGrace)
 	ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
 	if err := srv.Shutdown(ctx); err != nil {
-		log.Warn("shutdown did not finish cleanly", zap.Error(err))
+		log.Error("shutdown did not finish within --shutdown-timeout", zap.Error(err))
+		return 1
 	}
 	log.Info("stopped")
 	return 0
+}
+
+// exitGrace is what the process may take past --shutdown-timeout to close
+// the broker and flush its log before exitIfStuck ends it.
+const exitGrace = 500 * time.Millisecond
+
+// exitIfStuck ends the process when the shutdown has not by the deadline,
+// or at once on a second signal: whatever is stuck, the node exits.
+func exitIfStuck(log *zap.Logger, sig <-chan os.Signal, after time.Duration) {
+	t := time.NewTimer(after)
+	select {
+	case s := <-sig:
+		log.Error("second signal: exiting before the drain is done", zap.String("signal", s.String()))
+	case <-t.C:
+		log.Error("still not stopped past --shutdown-timeout: exiting", zap.Duration("after", after))
+	}
+	_ = log.Sync()
+	os.Exit(1)
 }
 
 // newLogger builds the zap logger: console lines for a person at a
