@@ -251,12 +251,31 @@ func (s *Server) Kill() {
 	s.cmd = nil
 }
 
+// Pause stops the server's process (SIGSTOP), as a host that froze would:
+// its sockets stay open and nothing answers. Resume continues it; Stop
+// does too, so a paused server never outlives its test.
+func (s *Server) Pause() {
+	s.t.Helper()
+	if s.cmd == nil {
+		s.t.Fatalf("redis-server :%d is not running", s.Port)
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGSTOP)
+}
+
+// Resume continues a paused server.
+func (s *Server) Resume() {
+	if s.cmd != nil {
+		_ = s.cmd.Process.Signal(syscall.SIGCONT)
+	}
+}
+
 // Stop ends the server if it runs.
 func (s *Server) Stop() {
 	if s.cmd == nil {
 		return
 	}
 	_ = s.cmd.Process.Kill()
+	_ = s.cmd.Process.Signal(syscall.SIGCONT) // a paused process dies only once continued
 	<-s.exited
 	s.cmd = nil
 }

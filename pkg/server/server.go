@@ -509,8 +509,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.log.Info("telling clients to go away", zap.Int64("connections", s.open.Load()), zap.Duration("drain_time", s.cfg.DrainTime))
 	s.goAwayAll(ctx)
 	s.stopRouter()
-	errs := []error{s.stopEventLoop(ctx)}
-	if err := s.admin.Shutdown(ctx); err != nil {
+	// The last steps keep the end of the time for themselves, so that a
+	// stuck router or poller does not leave them none.
+	early, cancel := reserveEnd(ctx)
+	defer cancel()
+	errs := []error{s.stopEventLoop(early)}
+	if err := s.admin.Shutdown(early); err != nil {
 		errs = append(errs, fmt.Errorf("admin server: %w", err))
 	}
 	// Sockets netpoll handed over are ours to close.
@@ -520,12 +524,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.input.close()
 	s.waiter.close()
 	close(s.stopSweep)
-	if err := s.tasks.wait(ctx); err != nil {
-		errs = append(errs, err)
-	}
-	errs = append(errs,
-		within(ctx, "presences", s.presences.shutdown),
-		within(ctx, "write pool", s.pool.stop))
+	errs = append(errs, s.tasks.wait(early))
+	// Presences go first: deleting them may still queue frames.
+	var last tasks
+	last.start("presences", s.presences.shutdown)
+	presencesDone := last.doneCh("presences")
+	last.start("write pool", func() {
+		<-presencesDone
+		s.pool.stop()
+	})
+	errs = append(errs, last.wait(ctx))
 	s.quarantine.closeAll()
 	s.serving.Store(false)
 	err := errors.Join(errs...)
@@ -534,6 +542,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.log.Error("shutdown did not finish", zap.Error(err))
 	}
 	return err
+}
+
+// reserveEnd is ctx ending a tenth earlier (at most 100 ms), for the steps
+// before the last ones.
+func reserveEnd(ctx context.Context) (context.Context, context.CancelFunc) {
+	dl, ok := ctx.Deadline()
+	if !ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithDeadline(ctx, dl.Add(-min(time.Until(dl)/10, 100*time.Millisecond)))
 }
 
 // eventLoopTask names the task that runs netpoll's event loop.

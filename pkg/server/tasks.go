@@ -61,25 +61,3 @@ func (t *tasks) wait(ctx context.Context) error {
 	}
 	return nil
 }
-
-// within runs f, a step of the shutdown that should not block, and returns
-// when it has or when ctx ends; then the error names the step and f goes
-// on in the background (what is stuck is named, never waited for).
-func within(ctx context.Context, name string, f func()) error {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		f()
-	}()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-	}
-	select {
-	case <-done: // finished as ctx ended: a step that stopped is no error
-		return nil
-	default:
-		return fmt.Errorf("%s did not stop: %w", name, context.Cause(ctx))
-	}
-}
