@@ -40,6 +40,7 @@ type report struct {
 	open                    map[string]bool
 	passed, failed, skipped int
 	failedPkgs              []string
+	skips                   []string // skipped tests with the line that says why
 }
 
 func main() {
@@ -86,6 +87,7 @@ func (r *report) add(e event) {
 		delete(r.output, k)
 	case "skip":
 		r.skipped++
+		r.skips = append(r.skips, short(e.Package)+" "+e.Test+skipReason(r.output[k]))
 		delete(r.output, k)
 	case "fail":
 		r.failed++
@@ -152,12 +154,31 @@ func (r *report) finish(slowest int) bool {
 			fmt.Fprintf(r.out, "  %8v  %s %s\n", time.Duration(t.d*float64(time.Second)).Round(10*time.Millisecond), short(t.k.pkg), t.k.test)
 		}
 	}
+	if len(r.skips) > 0 {
+		sort.Strings(r.skips)
+		fmt.Fprintf(r.out, "\nskipped:\n")
+		for _, s := range r.skips {
+			fmt.Fprintf(r.out, "  %s\n", s)
+		}
+	}
 	for p := range r.open {
 		fmt.Fprintf(r.out, "FAIL\t%s: no result (the run was cut short)\n", p)
 		r.failedPkgs = append(r.failedPkgs, p)
 	}
 	fmt.Fprintf(r.out, "\ntests: %d passed, %d failed, %d skipped\n", r.passed, r.failed, r.skipped)
 	return r.failed == 0 && len(r.failedPkgs) == 0
+}
+
+// skipReason is the last line a skipped test logged (t.Skip's message),
+// for the list of skips.
+func skipReason(lines []string) string {
+	for i := len(lines) - 1; i >= 0; i-- {
+		l := strings.TrimSpace(lines[i])
+		if l != "" && !strings.HasPrefix(l, "--- SKIP") && !strings.HasPrefix(l, "=== ") {
+			return ": " + l
+		}
+	}
+	return ""
 }
 
 // short drops the module path from a package's import path.

@@ -24,6 +24,8 @@ func TestGreenRunPrintsResultsAndSlowest(t *testing.T) {
 {"Action":"output","Package":"m/a","Test":"TestFast","Output":"noise of a passing test\n"}
 {"Action":"pass","Package":"m/a","Test":"TestFast","Elapsed":0.01}
 {"Action":"pass","Package":"m/a","Test":"TestSlow","Elapsed":2.5}
+{"Action":"output","Package":"m/a","Test":"TestNoRedis","Output":"    r_test.go:5: redis-server not found\n"}
+{"Action":"output","Package":"m/a","Test":"TestNoRedis","Output":"--- SKIP: TestNoRedis (0.00s)\n"}
 {"Action":"skip","Package":"m/a","Test":"TestNoRedis","Elapsed":0}
 {"Action":"output","Package":"m/a","Output":"PASS\n"}
 {"Action":"output","Package":"m/a","Output":"ok  \tm/a\t2.6s\n"}
@@ -32,7 +34,7 @@ func TestGreenRunPrintsResultsAndSlowest(t *testing.T) {
 	if !ok {
 		t.Error("a green run reported as failed")
 	}
-	for _, want := range []string{"ok  \tm/a\t2.6s\n", "2.5s  m/a TestSlow", "tests: 2 passed, 0 failed, 1 skipped\n"} {
+	for _, want := range []string{"ok  \tm/a\t2.6s\n", "2.5s  m/a TestSlow", "tests: 2 passed, 0 failed, 1 skipped\n", "m/a TestNoRedis: r_test.go:5: redis-server not found\n"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
