@@ -153,6 +153,12 @@ func New(o Options) (*Dashboard, error) {
 		stopped: make(chan struct{}),
 		peers:   make(map[string]*peer),
 		streams: make(map[chan []byte]struct{}),
+		// Empty, not nil: a page that opens before the first sample (the
+		// node has just started; a page reconnecting after a restart
+		// often has) gets [] to iterate, where null stopped its script.
+		self:   []Sample{},
+		totals: []Total{},
+		rows:   []NodeRow{},
 	}, nil
 }
 

@@ -2,6 +2,7 @@ package dashboard
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"net/http"
@@ -107,16 +108,42 @@ func startDashboard(t *testing.T, node string, peers broker.Broker) (conns prome
 	return conns, srv.URL, stop
 }
 
+// TestPageOpenedBeforeTheFirstSample: before Run has taken a sample (a
+// node just started, which a page reconnecting after a restart often
+// meets), the history is empty arrays, never null, which the page's
+// script would fail to iterate (app.js, start).
+func TestPageOpenedBeforeTheFirstSample(t *testing.T) {
+	d, err := New(Options{Node: "fresh", Gatherer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(d.Handler())
+	t.Cleanup(srv.Close)
+	first := <-stream(t, srv.URL+"/dashboard/events")
+	if first.name != "init" || !bytes.Contains(first.data, []byte(`"self":[],"totals":[],"nodes":[]`)) {
+		t.Fatalf("first event %q %s, want init with empty arrays", first.name, first.data)
+	}
+}
+
 // TestStreamStartsWithHistoryThenTicks reads the page's stream: the
 // history first, then a tick about every second carrying what the
-// registry holds at that moment, without reopening the stream.
+// registry holds at that moment, without reopening the stream. A page
+// opened before the first sample gets an empty history, as arrays: the
+// page's script iterates them.
 func TestStreamStartsWithHistoryThenTicks(t *testing.T) {
 	conns, url, _ := startDashboard(t, "solo", nil)
 	conns.Set(3)
-	ch := stream(t, url+"/dashboard/events")
-	first := <-ch
+	early := stream(t, url+"/dashboard/events")
+	first := <-early
 	var h history
-	if first.name != "init" || json.Unmarshal(first.data, &h) != nil || h.Node != "solo" || h.Cluster || len(h.Self) == 0 {
+	if first.name != "init" || json.Unmarshal(first.data, &h) != nil || h.Node != "solo" || h.Cluster ||
+		h.Self == nil || h.Totals == nil || h.Nodes == nil {
+		t.Fatalf("first event %q %s, want init with this node's history, arrays even when empty", first.name, first.data)
+	}
+	nextTick(t, early) // a sample has been taken: the history holds it
+	ch := stream(t, url+"/dashboard/events")
+	first = <-ch
+	if first.name != "init" || json.Unmarshal(first.data, &h) != nil || len(h.Self) == 0 || h.Self[len(h.Self)-1].Conns != 3 {
 		t.Fatalf("first event %q %s, want init with this node's history", first.name, first.data)
 	}
 	conns.Set(41)
