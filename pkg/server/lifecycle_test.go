@@ -48,13 +48,14 @@ var shutdownDelays = []time.Duration{
 
 // TestShutdownAtAnyMomentAfterStart starts nodes and shuts each down at a
 // moment from shutdownDelays, 10,000 times in all, four nodes at a time
-// (`make test` runs it so without the race detector, whose build it also
-// runs 1,000 times; SWITCHBOARD_LIFECYCLE_RUNS changes the count). Each Shutdown must return by
-// its context's deadline with nothing left running. netpoll's Shutdown
-// does nothing when its Serve has not set up its server yet, so a Shutdown
-// that overtook the goroutine calling Serve once left that goroutine
-// waiting forever, and Shutdown waiting for it: on that code 560 of 1,000
-// runs hung (2-core VM, busy), and 10,000 runs did not end in 30 minutes.
+// (`make test` runs it so without the race detector; the race build runs
+// it 1,000 times; SWITCHBOARD_LIFECYCLE_RUNS changes the count). Each
+// Shutdown must return by its context's deadline with nothing left
+// running. netpoll's Shutdown does nothing when its Serve has not set up
+// its server yet, so a Shutdown that overtook the goroutine calling Serve
+// once left that goroutine waiting forever, and Shutdown waiting for it:
+// on that code 560 of 1,000 runs hung (2-core VM, busy), and 10,000 runs
+// did not end in 30 minutes.
 func TestShutdownAtAnyMomentAfterStart(t *testing.T) {
 	runs := 10000
 	if raceEnabled {
