@@ -3,6 +3,7 @@ package server
 import (
 	"hash/maphash"
 	"net/netip"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -141,6 +142,55 @@ func (s *Server) originAllowed(origin string) bool {
 		}
 	}
 	return false
+}
+
+// invalidOrigin is the error a refused origin gets: Appwrite's words
+// (src/Appwrite/Network/Validator/Origin.php, getDescription), which name
+// the origin's host without scheme or port and the kind of platform its
+// scheme registers as, or "Unsupported platform" for a scheme that is none.
+func invalidOrigin(origin string) string {
+	platform, ok := originPlatform(strings.ToLower(originScheme(origin)))
+	if !ok {
+		return "Unsupported platform"
+	}
+	host := ""
+	if u, err := url.Parse(origin); err == nil {
+		host = u.Hostname()
+	}
+	return "Invalid Origin. Register your new client (" + host + ") as a new " + platform + " platform on your project console dashboard"
+}
+
+// originScheme is what precedes "://" (PHP's parse_url scheme), or "".
+func originScheme(origin string) string {
+	scheme, _, ok := strings.Cut(origin, "://")
+	if !ok {
+		return ""
+	}
+	return scheme
+}
+
+// originPlatform names the platform a scheme registers as in Appwrite
+// (the $platforms table of Origin.php); ok is false for any other scheme.
+func originPlatform(scheme string) (name string, ok bool) {
+	switch scheme {
+	case "http", "https":
+		return "Web", true
+	case "appwrite-ios":
+		return "iOS", true
+	case "appwrite-macos":
+		return "macOS", true
+	case "appwrite-watchos":
+		return "watchOS", true
+	case "appwrite-tvos":
+		return "tvOS", true
+	case "appwrite-android":
+		return "Android", true
+	case "appwrite-windows":
+		return "Windows", true
+	case "appwrite-linux":
+		return "Linux", true
+	}
+	return "", false
 }
 
 // statusTryAgainLater is close code 1013 (RFC 6455's registry), which

@@ -489,6 +489,33 @@ func TestAbuseLimits(t *testing.T) {
 			t.Fatalf("origin %q: close %d after %v", origin, code, msgs)
 		}
 	}
+
+	// Appwrite's own words for a refused origin, byte for byte, as
+	// RealtimeCustomClientTest::testConnectionPlatform (appwrite/appwrite
+	// tests/e2e/Services/Realtime) expects them: the host alone, and the
+	// platform its scheme registers as (Origin.php, getDescription).
+	unknown := dial(t, s2, "project=p1", http.Header{"Origin": {"http://appwrite.unknown"}})
+	code, msgs = unknown.expectClose()
+	want := `{"code":1008,"message":"Invalid Origin. Register your new client (appwrite.unknown) as a new Web platform on your project console dashboard"}`
+	if code != ws.StatusPolicyViolation || len(msgs) != 1 || msgs[0].Type != "error" || string(msgs[0].Data) != want {
+		t.Fatalf("origin http://appwrite.unknown: close %d after %v, want the error %s", code, msgs, want)
+	}
+}
+
+func TestInvalidOriginIsAppwritesText(t *testing.T) {
+	for origin, want := range map[string]string{
+		"http://appwrite.unknown":        "Invalid Origin. Register your new client (appwrite.unknown) as a new Web platform on your project console dashboard",
+		"https://evil.com:8443/":         "Invalid Origin. Register your new client (evil.com) as a new Web platform on your project console dashboard",
+		"HTTPS://Evil.com":               "Invalid Origin. Register your new client (Evil.com) as a new Web platform on your project console dashboard",
+		"appwrite-android://com.example": "Invalid Origin. Register your new client (com.example) as a new Android platform on your project console dashboard",
+		"appwrite-ios://com.example.app": "Invalid Origin. Register your new client (com.example.app) as a new iOS platform on your project console dashboard",
+		"chrome-extension://abcdef":      "Unsupported platform",
+		"evil.com":                       "Unsupported platform",
+	} {
+		if got := invalidOrigin(origin); got != want {
+			t.Errorf("invalidOrigin(%q) = %q, want %q", origin, got, want)
+		}
+	}
 }
 
 // A Start that fails part-way leaves nothing behind: its listener, pollers

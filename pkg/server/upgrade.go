@@ -262,7 +262,7 @@ func (c *conn) open(h *handshake) {
 		return
 	}
 	if !s.originAllowed(h.origin) {
-		c.fail(protocol.CodePolicyViolation, "Invalid Origin. Register your new client ("+h.origin+") as a new platform on your project console dashboard")
+		c.fail(protocol.CodePolicyViolation, invalidOrigin(h.origin))
 		return
 	}
 	if qerr != nil {
