@@ -41,7 +41,7 @@ const (
 	DefaultListen            = ":9505"
 	DefaultAdminListen       = "127.0.0.1:9506"
 	DefaultPath              = "/v1/realtime"
-	DefaultMaxMessageSize    = 64 << 10
+	DefaultMaxMessageSize    = 64000 // Appwrite's: setPackageMaxLength(64000) in app/realtime.php
 	DefaultMaxHeaderBytes    = 8 << 10
 	DefaultMaxQueueBytes     = 1 << 20
 	DefaultMaxSubscriptions  = 100

@@ -566,3 +566,22 @@ func TestFailedStartUndoesItsSteps(t *testing.T) {
 	}
 	ln.Close()
 }
+
+// TestDefaultMessageLimitIsAppwrites: by default a client message of
+// 64,000 bytes is answered and one byte more closes the connection
+// (1009), Appwrite's limit (app/realtime.php, setPackageMaxLength(64000)).
+func TestDefaultMessageLimitIsAppwrites(t *testing.T) {
+	s := testNode(t, nil)
+	ping := func(size int) string {
+		const head, tail = `{"type":"ping","pad":"`, `"}`
+		return head + strings.Repeat("x", size-len(head)-len(tail)) + tail
+	}
+	c := dial(t, s, "project=p1", nil)
+	c.expect("connected")
+	c.send(ping(64000))
+	c.expect("pong")
+	c.send(ping(64001))
+	if code, _ := c.expectClose(); code != ws.StatusMessageTooBig {
+		t.Fatalf("a 64,001-byte message: close %d, want %d", code, ws.StatusMessageTooBig)
+	}
+}
