@@ -37,25 +37,29 @@ type ClientMessage struct {
 	Data json.RawMessage
 }
 
-// ParseClientMessage parses one text frame. Bad JSON, a non-object, or a
-// missing, empty or non-string "type" is an *Error with code 1003 and
-// Appwrite's "Message format is not valid.". An unknown type is not an error
-// here: the server answers it with 1003 "Message type is not valid.".
+// ParseClientMessage parses one text frame. As Appwrite's onMessage
+// (app/realtime.php) does, bad JSON, or an object with neither a "type" nor
+// a "data" member, is an *Error with code 1003 and "Message format is not
+// valid."; so is JSON that is not an object (Appwrite answers those with
+// PHP's TypeError text and code 0, which no client can act on). A message
+// with a type that is not a string (or only data) parses with Type "": the
+// server answers it, as any unknown type, with 1003 "Message type is not
+// valid." (Appwrite's Dispatcher).
 func ParseClientMessage(b []byte) (ClientMessage, error) {
-	var w struct {
-		Type json.RawMessage `json:"type"`
-		Data json.RawMessage `json:"data"`
-	}
-	if err := json.Unmarshal(b, &w); err != nil {
+	// A map, not a struct: encoding/json matches struct fields without
+	// regard to case, and {"TYPE":"ping"} is no ping to Appwrite.
+	var w map[string]json.RawMessage
+	if !isObject(b) || json.Unmarshal(b, &w) != nil {
 		return ClientMessage{}, invalid(msgFormatInvalid)
 	}
-	// The type is kept raw so a number or an object is refused here rather
-	// than by a less specific unmarshal error.
-	t, ok := rawString(w.Type)
-	if !ok || t == "" {
+	// A member that is there but null is there (PHP's array_key_exists).
+	typ, hasType := w["type"]
+	data, hasData := w["data"]
+	if !hasType && !hasData {
 		return ClientMessage{}, invalid(msgFormatInvalid)
 	}
-	return ClientMessage{Type: t, Data: nonNull(w.Data)}, nil
+	t, _ := rawString(typ)
+	return ClientMessage{Type: t, Data: nonNull(data)}, nil
 }
 
 // ParseAuthentication extracts the session of an `authentication` message's

@@ -51,15 +51,30 @@ func TestParseClientMessage(t *testing.T) {
 	}
 }
 
+// TestParseClientMessageErrors follows Appwrite's onMessage
+// (app/realtime.php): JSON that does not decode, or has neither a "type"
+// nor a "data" key, is "Message format is not valid."; anything else goes
+// on to the type, where a type that is no handler's is "Message type is not
+// valid." (the server's answer to Type "").
 func TestParseClientMessageErrors(t *testing.T) {
 	for _, in := range []string{
 		``, `not json`, `{"type":"ping"`, `null`, `[]`, `"ping"`, `42`,
-		`{}`, `{"data":{}}`, `{"type":""}`, `{"type":null}`, `{"type":42}`,
-		`{"type":["ping"]}`, `{"type":{"a":1}}`, `{"type":"ping"} trailing`,
+		`{}`, `{"test":"123"}`, `{"type":"ping"} trailing`, `{"TYPE":"ping"}`, `{"Data":{}}`,
 	} {
 		t.Run(in, func(t *testing.T) {
 			_, err := ParseClientMessage([]byte(in))
 			wantError(t, err, CodeInvalidMessage, "Message format is not valid.")
+		})
+	}
+	for _, in := range []string{
+		`{"data":{}}`, `{"data":null}`, `{"type":""}`, `{"type":null}`, `{"type":42}`, `{"type":123}`,
+		`{"type":["ping"]}`, `{"type":{"a":1}}`,
+	} {
+		t.Run(in, func(t *testing.T) {
+			m, err := ParseClientMessage([]byte(in))
+			if err != nil || m.Type != "" {
+				t.Fatalf("ParseClientMessage(%s) = %+v, %v; want type \"\" (an unknown type) and no error", in, m, err)
+			}
 		})
 	}
 }

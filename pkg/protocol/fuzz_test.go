@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"slices"
 	"testing"
+	"unicode/utf8"
 )
 
 func FuzzParseClientMessage(f *testing.F) {
@@ -27,8 +28,24 @@ func FuzzParseClientMessage(f *testing.F) {
 			}
 			return
 		}
-		if m.Type == "" {
-			t.Fatal("accepted an empty type")
+		// Accepted: an object with a type or data key (Appwrite's format
+		// rule); a Type that is not empty is the string it sent.
+		var obj map[string]json.RawMessage
+		if json.Unmarshal(b, &obj) != nil {
+			t.Fatalf("accepted %q, which is not a JSON object", b)
+		}
+		_, hasType := obj["type"]
+		_, hasData := obj["data"]
+		if !hasType && !hasData {
+			t.Fatalf("accepted %q, which has neither type nor data", b)
+		}
+		// (The server passes only valid UTF-8 text; elsewhere the JSON
+		// decoder's replacement characters would differ from the bytes.)
+		if m.Type != "" && utf8.Valid(b) {
+			var typ string
+			if json.Unmarshal(obj["type"], &typ) != nil || typ != m.Type {
+				t.Fatalf("type %q from %q", m.Type, b)
+			}
 		}
 		if m.Data != nil && !json.Valid(m.Data) {
 			t.Fatalf("Data is not valid JSON: %q", m.Data)

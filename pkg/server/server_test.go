@@ -585,3 +585,30 @@ func TestDefaultMessageLimitIsAppwrites(t *testing.T) {
 		t.Fatalf("a 64,001-byte message: close %d, want %d", code, ws.StatusMessageTooBig)
 	}
 }
+
+// TestMessageFormatAndTypeErrorsAreAppwrites follows Appwrite's onMessage
+// (app/realtime.php) and the assertions of RealtimeCustomClientTest
+// (tests/e2e/Services/Realtime) on {"test":"123"}: a message with neither "type" nor "data"
+// is "Message format is not valid."; one with either, whose type is no
+// message type Appwrite has (a number, missing, or another case), is
+// "Message type is not valid." Both are 1003, and the connection stays.
+func TestMessageFormatAndTypeErrorsAreAppwrites(t *testing.T) {
+	s := testNode(t, nil)
+	c := dial(t, s, "project=p1", nil)
+	c.expect("connected")
+	for msg, want := range map[string]string{
+		`{"test":"123"}`:  `{"code":1003,"message":"Message format is not valid."}`,
+		`{"TYPE":"ping"}`: `{"code":1003,"message":"Message format is not valid."}`,
+		`{"type":123}`:    `{"code":1003,"message":"Message type is not valid."}`,
+		`{"data":{}}`:     `{"code":1003,"message":"Message type is not valid."}`,
+		`{"type":"pong"}`: `{"code":1003,"message":"Message type is not valid."}`,
+		`{"type":null}`:   `{"code":1003,"message":"Message type is not valid."}`,
+	} {
+		c.send(msg)
+		if m := c.expect("error"); string(m.Data) != want {
+			t.Errorf("%s: error %s, want %s", msg, m.Data, want)
+		}
+	}
+	c.send(`{"type":"ping"}`)
+	c.expect("pong")
+}
