@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"strings"
 )
 
 // Error messages. Where Appwrite has one (its realtime message dispatcher,
@@ -46,20 +47,50 @@ type ClientMessage struct {
 // server answers it, as any unknown type, with 1003 "Message type is not
 // valid." (Appwrite's Dispatcher).
 func ParseClientMessage(b []byte) (ClientMessage, error) {
-	// A map, not a struct: encoding/json matches struct fields without
-	// regard to case, and {"TYPE":"ping"} is no ping to Appwrite.
-	var w map[string]json.RawMessage
-	if !isObject(b) || json.Unmarshal(b, &w) != nil {
+	// The keys first, exactly as written: encoding/json matches struct
+	// fields without regard to case, and {"TYPE":"ping"} is no ping to
+	// Appwrite. Their values are skipped, not copied (a 4 MiB pad stays
+	// where it is).
+	var keys map[string]skippedValue
+	if !isObject(b) || json.Unmarshal(b, &keys) != nil {
 		return ClientMessage{}, invalid(msgFormatInvalid)
 	}
 	// A member that is there but null is there (PHP's array_key_exists).
-	typ, hasType := w["type"]
-	data, hasData := w["data"]
+	_, hasType := keys["type"]
+	_, hasData := keys["data"]
 	if !hasType && !hasData {
 		return ClientMessage{}, invalid(msgFormatInvalid)
 	}
-	t, _ := rawString(typ)
-	return ClientMessage{Type: t, Data: nonNull(data)}, nil
+	var w struct {
+		Type json.RawMessage `json:"type"`
+		Data json.RawMessage `json:"data"`
+	}
+	if foldedKey(keys) {
+		// A "Type" or "DATA" beside: the struct would take it too.
+		var exact map[string]json.RawMessage
+		_ = json.Unmarshal(b, &exact) // it decoded once already
+		w.Type, w.Data = exact["type"], exact["data"]
+	} else if json.Unmarshal(b, &w) != nil {
+		return ClientMessage{}, invalid(msgFormatInvalid)
+	}
+	t, _ := rawString(w.Type)
+	return ClientMessage{Type: t, Data: nonNull(w.Data)}, nil
+}
+
+// skippedValue decodes any JSON value into nothing: a map of them lists an
+// object's keys.
+type skippedValue struct{}
+
+func (*skippedValue) UnmarshalJSON([]byte) error { return nil }
+
+// foldedKey reports whether keys hold "type" or "data" in another case.
+func foldedKey(keys map[string]skippedValue) bool {
+	for k := range keys {
+		if (k != "type" && strings.EqualFold(k, "type")) || (k != "data" && strings.EqualFold(k, "data")) {
+			return true
+		}
+	}
+	return false
 }
 
 // ParseAuthentication extracts the session of an `authentication` message's

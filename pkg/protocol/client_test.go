@@ -68,7 +68,7 @@ func TestParseClientMessageErrors(t *testing.T) {
 	}
 	for _, in := range []string{
 		`{"data":{}}`, `{"data":null}`, `{"type":""}`, `{"type":null}`, `{"type":42}`, `{"type":123}`,
-		`{"type":["ping"]}`, `{"type":{"a":1}}`,
+		`{"type":["ping"]}`, `{"type":{"a":1}}`, `{"TYPE":"ping","data":{}}`,
 	} {
 		t.Run(in, func(t *testing.T) {
 			m, err := ParseClientMessage([]byte(in))
@@ -208,5 +208,16 @@ func TestErrorString(t *testing.T) {
 	err := error(&Error{Code: CodeInvalidMessage, Message: "Message format is not valid."})
 	if got, want := err.Error(), "protocol: Message format is not valid. (code 1003)"; got != want {
 		t.Errorf("Error() = %q, want %q", got, want)
+	}
+}
+
+// A key in another case beside the real one is not the real one (PHP's
+// arrays are case-sensitive), whichever comes first.
+func TestParseClientMessageKeysAreCaseSensitive(t *testing.T) {
+	for _, in := range []string{`{"type":"ping","TYPE":"subscribe"}`, `{"TYPE":"subscribe","type":"ping","Data":[1]}`} {
+		m, err := ParseClientMessage([]byte(in))
+		if err != nil || m.Type != "ping" || m.Data != nil {
+			t.Errorf("ParseClientMessage(%s) = %+v, %v; want a ping without data", in, m, err)
+		}
 	}
 }
