@@ -18,19 +18,25 @@ import (
 	"github.com/switchboard-rt/switchboard/pkg/broker"
 )
 
-// lifecycleNode is a node on loopback ports with nothing else about it.
-func lifecycleNode(t testing.TB, b broker.Broker) *Server {
-	t.Helper()
-	if b == nil {
-		b = broker.NewMemory(16)
-	}
-	s, err := New(Config{
+// lifecycleConfig is a node on loopback ports with nothing else about it.
+func lifecycleConfig(b broker.Broker) Config {
+	return Config{
 		Listen:      "127.0.0.1:0",
 		AdminListen: "127.0.0.1:0",
 		DrainTime:   Off,
 		Broker:      b,
 		Registry:    prometheus.NewRegistry(),
-	})
+	}
+}
+
+// lifecycleNode builds (without starting) a node of lifecycleConfig; a nil
+// b is a memory broker.
+func lifecycleNode(t testing.TB, b broker.Broker) *Server {
+	t.Helper()
+	if b == nil {
+		b = broker.NewMemory(16)
+	}
+	s, err := New(lifecycleConfig(b))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,10 +102,7 @@ func TestShutdownAtAnyMomentAfterStart(t *testing.T) {
 					return
 				}
 				delay := shutdownDelays[i%len(shutdownDelays)]
-				s, err := New(Config{
-					Listen: "127.0.0.1:0", AdminListen: "127.0.0.1:0", DrainTime: Off,
-					Broker: broker.NewMemory(16), Registry: prometheus.NewRegistry(),
-				})
+				s, err := New(lifecycleConfig(broker.NewMemory(16)))
 				if err != nil {
 					fail("run %d: new: %v", i, err)
 					return

@@ -312,7 +312,8 @@ type Server struct {
 	loop        netpoll.EventLoop
 	admin       *http.Server
 	stopRouter  context.CancelFunc
-	tasks       tasks // router, pollers, sweeper, event loop, admin server, dashboard
+	tasks       tasks           // router, pollers, sweeper, event loop, admin server, dashboard
+	served      <-chan struct{} // closed when netpoll's Serve has returned
 }
 
 // New validates cfg and builds a node; Start makes it listen.
@@ -431,7 +432,7 @@ func (s *Server) Start() (err error) {
 			s.log.Error("broker stopped", zap.Error(err))
 		}
 	})
-	s.tasks.start(eventLoopTask, func() {
+	s.served = s.tasks.start("event loop", func() {
 		if err := s.loop.Serve(pl); err != nil && !s.draining.Load() {
 			s.log.Error("event loop stopped", zap.Error(err))
 		}
@@ -527,8 +528,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	errs = append(errs, s.tasks.wait(early))
 	// Presences go first: deleting them may still queue frames.
 	var last tasks
-	last.start("presences", s.presences.shutdown)
-	presencesDone := last.doneCh("presences")
+	presencesDone := last.start("presences", s.presences.shutdown)
 	last.start("write pool", func() {
 		<-presencesDone
 		s.pool.stop()
@@ -554,16 +554,12 @@ func reserveEnd(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithDeadline(ctx, dl.Add(-min(time.Until(dl)/10, 100*time.Millisecond)))
 }
 
-// eventLoopTask names the task that runs netpoll's event loop.
-const eventLoopTask = "event loop"
-
 // stopEventLoop stops netpoll's event loop and waits for its Serve to
 // return. netpoll's Shutdown does nothing when Serve has not yet set up its
 // server (a Shutdown right after Start can overtake the goroutine that
 // calls Serve), and a Serve that starts after it would then wait forever:
 // so Shutdown is called again until Serve has returned.
 func (s *Server) stopEventLoop(ctx context.Context) error {
-	served := s.tasks.doneCh(eventLoopTask)
 	retry := time.NewTicker(time.Millisecond)
 	defer retry.Stop()
 	var err error
@@ -572,7 +568,7 @@ func (s *Server) stopEventLoop(ctx context.Context) error {
 			err = fmt.Errorf("event loop: %w", e)
 		}
 		select {
-		case <-served:
+		case <-s.served:
 			return err
 		case <-retry.C:
 		case <-ctx.Done():

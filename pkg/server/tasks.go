@@ -18,25 +18,16 @@ type task struct {
 	done chan struct{}
 }
 
-// start runs f in a goroutine of its own, known by name.
-func (t *tasks) start(name string, f func()) {
+// start runs f in a goroutine of its own, known by name; the channel is
+// closed when f has returned.
+func (t *tasks) start(name string, f func()) <-chan struct{} {
 	done := make(chan struct{})
 	t.list = append(t.list, task{name: name, done: done})
 	go func() {
 		defer close(done)
 		f()
 	}()
-}
-
-// doneCh is the channel closed when the task of that name has returned;
-// nil when no such task was started.
-func (t *tasks) doneCh(name string) <-chan struct{} {
-	for _, k := range t.list {
-		if k.name == name {
-			return k.done
-		}
-	}
-	return nil
+	return done
 }
 
 // wait returns when every task has returned, or when ctx ends; then the
