@@ -1,7 +1,7 @@
 GO ?= go
 SHELL := /bin/bash # the fuzz loop reads PIPESTATUS
 
-.PHONY: all build run test stress-test soak sdk-deps browser-deps bench bench-dashboard bench-go bench-index bench-tsung bench-slow bench-ab bench-baseline bench-wholebox fuzz clean
+.PHONY: all build run test test-go stress-test soak sdk-deps browser-deps bench bench-dashboard bench-go bench-index bench-tsung bench-slow bench-ab bench-baseline bench-wholebox fuzz clean
 
 all: build
 
@@ -27,10 +27,15 @@ run:
 TEST_TIMEOUT ?= 5m
 test: sdk-deps browser-deps
 	$(GO) vet ./...
+	@$(MAKE) --no-print-directory test-go
+
+# The go tests alone, as make test runs them once and make stress-test
+# COUNT times.
+test-go:
 	set -o pipefail; $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -json ./... | $(GO) run ./internal/testreport
 	$(GO) test -count=1 -timeout 2m -run '^TestShutdownAtAnyMomentAfterStart$$' ./pkg/server/
 
-# The README's go test COUNT times (10) in a row with LOAD (0) processes
+# make test-go COUNT times (10) in a row with LOAD (0) processes
 # spinning on the CPU throughout: flakes show up here before CI finds
 # them. Prints each run's result and failing tests, and the tally; the
 # reports stay in $TMPDIR/switchboard-stress-<time>/ (test/stress.sh).

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# make stress-test: the README's test command's `go test` COUNT times in a
-# row, with LOAD processes spinning on the CPU throughout (LOAD=2 takes both
-# cores of a 2-core box), to shake out tests that pass only on a quiet
-# machine. Every run goes on whatever the one before did; each run's report
-# is kept, and the end prints which runs and tests failed and the tally.
+# make stress-test: `make test-go` (the README's test command without its
+# npm and vet steps) COUNT times in a row, with LOAD processes spinning on
+# the CPU throughout (LOAD=2 takes both cores of a 2-core box), to shake
+# out tests that pass only on a quiet machine. Every run goes on whatever
+# the one before did; each run's report is kept, and the end prints which
+# runs and tests failed and the tally.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,15 +37,16 @@ failed_runs=()
 for ((run = 1; run <= COUNT; run++)); do
   start=$(date +%s)
   log="$out/run-$run.txt"
-  $GO test -race -count=1 -timeout "$TEST_TIMEOUT" -json ./... | $GO run ./internal/testreport >"$log" 2>&1
+  make --no-print-directory test-go GO="$GO" TEST_TIMEOUT="$TEST_TIMEOUT" >"$log" 2>&1
   rc=$?
   took=$(($(date +%s) - start))
+  count=$(grep -m1 '^tests: ' "$log" || echo "no test count")
   if [ $rc -eq 0 ]; then
     green=$((green + 1))
-    echo "run $run: green in ${took}s ($(tail -1 "$log"))"
+    echo "run $run: green in ${took}s ($count)"
   else
     failed_runs+=("$run")
-    echo "run $run: FAILED in ${took}s ($(tail -1 "$log")); failing tests and packages:"
+    echo "run $run: FAILED in ${took}s ($count); failing tests and packages:"
     grep -E '^(--- FAIL|FAIL|panic: test timed out)' "$log" | sed 's/^/    /' | sort -u
   fi
 done
