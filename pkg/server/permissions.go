@@ -24,10 +24,12 @@ import (
 // connections are re-indexed under the new roles and the kept events are
 // matched against those roles and delivered, all under the router's lock,
 // so that no event routed later can overtake them. So:
-//   - the event that announced the change reaches the user under the old
-//     roles (it is delivered before the hold starts);
-//   - every later event sees the new roles;
-//   - other users and projects never wait for the backend.
+//   - the event that announced the change is the hold's first: it reaches
+//     the user under the new roles, as in Appwrite, which re-resolves the
+//     user before it matches the event (app/realtime.php);
+//   - every later event sees the new roles too;
+//   - everyone else receives the announcing event at once, and other users
+//     and projects never wait for the backend.
 
 // maxHeldEvents bounds the events kept for one held user. Reached only when
 // a project publishes hundreds of events a second while the backend hangs;
@@ -78,8 +80,8 @@ func newHolds(s *Server) *holds {
 }
 
 // begin holds the user's connections on this node and starts resolving
-// their roles. It runs on the router, after the announcing event was
-// delivered.
+// their roles. It runs on the router, before the announcing event is
+// delivered, so that record keeps that event for them.
 func (hs *holds) begin(project, uid string) {
 	key := userKey{project, uid}
 	conns := hs.srv.users.list(key)

@@ -84,21 +84,62 @@ func TestPermissionChangeRevokesTeamRoleAtOnce(t *testing.T) {
 		c.expectPayload(`{"n":1}`)
 	}
 
-	// u1 leaves the team: the backend changes its answer, then publishes the
-	// membership delete with permissionsChanged. u1 must still receive that
-	// very event (it was readable by team:t1 when published) and nothing
-	// of the team's afterwards, on both of its connections.
+	// u1 is removed from the team: the backend changes its answer, then
+	// publishes the membership delete for team:t1 with permissionsChanged.
+	// Appwrite re-resolves u1 before it matches that very event
+	// (app/realtime.php, the permissionsChanged branch of the pub/sub
+	// callback), so u1 receives neither it nor anything of the team's
+	// afterwards, on both of its connections; the rest of the team, u2,
+	// receives both.
 	backend.set("u1")
-	publish(t, s, permissionChange("p1", "u1", []string{"team:t1"}, []string{"memberships"}, `{"membership":"deleted"}`))
+	publish(t, s, permissionChange("p1", "u1", []string{"team:t1"}, []string{"documents", "memberships"}, `{"membership":"deleted"}`))
 	publish(t, s, event("p1", []string{"team:t1"}, []string{"documents"}, `{"n":2}`))
 	publish(t, s, event("p1", []string{"user:u1"}, []string{"documents", "memberships"}, `{"n":3}`))
-	u1a.expectPayload(`{"membership":"deleted"}`)
 	u1a.expectPayload(`{"n":3}`)
 	u1b.expectPayload(`{"n":3}`)
+	u2.expectPayload(`{"membership":"deleted"}`)
 	u2.expectPayload(`{"n":2}`)
 	if got := counterValue(t, s, "switchboard_permission_changes_total"); got != 1 {
 		t.Fatalf("permission changes = %v", got)
 	}
+}
+
+// TestTeamCreatorReceivesTheCreateEvent follows Appwrite's
+// RealtimeCustomClientTest::testChannelTeams
+// (tests/e2e/Services/Realtime/RealtimeCustomClientTest.php): a user
+// subscribed to "teams" creates a team and receives its create event.
+// Appwrite publishes that event for team:<T> alone, with
+// permissionsChanged and the creator's userId, and its worker re-resolves
+// the creator's roles before matching subscribers (app/realtime.php, the
+// permissionsChanged branch of the pub/sub callback), so the new
+// team:<T> role admits the creator. The resolver is a real --auth http
+// backend that answers the new membership once the team exists.
+func TestTeamCreatorReceivesTheCreateEvent(t *testing.T) {
+	backend := &mutableBackend{roles: map[string][]string{}}
+	backend.set("u1", "user:u1", "users")
+	backend.set("u2", "user:u2", "users")
+	s := testNode(t, func(c *Config) { c.Resolver = newHTTPResolver(t, backend.start(t)) })
+	creator := dial(t, s, "project=p1&channels[]=teams", http.Header{"X-Appwrite-Session": {"s-u1"}})
+	other := dial(t, s, "project=p1&channels[]=teams", http.Header{"X-Appwrite-Session": {"s-u2"}})
+	creator.expect("connected")
+	other.expect("connected")
+
+	backend.set("u1", "user:u1", "users", "team:t9", "team:t9/owner")
+	create, _ := json.Marshal(map[string]any{
+		"project": "p1", "roles": []string{"team:t9"}, "permissionsChanged": true, "userId": "u1",
+		"data": map[string]any{"events": []string{"teams.t9.create", "teams.*.create", "teams.t9", "teams.*"},
+			"channels": []string{"teams", "teams.t9"}, "timestamp": "2026-01-01T12:00:00.000+00:00",
+			"payload": map[string]any{"$id": "t9", "name": "Arsenal"}},
+	})
+	publish(t, s, string(create))
+	publish(t, s, event("p1", []string{"users"}, []string{"teams"}, `{"marker":1}`))
+	d := creator.expectPayload(`{"$id":"t9","name":"Arsenal"}`)
+	if !slices.Contains(d.Events, "teams.t9.create") {
+		t.Fatalf("creator got events %v, want teams.t9.create", d.Events)
+	}
+	creator.expectPayload(`{"marker":1}`)
+	// Not a member: the create event is not theirs to read.
+	other.expectPayload(`{"marker":1}`)
 }
 
 func TestPermissionChangeWithJWTDropsToGuest(t *testing.T) {
@@ -109,10 +150,12 @@ func TestPermissionChangeWithJWTDropsToGuest(t *testing.T) {
 	s := testNode(t, func(c *Config) { c.Resolver = r })
 	u1 := dial(t, s, "project=p1&channels[]=documents&jwt="+jwtFor(t, "k", jwt.MapClaims{"sub": "u1", "roles": []string{"team:t1"}}), nil)
 	u1.expect("connected")
+	// A JWT cannot be re-resolved: the connection drops to guest before
+	// the announcing event is matched, so it sees none of these but the
+	// guests' one.
 	publish(t, s, permissionChange("p1", "u1", []string{"team:t1"}, []string{"documents"}, `{"last":"team event"}`))
 	publish(t, s, event("p1", []string{"team:t1", "user:u1", "users"}, []string{"documents"}, `{"stale":true}`))
 	publish(t, s, event("p1", []string{"guests"}, []string{"documents"}, `{"as":"guest"}`))
-	u1.expectPayload(`{"last":"team event"}`)
 	if m := u1.expect("error"); !strings.Contains(string(m.Data), "authenticate again") {
 		t.Fatalf("error = %s", m.Data)
 	}

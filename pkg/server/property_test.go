@@ -382,23 +382,23 @@ func runWorld(t *testing.T, seed uint64) {
 				PermissionsChanged: true, UserID: uid}
 			p := randomPayload(rng)
 			ev.Payload = json.RawMessage(p.json(nEvent))
-			// Entitled under the roles valid when it was published...
-			checkEvent(t, seed, step, r, live, ev, p, nEvent, nil)
-			nEvent++
 			held := map[*modelConn]bool{}
 			for _, m := range live {
 				if m.project == ev.Project && uidOf(m) == uid {
 					held[m] = true
 				}
 			}
-			// ...events while the backend answers reach nobody of uid's
-			// connections yet...
+			// The announcing event, and events while the backend
+			// answers, reach everyone else under their roles and nobody
+			// of uid's connections yet...
 			type kept struct {
 				ev *protocol.Event
 				p  modelPayload
 				n  int
 			}
-			var during []kept
+			checkEvent(t, seed, step, r, live, ev, p, nEvent, held)
+			during := []kept{{ev, p, nEvent}}
+			nEvent++
 			for range rng.IntN(4) {
 				ev, p := randomEvent()
 				checkEvent(t, seed, step, r, live, ev, p, nEvent, held)

@@ -81,16 +81,19 @@ func (r *router) route(msg []byte) {
 	s.metrics.events.Inc()
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if ev.PermissionsChanged && ev.UserID != "" {
+		// Before the delivery, as Appwrite's worker re-resolves the user
+		// before it matches subscribers (app/realtime.php): the user's
+		// connections get the announcing event from their hold, against
+		// the roles the change gave them. So the creator of a team
+		// receives its teams.<T>.create, published for team:<T> alone.
+		s.holds.begin(ev.Project, ev.UserID)
+	}
 	if len(ev.Roles) > 0 && len(ev.Channels) > 0 {
 		r.begin(ev, born)
 		s.idx.Lookup(ev.Project, ev.Roles, ev.Channels, r.visit)
 		r.finish()
 		s.holds.record(ev)
-	}
-	if ev.PermissionsChanged && ev.UserID != "" {
-		// After the delivery: the announcing event (say, the user's own
-		// membership delete) still reaches them under the old roles.
-		s.holds.begin(ev.Project, ev.UserID)
 	}
 }
 
