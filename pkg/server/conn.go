@@ -83,11 +83,12 @@ type conn struct {
 	// Everything from state to roles is guarded by mu: the router, the
 	// write pool and the read side all reach it. The order is the router's:
 	// what it reads for each recipient (state, flags, mu, subs, q) lies in
-	// two cache lines of the 256-byte object, the fewest it can
+	// two cache lines of the 288-byte object, the fewest it can
 	// (TestRouterReadsTwoCacheLinesOfAConn), and events to 10,000
 	// recipients miss the cache on most of them.
 	state   connState
 	flags   connFlags
+	reason  closeReason // why it is closing; set once, with state (closeLocked)
 	mu      sync.Mutex
 	subs    []subscription
 	q       sendQueue
@@ -104,6 +105,16 @@ type conn struct {
 	pend       []byte          // bytes of an incomplete handshake or frame header; nil when none
 	upgrading  *pendingUpgrade // accepted upgrade waiting for the socket's hand-over
 	in         *inbound        // a frame or message spanning reads (reader.go); nil when none
+
+	// What the close record (recordClose) tells of the connection's life.
+	// The in-counters are the read side's but are read at release, hence
+	// atomics; the out-counters and closeCode are guarded by mu.
+	opened     uint32 // Server.clock at accept
+	messagesIn atomic.Uint32
+	framesOut  uint32 // frames written, its HTTP response (101 or error) counted as one
+	closeCode  uint16 // the close frame's code, 0 when none was sent
+	bytesIn    atomic.Uint64
+	bytesOut   uint64
 }
 
 // connState is where a connection is in its life; see conn.
@@ -207,6 +218,7 @@ func (c *conn) adopt(nc netpoll.Connection) {
 	if r := nc.Reader(); r.Len() > 0 {
 		if buf, err := r.Peek(r.Len()); err == nil {
 			early = append(early, buf...)
+			c.bytesIn.Add(uint64(len(buf)))
 		}
 	}
 	c.mu.Lock()
@@ -272,6 +284,7 @@ func (c *conn) readAdopted() {
 		n, err := unix.Read(c.fd, *bp)
 		switch {
 		case n > 0:
+			c.bytesIn.Add(uint64(n))
 			c.feed((*bp)[:n])
 		case err == unix.EINTR:
 		case err == unix.EAGAIN:
@@ -297,16 +310,19 @@ func (c *conn) awaitInput(eof bool) {
 			return
 		}
 		c.srv.log.Debug("input poller refused a socket; closing it", zap.Uint32("conn", uint32(c.id)), zap.Error(err))
+		c.closeLocked(closeInternalError, 0)
 	}
-	c.setStateLocked(stateClosing)
+	// The read side gave up on it (it said why), or the peer is gone.
+	c.closeLocked(closeReset, 0)
 	c.settleLocked()
 }
 
-// shut closes the connection (as soon as nothing holds its socket); any
-// goroutine may call it, any number of times.
-func (c *conn) shut() {
+// shut closes the connection for reason r without a close frame (as soon
+// as nothing holds its socket); any goroutine may call it, any number of
+// times.
+func (c *conn) shut(r closeReason) {
 	c.mu.Lock()
-	c.setStateLocked(stateClosing)
+	c.closeLocked(r, 0)
 	c.settleLocked()
 }
 
@@ -334,7 +350,11 @@ func (c *conn) settleLocked() {
 // owns the socket (ownFD), the socket is shut. The caller holds c.mu, which
 // releaseLocked releases; nothing holds the socket any more.
 func (c *conn) releaseLocked(ownFD bool) {
+	if c.state < stateClosing && c.reason == closeUnset {
+		c.reason = closeReset // netpoll closed a socket it owned: the peer left
+	}
 	c.setStateLocked(stateClosed)
+	c.recordClose()
 	if c.q.armed {
 		c.srv.waiter.forget(c)
 		c.q.armed = false
@@ -399,19 +419,13 @@ func (c *conn) send(f outFrame) {
 	c.settleLocked()
 }
 
-// closeWith sends a close frame and closes the connection. Input that
-// arrives afterwards is discarded.
-func (c *conn) closeWith(code ws.StatusCode, reason string) {
-	c.readClosed = true
-	c.sendLast(outFrame{head: closeFrame(code, reason)})
-}
-
 // sendLast writes f as the connection's last frame (as far as the socket
-// takes it without blocking) and closes the connection.
-func (c *conn) sendLast(f outFrame) {
+// takes it without blocking) and closes the connection for reason r; code
+// is f's close code, 0 when f is no close frame.
+func (c *conn) sendLast(f outFrame, r closeReason, code ws.StatusCode) {
 	c.mu.Lock()
 	c.enqueueLocked(f)
-	c.setStateLocked(stateClosing)
+	c.closeLocked(r, code)
 	c.flushLocked()
 	c.settleLocked()
 }
@@ -432,7 +446,7 @@ func (c *conn) enqueueLocked(f outFrame) {
 // (errSlowConsumer).
 func (c *conn) slowConsumerLocked() {
 	c.srv.metrics.slowConsumers.Inc()
-	c.setStateLocked(stateClosing)
+	c.closeLocked(closeSlowConsumer, ws.StatusPolicyViolation)
 }
 
 // flushLocked writes what the socket takes now (sendQueue.write). A full
@@ -441,7 +455,9 @@ func (c *conn) flushLocked() {
 	if c.state == stateClosed {
 		return
 	}
-	frames, calls, err := c.q.write(&c.mu, c.fd, c.srv.latency)
+	frames, bytes, calls, err := c.q.write(&c.mu, c.fd, c.srv.latency)
+	c.framesOut += uint32(frames)
+	c.bytesOut += uint64(bytes)
 	c.srv.metrics.framesOut.Add(float64(frames))
 	c.srv.metrics.writeCalls.Add(float64(calls))
 	if err == errWouldBlock {
@@ -452,7 +468,7 @@ func (c *conn) flushLocked() {
 		}
 	}
 	if err != nil {
-		c.setStateLocked(stateClosing)
+		c.closeLocked(closeReset, 0)
 	}
 }
 
@@ -485,10 +501,8 @@ func (c *conn) goAway() {
 	live := c.state == stateLive
 	c.mu.Unlock()
 	if !live {
-		c.shut()
+		c.shut(closeShutdown)
 		return
 	}
-	c.sendLast(outFrame{head: goingAwayClose})
+	c.sendLast(outFrame{head: closeShutdown.frame(0, "")}, closeShutdown, ws.StatusGoingAway)
 }
-
-var goingAwayClose = closeFrame(ws.StatusGoingAway, "server shutting down")

@@ -72,12 +72,3 @@ func compileFrame(op ws.OpCode, p []byte) []byte {
 	b := make([]byte, 0, maxServerHeader+len(p))
 	return append(appendFrameHeader(b, op, len(p)), p...)
 }
-
-// closeFrame returns a close frame with the given status code and reason.
-// The reason is cut to fit the 125-byte control payload limit.
-func closeFrame(code ws.StatusCode, reason string) []byte {
-	if len(reason) > 123 {
-		reason = reason[:123]
-	}
-	return compileFrame(ws.OpClose, ws.NewCloseFrameBody(code, reason))
-}

@@ -21,6 +21,7 @@ import (
 // message). Only a policy violation closes the connection; every other bad
 // message is answered with an error frame and the connection stays open.
 func (c *conn) handleMessage(b []byte) {
+	c.messagesIn.Add(1)
 	m := c.srv.metrics
 	if !c.allowMessage(time.Now()) {
 		m.messagesIn.WithLabelValues("limited").Inc()
@@ -272,9 +273,14 @@ func (c *conn) sendErr(err error) {
 // fail sends an error frame and then closes with 1008: older SDKs look for
 // the error frame, newer ones for the close code.
 func (c *conn) fail(code int, message string) {
+	c.failFor(closePolicy, code, message)
+}
+
+// failFor is fail for a close reason of the 1008 kind other than policy.
+func (c *conn) failFor(r closeReason, code int, message string) {
 	c.srv.metrics.protocolErrors.WithLabelValues(itoa(code)).Inc()
 	c.sendText(protocol.AppendError(nil, code, message))
-	c.closeWith(ws.StatusPolicyViolation, message)
+	c.closeWith(r, message)
 }
 
 func (c *conn) failErr(err error) {

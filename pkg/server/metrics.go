@@ -13,6 +13,7 @@ type metrics struct {
 	writeCalls     prometheus.Counter
 	sendBufFull    prometheus.Counter
 	deliveries     prometheus.Counter
+	closes         [numCloseReasons]prometheus.Counter // switchboard_connection_closes_total by reason
 	slowConsumers  prometheus.Counter
 	protocolErrors *prometheus.CounterVec
 	events         prometheus.Counter
@@ -67,7 +68,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "switchboard_deliveries_total", Help: "Event frames queued for a recipient.",
 		}),
 		slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "switchboard_slow_consumer_closes_total", Help: "Connections closed because their outbound queue overflowed.",
+			Name: "switchboard_slow_consumer_closes_total", Help: "Connections closed because their outbound queue overflowed. Deprecated: switchboard_connection_closes_total{reason=\"slow_consumer\"}.",
 		}),
 		protocolErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchboard_protocol_errors_total", Help: "Errors answered to clients, by code or kind.",
@@ -85,16 +86,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "switchboard_published_total", Help: "Events accepted by POST /v1/publish.",
 		}),
 		handshakeTimeouts: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "switchboard_handshake_timeouts_total", Help: "Connections closed for not completing the upgrade in time.",
+			Name: "switchboard_handshake_timeouts_total", Help: "Connections closed for not completing the upgrade in time. Deprecated: switchboard_connection_closes_total{reason=\"handshake_timeout\"}.",
 		}),
 		idleTimeouts: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "switchboard_idle_timeouts_total", Help: "Upgraded connections closed for sending no frame within the idle timeout.",
+			Name: "switchboard_idle_timeouts_total", Help: "Upgraded connections closed for sending no frame within the idle timeout. Deprecated: switchboard_connection_closes_total{reason=\"idle\"}.",
 		}),
 		panics: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_handler_panics_total", Help: "Panics recovered while handling a connection's input (the connection is closed with 1011).",
 		}),
 		drainCloses: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "switchboard_drain_closes_total", Help: "Connections told to go away (1001) while the node drains.",
+			Name: "switchboard_drain_closes_total", Help: "Connections told to go away (1001) while the node drains. Deprecated: switchboard_connection_closes_total{reason=\"shutdown\"}, which also counts those closed by the shutdown after the drain.",
 		}),
 		permissionChanges: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_permission_changes_total", Help: "Permission changes applied to users with connections on this node.",
@@ -134,6 +135,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "switchboard_deflate_bytes_total", Help: "Payload bytes of compressed messages, by direction (out: events sent, in: client messages) and form (plain: before compression or after inflation, deflated: on the wire).",
 		}, []string{"direction", "form"}),
 	}
+	closes := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "switchboard_connection_closes_total", Help: "Connections ended, by reason (one per connection, handshakes included; see README, Closes).",
+	}, []string{"reason"})
+	for r := range m.closes {
+		if closeReason(r) != closeUnset { // counted as reset
+			m.closes[r] = closes.WithLabelValues(closeReason(r).String())
+		}
+	}
+	m.closes[closeUnset] = m.closes[closeReset]
+	reg.MustRegister(closes)
 	reg.MustRegister(m.deflateUpgrades, m.deflatedEvents, m.deflatedDelivered, m.deflateBytes)
 	reg.MustRegister(m.connections, m.upgrades, m.messagesIn, m.messagesOut, m.framesOut, m.writeCalls, m.sendBufFull, m.deliveries,
 		m.slowConsumers, m.protocolErrors, m.events, m.invalidEvents, m.publishErrors, m.published, m.permissionChanges, m.permissionHolds, m.permissionHoldSeconds, m.permissionResolveFailures, m.handshakeTimeouts, m.idleTimeouts, m.panics,

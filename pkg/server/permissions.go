@@ -158,7 +158,7 @@ func (hs *holds) resolve(h *hold) {
 		switch {
 		case overflow:
 			for _, hc := range h.conns {
-				hc.c.sendLast(outFrame{head: heldTooLongClose})
+				hc.c.sendLast(outFrame{head: closeHeldTooLong.frame(0, "")}, closeHeldTooLong, statusTryAgainLater)
 			}
 		default:
 			for _, hc := range h.conns {
@@ -190,8 +190,6 @@ func (hs *holds) resolve(h *hold) {
 		rt.mu.Unlock()
 	}
 }
-
-var heldTooLongClose = closeFrame(statusTryAgainLater, "permission change pending too long")
 
 // resolveUser asks the resolver for a user's current identity, bounded by
 // AuthTimeout. A resolver that cannot re-resolve users (JWT) answers

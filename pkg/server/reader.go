@@ -30,9 +30,10 @@ func (c *conn) onRead(r netpoll.Reader) {
 	}
 	buf, err := r.Peek(n)
 	if err != nil {
-		c.shut()
+		c.shut(closeReset)
 		return
 	}
+	c.bytesIn.Add(uint64(n))
 	c.feed(buf)
 	_ = r.Skip(n)
 	_ = r.Release()
@@ -199,7 +200,7 @@ func (c *conn) checkHeader(h *ws.Header) (compressed, ok bool) {
 	}
 	if err != nil {
 		c.srv.metrics.protocolErrors.WithLabelValues("frame").Inc()
-		c.closeWith(ws.StatusProtocolError, err.Error())
+		c.closeWith(closeProtocolError, err.Error())
 		return false, false
 	}
 	size := h.Length
@@ -208,7 +209,7 @@ func (c *conn) checkHeader(h *ws.Header) (compressed, ok bool) {
 	}
 	if size > int64(c.srv.cfg.MaxMessageSize) {
 		c.srv.metrics.protocolErrors.WithLabelValues("too_big").Inc()
-		c.closeWith(ws.StatusMessageTooBig, "message too big")
+		c.closeWith(closeTooBig, "")
 		return false, false
 	}
 	return compressed, true
@@ -317,7 +318,14 @@ func (c *conn) handleControl(op ws.OpCode, payload []byte) {
 		c.send(outFrame{head: compileFrame(ws.OpPong, payload)})
 	case ws.OpPong:
 	case ws.OpClose:
-		c.closeWith(closeReply(payload))
+		switch code, text := closeReply(payload); code {
+		case ws.StatusProtocolError:
+			c.closeWith(closeProtocolError, text)
+		case ws.StatusInvalidFramePayloadData:
+			c.closeWith(closeInvalidPayload, text)
+		default:
+			c.closeEcho(code)
+		}
 	}
 }
 
@@ -345,7 +353,7 @@ func closeReply(payload []byte) (ws.StatusCode, string) {
 // failUTF8 fails the connection over text that is not UTF-8 (RFC 6455 8.1).
 func (c *conn) failUTF8() {
 	c.srv.metrics.protocolErrors.WithLabelValues("utf8").Inc()
-	c.closeWith(ws.StatusInvalidFramePayloadData, "invalid UTF-8 in text frame")
+	c.closeWith(closeInvalidPayload, "invalid UTF-8 in text frame")
 }
 
 // handleData hands one complete data message, already known to be valid
@@ -373,11 +381,11 @@ func (c *conn) handleCompressed(op ws.OpCode, msg []byte) {
 	switch {
 	case errors.Is(err, permessage.ErrTooBig):
 		s.metrics.protocolErrors.WithLabelValues("too_big").Inc()
-		c.closeWith(ws.StatusMessageTooBig, "message too big once inflated")
+		c.closeWith(closeTooBig, "message too big once inflated")
 		return
 	case err != nil:
 		s.metrics.protocolErrors.WithLabelValues("deflate").Inc()
-		c.closeWith(ws.StatusInvalidFramePayloadData, "invalid compressed data")
+		c.closeWith(closeInvalidPayload, "invalid compressed data")
 		return
 	}
 	s.metrics.deflateBytes.WithLabelValues("in", "deflated").Add(float64(len(msg)))

@@ -6,7 +6,6 @@ import (
 	"sync"
 	"unsafe"
 
-	"github.com/gobwas/ws"
 	"golang.org/x/sys/unix"
 )
 
@@ -60,9 +59,6 @@ var errSlowConsumer = errors.New("slow consumer: send queue over its limit")
 // queue waits for EPOLLOUT.
 var errWouldBlock = errors.New("socket send buffer full")
 
-// slowConsumerClose is what a cut queue ends with.
-var slowConsumerClose = closeFrame(ws.StatusPolicyViolation, "slow consumer")
-
 // push queues f. A queue that would exceed limit bytes is a slow consumer's:
 // it is cut (see cut) and push returns errSlowConsumer. A single frame
 // larger than the limit is still queued when nothing else is.
@@ -89,8 +85,9 @@ func (q *sendQueue) cut() error {
 	if keep == 1 {
 		q.bytes = q.frames[0].size()
 	}
-	q.frames = append(q.frames, outFrame{head: slowConsumerClose})
-	q.bytes += len(slowConsumerClose)
+	last := closeSlowConsumer.frame(0, "")
+	q.frames = append(q.frames, outFrame{head: last})
+	q.bytes += len(last)
 	return errSlowConsumer
 }
 
@@ -103,20 +100,25 @@ func (q *sendQueue) empty() bool { return len(q.frames) == 0 }
 // router queues the next events meanwhile instead of waiting out a system
 // call; they leave in the next writev of the same loop. Only one goroutine
 // writes at a time: another caller finds q.writing and leaves its frames to
-// that writer. It returns the frames and writev calls it completed.
-// Each batch's event frames are recorded in lat once written.
-func (q *sendQueue) write(mu *sync.Mutex, fd int, lat *deliveryLatency) (frames, calls int, err error) {
+// that writer. It returns the frames, bytes and writev calls it
+// completed. Each batch's event frames are recorded in lat once written.
+func (q *sendQueue) write(mu *sync.Mutex, fd int, lat *deliveryLatency) (frames, bytes, calls int, err error) {
 	for len(q.frames) > 0 && !q.waitOut && !q.writing {
 		batch, off := q.frames, q.off
 		q.frames, q.off = nil, 0
 		q.writing = true
 		mu.Unlock()
-		done, off, n, werr := writevQueue(fd, batch, off)
+		done, end, n, werr := writevQueue(fd, batch, off)
 		lat.written(batch[:done], fd)
 		mu.Lock()
 		q.writing = false
 		frames += done
 		calls += n
+		bytes += end - off
+		for _, f := range batch[:done] {
+			bytes += f.size()
+		}
+		off = end
 		clear(batch[:done])
 		if done < len(batch) {
 			// The unwritten rest goes back in front of what was queued
@@ -132,10 +134,10 @@ func (q *sendQueue) write(mu *sync.Mutex, fd int, lat *deliveryLatency) (frames,
 			q.waitOut = true
 		}
 		if werr != nil {
-			return frames, calls, werr
+			return frames, bytes, calls, werr
 		}
 	}
-	return frames, calls, nil
+	return frames, bytes, calls, nil
 }
 
 // wake marks the queue scheduled and reports whether the caller must hand

@@ -49,7 +49,7 @@ func queueConn(t *testing.T, maxQueue, sndbuf int) (*conn, *os.File) {
 	c.id = s.idx.Insert(c)
 	s.open.Add(1)
 	t.Cleanup(func() {
-		c.shut()
+		c.shut(closeReset)
 		s.waiter.close()
 		s.pool.stop()
 		s.quarantine.closeAll()
@@ -228,14 +228,14 @@ func TestSendQueuePush(t *testing.T) {
 	if err := q.push(f(40), 100); err != errSlowConsumer {
 		t.Fatalf("over the limit: %v", err)
 	}
-	if len(q.frames) != 1 || !bytes.Equal(q.frames[0].head, slowConsumerClose) || q.bytes != len(slowConsumerClose) {
+	if len(q.frames) != 1 || !bytes.Equal(q.frames[0].head, closeSlowConsumer.frame(0, "")) || q.bytes != len(closeSlowConsumer.frame(0, "")) {
 		t.Fatalf("cut queue %d frames, %d bytes", len(q.frames), q.bytes)
 	}
 	q = sendQueue{}
 	_ = q.push(f(40), 100)
 	_ = q.push(f(40), 100)
 	q.off = 10 // the first frame is half written
-	if err := q.push(f(40), 100); err != errSlowConsumer || len(q.frames) != 2 || len(q.frames[0].head) != 40 || q.bytes != 40+len(slowConsumerClose) {
+	if err := q.push(f(40), 100); err != errSlowConsumer || len(q.frames) != 2 || len(q.frames[0].head) != 40 || q.bytes != 40+len(closeSlowConsumer.frame(0, "")) {
 		t.Fatalf("cut with a half-written frame: %v, %d frames, %d bytes", err, len(q.frames), q.bytes)
 	}
 }
@@ -249,7 +249,7 @@ func TestCloseWhileWritingWaitsForTheWriter(t *testing.T) {
 	c.q.writing = true // as sendQueue.write sets it before its writev
 	c.mu.Unlock()
 
-	c.shut()
+	c.shut(closeReset)
 	c.mu.Lock()
 	st := c.state
 	c.mu.Unlock()

@@ -520,7 +520,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	// Sockets netpoll handed over are ours to close.
 	for _, c := range s.input.registered() {
-		c.shut()
+		c.shut(closeShutdown)
 	}
 	s.input.close()
 	s.waiter.close()
@@ -621,7 +621,8 @@ func (s *Server) goAwayAll(ctx context.Context) {
 func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 	c := &conn{Context: context.Background(), srv: s, nc: nc, fd: nc.(interface{ Fd() int }).Fd()}
 	c.id = s.idx.Insert(c)
-	c.lastSeen.Store(s.clock.Load())
+	c.opened = s.clock.Load()
+	c.lastSeen.Store(c.opened)
 	s.metrics.connections.Inc()
 	if err := nc.AddCloseCallback(c.onClosed); err != nil {
 		// Nothing would ever take the connection out of the index: refuse

@@ -58,7 +58,7 @@ func (w *handshakeWheel) sweep(now time.Time, s *Server) {
 		if expired {
 			s.metrics.handshakeTimeouts.Inc()
 			s.log.Debug("handshake timed out", zap.Uint32("conn", uint32(c.id)))
-			c.shut()
+			c.shut(closeHandshakeTimeout)
 		}
 	}
 }
@@ -134,12 +134,10 @@ func (s *Server) sweepIdle(now uint32) {
 		if expired {
 			s.metrics.idleTimeouts.Inc()
 			s.log.Debug("idle timeout", zap.Uint32("conn", uint32(c.id)))
-			c.sendLast(outFrame{head: idleClose})
+			c.sendLast(outFrame{head: closeIdle.frame(0, "")}, closeIdle, ws.StatusGoingAway)
 		}
 	}
 }
-
-var idleClose = closeFrame(ws.StatusGoingAway, "idle timeout")
 
 // setKeepAlive turns on TCP keepalive on fd: the first probe after d of
 // silence, then every d/3, and the peer is declared dead after three
@@ -166,6 +164,6 @@ func (c *conn) recoverConn() {
 		c.srv.metrics.panics.Inc()
 		c.srv.log.Error("panic handling connection input; closing it", zap.Uint32("conn", uint32(c.id)), zap.Any("panic", v), zap.Stack("stack"))
 		c.readClosed = true
-		c.sendLast(outFrame{head: closeFrame(ws.StatusInternalServerError, "internal error")})
+		c.sendLast(outFrame{head: closeInternalError.frame(0, "")}, closeInternalError, ws.StatusInternalServerError)
 	}
 }

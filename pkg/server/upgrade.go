@@ -149,7 +149,7 @@ func (c *conn) upgradeRequest(data []byte, client, peer netip.Addr) int {
 			// the client still deserves to know why it is dropped.
 			resp.WriteString(httpError(http.StatusBadRequest, "malformed HTTP request"))
 		}
-		c.sendLast(outFrame{head: resp.Bytes()})
+		c.sendLast(outFrame{head: resp.Bytes()}, closeHandshakeRefused, 0)
 		return len(data)
 	}
 	if fromProxy {
@@ -204,7 +204,7 @@ func headerIs(key []byte, name string) bool {
 func (c *conn) rejectHTTP(status int, reason string) {
 	c.srv.metrics.upgrades.WithLabelValues("rejected").Inc()
 	c.readClosed = true
-	c.sendLast(outFrame{head: []byte(httpError(status, reason))})
+	c.sendLast(outFrame{head: []byte(httpError(status, reason))}, closeHandshakeRefused, 0)
 }
 
 // httpError is a whole HTTP response refusing a request.
@@ -241,7 +241,7 @@ func (c *conn) open(h *handshake) {
 		s.invalidLog.Info("connect limit reached", zap.Uint32("conn", uint32(c.id)), zap.Stringer("client", h.client))
 		s.metrics.protocolErrors.WithLabelValues(itoa(protocol.CodeTooManyRequests)).Inc()
 		c.sendText(protocol.AppendError(nil, protocol.CodeTooManyRequests, "Too many requests"))
-		c.closeWith(statusTryAgainLater, "Too many requests")
+		c.closeWith(closeRateLimited, "")
 		return
 	}
 	if ce := s.log.Check(zap.DebugLevel, "connection opened"); ce != nil {
@@ -331,10 +331,10 @@ func (c *conn) resolve(creds auth.Credentials) (auth.Identity, bool) {
 		return auth.Guest(), true
 	case errors.Is(err, auth.ErrUnauthorized):
 		s.log.Debug("jwt rejected", zap.Uint32("conn", uint32(c.id)), zap.Error(err))
-		c.fail(http.StatusUnauthorized, "Invalid JWT.")
+		c.failFor(closeAuthFailed, http.StatusUnauthorized, "Invalid JWT.")
 	default:
 		s.log.Warn("auth resolver failed", zap.Uint32("conn", uint32(c.id)), zap.Error(err))
-		c.fail(protocol.CodePolicyViolation, "Authentication is unavailable, try again later.")
+		c.failFor(closeAuthUnavailable, protocol.CodePolicyViolation, "Authentication is unavailable, try again later.")
 	}
 	return auth.Identity{}, false
 }
