@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -38,6 +39,7 @@ func TestDashboardInBrowser(t *testing.T) {
 		ConnsAfterSeconds, DeliveriesAfterSeconds float64
 		GoneAfterSeconds                          float64
 		Latency, TopProject, ClusterSummary       string
+		CloseReasons                              []string
 		Reloads                                   int
 		PageErrors                                []string
 	}
@@ -53,6 +55,12 @@ func TestDashboardInBrowser(t *testing.T) {
 	}
 	if r.GoneAfterSeconds > 5 || !strings.Contains(r.ClusterSummary, "1 gone") {
 		t.Errorf("the killed node was marked gone after %.1f s (%q), want within 5 s", r.GoneAfterSeconds, r.ClusterSummary)
+	}
+	// Every reason the node counts has its series, zero or not.
+	for _, reason := range []string{"client_close", "reset", "slow_consumer", "shutdown", "handshake_timeout", "policy"} {
+		if !slices.Contains(r.CloseReasons, reason) {
+			t.Errorf("closes chart series %q, want one for %s", r.CloseReasons, reason)
+		}
 	}
 	if r.TopProject != "dash" {
 		t.Errorf("top project %q, want dash", r.TopProject)

@@ -68,24 +68,25 @@ type Sample struct {
 	Node string `json:"node"`
 	At   int64  `json:"at"` // unix milliseconds
 
-	Conns      Figure         `json:"conns"`          // open client sockets
-	Upgrades   Figure         `json:"upg"`            // upgrades/s that succeeded
-	Rejected   Figure         `json:"rej"`            // upgrades/s refused
-	Events     Figure         `json:"ev"`             // backbone events/s routed
-	Deliveries Figure         `json:"del"`            // event frames/s queued for recipients
-	P50        Figure         `json:"p50"`            // delivery latency, seconds, over the last interval
-	P99        Figure         `json:"p99"`            //
-	Oldest     Figure         `json:"oldest"`         // seconds the oldest frame waiting on a socket has waited
-	Backlog    Figure         `json:"backlog"`        // backbone messages waiting for the router
-	SlowCloses Figure         `json:"slow"`           // slow-consumer closes/s
-	Writev     Figure         `json:"writev"`         // writev calls/s
-	RSS        Figure         `json:"rss"`            // resident bytes
-	Heap       Figure         `json:"heap"`           // live heap bytes
-	Goroutines Figure         `json:"gor"`            //
-	BrokerUp   bool           `json:"up"`             // the broker can carry events
-	BrokerErr  string         `json:"berr,omitempty"` // why not, when it cannot
-	Dropped    Figure         `json:"drop"`           // backbone messages/s dropped by the broker
-	Top        []ProjectCount `json:"top"`            // projects with the most connections, most first
+	Conns      Figure            `json:"conns"`            // open client sockets
+	Upgrades   Figure            `json:"upg"`              // upgrades/s that succeeded
+	Rejected   Figure            `json:"rej"`              // upgrades/s refused
+	Events     Figure            `json:"ev"`               // backbone events/s routed
+	Deliveries Figure            `json:"del"`              // event frames/s queued for recipients
+	P50        Figure            `json:"p50"`              // delivery latency, seconds, over the last interval
+	P99        Figure            `json:"p99"`              //
+	Oldest     Figure            `json:"oldest"`           // seconds the oldest frame waiting on a socket has waited
+	Backlog    Figure            `json:"backlog"`          // backbone messages waiting for the router
+	SlowCloses Figure            `json:"slow"`             // slow-consumer closes/s
+	Closes     map[string]Figure `json:"closes,omitempty"` // connections ended/s, by reason (switchboard_connection_closes_total)
+	Writev     Figure            `json:"writev"`           // writev calls/s
+	RSS        Figure            `json:"rss"`              // resident bytes
+	Heap       Figure            `json:"heap"`             // live heap bytes
+	Goroutines Figure            `json:"gor"`              //
+	BrokerUp   bool              `json:"up"`               // the broker can carry events
+	BrokerErr  string            `json:"berr,omitempty"`   // why not, when it cannot
+	Dropped    Figure            `json:"drop"`             // backbone messages/s dropped by the broker
+	Top        []ProjectCount    `json:"top"`              // projects with the most connections, most first
 }
 
 // maxSampleBytes bounds a peer's published sample; a larger message on the
@@ -125,6 +126,7 @@ const (
 	metricEvents     = "switchboard_events_total"
 	metricDeliveries = "switchboard_deliveries_total"
 	metricSlow       = "switchboard_slow_consumer_closes_total"
+	metricCloses     = "switchboard_connection_closes_total"
 	metricWritev     = "switchboard_writev_calls_total"
 	metricLatency    = "switchboard_delivery_latency_seconds"
 	metricOldest     = "switchboard_send_queue_oldest_seconds"
@@ -138,6 +140,7 @@ type counters struct {
 	at                                     time.Time
 	upgrades, rejected, events, deliveries Figure
 	slow, writev, dropped                  Figure
+	closes                                 map[string]Figure // by reason
 	latency                                *dto.Histogram
 }
 
@@ -167,6 +170,7 @@ func (s *sampler) take(now time.Time) (Sample, error) {
 		slow:       sum(byName[metricSlow], "", ""),
 		writev:     sum(byName[metricWritev], "", ""),
 		dropped:    sum(byName[metricDropped], "", ""),
+		closes:     byLabel(byName[metricCloses], "reason"),
 		latency:    histogram(byName[metricLatency]),
 	}
 	p := s.prev
@@ -188,6 +192,18 @@ func (s *sampler) take(now time.Time) (Sample, error) {
 		P99:        quantile(0.99, p.latency, cur.latency),
 		Oldest:     sum(byName[metricOldest], "", ""),
 		Backlog:    sum(byName[metricBacklog], "", ""),
+	}
+	if cur.closes != nil {
+		smp.Closes = make(map[string]Figure, len(cur.closes))
+		for reason, v := range cur.closes {
+			prev, ok := p.closes[reason]
+			if !ok && p.closes != nil {
+				prev = 0 // a reason first counted in this interval
+			} else if !ok {
+				prev = unknown
+			}
+			smp.Closes[reason] = rate(prev, v, dt)
+		}
 	}
 	smp.RSS, smp.Heap, smp.Goroutines = readProcess()
 	s.prev = cur
@@ -220,6 +236,23 @@ func sum(mf *dto.MetricFamily, label, value string) Figure {
 		}
 	}
 	return Figure(total)
+}
+
+// byLabel is mf's counters by the value of one label; nil when mf is
+// absent. The node's reasons are bounded (a dozen and a half).
+func byLabel(mf *dto.MetricFamily, label string) map[string]Figure {
+	if mf == nil {
+		return nil
+	}
+	out := make(map[string]Figure, len(mf.GetMetric()))
+	for _, m := range mf.GetMetric() {
+		for _, lp := range m.GetLabel() {
+			if lp.GetName() == label {
+				out[lp.GetValue()] += Figure(m.GetCounter().GetValue())
+			}
+		}
+	}
+	return out
 }
 
 func hasLabel(m *dto.Metric, name, value string) bool {

@@ -116,3 +116,36 @@ func TestFigureJSON(t *testing.T) {
 		t.Fatalf("round trip of %s = %+v", b, back)
 	}
 }
+
+// TestSampleClosesByReason: closes/s come per reason from the labelled
+// counter's deltas; a reason first counted in an interval has its rate
+// from zero.
+func TestSampleClosesByReason(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	closes := prometheus.NewCounterVec(prometheus.CounterOpts{Name: metricCloses}, []string{"reason"})
+	reg.MustRegister(closes)
+	closes.WithLabelValues("idle").Add(10)
+	s := sampler{gatherer: reg}
+	t0 := time.Unix(1000, 0)
+	first, err := s.take(t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.Closes["idle"].Known() {
+		t.Fatalf("first sample has a rate: %v", first.Closes)
+	}
+	closes.WithLabelValues("idle").Add(4)
+	closes.WithLabelValues("slow_consumer").Add(2)
+	second, err := s.take(t0.Add(2 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(second.Closes) != 2 || second.Closes["idle"] != 2 || second.Closes["slow_consumer"] != 1 {
+		t.Fatalf("closes/s = %v, want idle 2, slow_consumer 1", second.Closes)
+	}
+	b, _ := json.Marshal(second)
+	var back Sample
+	if err := json.Unmarshal(b, &back); err != nil || back.Closes["idle"] != 2 {
+		t.Fatalf("round trip %s: %v %v", b, back.Closes, err)
+	}
+}

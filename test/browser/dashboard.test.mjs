@@ -7,7 +7,8 @@
 //      above 0;
 //   3. kill the second node (KILL_PID, SIGKILL) and wait until its row is
 //      marked gone;
-//   4. screenshot, and print the timings as one JSON line on stdout.
+//   4. screenshot, and print the timings and the closes chart's reasons as
+//      one JSON line on stdout.
 // Each wait is bounded; a bound passed throws, which fails the Go test.
 import { spawn } from "node:child_process";
 import { launch, need, screenshot } from "./launch.mjs";
@@ -49,6 +50,8 @@ try {
   result.deliveriesPerSecond = number(await page.textContent("#deliveries"));
   result.latency = await page.textContent("#latency");
   result.topProject = await page.textContent("#projects tbody tr td");
+  // The closes chart's legend: one series a reason the node counts.
+  result.closeReasons = await page.$$eval("#chart-closes .u-legend .u-series .u-label", (els) => els.map((e) => e.textContent).slice(1));
   await screenshot(page, "dashboard-under-load");
 
   const killedAt = Date.now();

@@ -20,7 +20,6 @@ const nodeCharts = [
   { title: "deliveries/s", series: [["deliveries", (s) => s.del]] },
   { title: "delivery latency (ms)", series: [["p50", (s) => s.p50 == null ? null : s.p50 * 1000], ["p99", (s) => s.p99 == null ? null : s.p99 * 1000]] },
   { title: "queue wait (ms) / router backlog", series: [["oldest ms", (s) => s.oldest == null ? null : s.oldest * 1000], ["backlog", (s) => s.backlog]] },
-  { title: "slow-consumer closes/s", series: [["closes", (s) => s.slow]] },
   { title: "memory (MiB)", series: [["RSS", (s) => s.rss == null ? null : s.rss / 1048576], ["heap", (s) => s.heap == null ? null : s.heap / 1048576]] },
   { title: "goroutines", series: [["goroutines", (s) => s.gor]] },
   { title: "writev calls/s", series: [["writev", (s) => s.writev]] },
@@ -32,11 +31,22 @@ const clusterCharts = [
   { title: "cluster upgrades/s", series: [["upgrades", (t) => t.upg]] },
   { title: "nodes", series: [["reporting", (t) => t.nodes], ["gone", (t) => t.gone]] },
 ];
-const colors = ["#2f6fdb", "#d9480f", "#2b8a3e", "#862e9c"];
+const colors = ["#2f6fdb", "#d9480f", "#2b8a3e", "#862e9c", "#e8590c", "#0b7285", "#c2255c", "#5f3dc4",
+  "#5c940d", "#a61e4d", "#1864ab", "#e67700", "#087f5b", "#495057", "#9c36b5", "#f03e3e", "#364fc7", "#74b816"];
+
+// closesChart charts connections ended per second, one series a reason,
+// for the reasons the node counts (all of them from its first sample on).
+function closesChart(samples) {
+  const reasons = new Set();
+  for (const s of samples) Object.keys(s.closes || {}).forEach((r) => reasons.add(r));
+  if (!reasons.size) return null;
+  return { title: "closes/s by reason", id: "closes", series: [...reasons].sort().map((r) => [r, (s) => s.closes ? s.closes[r] : null]) };
+}
 
 // A chart holds its own columns: x (unix seconds) and one per series.
 function makeChart(parent, def) {
   const div = document.createElement("div");
+  if (def.id) div.id = "chart-" + def.id;
   parent.appendChild(div);
   const data = [[], ...def.series.map(() => [])];
   const plot = new uPlot({
@@ -99,7 +109,8 @@ function start(h) {
   document.getElementById("node").textContent = h.node;
   const parent = document.getElementById("charts");
   parent.replaceChildren();
-  charts = nodeCharts.map((def) => makeChart(parent, def));
+  const closes = closesChart(h.self);
+  charts = [...nodeCharts, ...(closes ? [closes] : [])].map((def) => makeChart(parent, def));
   const cp = document.getElementById("cluster-charts");
   cp.replaceChildren();
   document.getElementById("cluster").hidden = !h.cluster;
