@@ -711,3 +711,51 @@ func TestClientMessageKeysAreCaseSensitive(t *testing.T) {
 		}
 	})
 }
+
+// TestConsoleTailIsConsoleOnly follows Appwrite's subscribe handler
+// (src/Appwrite/Realtime/Message/Handlers/Subscribe.php, action): after
+// every entry's queries, and before any subscription changes, a
+// console.tail.<project> channel (EventTailRegistry::projectFromChannel)
+// on a connection to any project but console is a policy violation, which
+// onMessage (app/realtime.php) answers with the error and then a close
+// with 1008. The handshake's channels (onOpen) have no such check.
+func TestConsoleTailIsConsoleOnly(t *testing.T) {
+	s := testNode(t, nil)
+	const refused = `{"code":1008,"message":"Console live tail is only available on the console connection."}`
+
+	t.Run("project connection", func(t *testing.T) {
+		c := dial(t, s, "project=p1", nil)
+		c.expect("connected")
+		c.send(`{"type":"subscribe","data":[{"subscriptionId":"a","channels":["files"]},{"subscriptionId":"b","channels":["console.tail.p2"]}]}`)
+		code, msgs := c.expectClose()
+		if code != ws.StatusPolicyViolation || len(msgs) != 1 || msgs[0].Type != "error" || string(msgs[0].Data) != refused {
+			t.Fatalf("close %d after %v, want the error %s and 1008", code, msgs, refused)
+		}
+	})
+	t.Run("queries first", func(t *testing.T) {
+		c := dial(t, s, "project=p1", nil)
+		c.expect("connected")
+		c.send(`{"type":"subscribe","data":[{"channels":["console.tail.p2"]},{"channels":["files"],"queries":["{\"method\":\"search\"}"]}]}`)
+		if m := c.expect("error"); !strings.HasPrefix(string(m.Data), `{"code":1003,"message":"Invalid query`) {
+			t.Fatalf("error %s, want the invalid query first", m.Data)
+		}
+		c.send(`{"type":"ping"}`)
+		c.expect("pong")
+	})
+	t.Run("not a tail channel", func(t *testing.T) {
+		c := dial(t, s, "project=p1", nil)
+		c.expect("connected")
+		c.send(`{"type":"subscribe","data":[{"channels":["console.tail."]}]}`)
+		c.expect("response")
+	})
+	t.Run("console connection", func(t *testing.T) {
+		c := dial(t, s, "project=console", nil)
+		c.expect("connected")
+		c.send(`{"type":"subscribe","data":[{"channels":["console.tail.p2"]}]}`)
+		c.expect("response")
+	})
+	t.Run("handshake channels", func(t *testing.T) {
+		c := dial(t, s, "project=p1&channels[]=console.tail.p2", nil)
+		c.expect("connected")
+	})
+}
