@@ -4,37 +4,38 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"strings"
+	"unicode/utf8"
 )
 
 // Error messages. Where Appwrite has one (its realtime message dispatcher,
 // src/Appwrite/Realtime/Message/Dispatcher.php, the validators beside it and
 // utopia's Text validator) it is kept word for word, because SDKs surface
 // them to developers; the "items: " and "session: " prefixes name the
-// parameter that failed. msgItemsEmpty and msgSubscriptionID are
-// Switchboard's: Appwrite accepts those inputs.
+// parameter that failed.
 const (
 	msgFormatInvalid      = "Message format is not valid."
 	msgSessionRequired    = "Payload is not valid. Session is required"
 	msgSessionInvalid     = "session: Value must be a valid string and at least 1 chars and no longer than 2048 chars"
 	msgItemsRequired      = "Payload is not valid. Items is required"
 	msgItemsInvalid       = "items: Payload is not valid."
-	msgItemsEmpty         = "items: Payload is not valid. At least one entry is required."
 	msgSubscribeObject    = "items: Each subscribe payload must be an object."
 	msgChannelsMissing    = "items: channels is not present in payload."
 	msgChannelsInvalid    = "items: channels is not a valid array."
+	msgChannelsStrings    = "items: channels must contain only strings."
 	msgQueriesInvalid     = "items: queries is not a valid array."
-	msgSubscriptionID     = "items: subscriptionId must be a string of 1 to 256 bytes without control characters."
+	msgSubscriptionID     = "items: subscriptionId is not a valid id."
 	msgUnsubscribeEntries = "items: Each unsubscribe payload must include a non-empty subscriptionId."
 )
 
-// maxSessionLength is the limit of Appwrite's session parameter (Text(2048)).
+// maxSessionLength is the limit of Appwrite's session parameter (Text(2048),
+// in characters).
 const maxSessionLength = 2048
 
 // ClientMessage is a parsed client->server message.
 type ClientMessage struct {
 	Type string
-	// Data is the raw "data" member; nil when it is absent or null.
+	// Data is the raw "data" member, a sub-slice of the parsed message; nil
+	// when it is absent or null.
 	Data json.RawMessage
 }
 
@@ -45,52 +46,19 @@ type ClientMessage struct {
 // PHP's TypeError text and code 0, which no client can act on). A message
 // with a type that is not a string (or only data) parses with Type "": the
 // server answers it, as any unknown type, with 1003 "Message type is not
-// valid." (Appwrite's Dispatcher).
+// valid." (Appwrite's Dispatcher). Member names match exactly, as PHP's
+// array keys do: {"TYPE":"ping"} has no type.
 func ParseClientMessage(b []byte) (ClientMessage, error) {
-	// The keys first, exactly as written: encoding/json matches struct
-	// fields without regard to case, and {"TYPE":"ping"} is no ping to
-	// Appwrite. Their values are skipped, not copied (a 4 MiB pad stays
-	// where it is).
-	var keys map[string]skippedValue
-	if !isObject(b) || json.Unmarshal(b, &keys) != nil {
+	m, ok := objectMembers(b, "type", "data")
+	if !ok {
 		return ClientMessage{}, invalid(msgFormatInvalid)
 	}
 	// A member that is there but null is there (PHP's array_key_exists).
-	_, hasType := keys["type"]
-	_, hasData := keys["data"]
-	if !hasType && !hasData {
+	if m[0] == nil && m[1] == nil {
 		return ClientMessage{}, invalid(msgFormatInvalid)
 	}
-	var w struct {
-		Type json.RawMessage `json:"type"`
-		Data json.RawMessage `json:"data"`
-	}
-	if foldedKey(keys) {
-		// A "Type" or "DATA" beside: the struct would take it too.
-		var exact map[string]json.RawMessage
-		_ = json.Unmarshal(b, &exact) // it decoded once already
-		w.Type, w.Data = exact["type"], exact["data"]
-	} else if json.Unmarshal(b, &w) != nil {
-		return ClientMessage{}, invalid(msgFormatInvalid)
-	}
-	t, _ := rawString(w.Type)
-	return ClientMessage{Type: t, Data: nonNull(w.Data)}, nil
-}
-
-// skippedValue decodes any JSON value into nothing: a map of them lists an
-// object's keys.
-type skippedValue struct{}
-
-func (*skippedValue) UnmarshalJSON([]byte) error { return nil }
-
-// foldedKey reports whether keys hold "type" or "data" in another case.
-func foldedKey(keys map[string]skippedValue) bool {
-	for k := range keys {
-		if (k != "type" && strings.EqualFold(k, "type")) || (k != "data" && strings.EqualFold(k, "data")) {
-			return true
-		}
-	}
-	return false
+	t, _ := rawString(m[0])
+	return ClientMessage{Type: t, Data: nonNull(m[1])}, nil
 }
 
 // ParseAuthentication extracts the session of an `authentication` message's
@@ -98,23 +66,15 @@ func foldedKey(keys map[string]skippedValue) bool {
 // not valid. Session is required" when data or its session member is
 // absent, and "session: Value must be a valid string and at least 1 chars
 // and no longer than 2048 chars" when the session is present but null,
-// empty, not a string or longer than 2048 bytes. Whether the session is
-// valid is the auth resolver's business.
+// empty, not a string or longer than 2048 characters. Whether the session
+// is valid is the auth resolver's business.
 func ParseAuthentication(data json.RawMessage) (session string, err error) {
-	if !isObject(data) {
+	m, ok := objectMembers(data, "session")
+	if !ok || m[0] == nil {
 		return "", invalid(msgSessionRequired)
 	}
-	var w struct {
-		Session json.RawMessage `json:"session"`
-	}
-	if err := json.Unmarshal(data, &w); err != nil {
-		return "", invalid(msgSessionRequired)
-	}
-	if w.Session == nil {
-		return "", invalid(msgSessionRequired)
-	}
-	s, ok := rawString(w.Session)
-	if !ok || s == "" || len(s) > maxSessionLength {
+	s, ok := rawString(m[0])
+	if !ok || s == "" || utf8.RuneCountInString(s) > maxSessionLength {
 		return "", invalid(msgSessionInvalid)
 	}
 	return s, nil
@@ -139,47 +99,69 @@ type Subscription struct {
 // Query.toString()); an object is accepted too and its raw text kept.
 // Queries are not validated here: the server compiles them with ParseQuery.
 //
-// Errors are *Error with code 1003: absent or non-array data, an empty
-// array (Appwrite accepts it as a no-op; nothing sends it), an entry that is
-// not an object, has no channels array, more than MaxChannels channels, an
-// invalid channel name, a non-array queries member or a bad subscriptionId.
-// An empty channels array is accepted, as Appwrite does.
+// Errors are *Error with code 1003. First Appwrite's, in the order of its
+// SubscribePayload validator, entry by entry: absent or null data, data
+// that is not an array, an entry that is not an object, no channels, channels
+// that are not an array, a channel that is not a string, queries that are
+// not an array, a subscriptionId (even null or "") that is not a valid id
+// (ValidUID). Then, once every entry has passed those, Switchboard's bounds,
+// which Appwrite does not have: a channel name that is not valid, more than
+// MaxChannels channels in one entry, a query that is neither a string nor
+// an object. An empty array is no subscription at all and an empty channels
+// array a subscription to nothing, as in Appwrite.
 func ParseSubscribe(data json.RawMessage) ([]Subscription, error) {
 	items, err := parseItems(data)
 	if err != nil {
 		return nil, err
 	}
-	subs := make([]Subscription, 0, len(items))
-	for _, item := range items {
-		if !isObject(item) {
+	type entry struct{ channels, queries []json.RawMessage }
+	entries := make([]entry, len(items))
+	subs := make([]Subscription, len(items))
+	for i, item := range items {
+		m, ok := objectMembers(item, "subscriptionId", "channels", "queries")
+		if !ok {
 			return nil, invalid(msgSubscribeObject)
 		}
-		var w struct {
-			SubscriptionID json.RawMessage `json:"subscriptionId"`
-			Channels       json.RawMessage `json:"channels"`
-			Queries        json.RawMessage `json:"queries"`
+		if m[1] == nil {
+			return nil, invalid(msgChannelsMissing)
 		}
-		if err := json.Unmarshal(item, &w); err != nil {
-			return nil, invalid(msgSubscribeObject)
+		if entries[i].channels, ok = arrayElements(m[1]); !ok {
+			return nil, invalid(msgChannelsInvalid)
 		}
-		var sub Subscription
-		if sub.ID, err = parseSubscriptionID(w.SubscriptionID); err != nil {
+		for _, c := range entries[i].channels {
+			if _, ok := rawString(c); !ok {
+				return nil, invalid(msgChannelsStrings)
+			}
+		}
+		if m[2] != nil {
+			if entries[i].queries, ok = arrayElements(m[2]); !ok {
+				return nil, invalid(msgQueriesInvalid)
+			}
+		}
+		if m[0] != nil {
+			// Present is present: null and "" are ids that are not valid.
+			id, ok := rawString(m[0])
+			if !ok || !ValidUID(id) {
+				return nil, invalid(msgSubscriptionID)
+			}
+			subs[i].ID = id
+		}
+	}
+	for i, e := range entries {
+		if subs[i].Channels, err = parseChannels(e.channels); err != nil {
 			return nil, err
 		}
-		if sub.Channels, err = parseChannels(w.Channels); err != nil {
+		if subs[i].Queries, err = parseQueryList(e.queries); err != nil {
 			return nil, err
 		}
-		if sub.Queries, err = parseQueryList(w.Queries); err != nil {
-			return nil, err
-		}
-		subs = append(subs, sub)
 	}
 	return subs, nil
 }
 
 // ParseUnsubscribe parses the data of an `unsubscribe` message,
-// [{"subscriptionId":ID},...], into the ids in order. Errors are *Error with
-// code 1003, Appwrite's texts.
+// [{"subscriptionId":ID},...], into the ids in order; [] is none. Errors
+// are *Error with code 1003, Appwrite's texts (its UnsubscribePayload
+// validator).
 func ParseUnsubscribe(data json.RawMessage) ([]string, error) {
 	items, err := parseItems(data)
 	if err != nil {
@@ -187,13 +169,11 @@ func ParseUnsubscribe(data json.RawMessage) ([]string, error) {
 	}
 	ids := make([]string, 0, len(items))
 	for _, item := range items {
-		var w struct {
-			SubscriptionID json.RawMessage `json:"subscriptionId"`
-		}
-		if !isObject(item) || json.Unmarshal(item, &w) != nil {
+		m, ok := objectMembers(item, "subscriptionId")
+		if !ok {
 			return nil, invalid(msgUnsubscribeEntries)
 		}
-		id, ok := rawString(w.SubscriptionID)
+		id, ok := rawString(m[0])
 		if !ok || id == "" {
 			return nil, invalid(msgUnsubscribeEntries)
 		}
@@ -208,42 +188,20 @@ func parseItems(data json.RawMessage) ([]json.RawMessage, error) {
 	if data == nil {
 		return nil, invalid(msgItemsRequired)
 	}
-	var items []json.RawMessage
-	if err := json.Unmarshal(data, &items); err != nil {
+	items, ok := arrayElements(data)
+	if !ok {
 		return nil, invalid(msgItemsInvalid)
-	}
-	if len(items) == 0 {
-		return nil, invalid(msgItemsEmpty)
 	}
 	return items, nil
 }
 
-func parseSubscriptionID(raw json.RawMessage) (string, error) {
-	if nonNull(raw) == nil {
-		return "", nil
-	}
-	id, ok := rawString(raw)
-	if !ok {
-		return "", invalid(msgSubscriptionID)
-	}
-	if id != "" && !validName(id, maxSubscriptionIDLength) {
-		return "", invalid(msgSubscriptionID)
-	}
-	return id, nil
-}
-
-// parseChannels decodes one entry's channels: present, an array of valid
-// names, at most MaxChannels distinct; duplicates dropped, order kept.
-func parseChannels(raw json.RawMessage) ([]string, error) {
-	if raw == nil {
-		return nil, invalid(msgChannelsMissing)
-	}
-	var names []string
-	if nonNull(raw) == nil || json.Unmarshal(raw, &names) != nil {
-		return nil, invalid(msgChannelsInvalid)
-	}
-	out := names[:0] // filtered in place: out never overtakes the loop
-	for _, name := range names {
+// parseChannels bounds one entry's channels, JSON strings already checked:
+// valid names, at most MaxChannels distinct; duplicates dropped, order kept
+// (Appwrite's convertChannels flips the list into keys, the same set).
+func parseChannels(raw []json.RawMessage) ([]string, error) {
+	out := make([]string, 0, min(len(raw), MaxChannels))
+	for _, r := range raw {
+		name, _ := rawString(r)
 		if !validName(name, MaxChannelLength) {
 			return nil, invalid(fmt.Sprintf("items: channel %q is not valid. Channel names are 1 to %d bytes of UTF-8 without control characters.",
 				truncate(name, 64), MaxChannelLength))
@@ -259,17 +217,9 @@ func parseChannels(raw json.RawMessage) ([]string, error) {
 	return out, nil
 }
 
-// parseQueryList decodes a queries member: an array of strings holding
-// query JSON, or of query objects, whose raw text is kept. Absent or null
-// means none (Appwrite refuses null; being lenient costs nothing).
-func parseQueryList(raw json.RawMessage) ([]string, error) {
-	if nonNull(raw) == nil {
-		return nil, nil
-	}
-	var elems []json.RawMessage
-	if json.Unmarshal(raw, &elems) != nil {
-		return nil, invalid(msgQueriesInvalid)
-	}
+// parseQueryList takes the elements of a queries member: strings holding
+// query JSON, or query objects, whose raw text is kept. None means none.
+func parseQueryList(elems []json.RawMessage) ([]string, error) {
 	if len(elems) == 0 {
 		return nil, nil
 	}
@@ -282,7 +232,7 @@ func parseQueryList(raw json.RawMessage) ([]string, error) {
 		if !isObject(e) {
 			return nil, invalid(msgQueriesInvalid)
 		}
-		queries = append(queries, string(bytes.TrimSpace(e)))
+		queries = append(queries, string(e))
 	}
 	return queries, nil
 }

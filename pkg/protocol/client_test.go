@@ -86,7 +86,7 @@ func TestParseAuthentication(t *testing.T) {
 	}
 
 	const required = "Payload is not valid. Session is required"
-	for _, in := range []string{``, `null`, `{}`, `[]`, `"s"`, `{"other":"x"}`} {
+	for _, in := range []string{``, `null`, `{}`, `[]`, `"s"`, `{"other":"x"}`, `{"Session":"s"}`, `{"session":"s"`} {
 		_, err := ParseAuthentication(json.RawMessage(in))
 		wantError(t, err, CodeInvalidMessage, required)
 	}
@@ -98,6 +98,12 @@ func TestParseAuthentication(t *testing.T) {
 	if s, err := ParseAuthentication(json.RawMessage(`{"session":"` + strings.Repeat("a", 2048) + `"}`)); err != nil || len(s) != 2048 {
 		t.Errorf("2048-byte session refused: %v", err)
 	}
+	// Text(2048) counts characters (mb_strlen), not bytes.
+	if _, err := ParseAuthentication(json.RawMessage(`{"session":"` + strings.Repeat("é", 2048) + `"}`)); err != nil {
+		t.Errorf("2048-character session refused: %v", err)
+	}
+	_, err = ParseAuthentication(json.RawMessage(`{"session":"` + strings.Repeat("é", 2049) + `"}`))
+	wantError(t, err, CodeInvalidMessage, invalidSession)
 }
 
 func TestParseSubscribe(t *testing.T) {
@@ -123,11 +129,32 @@ func TestParseSubscribe(t *testing.T) {
 		},
 		{
 			name: "missing id, queries and duplicate channels",
-			in:   `[{"channels":["files","documents","files"]},{"subscriptionId":null,"channels":["rows"],"queries":[]}]`,
+			in:   `[{"channels":["files","documents","files"]},{"channels":["rows"],"queries":[]}]`,
 			want: []Subscription{
 				{Channels: []string{"files", "documents"}},
 				{Channels: []string{"rows"}},
 			},
+		},
+		{
+			// Appwrite's UID validator: 36 characters, and ., - and _
+			// after the first.
+			name: "ids Appwrite takes",
+			in:   `[{"subscriptionId":"` + strings.Repeat("a", 36) + `","channels":["a"]},{"subscriptionId":"A.b-c_9","channels":["b"]}]`,
+			want: []Subscription{
+				{ID: strings.Repeat("a", 36), Channels: []string{"a"}},
+				{ID: "A.b-c_9", Channels: []string{"b"}},
+			},
+		},
+		{
+			// PHP's keys are case-sensitive: these are not the members.
+			name: "members in another case are not the members",
+			in:   `[{"channels":["files"],"SubscriptionId":"!bad","Channels":[1],"QUERIES":"x"}]`,
+			want: []Subscription{{Channels: []string{"files"}}},
+		},
+		{
+			name: "an empty list is no subscription",
+			in:   `[]`,
+			want: []Subscription{},
 		},
 		{
 			name: "empty channels accepted like Appwrite",
@@ -160,16 +187,34 @@ func TestParseSubscribeErrors(t *testing.T) {
 		{`null`, "Payload is not valid. Items is required"},
 		{`{"channels":["files"]}`, "items: Payload is not valid."},
 		{`"files"`, "items: Payload is not valid."},
-		{`[]`, "items: Payload is not valid. At least one entry is required."},
 		{`["files"]`, "items: Each subscribe payload must be an object."},
 		{`[{"queries":[]}]`, "items: channels is not present in payload."},
+		{`[{"Channels":["files"]}]`, "items: channels is not present in payload."},
 		{`[{"channels":null}]`, "items: channels is not a valid array."},
 		{`[{"channels":"files"}]`, "items: channels is not a valid array."},
-		{`[{"channels":[1]}]`, "items: channels is not a valid array."},
+		{`[{"channels":[1]}]`, "items: channels must contain only strings."},
+		{`[{"channels":["files",null]}]`, "items: channels must contain only strings."},
 		{`[{"channels":["files"],"queries":"x"}]`, "items: queries is not a valid array."},
+		{`[{"channels":["files"],"queries":null}]`, "items: queries is not a valid array."},
 		{`[{"channels":["files"],"queries":[1]}]`, "items: queries is not a valid array."},
-		{`[{"channels":["files"],"subscriptionId":7}]`, ""},
-		{`[{"channels":["files"],"subscriptionId":"a\nb"}]`, ""},
+		{`[{"channels":["files"],"subscriptionId":7}]`, "items: subscriptionId is not a valid id."},
+		{`[{"channels":["files"],"subscriptionId":null}]`, "items: subscriptionId is not a valid id."},
+		{`[{"channels":["files"],"subscriptionId":""}]`, "items: subscriptionId is not a valid id."},
+		{`[{"channels":["files"],"subscriptionId":"!bad id"}]`, "items: subscriptionId is not a valid id."},
+		{`[{"channels":["files"],"subscriptionId":"a\nb"}]`, "items: subscriptionId is not a valid id."},
+		{`[{"channels":["files"],"subscriptionId":"_a"}]`, "items: subscriptionId is not a valid id."},
+		{`[{"channels":["files"],"subscriptionId":".a"}]`, "items: subscriptionId is not a valid id."},
+		{`[{"channels":["files"],"subscriptionId":"-a"}]`, "items: subscriptionId is not a valid id."},
+		{`[{"channels":["files"],"subscriptionId":"é"}]`, "items: subscriptionId is not a valid id."},
+		{`[{"channels":["files"],"subscriptionId":"` + strings.Repeat("a", 37) + `"}]`, "items: subscriptionId is not a valid id."},
+		// SubscribePayload's order within an entry: channels, then
+		// queries, then the id (the issue's order for the two new checks).
+		{`[{"subscriptionId":"!","queries":"x","channels":[1]}]`, "items: channels must contain only strings."},
+		{`[{"subscriptionId":"!","queries":"x","channels":["a"]}]`, "items: queries is not a valid array."},
+		// Every entry passes Appwrite's checks before Switchboard's own
+		// bounds are applied to any.
+		{`[{"channels":[""]},{"channels":"x"}]`, "items: channels is not a valid array."},
+		{`[{"channels":["ok"],"queries":[1]},{"channels":["ok"],"subscriptionId":"!"}]`, "items: subscriptionId is not a valid id."},
 		{`[{"channels":[""]}]`, ""},
 		{`[{"channels":["a\u0000b"]}]`, ""},
 		{`[{"channels":["` + strings.Repeat("x", MaxChannelLength+1) + `"]}]`, ""},
@@ -189,10 +234,14 @@ func TestParseUnsubscribe(t *testing.T) {
 	if err != nil || !reflect.DeepEqual(ids, []string{"a", "b"}) {
 		t.Fatalf("ParseUnsubscribe = %v, %v", ids, err)
 	}
+	// Appwrite's UnsubscribePayload takes an empty list.
+	if ids, err := ParseUnsubscribe(json.RawMessage(`[]`)); err != nil || ids == nil || len(ids) != 0 {
+		t.Fatalf("ParseUnsubscribe([]) = %#v, %v; want no ids and no error", ids, err)
+	}
 	for in, msg := range map[string]string{
 		``:                           "Payload is not valid. Items is required",
 		`{"subscriptionId":"a"}`:     "items: Payload is not valid.",
-		`[]`:                         "items: Payload is not valid. At least one entry is required.",
+		`[{"SubscriptionId":"a"}]`:   "items: Each unsubscribe payload must include a non-empty subscriptionId.",
 		`["a"]`:                      "items: Each unsubscribe payload must include a non-empty subscriptionId.",
 		`[{}]`:                       "items: Each unsubscribe payload must include a non-empty subscriptionId.",
 		`[{"subscriptionId":""}]`:    "items: Each unsubscribe payload must include a non-empty subscriptionId.",

@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"reflect"
@@ -58,6 +59,9 @@ func FuzzParseClientMessage(f *testing.F) {
 				if len(s.Channels) > MaxChannels {
 					t.Fatalf("%d channels accepted", len(s.Channels))
 				}
+				if s.ID != "" && !ValidUID(s.ID) {
+					t.Fatalf("subscription id %q accepted", s.ID)
+				}
 				for _, q := range s.Queries {
 					_, _ = ParseQuery(q)
 				}
@@ -69,6 +73,50 @@ func FuzzParseClientMessage(f *testing.F) {
 		if ids, err := ParseUnsubscribe(m.Data); err == nil {
 			if frame := AppendUnsubscribeResponse(nil, ids, nil); !json.Valid(frame) {
 				t.Fatalf("invalid unsubscribe response: %s", frame)
+			}
+		}
+	})
+}
+
+// FuzzObjectMembers checks the scanner that cuts members and elements out
+// of client JSON against encoding/json decoding the same bytes into a map
+// (whose keys are exact) and a slice.
+func FuzzObjectMembers(f *testing.F) {
+	for _, s := range []string{
+		`{"a":1,"b":[1,{"c":"]"}],"a":"x\"y"}`, `{"\u0061":{}," b":null}`, `[1,"2",[3],{"4":5}]`,
+		`{"type":"subscribe","data":[{"channels":["files"]}]}`, `{}`, `[]`, `{"a":1`, "\xff",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if !utf8.Valid(b) {
+			return // the server passes only valid UTF-8 text
+		}
+		var obj map[string]json.RawMessage
+		isObj := isObject(b) && json.Unmarshal(b, &obj) == nil
+		names := make([]string, 0, len(obj)+1)
+		for k := range obj {
+			names = append(names, k)
+		}
+		names = append(names, "absent\x00")
+		vals, ok := objectMembers(b, names...)
+		if ok != isObj {
+			t.Fatalf("objectMembers(%q) ok = %v, encoding/json says %v", b, ok, isObj)
+		}
+		for i, name := range names {
+			if ok && string(vals[i]) != string(obj[name]) {
+				t.Fatalf("member %q of %q = %q, encoding/json says %q", name, b, vals[i], obj[name])
+			}
+		}
+		var arr []json.RawMessage
+		isArr := len(bytes.TrimSpace(b)) > 0 && bytes.TrimSpace(b)[0] == '[' && json.Unmarshal(b, &arr) == nil
+		elems, ok := arrayElements(b)
+		if ok != isArr || len(elems) != len(arr) {
+			t.Fatalf("arrayElements(%q) = %d elements, %v; encoding/json says %d, %v", b, len(elems), ok, len(arr), isArr)
+		}
+		for i := range elems {
+			if string(elems[i]) != string(arr[i]) {
+				t.Fatalf("element %d of %q = %q, encoding/json says %q", i, b, elems[i], arr[i])
 			}
 		}
 	})

@@ -79,41 +79,31 @@ type PresenceRequest struct {
 // grant those roles is checked by the caller (CheckPresenceRoles).
 func ParsePresence(data json.RawMessage, maxMetadata int) (PresenceRequest, error) {
 	var req PresenceRequest
-	if !isObject(data) {
+	// Exact member names, as PHP's array keys.
+	m, ok := objectMembers(data, "status", "presenceId", "metadata", "permissions")
+	if !ok || m[0] == nil {
 		return req, invalid(msgStatusRequired)
 	}
-	var w struct {
-		Status      json.RawMessage `json:"status"`
-		PresenceID  json.RawMessage `json:"presenceId"`
-		Metadata    json.RawMessage `json:"metadata"`
-		Permissions json.RawMessage `json:"permissions"`
-	}
-	if err := json.Unmarshal(data, &w); err != nil {
-		return req, invalid(msgStatusRequired)
-	}
-	if w.Status == nil {
-		return req, invalid(msgStatusRequired)
-	}
-	s, ok := rawString(w.Status)
+	s, ok := rawString(m[0])
 	if n := utf8.RuneCountInString(s); !ok || n == 0 || n > MaxPresenceStatus {
 		return req, invalid(msgStatusInvalid)
 	}
 	req.Status = s
-	if nonNull(w.PresenceID) != nil {
-		id, ok := rawString(w.PresenceID)
+	if nonNull(m[1]) != nil {
+		id, ok := rawString(m[1])
 		if !ok || id == "" || utf8.RuneCountInString(id) > MaxPresenceID {
 			return req, invalid(msgPresenceIDText)
 		}
 		if id != uniqueID {
-			if !ValidPresenceID(id) {
+			if !ValidUID(id) {
 				return req, invalid(msgPresenceIDChars)
 			}
 			req.ID = id
 		}
 	}
-	if m := nonNull(w.Metadata); m != nil {
+	if meta := nonNull(m[2]); meta != nil {
 		var buf bytes.Buffer
-		if err := json.Compact(&buf, m); err != nil {
+		if err := json.Compact(&buf, meta); err != nil {
 			return req, invalid(msgFormatInvalid)
 		}
 		if buf.Len() > maxMetadata {
@@ -121,9 +111,9 @@ func ParsePresence(data json.RawMessage, maxMetadata int) (PresenceRequest, erro
 		}
 		req.Metadata = buf.Bytes()
 	}
-	if nonNull(w.Permissions) != nil {
+	if nonNull(m[3]) != nil {
 		var perms []string
-		if err := json.Unmarshal(w.Permissions, &perms); err != nil {
+		if err := json.Unmarshal(m[3], &perms); err != nil {
 			return req, invalid(msgPermsArray)
 		}
 		if len(perms) > MaxPresencePermissions {
@@ -140,24 +130,6 @@ func ParsePresence(data json.RawMessage, maxMetadata int) (PresenceRequest, erro
 		req.Permissions = perms
 	}
 	return req, nil
-}
-
-// ValidPresenceID reports whether id is a database id as Appwrite's UID
-// validator takes it: 1 to 36 of a-z, A-Z, 0-9, period, hyphen and
-// underscore, not starting with a special character. The id is part of
-// channel and event names, so nothing else may appear in it.
-func ValidPresenceID(id string) bool {
-	if id == "" || len(id) > MaxPresenceID {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
-		if !alnum && (i == 0 || c != '.' && c != '-' && c != '_') {
-			return false
-		}
-	}
-	return true
 }
 
 // Permission actions a presence may carry; write stands for update and

@@ -38,6 +38,8 @@ func TestParsePresenceNamesTheField(t *testing.T) {
 		{``, msgStatusRequired},
 		{`[]`, msgStatusRequired},
 		{`{}`, msgStatusRequired},
+		{`{"Status":"x"}`, msgStatusRequired}, // keys are case-sensitive, as PHP's
+		{`{"status":"x","PresenceId":"_a","presenceID":"_a"}`, ""},
 		{`{"status":""}`, msgStatusInvalid},
 		{`{"status":null}`, msgStatusInvalid},
 		{`{"status":7}`, msgStatusInvalid},
@@ -57,6 +59,12 @@ func TestParsePresenceNamesTheField(t *testing.T) {
 		{`{"status":"x","permissions":["read(\"nobody\")"]}`, `permissions: Role "nobody" is not allowed. Must be one of: any, guests, users, user, team, member, label.`},
 	} {
 		_, err := ParsePresence(json.RawMessage(tc.data), 16)
+		if tc.want == "" {
+			if err != nil {
+				t.Errorf("%.60s: %v, want no error", tc.data, err)
+			}
+			continue
+		}
 		var pe *Error
 		if !errors.As(err, &pe) || pe.Code != CodeInvalidMessage || pe.Message != tc.want {
 			t.Errorf("%.60s: got %v, want 1003 %q", tc.data, err, tc.want)
@@ -148,7 +156,7 @@ func FuzzParsePresence(f *testing.F) {
 			}
 			return
 		}
-		if req.Status == "" || (req.ID != "" && !ValidPresenceID(req.ID)) || len(req.Metadata) > 64 || len(req.Permissions) > MaxPresencePermissions {
+		if req.Status == "" || (req.ID != "" && !ValidUID(req.ID)) || len(req.Metadata) > 64 || len(req.Permissions) > MaxPresencePermissions {
 			t.Fatalf("accepted %+v", req)
 		}
 		perms := ExpandPermissions(req.Permissions, "u1")

@@ -51,10 +51,6 @@ const (
 	MaxChannels = 100
 	// MaxChannelLength is the longest channel name, in bytes.
 	MaxChannelLength = 256
-	// maxSubscriptionIDLength bounds client-chosen subscription ids, which
-	// are echoed in every event frame the client receives. The Web SDK
-	// generates 20 characters.
-	maxSubscriptionIDLength = 256
 	// maxSlots bounds the URL subscription slots of one handshake.
 	maxSlots = 100
 )
@@ -78,8 +74,7 @@ func invalid(message string) *Error {
 	return &Error{Code: CodeInvalidMessage, Message: message}
 }
 
-// validName reports whether s is acceptable as a channel name or a
-// subscription id: 1..maxLen bytes of valid UTF-8 without control
+// validName reports whether s is acceptable as a channel name or a role: 1..maxLen bytes of valid UTF-8 without control
 // characters. Invalid UTF-8 is refused rather than repaired because the
 // name is echoed back and compared against names published as JSON, where
 // it could never match byte for byte.
@@ -104,6 +99,29 @@ func validName(s string, maxLen int) bool {
 			return false
 		}
 		i += size
+	}
+	return true
+}
+
+// MaxUIDLength is the longest id Appwrite's UID validator accepts
+// (utopia-php/database's Database::MAX_UID_DEFAULT_LENGTH).
+const MaxUIDLength = 36
+
+// ValidUID reports whether id is a database id as Appwrite's UID validator
+// (utopia-php/database, Validator/Key.php) takes it: 1 to 36 of a-z, A-Z,
+// 0-9, period, hyphen and underscore, not starting with one of the last
+// three. Subscription and presence ids must be: they are echoed in frames
+// and presence ids become part of channel and event names.
+func ValidUID(id string) bool {
+	if id == "" || len(id) > MaxUIDLength {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		if !alnum && (i == 0 || c != '.' && c != '-' && c != '_') {
+			return false
+		}
 	}
 	return true
 }

@@ -47,6 +47,15 @@ func ParseQuery(s string) (Query, error) {
 	return q, nil
 }
 
+// optionalString decodes an absent or null member as "" and a string as
+// itself; ok is false for any other value.
+func optionalString(raw json.RawMessage) (s string, ok bool) {
+	if nonNull(raw) == nil {
+		return "", true
+	}
+	return rawString(raw)
+}
+
 // IsSelectAll reports whether q is select(["*"]), which means "every event".
 func (q Query) IsSelectAll() bool {
 	if q.Method != MethodSelect || len(q.Values) != 1 {
@@ -64,15 +73,25 @@ func parseQuery(b []byte, depth int) (Query, string) {
 	if !isObject(b) {
 		return Query{}, "a query must be a JSON object."
 	}
-	var w struct {
-		Method    string            `json:"method"`
-		Attribute string            `json:"attribute"`
-		Values    []json.RawMessage `json:"values"`
+	// Exact member names, as PHP's array keys: {"METHOD":"equal"} has no
+	// method. The values are cut out of b, not copied.
+	const shape = "a query is {\"method\":string,\"attribute\":string,\"values\":array}."
+	m, ok := objectMembers(b, "method", "attribute", "values")
+	if !ok {
+		return Query{}, shape
 	}
-	if err := json.Unmarshal(b, &w); err != nil {
-		return Query{}, "a query is {\"method\":string,\"attribute\":string,\"values\":array}."
+	var q Query
+	var okM, okA bool
+	q.Method, okM = optionalString(m[0])
+	q.Attribute, okA = optionalString(m[1])
+	if nonNull(m[2]) != nil {
+		if q.Values, ok = arrayElements(m[2]); !ok {
+			return Query{}, shape
+		}
 	}
-	q := Query{Method: w.Method, Attribute: w.Attribute, Values: w.Values}
+	if !okM || !okA {
+		return Query{}, shape
+	}
 	switch q.Method {
 	case MethodEqual, MethodNotEqual, MethodLessThan, MethodLessThanEqual,
 		MethodGreaterThan, MethodGreaterThanEqual, MethodIsNull, MethodIsNotNull:

@@ -54,6 +54,9 @@ func TestParseQueryErrors(t *testing.T) {
 		{`"select"`, "must be a JSON object"},
 		{`{"method":"search","attribute":"a","values":["x"]}`, "Query method 'search' is not supported"},
 		{`{"attribute":"a"}`, "Query method '' is not supported"},
+		// PHP's keys are case-sensitive: this query has no method.
+		{`{"METHOD":"equal","attribute":"a","values":[1]}`, "Query method '' is not supported"},
+		{`{"method":"equal","attribute":"a","values":[1]`, `{"method":string`},
 		{`{"method":7}`, `{"method":string`},
 		{`{"method":"equal","values":"x"}`, `{"method":string`},
 		{`{"method":"select","values":["title"]}`, `Only select("*") is allowed`},

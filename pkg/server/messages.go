@@ -89,7 +89,7 @@ func (c *conn) subscribe(msg protocol.ClientMessage) {
 		return
 	}
 	c.mu.Lock()
-	uid := c.userID
+	uid, project := c.userID, c.project
 	c.mu.Unlock()
 	subs := make([]subscription, 0, len(reqs))
 	for _, r := range reqs {
@@ -102,6 +102,15 @@ func (c *conn) subscribe(msg protocol.ClientMessage) {
 			return
 		}
 		subs = append(subs, sub)
+	}
+	// Appwrite's order (Subscribe.php): every entry's queries first, then
+	// the console-only channels of every entry, before any subscription
+	// changes. A tail asked for on a project connection closes it (1008).
+	for _, sub := range subs {
+		if err := protocol.CheckConsoleOnly(project, sub.channels); err != nil {
+			c.sendErr(err)
+			return
+		}
 	}
 	c.mu.Lock()
 	next := append([]subscription(nil), c.subs...)

@@ -104,7 +104,7 @@ var worldQueries = []struct {
 	queries []string
 	pass    func(p modelPayload) bool
 }{
-	{nil, func(modelPayload) bool { return true }},
+	{[]string{}, func(modelPayload) bool { return true }}, // [], as the SDK sends it: Appwrite refuses null
 	{[]string{`{"method":"select","values":["*"]}`}, func(modelPayload) bool { return true }},
 	{[]string{`{"method":"equal","attribute":"k","values":["a"]}`}, func(p modelPayload) bool { return p.HasK && p.K == "a" }},
 	{[]string{`{"method":"notEqual","attribute":"k","values":["a"]}`}, func(p modelPayload) bool { return p.HasK && p.K != "a" }},

@@ -17,6 +17,9 @@ func qtext(method, attr string, values ...any) string {
 
 func subscribeMsg(t *testing.T, id string, channels []string, queries ...string) string {
 	t.Helper()
+	if queries == nil {
+		queries = []string{} // as the SDK sends it: Appwrite refuses null
+	}
 	b, err := json.Marshal(map[string]any{"type": "subscribe", "data": []map[string]any{
 		{"subscriptionId": id, "channels": channels, "queries": queries},
 	}})

@@ -612,3 +612,150 @@ func TestMessageFormatAndTypeErrorsAreAppwrites(t *testing.T) {
 	c.send(`{"type":"ping"}`)
 	c.expect("pong")
 }
+
+// TestSubscribeValidationIsAppwrites follows Appwrite's SubscribePayload
+// and UnsubscribePayload validators (src/Appwrite/Realtime/Message/
+// Validators, isValid), whose descriptions the Dispatcher (Dispatcher.php,
+// resolveArgs) sends as "items: <description>", with the two checks issue
+// 26 quotes from snapshot 0cefd06: a channel that is not a string, and a
+// subscriptionId that is there but is not what utopia's UID validator
+// (utopia-php/database Validator/Key.php, isValid) takes. An empty list
+// passes both validators, and their handlers (Handlers/Subscribe.php and
+// Unsubscribe.php, action) answer it with an empty one. A refused
+// subscribe subscribes nothing. One subtest, on its own connection, per
+// answer.
+func TestSubscribeValidationIsAppwrites(t *testing.T) {
+	s := testNode(t, nil)
+	for _, tc := range []struct{ name, msg, typ, want string }{
+		{"channel not a string", `{"type":"subscribe","data":[{"channels":["files",1]}]}`,
+			"error", `{"code":1003,"message":"items: channels must contain only strings."}`},
+		{"subscriptionId not a UID", `{"type":"subscribe","data":[{"subscriptionId":"!bad id","channels":["files"]}]}`,
+			"error", `{"code":1003,"message":"items: subscriptionId is not a valid id."}`},
+		{"subscriptionId null", `{"type":"subscribe","data":[{"subscriptionId":null,"channels":["files"]}]}`,
+			"error", `{"code":1003,"message":"items: subscriptionId is not a valid id."}`},
+		{"subscribe to none", `{"type":"subscribe","data":[]}`,
+			"response", `{"to":"subscribe","success":true,"subscriptions":[]}`},
+		{"unsubscribe from none", `{"type":"unsubscribe","data":[]}`,
+			"response", `{"to":"unsubscribe","success":true,"subscriptions":[]}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dial(t, s, "project=p1", nil)
+			c.expect("connected")
+			c.send(tc.msg)
+			if m := c.expect(tc.typ); string(m.Data) != tc.want {
+				t.Fatalf("%s %s, want %s", m.Type, m.Data, tc.want)
+			}
+			// Nothing of it holds files: the marker on documents, which an
+			// id as the Web SDK makes them (ID.unique(), 20 hex digits)
+			// subscribes, comes first.
+			c.send(`{"type":"subscribe","data":[{"subscriptionId":"68f2a1b3c4d5e6f70819","channels":["documents"]}]}`)
+			c.expect("response")
+			publish(t, s, event("p1", []string{"any"}, []string{"files"}, `{"to":"files"}`))
+			publish(t, s, event("p1", []string{"any"}, []string{"documents"}, `{"to":"documents"}`))
+			if d := c.expectPayload(`{"to":"documents"}`); !reflect.DeepEqual(d.Subscriptions, []string{"68f2a1b3c4d5e6f70819"}) {
+				t.Fatalf("subscriptions = %v", d.Subscriptions)
+			}
+		})
+	}
+}
+
+// TestClientMessageKeysAreCaseSensitive: Appwrite reads a message with
+// json_decode into PHP arrays, whose keys are case-sensitive, so the
+// Dispatcher (Dispatcher.php, resolveArgs: array_key_exists) and the
+// validators beside it (Validators/SubscribePayload.php and
+// UnsubscribePayload.php, isValid) find no "channels" in {"Channels":...},
+// and utopia's Query::parseQuery no method in {"METHOD":...}. Every member
+// of every message is matched as written.
+func TestClientMessageKeysAreCaseSensitive(t *testing.T) {
+	s := testNode(t, nil)
+	for _, tc := range []struct{ name, msg, want string }{
+		{"channels", `{"type":"subscribe","data":[{"Channels":["files"]}]}`,
+			`{"code":1003,"message":"items: channels is not present in payload."}`},
+		{"unsubscribe id", `{"type":"unsubscribe","data":[{"SubscriptionId":"a"}]}`,
+			`{"code":1003,"message":"items: Each unsubscribe payload must include a non-empty subscriptionId."}`},
+		{"session", `{"type":"authentication","data":{"Session":"s"}}`,
+			`{"code":1003,"message":"Payload is not valid. Session is required"}`},
+		{"status", `{"type":"presence","data":{"Status":"online"}}`,
+			`{"code":1003,"message":"Payload is not valid. Status is required"}`},
+		// Switchboard's own text for a query (README: where Switchboard
+		// differs); what matters here is that it is refused.
+		{"query method", `{"type":"subscribe","data":[{"channels":["files"],"queries":["{\"METHOD\":\"equal\",\"attribute\":\"n\",\"values\":[1]}"]}]}`, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dial(t, s, "project=p1", nil)
+			c.expect("connected")
+			c.send(tc.msg)
+			m := c.expect("error")
+			if tc.want != "" && string(m.Data) != tc.want {
+				t.Fatalf("error %s, want %s", m.Data, tc.want)
+			}
+			if tc.want == "" && !strings.HasPrefix(string(m.Data), `{"code":1003,"message":"Invalid query`) {
+				t.Fatalf("error %s, want 1003 Invalid query", m.Data)
+			}
+		})
+	}
+	// A subscriptionId in another case is no id: the server makes one.
+	t.Run("subscribe id", func(t *testing.T) {
+		c := dial(t, s, "project=p1", nil)
+		c.expect("connected")
+		c.send(`{"type":"subscribe","data":[{"SubscriptionId":"mine","channels":["files"]}]}`)
+		m := c.expect("response")
+		var resp struct {
+			Subscriptions []struct {
+				SubscriptionID string `json:"subscriptionId"`
+			} `json:"subscriptions"`
+		}
+		if err := json.Unmarshal(m.Data, &resp); err != nil || len(resp.Subscriptions) != 1 ||
+			resp.Subscriptions[0].SubscriptionID == "" || resp.Subscriptions[0].SubscriptionID == "mine" {
+			t.Fatalf("subscribe response %s", m.Data)
+		}
+	})
+}
+
+// TestConsoleTailIsConsoleOnly follows Appwrite's subscribe handler
+// (src/Appwrite/Realtime/Message/Handlers/Subscribe.php, action): after
+// every entry's queries, and before any subscription changes, a
+// console.tail.<project> channel (EventTailRegistry::projectFromChannel)
+// on a connection to any project but console is a policy violation, which
+// onMessage (app/realtime.php) answers with the error and then a close
+// with 1008. The handshake's channels (onOpen) have no such check.
+func TestConsoleTailIsConsoleOnly(t *testing.T) {
+	s := testNode(t, nil)
+	const refused = `{"code":1008,"message":"Console live tail is only available on the console connection."}`
+
+	t.Run("project connection", func(t *testing.T) {
+		c := dial(t, s, "project=p1", nil)
+		c.expect("connected")
+		c.send(`{"type":"subscribe","data":[{"subscriptionId":"a","channels":["files"]},{"subscriptionId":"b","channels":["console.tail.p2"]}]}`)
+		code, msgs := c.expectClose()
+		if code != ws.StatusPolicyViolation || len(msgs) != 1 || msgs[0].Type != "error" || string(msgs[0].Data) != refused {
+			t.Fatalf("close %d after %v, want the error %s and 1008", code, msgs, refused)
+		}
+	})
+	t.Run("queries first", func(t *testing.T) {
+		c := dial(t, s, "project=p1", nil)
+		c.expect("connected")
+		c.send(`{"type":"subscribe","data":[{"channels":["console.tail.p2"]},{"channels":["files"],"queries":["{\"method\":\"search\"}"]}]}`)
+		if m := c.expect("error"); !strings.HasPrefix(string(m.Data), `{"code":1003,"message":"Invalid query`) {
+			t.Fatalf("error %s, want the invalid query first", m.Data)
+		}
+		c.send(`{"type":"ping"}`)
+		c.expect("pong")
+	})
+	t.Run("not a tail channel", func(t *testing.T) {
+		c := dial(t, s, "project=p1", nil)
+		c.expect("connected")
+		c.send(`{"type":"subscribe","data":[{"channels":["console.tail."]}]}`)
+		c.expect("response")
+	})
+	t.Run("console connection", func(t *testing.T) {
+		c := dial(t, s, "project=console", nil)
+		c.expect("connected")
+		c.send(`{"type":"subscribe","data":[{"channels":["console.tail.p2"]}]}`)
+		c.expect("response")
+	})
+	t.Run("handshake channels", func(t *testing.T) {
+		c := dial(t, s, "project=p1&channels[]=console.tail.p2", nil)
+		c.expect("connected")
+	})
+}
