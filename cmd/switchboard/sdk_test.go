@@ -13,7 +13,9 @@ import (
 )
 
 // TestAppwriteWebSDK runs the official Appwrite Web SDK (npm `appwrite`,
-// three protocol generations, pinned in test/sdk/package-lock.json) from
+// six versions in three protocol generations: 16.1, 21.5 and 22.0 with
+// channels[] in the URL, 24.2 with URL slots, 25.0 and 28 with subscribe
+// messages; pinned in test/sdk/package-lock.json) from
 // Node against a node started here, and appwrite@28's presence
 // (realtime.upsertPresence). `make test` installs the packages
 // with npm ci; CI must have Node, elsewhere its absence skips the test.
@@ -52,7 +54,7 @@ func TestAppwriteWebSDK(t *testing.T) {
 	if err != nil {
 		t.Fatalf("SDK test failed: %v", err)
 	}
-	if !strings.Contains(string(out), "4 passed, 0 failed") {
+	if !strings.Contains(string(out), "7 passed, 0 failed") {
 		t.Fatal("SDK test did not report its checks")
 	}
 }

@@ -1,6 +1,7 @@
 // Drives the official Appwrite Web SDK against a running Switchboard node.
-// Three generations of the realtime protocol: appwrite 21.x (channels[] in
-// the URL), 24.2 (URL subscription slots) and 28 (subscribe messages).
+// Three generations of the realtime protocol: appwrite 16.1, 21.5 and
+// 22.0 (channels[] in the URL), 24.2 (URL subscription slots), 25.0 and 28
+// (subscribe messages).
 //
 // Usage: SWITCHBOARD_ADDR=host:port SWITCHBOARD_ADMIN=host:port
 //        SWITCHBOARD_JWT=<HS256 token for user u1>
@@ -9,8 +10,11 @@
 // Exits 0 when every check passed; prints one line per check.
 import WebSocket from 'ws';
 import * as sdk28 from 'appwrite';
+import * as sdk25 from 'appwrite25';
 import * as sdk24 from 'appwrite24';
+import * as sdk22 from 'appwrite22';
 import * as sdk21 from 'appwrite21';
+import * as sdk16 from 'appwrite16';
 
 // The browser globals the SDK expects. The WebSocket keeps what it
 // receives, so that the presence check can read the `response` frame the
@@ -72,15 +76,15 @@ function client(mod, session) {
 
 const payloads = (list) => list.map((r) => JSON.stringify(r.payload));
 
-async function check(name, mod, withQueries) {
+// check runs the checks of one SDK version. viaCookieFallback: the version
+// authenticates its socket only with the session in localStorage's
+// cookieFallback (appwrite 16; later ones also take Client.setSession).
+async function check(name, mod, withQueries, viaCookieFallback) {
   const anon = client(mod);
-  const user = client(mod, jwt);
+  const user = client(mod, viaCookieFallback ? undefined : jwt);
   const anonGot = [];
   const userGot = [];
-  const unsubs = [
-    anon.subscribe('files', (r) => anonGot.push(r)),
-    user.subscribe('files', (r) => userGot.push(r)),
-  ];
+  const unsubs = [anon.subscribe('files', (r) => anonGot.push(r))];
 
   // 1. client.subscribe('files', cb) receives a published event.
   const probe = ++seq;
@@ -93,12 +97,18 @@ async function check(name, mod, withQueries) {
   }
   console.log(`ok ${name}: subscribe('files') receives the event`);
 
+  // Every client of a page shares localStorage: the cookieFallback is set
+  // only while the signed-in client connects, after the anonymous one has.
+  if (viaCookieFallback) localStorage.setItem('cookieFallback', JSON.stringify({ a_session_p1: jwt }));
+  unsubs.push(user.subscribe('files', (r) => userGot.push(r)));
+
   // 2. The signed-in client authenticates (the SDK sends its session after
   // 'connected') and then receives a user:u1-only event...
   const who = ++seq;
   await until(`${name}: authenticated client receives a user:u1 event`,
     () => publish(['user:u1'], ['files'], { who }),
     () => userGot.some((r) => r.payload.who === who));
+  localStorage.removeItem('cookieFallback');
 
   // ...and the anonymous one never does: it sees the guests marker that was
   // published after the secret, and not the secret.
@@ -210,10 +220,16 @@ async function checkPresence() {
 
 try {
   await checkPresence();
-  await check('appwrite@28 (subscribe messages)', sdk28, true);
-  await check('appwrite@24.2 (URL slots)', sdk24, true);
-  await check('appwrite@21.5 (channels[])', sdk21, false);
-  console.log('4 passed, 0 failed');
+  const versions = [
+    ['appwrite@28 (subscribe messages)', sdk28, true, false],
+    ['appwrite@25.0 (subscribe messages)', sdk25, true, false],
+    ['appwrite@24.2 (URL slots)', sdk24, true, false],
+    ['appwrite@22.0 (channels[])', sdk22, false, false],
+    ['appwrite@21.5 (channels[])', sdk21, false, false],
+    ['appwrite@16.1 (channels[], session from cookieFallback)', sdk16, false, true],
+  ];
+  for (const [name, mod, withQueries, viaCookieFallback] of versions) await check(name, mod, withQueries, viaCookieFallback);
+  console.log(`${versions.length + 1} passed, 0 failed`);
   process.exit(0);
 } catch (err) {
   console.error(`FAIL ${err.stack || err}`);
