@@ -23,9 +23,9 @@ import (
 //     queries. The slot is the SDK's counter: from 0 in Client.subscribe,
 //     from 1 in the Realtime service. The brackets are not escaped and the
 //     channel keeps its dots, which PHP's query-string parser turns into
-//     underscores (hence PROTOCOL.md's "`.` replaced by `_`"). Both
-//     spellings are accepted here, so "a.b" and "a_b" share slot
-//     parameters, as they do in PHP.
+//     underscores (hence PROTOCOL.md's "`.` replaced by `_`"). Slot
+//     parameters are looked up under the renamed channel, so "a.b" and
+//     "a_b" share them (slotParamName says where Appwrite differs).
 //   - 1.9.5 and later (Web SDK 25.0.0+): project=P (and jwt=J) only; the client
 //     sends `subscribe` messages once connected ("message mode").
 type Handshake struct {
@@ -34,8 +34,8 @@ type Handshake struct {
 	Project string
 	// JWT is the `jwt` query parameter.
 	JWT string
-	// Channels are all channels[] requested, in request order, without
-	// duplicates. Appwrite's `connected` frame echoes them after
+	// Channels are the string values of the `channels` array (channels[]=,
+	// channels[N]=), in PHP array order, without duplicates. Appwrite's `connected` frame echoes them after
 	// ConvertAccountChannels.
 	Channels []string
 	// Slots are the URL subscriptions in ascending slot order. Channels

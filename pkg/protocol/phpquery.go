@@ -274,7 +274,13 @@ func (q *phpQuery) next(validate bool) (p phpParam, ok bool, err error) {
 		i := strings.IndexByte(name, '[')
 		switch {
 		case i == 0:
-			continue // an empty top-level name: PHP drops the parameter
+			// An empty top-level name: PHP drops the parameter. Its value
+			// is still checked, which no caller will do (FuzzPHPQuery
+			// found "=%" accepted).
+			if !validEscapes(v) {
+				return phpParam{}, false, errMalformed()
+			}
+			continue
 		case i < 0:
 			p.top = phpMangle(name, false)
 		case strings.IndexByte(name[i+1:], ']') < 0:
@@ -283,8 +289,11 @@ func (q *phpQuery) next(validate bool) (p phpParam, ok bool, err error) {
 		default:
 			p.top, p.brackets = phpMangle(name[:i], false), i
 		}
-		if p.top == "" {
-			continue // an empty name, or spaces only
+		if p.top == "" { // an empty name, or spaces only: as above
+			if !validEscapes(v) {
+				return phpParam{}, false, errMalformed()
+			}
+			continue
 		}
 		return p, true, nil
 	}
