@@ -70,8 +70,8 @@ func ParseHandshakeQuery(rawQuery string) (Handshake, error) {
 	// parameters were seen does a second pass keep those named after a
 	// channel. A $_GET entry depends only on the parameters of its own
 	// name, so two passes build what one would.
-	if flatQuery(rawQuery) {
-		return parseFlatQuery(rawQuery)
+	if h, ok, err := parseSimpleQuery(rawQuery); ok {
+		return h, err
 	}
 	// Room for project, jwt and channels: one allocation.
 	get := phpArray{entries: make([]phpEntry, 0, 3), limit: phpKeptDepth}
@@ -127,63 +127,94 @@ func ParseHandshakeQuery(rawQuery string) (Handshake, error) {
 	return h, nil
 }
 
-// parseFlatQuery is ParseHandshakeQuery for a query without brackets
-// (message mode, SDK 25's project and jwt): $_GET is then flat, each name
-// holding its last value, and no tree is needed.
-func parseFlatQuery(rawQuery string) (Handshake, error) {
-	var h Handshake
-	channels := false
+// parseSimpleQuery is ParseHandshakeQuery for the URLs SDKs send before
+// 1.9.0 and from 1.9.5: project, jwt and channels[] (encoded or not) and
+// nothing else. $_GET is then project, jwt and one list, and no tree is
+// needed: this path allocates the Handshake's own slices and nothing else,
+// which keeps the common upgrade as cheap as it was. ok is false for any
+// other query, which the general path reads.
+func parseSimpleQuery(rawQuery string) (h Handshake, ok bool, err error) {
+	list := false   // $_GET['channels'] is an array of h.Channels
+	scalar := false // $_GET['channels'] is a string
 	q := newPHPQuery(rawQuery)
 	for {
 		// Values are checked here, each read once: the JWT is the longest.
-		p, ok, err := q.next(false)
+		p, more, err := q.next(false)
 		if err != nil {
-			return Handshake{}, err
+			return Handshake{}, true, err
 		}
-		if !ok {
+		if !more {
 			break
 		}
 		var dst *string
-		switch p.top {
-		case "project":
+		switch {
+		case p.brackets < 0 && p.top == "project":
 			dst = &h.Project
-		case "jwt":
+		case p.brackets < 0 && p.top == "jwt":
 			dst = &h.JWT
-		case "channels":
-			channels = true
-		}
-		if dst == nil {
+		case p.brackets < 0 && p.top == "channels":
 			if !validEscapes(p.rawValue) {
-				return Handshake{}, errMalformed()
+				return Handshake{}, true, errMalformed()
 			}
+			scalar, list, h.Channels = true, false, h.Channels[:0]
 			continue
+		case p.name == "channels[]":
+			if !list {
+				scalar, list, h.Channels = false, true, h.Channels[:0]
+			}
+			h.Channels = append(h.Channels, "")
+			dst = &h.Channels[len(h.Channels)-1]
+		default:
+			return Handshake{}, false, nil
 		}
 		if *dst, err = url.QueryUnescape(p.rawValue); err != nil {
-			return Handshake{}, errMalformed()
+			return Handshake{}, true, errMalformed()
 		}
 	}
-	if channels {
-		return Handshake{}, errChannelsNotList()
+	if scalar {
+		return Handshake{}, true, errChannelsNotList()
 	}
-	return h, nil
+	// As readChannels: in order, the first invalid value or the 101st
+	// distinct channel is the error; duplicates are dropped in place.
+	n := 0
+	for _, c := range h.Channels {
+		if !validName(c, MaxChannelLength) {
+			return Handshake{}, true, errChannelName(c)
+		}
+		if contains(h.Channels[:n], c) {
+			continue
+		}
+		if n == MaxChannels {
+			return Handshake{}, true, errTooManyChannels()
+		}
+		h.Channels[n] = c
+		n++
+	}
+	if n == 0 {
+		h.Channels = nil
+		return h, true, nil // message mode
+	}
+	h.Channels = h.Channels[:n:n]
+	for _, c := range h.Channels {
+		switch slotParamName(c) {
+		case "project", "jwt", "channels":
+			// Its slot parameter is one the loop above read: the
+			// general path knows what to make of it.
+			return Handshake{}, false, nil
+		}
+	}
+	h.Slots = []Subscription{{Channels: h.Channels}}
+	h.SlotIndexes = []int{0}
+	return h, true, nil
 }
 
-// flatQuery reports whether raw has no '[', plain or percent-encoded.
-func flatQuery(raw string) bool {
-	if strings.IndexByte(raw, '[') >= 0 {
-		return false
-	}
-	for i := strings.IndexByte(raw, '%'); i >= 0; {
-		if i+2 < len(raw) && raw[i+1] == '5' && (raw[i+2] == 'B' || raw[i+2] == 'b') {
-			return false
-		}
-		j := strings.IndexByte(raw[i+1:], '%')
-		if j < 0 {
-			break
-		}
-		i += 1 + j
-	}
-	return true
+func errChannelName(c string) *Error {
+	return invalid(fmt.Sprintf("Channel %q is not valid. Channel names are 1 to %d bytes of UTF-8 without control characters.",
+		truncate(c, 64), MaxChannelLength))
+}
+
+func errTooManyChannels() *Error {
+	return invalid(fmt.Sprintf("Too many channels, at most %d are allowed.", MaxChannels))
 }
 
 func errChannelsNotList() *Error {
@@ -219,14 +250,13 @@ func (h *Handshake) readChannels(get *phpArray) error {
 		}
 		c := e.val.str
 		if !validName(c, MaxChannelLength) {
-			return invalid(fmt.Sprintf("Channel %q is not valid. Channel names are 1 to %d bytes of UTF-8 without control characters.",
-				truncate(c, 64), MaxChannelLength))
+			return errChannelName(c)
 		}
 		if contains(h.Channels, c) {
 			continue
 		}
 		if len(h.Channels) == MaxChannels {
-			return invalid(fmt.Sprintf("Too many channels, at most %d are allowed.", MaxChannels))
+			return errTooManyChannels()
 		}
 		h.Channels = append(h.Channels, c)
 	}
