@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"math"
 	"reflect"
 	"slices"
 	"testing"
@@ -218,6 +219,93 @@ func FuzzParseHandshakeQuery(f *testing.F) {
 			t.Fatalf("invalid connected frame: %s", frame)
 		}
 	})
+}
+
+// FuzzPHPQuery checks the handshake's PHP query parsing against a parse
+// that keeps everything: the two passes, which keep only what Appwrite
+// reads and no deeper than it reads, must give the Handshake that reading
+// the whole $_GET gives, and every array must be a well-formed PHP array.
+func FuzzPHPQuery(f *testing.F) {
+	for _, s := range []string{
+		"project=p1&channels%5B0%5D=documents&channels%5B1%5D=account",
+		"channels[]=a&channels[5]=b&channels[0]=c&channels[]=d&channels[7][]=n&channels[ ]=e",
+		"channels%5B0%5D=documents&channels[1]=files&documents%5B1%5D%5B0%5D=q1&files=q3&files[-1][]=q5",
+		"channels[]=a.b&a_b[3][]=q&a.b[2][0]=r&channels[]=project&project=p",
+		"a[b.c[d e=1&x.y[=2&a[x][y=1&b[][=2&a[ ]=1&a[[q]=4",
+		"a[9223372036854775807]=x&a[]=y&a[-5]=x&a[]=y&a[99999999999999999999]=z",
+		"a%00b[]=1&c=x%00y&+++a=1&=1&[x]=2",
+		"channels[]=f&f[1][0][]=q&f[1]=s&f[x][]=t",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, q string) {
+		got, err := ParseHandshakeQuery(q)
+
+		full := &phpArray{limit: phpMaxNestingLevel + 2}
+		pq := newPHPQuery(q)
+		for {
+			p, ok, perr := pq.next(true)
+			if perr != nil {
+				if err == nil {
+					t.Fatalf("the full parse fails (%v), ParseHandshakeQuery did not", perr)
+				}
+				return
+			}
+			if !ok {
+				break
+			}
+			p.register(full)
+		}
+		checkPHPArray(t, full)
+		var want Handshake
+		want.Project, want.JWT = full.stringAt("project"), full.stringAt("jwt")
+		werr := want.readChannels(full)
+		if werr == nil && len(want.Channels) > 0 {
+			werr = want.buildSlots(full)
+		}
+		if (err == nil) != (werr == nil) {
+			t.Fatalf("ParseHandshakeQuery error %v, from the full $_GET %v", err, werr)
+		}
+		if err != nil {
+			return
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("ParseHandshakeQuery\n got  %#v\n full %#v", got, want)
+		}
+	})
+}
+
+// checkPHPArray checks that keys are unique, the index (when built) agrees
+// with the entries, and no integer key is at or past the next append key.
+func checkPHPArray(t *testing.T, a *phpArray) {
+	t.Helper()
+	seen := make(map[phpKey]bool, len(a.entries))
+	for i, e := range a.entries {
+		if seen[e.key] {
+			t.Fatalf("duplicate key %+v", e.key)
+		}
+		seen[e.key] = true
+		if e.key.isInt && (!a.hasNext || (e.key.n >= a.next && a.next != math.MaxInt64)) {
+			t.Fatalf("int key %d, next %d (set %v)", e.key.n, a.next, a.hasNext)
+		}
+		if !e.key.isInt {
+			if _, isInt := phpIntKey(e.key.str); isInt {
+				t.Fatalf("string key %q is an integer in PHP", e.key.str)
+			}
+		}
+		if a.index != nil && a.index[e.key] != i {
+			t.Fatalf("index says %d for entry %d", a.index[e.key], i)
+		}
+		if e.val.kind == phpArrayKind {
+			if e.val.arr.depth != a.depth+1 {
+				t.Fatalf("depth %d under %d", e.val.arr.depth, a.depth)
+			}
+			checkPHPArray(t, e.val.arr)
+		}
+	}
+	if a.index != nil && len(a.index) != len(a.entries) {
+		t.Fatalf("index of %d for %d entries", len(a.index), len(a.entries))
+	}
 }
 
 // FuzzAppendJSONString checks the hand-written string encoder against

@@ -1,11 +1,10 @@
 package protocol
 
 import (
+	"cmp"
 	"fmt"
-	"maps"
 	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 )
 
@@ -24,9 +23,9 @@ import (
 //     queries. The slot is the SDK's counter: from 0 in Client.subscribe,
 //     from 1 in the Realtime service. The brackets are not escaped and the
 //     channel keeps its dots, which PHP's query-string parser turns into
-//     underscores (hence PROTOCOL.md's "`.` replaced by `_`"). Both
-//     spellings are accepted here, so "a.b" and "a_b" share slot
-//     parameters, as they do in PHP.
+//     underscores (hence PROTOCOL.md's "`.` replaced by `_`"). Slot
+//     parameters are looked up under the renamed channel, so "a.b" and
+//     "a_b" share them (slotParamName says where Appwrite differs).
 //   - 1.9.5 and later (Web SDK 25.0.0+): project=P (and jwt=J) only; the client
 //     sends `subscribe` messages once connected ("message mode").
 type Handshake struct {
@@ -35,8 +34,8 @@ type Handshake struct {
 	Project string
 	// JWT is the `jwt` query parameter.
 	JWT string
-	// Channels are all channels[] requested, in request order, without
-	// duplicates. Appwrite's `connected` frame echoes them after
+	// Channels are the string values of the `channels` array (channels[]=,
+	// channels[N]=), in PHP array order, without duplicates. Appwrite's `connected` frame echoes them after
 	// ConvertAccountChannels.
 	Channels []string
 	// Slots are the URL subscriptions in ascending slot order. Channels
@@ -50,69 +49,233 @@ type Handshake struct {
 }
 
 // ParseHandshakeQuery parses a raw URL query string (r.URL.RawQuery form,
-// percent-encoded). At most MaxChannels distinct channels, each 1 to
-// MaxChannelLength bytes of UTF-8 without control characters, and at most
-// 100 slots are accepted; anything else, or a malformed percent-escape, is an
-// *Error with code 1003 and the caller decides whether to close. Queries are
-// kept as text; the server validates them with ParseQuery. Parameters other
-// than project, jwt, channels[] and slot parameters are ignored, like
-// Appwrite does.
+// percent-encoded) with PHP's rules (phpquery.go), then reads it as
+// Appwrite's onOpen does: the channels are the string values of the
+// `channels` array in PHP array order, so channels[]=, channels[N]= and
+// their percent-encoded forms are one list, and a later channels[N]
+// overwrites an earlier one; each channel's subscription slots come from
+// the parameter named after it, as Realtime::constructSubscriptions reads
+// them (buildSlots).
+//
+// At most MaxChannels distinct channels, each 1 to MaxChannelLength bytes
+// of UTF-8 without control characters, and at most 100 slots are
+// accepted; anything else, a malformed percent-escape, a `channels` that is
+// not an array, or a slot's query that is an array is an *Error with code
+// 1003 and the caller decides whether to close. Queries are kept as text;
+// the server validates them with ParseQuery. Parameters other than
+// project, jwt, channels and the channels' own are ignored, like Appwrite
+// does, and only their names are read.
 func ParseHandshakeQuery(rawQuery string) (Handshake, error) {
-	var h Handshake
-	var params []slotParam
-	for pair := range strings.SplitSeq(rawQuery, "&") {
-		if pair == "" {
-			continue
-		}
-		k, v, _ := strings.Cut(pair, "=")
-		key, err := url.QueryUnescape(k)
+	// The first pass keeps project, jwt and channels; only when other
+	// parameters were seen does a second pass keep those named after a
+	// channel. A $_GET entry depends only on the parameters of its own
+	// name, so two passes build what one would.
+	if h, ok, err := parseSimpleQuery(rawQuery); ok {
+		return h, err
+	}
+	// Room for project, jwt and channels: one allocation.
+	get := phpArray{entries: make([]phpEntry, 0, 3), limit: phpKeptDepth}
+	others := false
+	q := newPHPQuery(rawQuery)
+	for {
+		p, ok, err := q.next(true)
 		if err != nil {
-			return Handshake{}, invalid("Query string is not valid: malformed percent-encoding.")
+			return Handshake{}, err
 		}
-		value, err := url.QueryUnescape(v)
-		if err != nil {
-			return Handshake{}, invalid("Query string is not valid: malformed percent-encoding.")
+		if !ok {
+			break
 		}
-		switch key {
-		case "project":
-			h.Project = value // the last one wins, as in PHP
-		case "jwt":
-			h.JWT = value
-		case "channels[]":
-			if !validName(value, MaxChannelLength) {
-				return Handshake{}, invalid(fmt.Sprintf("Channel %q is not valid. Channel names are 1 to %d bytes of UTF-8 without control characters.",
-					truncate(value, 64), MaxChannelLength))
-			}
-			if contains(h.Channels, value) {
-				continue
-			}
-			if len(h.Channels) == MaxChannels {
-				return Handshake{}, invalid(fmt.Sprintf("Too many channels, at most %d are allowed.", MaxChannels))
-			}
-			h.Channels = append(h.Channels, value)
+		switch p.top {
+		case "project", "jwt", "channels":
+			p.register(&get)
 		default:
-			if name, slot, ok := parseSlotKey(key); ok {
-				params = append(params, slotParam{name: phpVarName(name), slot: slot, query: value})
-			}
+			others = true
 		}
+	}
+	var h Handshake
+	h.Project = get.stringAt("project")
+	h.JWT = get.stringAt("jwt")
+	if err := h.readChannels(&get); err != nil {
+		return Handshake{}, err
 	}
 	if len(h.Channels) == 0 {
 		return h, nil // message mode
 	}
-	if err := h.buildSlots(params); err != nil {
+	if others {
+		names := make(map[string]struct{}, len(h.Channels))
+		for _, ch := range h.Channels {
+			names[slotParamName(ch)] = struct{}{}
+		}
+		q := newPHPQuery(rawQuery)
+		for {
+			p, ok, _ := q.next(false) // the first pass found every escape valid
+			if !ok {
+				break
+			}
+			switch p.top {
+			case "project", "jwt", "channels":
+				continue // registered by the first pass
+			}
+			if _, kept := names[p.top]; kept {
+				p.register(&get)
+			}
+		}
+	}
+	if err := h.buildSlots(&get); err != nil {
 		return Handshake{}, err
 	}
 	return h, nil
 }
 
-// slotParam is one `<channel>[<slot>][]=<query>` parameter.
-type slotParam struct {
-	name  string // channel, PHP-mangled (see phpVarName)
-	slot  int
-	query string
+// parseSimpleQuery is ParseHandshakeQuery for the URLs SDKs send before
+// 1.9.0 and from 1.9.5: project, jwt and channels[] (encoded or not) and
+// nothing else. $_GET is then project, jwt and one list, and no tree is
+// needed: this path allocates the Handshake's own slices and nothing else,
+// which keeps the common upgrade as cheap as it was. ok is false for any
+// other query, which the general path reads.
+func parseSimpleQuery(rawQuery string) (h Handshake, ok bool, err error) {
+	list := false   // $_GET['channels'] is an array of h.Channels
+	scalar := false // $_GET['channels'] is a string
+	q := newPHPQuery(rawQuery)
+	for {
+		// Values are checked here, each read once: the JWT is the longest.
+		p, more, err := q.next(false)
+		if err != nil {
+			return Handshake{}, true, err
+		}
+		if !more {
+			break
+		}
+		var dst *string
+		switch {
+		case p.brackets < 0 && p.top == "project":
+			dst = &h.Project
+		case p.brackets < 0 && p.top == "jwt":
+			dst = &h.JWT
+		case p.brackets < 0 && p.top == "channels":
+			if !validEscapes(p.rawValue) {
+				return Handshake{}, true, errMalformed()
+			}
+			scalar, list, h.Channels = true, false, h.Channels[:0]
+			continue
+		case p.name == "channels[]":
+			if !list {
+				scalar, list, h.Channels = false, true, h.Channels[:0]
+			}
+			h.Channels = append(h.Channels, "")
+			dst = &h.Channels[len(h.Channels)-1]
+		default:
+			return Handshake{}, false, nil
+		}
+		if *dst, err = url.QueryUnescape(p.rawValue); err != nil {
+			return Handshake{}, true, errMalformed()
+		}
+	}
+	if scalar {
+		return Handshake{}, true, errChannelsNotList()
+	}
+	// As readChannels: in order, the first invalid value or the 101st
+	// distinct channel is the error; duplicates are dropped in place.
+	n := 0
+	for _, c := range h.Channels {
+		if !validName(c, MaxChannelLength) {
+			return Handshake{}, true, errChannelName(c)
+		}
+		if contains(h.Channels[:n], c) {
+			continue
+		}
+		if n == MaxChannels {
+			return Handshake{}, true, errTooManyChannels()
+		}
+		h.Channels[n] = c
+		n++
+	}
+	if n == 0 {
+		h.Channels = nil
+		return h, true, nil // message mode
+	}
+	h.Channels = h.Channels[:n:n]
+	for _, c := range h.Channels {
+		switch slotParamName(c) {
+		case "project", "jwt", "channels":
+			// Its slot parameter is one the loop above read: the
+			// general path knows what to make of it.
+			return Handshake{}, false, nil
+		}
+	}
+	h.Slots = []Subscription{{Channels: h.Channels}}
+	h.SlotIndexes = []int{0}
+	return h, true, nil
+}
+
+func errChannelName(c string) *Error {
+	return invalid(fmt.Sprintf("Channel %q is not valid. Channel names are 1 to %d bytes of UTF-8 without control characters.",
+		truncate(c, 64), MaxChannelLength))
+}
+
+func errTooManyChannels() *Error {
+	return invalid(fmt.Sprintf("Too many channels, at most %d are allowed.", MaxChannels))
+}
+
+func errChannelsNotList() *Error {
+	// Appwrite passes it to convertChannels(array ...), a TypeError:
+	// README, "Where Switchboard differs from Appwrite".
+	return invalid("Query string is not valid: channels must be a list (channels[]=...).")
+}
+
+// stringAt is $_GET[name] when it is a string, else "". The last value
+// wins, as in PHP; a project or jwt sent as an array is missing.
+func (a *phpArray) stringAt(name string) string {
+	if v, ok := a.get(phpKeyOf(name)); ok && v.kind == phpString {
+		return v.str
+	}
+	return ""
+}
+
+// readChannels sets h.Channels from $_GET['channels']: its string values
+// in array order without duplicates, as Appwrite's convertChannels
+// (array_flip, which skips array values) leaves them.
+func (h *Handshake) readChannels(get *phpArray) error {
+	v, ok := get.get(phpKey{str: "channels"})
+	if !ok {
+		return nil
+	}
+	if !v.isArray() {
+		return errChannelsNotList()
+	}
+	h.Channels = make([]string, 0, len(v.arr.entries))
+	for _, e := range v.arr.entries {
+		if e.val.kind != phpString {
+			continue
+		}
+		c := e.val.str
+		if !validName(c, MaxChannelLength) {
+			return errChannelName(c)
+		}
+		if contains(h.Channels, c) {
+			continue
+		}
+		if len(h.Channels) == MaxChannels {
+			return errTooManyChannels()
+		}
+		h.Channels = append(h.Channels, c)
+	}
+	return nil
+}
+
+// slotParamName is the $_GET name a channel's slot parameters are looked
+// up under. Appwrite calls $request->getQuery($channel) with the channel
+// as it is, and PHP has renamed '.' and ' ' in parameter names to '_', so
+// in Appwrite a channel with a dot (databases.D.collections.C.documents,
+// as Web SDK 22.3-24.2 sends it) never finds its slot parameters and gets
+// select-all. Switchboard looks them up under the renamed channel, so
+// those SDKs' filters apply; "a.b" and "a_b" share slot parameters.
+func slotParamName(channel string) string {
+	return phpMangle(channel, false)
 }
 
 type slotBuild struct {
+	n        int
 	channels []string
 	queries  []string
 	// queriesSet: the first channel to join a slot decides its queries, even
@@ -122,108 +285,115 @@ type slotBuild struct {
 }
 
 // buildSlots groups h.Channels into slots following Appwrite's
-// constructSubscriptions: each channel, in request order, joins every slot
-// it has parameters for, or slot 0 when it has none.
-func (h *Handshake) buildSlots(params []slotParam) error {
-	byName := make(map[string][]slotParam)
-	for _, p := range params {
-		byName[p.name] = append(byName[p.name], p)
-	}
-	slots := make(map[int]*slotBuild)
-	join := func(n int, channel string) (*slotBuild, error) {
-		s := slots[n]
-		if s == nil {
-			if len(slots) == maxSlots {
-				return nil, invalid(fmt.Sprintf("Too many subscriptions, at most %d are allowed.", maxSlots))
-			}
-			s = &slotBuild{}
-			slots[n] = s
+// constructSubscriptions: each channel, in request order, reads
+// $_GET[channel]. Absent, it joins slot 0 with select-all; a string is
+// slot 0 with that one query; an array's integer keys are its slots, in
+// array order, each holding one query (a string) or a list of them.
+// String keys (channel[x][]=, or an index too large for an integer) are
+// ignored, and a channel left with no slot joins slot 0.
+func (h *Handshake) buildSlots(get *phpArray) error {
+	found := false
+	for _, ch := range h.Channels {
+		if get.find(phpKeyOf(slotParamName(ch))) >= 0 {
+			found = true
+			break
 		}
-		s.channels = append(s.channels, channel)
+	}
+	if !found {
+		// The pre-1.9.0 URL: one select-all slot with every channel.
+		h.Slots = []Subscription{{Channels: h.Channels[:len(h.Channels):len(h.Channels)]}}
+		h.SlotIndexes = []int{0}
+		return nil
+	}
+	type param struct {
+		v  phpValue
+		ok bool
+	}
+	params := make([]param, len(h.Channels))
+	for i, ch := range h.Channels {
+		params[i].v, params[i].ok = get.get(phpKeyOf(slotParamName(ch)))
+	}
+	var slots []*slotBuild
+	join := func(n int, channel string) (*slotBuild, error) {
+		for _, s := range slots {
+			if s.n == n {
+				s.channels = append(s.channels, channel)
+				return s, nil
+			}
+		}
+		if len(slots) == maxSlots {
+			return nil, invalid(fmt.Sprintf("Too many subscriptions, at most %d are allowed.", maxSlots))
+		}
+		s := &slotBuild{n: n, channels: []string{channel}}
+		slots = append(slots, s)
 		return s, nil
 	}
-	for _, ch := range h.Channels {
-		own := byName[phpVarName(ch)]
-		if len(own) == 0 {
+	for i, ch := range h.Channels {
+		var own []phpEntry
+		switch v := params[i].v; {
+		case !params[i].ok:
+		case v.kind == phpString:
+			// constructSubscriptions wraps a string as [$value]: slot 0.
+			own = []phpEntry{{key: phpKey{isInt: true}, val: v}}
+		default:
+			own = v.arr.entries // $_GET[name] is never deep enough to be opaque
+		}
+		joined := false
+		for _, e := range own {
+			if !e.key.isInt || int64(int(e.key.n)) != e.key.n {
+				continue
+			}
+			queries, err := slotQueries(ch, e)
+			if err != nil {
+				return err
+			}
+			s, err := join(int(e.key.n), ch)
+			if err != nil {
+				return err
+			}
+			joined = true
+			if !s.queriesSet {
+				s.queriesSet, s.queries = true, queries
+			}
+		}
+		if !joined {
 			s, err := join(0, ch)
 			if err != nil {
 				return err
 			}
 			s.queriesSet = true
-			continue
-		}
-		// Group this channel's queries by slot, slots in the order its
-		// parameters first name them (PHP array order).
-		var order []int
-		bySlot := make(map[int][]string)
-		for _, p := range own {
-			qs, seen := bySlot[p.slot]
-			if !seen {
-				order = append(order, p.slot)
-			}
-			bySlot[p.slot] = append(qs, p.query)
-		}
-		for _, n := range order {
-			s, err := join(n, ch)
-			if err != nil {
-				return err
-			}
-			if !s.queriesSet {
-				s.queriesSet = true
-				s.queries = bySlot[n]
-			}
 		}
 	}
-	h.SlotIndexes = slices.Sorted(maps.Keys(slots))
-	h.Slots = make([]Subscription, len(h.SlotIndexes))
-	for i, n := range h.SlotIndexes {
-		h.Slots[i] = Subscription{Channels: slots[n].channels, Queries: slots[n].queries}
+	slices.SortFunc(slots, func(a, b *slotBuild) int { return cmp.Compare(a.n, b.n) })
+	h.Slots = make([]Subscription, len(slots))
+	h.SlotIndexes = make([]int, len(slots))
+	for i, s := range slots {
+		h.Slots[i] = Subscription{Channels: s.channels, Queries: s.queries}
+		h.SlotIndexes[i] = s.n
 	}
 	return nil
 }
 
-// parseSlotKey splits a decoded parameter name of the form
-// NAME[SLOT][] with SLOT a decimal number. Anything else is not a slot
-// parameter.
-func parseSlotKey(key string) (name string, slot int, ok bool) {
-	rest, ok := strings.CutSuffix(key, "[]")
-	if !ok {
-		return "", 0, false
+// slotQueries is the query list of one slot parameter: a string is one
+// query, an array its string values in order. A query that is itself an
+// array is a TypeError in Appwrite's Query::parseQueries (README, "Where
+// Switchboard differs from Appwrite").
+func slotQueries(channel string, e phpEntry) ([]string, error) {
+	if e.val.kind == phpString {
+		return []string{e.val.str}, nil
 	}
-	rest, ok = strings.CutSuffix(rest, "]")
-	if !ok {
-		return "", 0, false
+	if e.val.kind != phpArrayKind {
+		return nil, nil // unreachable: a slot's array is kept
 	}
-	i := strings.LastIndexByte(rest, '[')
-	if i <= 0 {
-		return "", 0, false
-	}
-	digits := rest[i+1:]
-	// Nine digits cannot overflow an int; the SDKs count from 0 or 1.
-	if len(digits) == 0 || len(digits) > 9 || strings.Trim(digits, "0123456789") != "" {
-		return "", 0, false
-	}
-	slot, err := strconv.Atoi(digits)
-	if err != nil {
-		return "", 0, false
-	}
-	return rest[:i], slot, true
-}
-
-// phpVarName applies PHP's mangling of query parameter names, which turns
-// '.' and ' ' into '_'. Appwrite looks a channel's slot parameters up under
-// the mangled name, so channels "a.b" and "a_b" share them; comparing
-// mangled names on both sides keeps that behaviour.
-func phpVarName(s string) string {
-	if !strings.ContainsAny(s, ". ") {
-		return s
-	}
-	return strings.Map(func(r rune) rune {
-		if r == '.' || r == ' ' {
-			return '_'
+	queries := make([]string, 0, len(e.val.arr.entries))
+	for _, q := range e.val.arr.entries {
+		if q.val.kind != phpString {
+			return nil, invalid(fmt.Sprintf("Query string is not valid: the queries of %s[%d] must be strings.",
+				truncate(channel, 64), e.key.n))
 		}
-		return r
-	}, s)
+		queries = append(queries, q.val.str)
+	}
+	return queries, nil
 }
 
 // accountActions are the action suffixes Appwrite rewrites in account

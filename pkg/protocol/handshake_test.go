@@ -147,8 +147,8 @@ func TestParseHandshakeQuery(t *testing.T) {
 			},
 		},
 		{
-			name:  "slots sorted, interleaved queries grouped, strangers ignored",
-			query: "channels[]=files&files[7][]=a&files[2][]=b&files[7][]=c&other[1][]=z&files[x][]=bad&files[1]=noarray&v=1",
+			name:  "slots sorted, interleaved queries grouped, strangers and string slots ignored",
+			query: "channels[]=files&files[7][]=a&files[2][]=b&files[7][]=c&other[1][]=z&files[x][]=bad&files[99999999999999999999][]=huge&v=1",
 			want: Handshake{
 				Channels: []string{"files"},
 				Slots: []Subscription{
@@ -156,6 +156,63 @@ func TestParseHandshakeQuery(t *testing.T) {
 					{Channels: []string{"files"}, Queries: []string{"a", "c"}},
 				},
 				SlotIndexes: []int{2, 7},
+			},
+		},
+		{
+			// http_build_query(['project' => 'p1', 'channels' => ['documents', 'account']]),
+			// as Appwrite's tests/e2e/Services/Realtime/RealtimeBase.php getWebsocket builds it.
+			name:  "indexed channels, percent-encoded (http_build_query)",
+			query: "project=p1&channels%5B0%5D=documents&channels%5B1%5D=account",
+			want: Handshake{
+				Project:     "p1",
+				Channels:    []string{"documents", "account"},
+				Slots:       []Subscription{{Channels: []string{"documents", "account"}}},
+				SlotIndexes: []int{0},
+			},
+		},
+		{
+			name:  "channels in PHP array order: a later index overwrites in place, arrays skipped",
+			query: "channels[]=a&channels[5]=b&channels[0]=c&channels[]=d&channels[7][]=nested&channels[ ]=e",
+			want: Handshake{
+				Channels:    []string{"c", "b", "d", "e"},
+				Slots:       []Subscription{{Channels: []string{"c", "b", "d", "e"}}},
+				SlotIndexes: []int{0},
+			},
+		},
+		{
+			name:  "a later plain channels string is replaced by a later array",
+			query: "channels=x&channels[]=files",
+			want: Handshake{
+				Channels:    []string{"files"},
+				Slots:       []Subscription{{Channels: []string{"files"}}},
+				SlotIndexes: []int{0},
+			},
+		},
+		{
+			// Realtime::constructSubscriptions: a string is [$value] at index 0,
+			// a slot's string is one query, and http_build_query writes lists
+			// with indexes: documents[1][0]=q.
+			name:  "slot forms: name=q, name[N]=q, name[N][M]=q, name[N][]=q, -N",
+			query: "channels%5B0%5D=documents&channels%5B1%5D=files&channels[2]=teams&channels[3]=rows&documents%5B1%5D%5B0%5D=q1&documents%5B1%5D%5B1%5D=q2&files=q3&teams[4]=q4&rows[-1][]=q5",
+			want: Handshake{
+				Channels: []string{"documents", "files", "teams", "rows"},
+				Slots: []Subscription{
+					{Channels: []string{"rows"}, Queries: []string{"q5"}},
+					{Channels: []string{"files"}, Queries: []string{"q3"}},
+					{Channels: []string{"documents"}, Queries: []string{"q1", "q2"}},
+					{Channels: []string{"teams"}, Queries: []string{"q4"}},
+				},
+				SlotIndexes: []int{-1, 0, 1, 4},
+			},
+		},
+		{
+			name:  "a channel named like a parameter Appwrite reads",
+			query: "project=p1&channels[]=project&channels[]=jwt",
+			want: Handshake{
+				Project:     "p1",
+				Channels:    []string{"project", "jwt"},
+				Slots:       []Subscription{{Channels: []string{"project", "jwt"}, Queries: []string{"p1"}}},
+				SlotIndexes: []int{0},
 			},
 		},
 		{
@@ -198,6 +255,11 @@ func TestParseHandshakeQueryErrors(t *testing.T) {
 		{"too long", "channels[]=" + strings.Repeat("x", MaxChannelLength+1)},
 		{"bad escape in value", "project=%zz"},
 		{"bad escape in key", "chan%nels[]=x"},
+		{"bad escape in an unknown value", "channels[]=x&other=%g0"},
+		{"channels not a list", "channels=files"},
+		{"channels overwritten by a string", "channels[]=files&channels=x"},
+		{"a slot query that is a list", "channels[]=files&files[1][0][]=q"},
+		{"too many channels, indexed", strings.ReplaceAll(many.String(), "channels[]", "channels%5B%5D")},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
