@@ -43,8 +43,9 @@ const (
 	// upgrade): nothing is queued on it any more.
 	ConnectionClosing Reason = "connection_closing"
 	// UserHeld: the user's roles are being re-resolved after a
-	// permission change; the event would wait in the hold and be matched
-	// against the new roles.
+	// permission change, or the event announces such a change for this
+	// user: the event would wait in the hold and be matched against the
+	// roles the resolver answers, which explain cannot know.
 	UserHeld Reason = "user_held"
 	// QueueOverLimit: the frame would take the connection's send queue
 	// over its byte limit: the queue is cut and the connection closed as
