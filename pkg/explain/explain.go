@@ -87,6 +87,30 @@ func ParseConnID(s string) (ConnID, error) {
 	return ConnID{Node: s[:i], ID: uint32(id)}, nil
 }
 
+// CompareConnIDs orders connection ids as pages are: by node, then by id
+// as a number. Ids that do not parse come first, by text.
+func CompareConnIDs(a, b string) int {
+	x, errA := ParseConnID(a)
+	y, errB := ParseConnID(b)
+	switch {
+	case errA != nil || errB != nil:
+		if errA != nil && errB != nil {
+			return strings.Compare(a, b)
+		}
+		if errA != nil {
+			return -1
+		}
+		return 1
+	case x.Node != y.Node:
+		return strings.Compare(x.Node, y.Node)
+	case x.ID < y.ID:
+		return -1
+	case x.ID > y.ID:
+		return 1
+	}
+	return 0
+}
+
 // Verdict is the answer for one subscription of one connection.
 type Verdict struct {
 	ID        string     `json:"id"`

@@ -235,7 +235,12 @@ const maxExplainBody = maxPublishBody + 4096
 func (s *Server) handleExplain(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxExplainBody))
 	if err != nil {
-		writeJSON(w, http.StatusRequestEntityTooLarge, map[string]string{"error": "reading body: " + err.Error()})
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeJSON(w, http.StatusRequestEntityTooLarge, map[string]string{"error": "body is over 1 MiB"})
+			return
+		}
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "reading body: " + err.Error()})
 		return
 	}
 	req, only, err := parseExplainRequest(body)
@@ -263,7 +268,7 @@ func (s *Server) handleExplain(w http.ResponseWriter, r *http.Request) {
 		out.Connections = append(out.Connections, ne.Connections...)
 		out.Truncated = out.Truncated || ne.Truncated
 	}
-	slices.SortFunc(out.Connections, func(a, b explain.Explained) int { return strings.Compare(a.Connection, b.Connection) })
+	slices.SortFunc(out.Connections, func(a, b explain.Explained) int { return explain.CompareConnIDs(a.Connection, b.Connection) })
 	writeJSON(w, http.StatusOK, out)
 }
 
