@@ -85,7 +85,7 @@ type Config struct {
 	ReusePort bool
 
 	Projects []string // when non-empty, the only projects accepted
-	APIKey   string   // when set, POST /v1/publish, /v1/presences and the dashboard need "Authorization: Bearer <APIKey>" (the dashboard also takes it as basic auth's password)
+	APIKey   string   // when set, POST /v1/publish, /v1/presences, /v1/explain, /v1/connections and the dashboard need "Authorization: Bearer <APIKey>" (the dashboard also takes it as basic auth's password)
 
 	MaxMessageSize   int // largest client message after reassembly (at most 16 MiB)
 	MaxHeaderBytes   int // largest upgrade request head
