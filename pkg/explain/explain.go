@@ -113,9 +113,7 @@ func CompareConnIDs(a, b string) int {
 
 // Verdict is the answer for one subscription of one connection.
 type Verdict struct {
-	ID        string     `json:"id"`
-	Channels  []string   `json:"channels"`
-	Queries   []string   `json:"queries"`
+	Subscription
 	Delivered bool       `json:"delivered"`
 	Reason    Reason     `json:"reason"`
 	Query     *QueryMiss `json:"query,omitempty"` // with QueryFalse
@@ -130,15 +128,20 @@ type QueryMiss struct {
 	Detail string `json:"detail"`
 }
 
+// Identity is who a connection is, in both answers.
+type Identity struct {
+	Connection string   `json:"connection"` // a ConnID
+	Node       string   `json:"node"`
+	Project    string   `json:"project"`
+	UserID     string   `json:"userId"` // "" for a guest
+	Roles      []string `json:"roles"`
+	State      string   `json:"state"` // handshake, live, closing or closed
+}
+
 // Explained is the answer for one connection: it receives the event when
 // one of its subscriptions does (the frame then lists those).
 type Explained struct {
-	Connection    string    `json:"connection"`
-	Node          string    `json:"node"`
-	Project       string    `json:"project"`
-	UserID        string    `json:"userId"`
-	Roles         []string  `json:"roles"`
-	State         string    `json:"state"`
+	Identity
 	Delivered     bool      `json:"delivered"`
 	Subscriptions []Verdict `json:"subscriptions"`
 }
@@ -163,12 +166,7 @@ type Subscription struct {
 
 // Connection is one connection as GET /v1/connections shows it.
 type Connection struct {
-	Connection    string         `json:"connection"`
-	Node          string         `json:"node"`
-	Project       string         `json:"project"`
-	UserID        string         `json:"userId"`
-	Roles         []string       `json:"roles"`
-	State         string         `json:"state"`
+	Identity
 	AgeSeconds    int64          `json:"ageSeconds"`   // since the socket was accepted
 	LastActivity  int64          `json:"lastActivity"` // unix second of the last frame from the client (or of the upgrade)
 	QueuedBytes   int            `json:"queuedBytes"`  // waiting in the send queue

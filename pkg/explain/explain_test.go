@@ -200,7 +200,7 @@ func TestPageIsInNodeIDOrderAndSkipsNothing(t *testing.T) {
 	conns := func(node string, ids ...int) []Connection {
 		var out []Connection
 		for _, id := range ids {
-			out = append(out, Connection{Connection: ConnID{node, uint32(id)}.String(), Node: node})
+			out = append(out, Connection{Identity: Identity{Connection: ConnID{node, uint32(id)}.String(), Node: node}})
 		}
 		return out
 	}

@@ -101,23 +101,12 @@ func (x *explainer) conn(id index.ID, c *conn) explain.Explained {
 	ev := x.ev
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e := explain.Explained{
-		Connection: explain.ConnID{Node: x.srv.node, ID: uint32(id)}.String(),
-		Node:       x.srv.node, Project: c.project, UserID: c.userID,
-		Roles: slices.Clone(c.roles), State: c.state.String(),
-		Subscriptions: make([]explain.Verdict, len(c.subs)),
-	}
-	if e.Roles == nil {
-		e.Roles = []string{}
-	}
+	e := explain.Explained{Identity: x.srv.identityLocked(id, c), Subscriptions: make([]explain.Verdict, len(c.subs))}
 	roleOK := admits(c.roles, ev.Roles)
 	var ids []string // the subscriptions the frame would list
 	for i := range c.subs {
 		sub := &c.subs[i]
-		v := explain.Verdict{ID: sub.id, Channels: slices.Clone(sub.channels), Queries: slices.Clone(sub.queries), Reason: explain.Delivered}
-		if v.Queries == nil {
-			v.Queries = []string{}
-		}
+		v := explain.Verdict{Subscription: sub.describe(), Reason: explain.Delivered}
 		switch {
 		case c.project != ev.Project:
 			v.Reason = explain.OtherProject
@@ -256,22 +245,38 @@ func (s *Server) describe(id index.ID, c *conn, req explain.ListRequest, now int
 		return explain.Connection{}, false
 	}
 	info := explain.Connection{
-		Connection: explain.ConnID{Node: s.node, ID: uint32(id)}.String(),
-		Node:       s.node, Project: c.project, UserID: c.userID,
-		Roles: slices.Clone(c.roles), State: c.state.String(),
+		Identity:      s.identityLocked(id, c),
 		AgeSeconds:    max(0, now-int64(c.opened)),
 		LastActivity:  int64(c.lastSeen.Load()),
 		QueuedBytes:   c.q.bytes,
 		Subscriptions: make([]explain.Subscription, len(c.subs)),
 	}
-	if info.Roles == nil {
-		info.Roles = []string{}
-	}
-	for i, sub := range c.subs {
-		info.Subscriptions[i] = explain.Subscription{ID: sub.id, Channels: slices.Clone(sub.channels), Queries: slices.Clone(sub.queries)}
-		if info.Subscriptions[i].Queries == nil {
-			info.Subscriptions[i].Queries = []string{}
-		}
+	for i := range c.subs {
+		info.Subscriptions[i] = c.subs[i].describe()
 	}
 	return info, true
+}
+
+// identityLocked is who c (of index id) is, for both answers. The caller
+// holds c.mu.
+func (s *Server) identityLocked(id index.ID, c *conn) explain.Identity {
+	who := explain.Identity{
+		Connection: explain.ConnID{Node: s.node, ID: uint32(id)}.String(),
+		Node:       s.node, Project: c.project, UserID: c.userID,
+		Roles: slices.Clone(c.roles), State: c.state.String(),
+	}
+	if who.Roles == nil {
+		who.Roles = []string{}
+	}
+	return who
+}
+
+// describe is the subscription as the admin API shows it: copies, since
+// the answer is encoded after the connection's lock is let go.
+func (sub *subscription) describe() explain.Subscription {
+	d := explain.Subscription{ID: sub.id, Channels: slices.Clone(sub.channels), Queries: slices.Clone(sub.queries)}
+	if d.Queries == nil {
+		d.Queries = []string{}
+	}
+	return d
 }

@@ -26,31 +26,29 @@ type connectionsAnswer struct {
 	Nodes       explain.Nodes        `json:"nodes"`
 }
 
+// adminJSON calls the admin API, wants 200, and decodes the answer.
+func adminJSON[T any](t *testing.T, s *Server, method, path, body, key string) T {
+	t.Helper()
+	code, resp := adminRequest(t, s, method, path, body, key)
+	var out T
+	if code != http.StatusOK {
+		t.Fatalf("%s %s: %d %s", method, path, code, resp)
+	}
+	if err := json.Unmarshal([]byte(resp), &out); err != nil {
+		t.Fatalf("%s %s: answer %s: %v", method, path, resp, err)
+	}
+	return out
+}
+
 func explainRequest(t *testing.T, s *Server, key string, req map[string]any) explainAnswer {
 	t.Helper()
 	b, _ := json.Marshal(req)
-	code, body := adminRequest(t, s, "POST", "/v1/explain", string(b), key)
-	if code != http.StatusOK {
-		t.Fatalf("explain: %d %s", code, body)
-	}
-	var a explainAnswer
-	if err := json.Unmarshal([]byte(body), &a); err != nil {
-		t.Fatalf("explain answer %s: %v", body, err)
-	}
-	return a
+	return adminJSON[explainAnswer](t, s, "POST", "/v1/explain", string(b), key)
 }
 
 func listConnections(t *testing.T, s *Server, key, query string) connectionsAnswer {
 	t.Helper()
-	code, body := adminRequest(t, s, "GET", "/v1/connections?"+query, "", key)
-	if code != http.StatusOK {
-		t.Fatalf("connections: %d %s", code, body)
-	}
-	var a connectionsAnswer
-	if err := json.Unmarshal([]byte(body), &a); err != nil {
-		t.Fatalf("connections answer %s: %v", body, err)
-	}
-	return a
+	return adminJSON[connectionsAnswer](t, s, "GET", "/v1/connections?"+query, "", key)
 }
 
 // verdicts maps subscription id to reason, for one connection's answer.
