@@ -74,18 +74,26 @@ func (b *brokerFlags) open(log *zap.Logger, reg prometheus.Registerer) (broker.B
 	return r, r.Close, nil
 }
 
-// peers builds the dashboard's cluster channel: a Redis broker of its own
-// on <channel>.nodes, so the nodes' once-a-second samples never share a
-// connection or a channel with events. Nil without Redis (the dashboard
-// shows the node alone) and with --redis-sharded, whose cluster URL a
-// plain client cannot dial. The returned close function is never nil.
-func (b *brokerFlags) peers(log *zap.Logger) (broker.Broker, func() error, error) {
+// Channels of their own beside the event channel: <--redis-channel> plus
+// these suffixes.
+const (
+	nodesSuffix = ".nodes" // the dashboard's once-a-second samples
+	adminSuffix = ".admin" // the admin API's cluster questions (explain, connections) and answers
+)
+
+// peers builds a channel between the nodes beside the events: a Redis
+// broker of its own on <channel><suffix>, so what the nodes tell each
+// other never shares a connection or a channel with events. Nil without
+// Redis (the node answers alone) and with --redis-sharded, whose cluster
+// URL a plain client cannot dial. The returned close function is never
+// nil.
+func (b *brokerFlags) peers(log *zap.Logger, suffix, name string) (broker.Broker, func() error, error) {
 	if b.redisURL == "" || b.sharded {
 		return nil, func() error { return nil }, nil
 	}
-	r, err := broker.NewRedis(broker.RedisOptions{URL: b.redisURL, Channel: b.channel + ".nodes", Buffer: 256, Logger: log.Named("dashboard")})
+	r, err := broker.NewRedis(broker.RedisOptions{URL: b.redisURL, Channel: b.channel + suffix, Buffer: 256, Logger: log.Named(name)})
 	if err != nil {
-		return nil, nil, fmt.Errorf("--redis-url: dashboard peers: %w", err)
+		return nil, nil, fmt.Errorf("--redis-url: %s peers: %w", name, err)
 	}
 	return r, r.Close, nil
 }

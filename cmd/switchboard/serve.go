@@ -62,7 +62,7 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	fs.StringVar(&cfg.AdminListen, "admin-listen", server.DefaultAdminListen, "admin HTTP listen address (publish, metrics, health, pprof, the dashboard at /)")
 	fs.StringVar(&cfg.Path, "path", server.DefaultPath, "WebSocket endpoint path")
 	fs.StringVar(&projects, "projects", "", "comma-separated project ids to accept; empty accepts any")
-	fs.StringVar(&cfg.APIKey, "api-key", "", "bearer key required by POST /v1/publish, /v1/presences and the dashboard (GET /, where a browser gives it as the basic-auth password); empty requires none")
+	fs.StringVar(&cfg.APIKey, "api-key", "", "bearer key required by POST /v1/publish, /v1/presences, /v1/explain, /v1/connections and the dashboard (GET /, where a browser gives it as the basic-auth password); empty requires none")
 	fs.StringVar(&authMode, "auth", "none", "auth resolver: none (everyone is a guest), jwt (HS256) or http (ask --auth-url)")
 	fs.StringVar(&jwtSecret, "jwt-secret", "", "HS256 secret for --auth jwt")
 	fs.StringVar(&authOpts.URL, "auth-url", "", "backend URL for --auth http (POST {project, session|jwt|userId})")
@@ -186,13 +186,20 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	}
 	defer closePresences()
 	cfg.Presences = ps
-	peers, closePeers, err := bf.peers(log)
+	peers, closePeers, err := bf.peers(log, nodesSuffix, "dashboard")
 	if err != nil {
 		fmt.Fprintln(stderr, "switchboard serve:", err)
 		return 2
 	}
 	defer closePeers()
 	cfg.Peers = peers
+	adminPeers, closeAdminPeers, err := bf.peers(log, adminSuffix, "explain")
+	if err != nil {
+		fmt.Fprintln(stderr, "switchboard serve:", err)
+		return 2
+	}
+	defer closeAdminPeers()
+	cfg.AdminPeers = adminPeers
 
 	srv, err := server.New(cfg)
 	if err != nil {

@@ -289,6 +289,23 @@ func add(a, b Figure) Figure {
 	return a + b
 }
 
+// Nodes names the nodes believed alive: this one and every peer heard
+// from within goneAfter, sorted. The admin API's cluster questions wait for
+// these to answer.
+func (d *Dashboard) Nodes() []string {
+	now := time.Now()
+	out := []string{d.opts.Node}
+	d.mu.Lock()
+	for name, p := range d.peers {
+		if now.Sub(p.seen) <= goneAfter {
+			out = append(out, name)
+		}
+	}
+	d.mu.Unlock()
+	slices.Sort(out)
+	return out
+}
+
 // listen keeps the peer table from the nodes channel until ctx ends.
 func (d *Dashboard) listen(ctx context.Context) {
 	err := d.opts.Peers.Run(ctx, func(msg []byte) {

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -343,4 +344,18 @@ func TestStreamsAreBounded(t *testing.T) {
 		resp.Body.Close() // ends the stream it opened, if it did
 		return resp.StatusCode == http.StatusOK
 	})
+}
+
+// TestNodesAreThisAndTheLivePeers: a peer silent for more than goneAfter
+// is not believed alive.
+func TestNodesAreThisAndTheLivePeers(t *testing.T) {
+	d, err := New(Options{Node: "node-b", Gatherer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.peers["node-a"] = &peer{seen: time.Now()}
+	d.peers["node-c"] = &peer{seen: time.Now().Add(-goneAfter - time.Second)}
+	if got := d.Nodes(); !slices.Equal(got, []string{"node-a", "node-b"}) {
+		t.Fatalf("Nodes() = %v", got)
+	}
 }

@@ -219,6 +219,19 @@ func (x *Index[T]) Range(f func(ID, T)) {
 	}
 }
 
+// Get returns the value of a live connection, and false when id is not
+// live. It takes the shard's read lock only.
+func (x *Index[T]) Get(id ID) (T, bool) {
+	s, l := x.locate(id)
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.live(l) == nil {
+		var zero T
+		return zero, false
+	}
+	return *s.valAt(l), true
+}
+
 // Len returns the number of connections.
 func (x *Index[T]) Len() int { return int(x.conns.Load()) }
 

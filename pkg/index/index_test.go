@@ -542,3 +542,22 @@ func TestVisitPanicReleasesLocks(t *testing.T) {
 	x.Set(a, "p", l("guests"), l("c"))
 	expect(t, x, "p", l("guests"), l("c"), "a")
 }
+
+func TestGet(t *testing.T) {
+	x := New[string](4)
+	a := x.Insert("a")
+	b := x.Insert("b")
+	if v, ok := x.Get(a); !ok || v != "a" {
+		t.Fatalf("Get(a) = %q %v", v, ok)
+	}
+	x.Delete(a)
+	if v, ok := x.Get(a); ok || v != "" {
+		t.Fatalf("Get of a deleted id = %q %v", v, ok)
+	}
+	if v, ok := x.Get(b); !ok || v != "b" {
+		t.Fatalf("Get(b) = %q %v", v, ok)
+	}
+	if _, ok := x.Get(ID(1 << 30)); ok {
+		t.Fatal("Get of an id never handed out")
+	}
+}

@@ -25,5 +25,8 @@ func FuzzCompileMatch(f *testing.F) {
 		if filter.Match(&d) != first {
 			t.Fatal("Match is not stable on one document")
 		}
+		if _, ok := filter.Explain(&d); ok != first {
+			t.Fatal("Explain and Match disagree")
+		}
 	})
 }

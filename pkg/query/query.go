@@ -367,3 +367,114 @@ func (d *Document) decode() {
 	}
 	clear(d.scratch)
 }
+
+// Miss says which query of a filter a payload failed first, and why.
+type Miss struct {
+	// Query is the failed query's position in the list given to Compile.
+	// A non-nil Filter was compiled from a list without select (select
+	// makes it nil), so every query has a compiled counterpart and the
+	// positions are the same.
+	Query int
+	// Detail names the condition that failed, in words: for and/or the
+	// nested query too.
+	Detail string
+}
+
+// Explain is Match that, when the payload fails, says which query failed
+// first and how (the admin API's explain). It is apart from Match so that
+// the router's path carries none of its cost; for the answer it repeats
+// Match, query by query. A nil f matches.
+func (f *Filter) Explain(d *Document) (Miss, bool) {
+	if f == nil {
+		return Miss{}, true
+	}
+	d.decode()
+	for i := range f.all {
+		if !f.all[i].match(d) {
+			return Miss{Query: i, Detail: f.all[i].why(d)}, false
+		}
+	}
+	return Miss{}, true
+}
+
+// why describes how c fails on d; c.match(d) is false.
+func (c *cond) why(d *Document) string {
+	switch c.op {
+	case opAnd:
+		for i := range c.kids {
+			if !c.kids[i].match(d) {
+				return "and: query " + strconv.Itoa(i) + ": " + c.kids[i].why(d)
+			}
+		}
+		return "and: matched" // not reached while match is false
+	case opOr:
+		return "or: none of its " + strconv.Itoa(len(c.kids)) + " queries matched"
+	}
+	x, ok := d.fields[c.attr]
+	if !ok {
+		return strconv.Quote(c.attr) + " is not in the payload"
+	}
+	subject := strconv.Quote(c.attr) + " is " + x.String()
+	switch c.op {
+	case opIsNull:
+		return subject + ", not null"
+	case opIsNotNull:
+		return subject
+	case opNotEqual:
+		return subject + ", which notEqual excludes"
+	}
+	return subject + ", and " + c.op.String() + " " + valuesString(c.vals) + " is false"
+}
+
+func (o op) String() string {
+	switch o {
+	case opEqual:
+		return "equal"
+	case opNotEqual:
+		return "notEqual"
+	case opLess:
+		return "lessThan"
+	case opLessEqual:
+		return "lessThanEqual"
+	case opGreater:
+		return "greaterThan"
+	case opGreaterEqual:
+		return "greaterThanEqual"
+	case opIsNull:
+		return "isNull"
+	case opIsNotNull:
+		return "isNotNull"
+	case opAnd:
+		return "and"
+	case opOr:
+		return "or"
+	}
+	return "op(" + strconv.Itoa(int(o)) + ")"
+}
+
+// String is v as JSON would write it; arrays and objects are not kept, so
+// they are named.
+func (v value) String() string {
+	switch v.kind {
+	case kindNull:
+		return "null"
+	case kindBool:
+		return strconv.FormatBool(v.b)
+	case kindNumber:
+		return strconv.FormatFloat(v.num, 'g', -1, 64)
+	case kindString:
+		return strconv.Quote(v.str)
+	}
+	return "an array or object"
+}
+
+func valuesString(vals []value) string {
+	b := []byte{'['}
+	for i, v := range vals {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, v.String()...)
+	}
+	return string(append(b, ']'))
+}

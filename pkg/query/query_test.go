@@ -234,6 +234,21 @@ func TestMatchAgainstReference(t *testing.T) {
 		if got := match(t, queries, string(pb)); got != want {
 			t.Fatalf("payload %s queries %s: Match = %v, reference = %v", pb, strings.Join(queries, " "), got, want)
 		}
+		// Explain agrees, and names the first query the reference fails.
+		f, _ := Compile(queries)
+		var d Document
+		d.Reset(pb)
+		miss, ok := f.Explain(&d)
+		firstFail := -1
+		for k, r := range refs {
+			if !r.eval(payload) {
+				firstFail = k
+				break
+			}
+		}
+		if ok != want || (!ok && miss.Query != firstFail) || (!ok && miss.Detail == "") {
+			t.Fatalf("payload %s queries %s: Explain = %+v %v, reference fails query %d", pb, strings.Join(queries, " "), miss, ok, firstFail)
+		}
 	}
 }
 
@@ -413,4 +428,42 @@ func BenchmarkMatch(b *testing.B) {
 			}
 		}
 	})
+}
+
+func TestExplainNamesTheFailingQuery(t *testing.T) {
+	const doc = `{"status":"done","n":5,"none":null,"tags":["a"]}`
+	tests := []struct {
+		name    string
+		queries []string
+		ok      bool
+		query   int
+		detail  string
+	}{
+		{"no filter", nil, true, 0, ""},
+		{"all pass", []string{q("equal", "status", "done"), q("greaterThan", "n", 4)}, true, 0, ""},
+		{"second fails", []string{q("equal", "status", "done"), q("greaterThan", "n", 5)}, false, 1, `"n" is 5, and greaterThan [5] is false`},
+		{"first of two fails", []string{q("equal", "status", "x", "y"), q("greaterThan", "n", 5)}, false, 0, `"status" is "done", and equal ["x","y"] is false`},
+		{"missing attribute", []string{q("notEqual", "gone", 1)}, false, 0, `"gone" is not in the payload`},
+		{"isNull", []string{q("isNull", "n")}, false, 0, `"n" is 5, not null`},
+		{"isNotNull", []string{q("isNotNull", "none")}, false, 0, `"none" is null`},
+		{"notEqual", []string{q("notEqual", "status", "done")}, false, 0, `"status" is "done", which notEqual excludes`},
+		{"array attribute", []string{q("equal", "tags", "a")}, false, 0, `"tags" is an array or object, and equal ["a"] is false`},
+		{"and names its nested query", []string{q("and", "", nested(q("equal", "status", "done"), q("lessThan", "n", 1))...)}, false, 0, `and: query 1: "n" is 5, and lessThan [1] is false`},
+		{"or", []string{q("or", "", nested(q("equal", "status", "x"), q("lessThan", "n", 1))...)}, false, 0, "or: none of its 2 queries matched"},
+	}
+	for _, tt := range tests {
+		f, err := Compile(tt.queries)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var d Document
+		d.Reset([]byte(doc))
+		miss, ok := f.Explain(&d)
+		if ok != tt.ok || miss.Query != tt.query || miss.Detail != tt.detail {
+			t.Errorf("%s: Explain = %+v %v, want query %d %q %v", tt.name, miss, ok, tt.query, tt.detail, tt.ok)
+		}
+		if ok != f.Match(&d) {
+			t.Errorf("%s: Explain and Match disagree", tt.name)
+		}
+	}
 }

@@ -1,18 +1,22 @@
 package server
 
 import (
+	"bytes"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/pprof"
+	"slices"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
+	"github.com/switchboard-rt/switchboard/pkg/explain"
 	"github.com/switchboard-rt/switchboard/pkg/presence"
 	"github.com/switchboard-rt/switchboard/pkg/protocol"
 )
@@ -26,6 +30,8 @@ func (s *Server) adminHandler() http.Handler {
 	mux.HandleFunc("GET /v1/presences", s.keyed(s.handleListPresences))
 	mux.HandleFunc("POST /v1/presences", s.keyed(s.handleUpsertPresence))
 	mux.HandleFunc("DELETE /v1/presences/{id}", s.keyed(s.handleDeletePresence))
+	mux.HandleFunc("POST /v1/explain", s.keyed(s.handleExplain))
+	mux.HandleFunc("GET /v1/connections", s.keyed(s.handleConnections))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if !s.serving.Load() {
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "starting"})
@@ -216,4 +222,129 @@ func (s *Server) handleDeletePresence(w http.ResponseWriter, r *http.Request) {
 	default:
 		writeJSON(w, http.StatusOK, json.RawMessage(doc))
 	}
+}
+
+// maxExplainBody bounds one POST /v1/explain body: an event (what
+// /v1/publish takes) and a few names.
+const maxExplainBody = maxPublishBody + 4096
+
+// handleExplain answers POST /v1/explain: for each connection the request
+// names, across the cluster, and each of its subscriptions, whether the
+// event would be delivered and the first reason it would not. A dry run:
+// nothing is delivered (explain.go).
+func (s *Server) handleExplain(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxExplainBody))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeJSON(w, http.StatusRequestEntityTooLarge, map[string]string{"error": "body is over 1 MiB"})
+			return
+		}
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "reading body: " + err.Error()})
+		return
+	}
+	req, only, err := parseExplainRequest(body)
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+		return
+	}
+	q, err := json.Marshal(req)
+	if err != nil {
+		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
+		return
+	}
+	answers, nodes := s.inspect.Ask(r.Context(), "explain", q, only)
+	out := struct {
+		Connections []explain.Explained `json:"connections"`
+		Truncated   bool                `json:"truncated"`
+		Nodes       explain.Nodes       `json:"nodes"`
+	}{Connections: []explain.Explained{}, Nodes: nodes}
+	for _, a := range answers {
+		var ne explain.NodeExplain
+		if err := json.Unmarshal(a.Body, &ne); err != nil {
+			s.log.Warn("explain: a node's answer is not one", zap.String("node", a.Node), zap.Error(err))
+			continue
+		}
+		out.Connections = append(out.Connections, ne.Connections...)
+		out.Truncated = out.Truncated || ne.Truncated
+	}
+	slices.SortFunc(out.Connections, func(a, b explain.Explained) int { return explain.CompareConnIDs(a.Connection, b.Connection) })
+	writeJSON(w, http.StatusOK, out)
+}
+
+// parseExplainRequest reads and checks an explain body: an event that
+// /v1/publish would take, and either a connection id or a project and a
+// user id. only is the node the connection is on ("" for every node).
+func parseExplainRequest(body []byte) (req explain.Request, only string, err error) {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return req, "", fmt.Errorf("body is not an explain request: %w", err)
+	}
+	if dec.More() {
+		return req, "", errors.New("body is not an explain request: more after the object")
+	}
+	if len(req.Event) == 0 {
+		return req, "", errors.New("event is required (the message POST /v1/publish takes)")
+	}
+	if _, err := protocol.ParseEvent(req.Event); err != nil {
+		return req, "", fmt.Errorf("event: %w", err)
+	}
+	switch {
+	case req.Connection != "" && (req.Project != "" || req.UserID != ""):
+		return req, "", errors.New("give either connection or project and userId, not both")
+	case req.Connection != "":
+		id, err := explain.ParseConnID(req.Connection)
+		if err != nil {
+			return req, "", err
+		}
+		return req, id.Node, nil
+	case req.Project == "" || req.UserID == "":
+		return req, "", errors.New("connection, or project and userId, are required")
+	}
+	return req, "", nil
+}
+
+// handleConnections answers GET /v1/connections?project=P[&userId=U]
+// [&limit=N][&after=C]: a page of the project's connections across the
+// cluster, in (node, id) order, and the cursor of the next page.
+func (s *Server) handleConnections(w http.ResponseWriter, r *http.Request) {
+	qs := r.URL.Query()
+	req := explain.ListRequest{Project: qs.Get("project"), UserID: qs.Get("userId"), After: qs.Get("after")}
+	if req.Project == "" {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "project is required"})
+		return
+	}
+	limit, err := explain.ParseLimit(qs.Get("limit"))
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+		return
+	}
+	req.Limit = limit
+	if req.After != "" {
+		if _, err := explain.ParseConnID(req.After); err != nil {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "after: " + err.Error()})
+			return
+		}
+	}
+	q, err := json.Marshal(req)
+	if err != nil {
+		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
+		return
+	}
+	answers, nodes := s.inspect.Ask(r.Context(), "connections", q, "")
+	lists := make(map[string]explain.NodeList, len(answers))
+	for _, a := range answers {
+		var nl explain.NodeList
+		if err := json.Unmarshal(a.Body, &nl); err != nil {
+			s.log.Warn("connections: a node's answer is not one", zap.String("node", a.Node), zap.Error(err))
+			continue
+		}
+		lists[a.Node] = nl
+	}
+	page, next := explain.Page(lists, limit)
+	if page == nil {
+		page = []explain.Connection{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"connections": page, "next": next, "nodes": nodes})
 }

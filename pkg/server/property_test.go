@@ -148,101 +148,167 @@ func TestNoLeakProperty(t *testing.T) {
 	}
 }
 
-func runWorld(t *testing.T, seed uint64) {
-	rng := rand.New(rand.NewPCG(seed, 0x5b))
-	projects := []string{"p1", "p2"}
-	users := []string{"u1", "u2", "u3"}
-	teams := []string{"t1", "t2"}
-	channels := []string{"c1", "c2", "c3", "presences"}
-	pick := func(list []string) string { return list[rng.IntN(len(list))] }
-	subset := func(list []string, min int) []string {
-		var out []string
-		for _, s := range list {
-			if rng.IntN(3) == 0 {
-				out = append(out, s)
-			}
-		}
-		for len(out) < min {
-			out = appendUnique(out, pick(list))
-		}
-		return out
-	}
+// world is one random world of the property tests: a node with no
+// sockets (replies go to /dev/null, events stay queued), its auth backend,
+// and the model of every live connection.
+type world struct {
+	t    *testing.T
+	rng  *rand.Rand
+	s    *Server
+	res  *teamResolver
+	bus  *captureBroker
+	null *os.File
+	live []*modelConn
+}
 
-	res := &teamResolver{teams: map[string]map[string]bool{}}
-	for _, u := range users {
-		res.teams[u] = map[string]bool{}
-		for _, tm := range teams {
-			res.teams[u][tm] = rng.IntN(2) == 0
+var (
+	worldProjects = []string{"p1", "p2"}
+	worldUsers    = []string{"u1", "u2", "u3"}
+	worldTeams    = []string{"t1", "t2"}
+	worldChannels = []string{"c1", "c2", "c3", "presences"}
+	worldRoles    = []string{"any", "guests", "users", "user:u1", "user:u2", "user:u3", "team:t1", "team:t2"}
+)
+
+// newWorld builds seed's world: random team memberships, and a node whose
+// config mod may change. The caller closes w.null.
+func newWorld(t *testing.T, seed uint64, mod func(*Config)) *world {
+	w := &world{t: t, rng: rand.New(rand.NewPCG(seed, 0x5b)), bus: &captureBroker{}}
+	w.res = &teamResolver{teams: map[string]map[string]bool{}}
+	for _, u := range worldUsers {
+		w.res.teams[u] = map[string]bool{}
+		for _, tm := range worldTeams {
+			w.res.teams[u][tm] = w.rng.IntN(2) == 0
 		}
 	}
-	bus := &captureBroker{}
-	s, err := New(Config{Broker: bus, Resolver: res, IndexShards: 1 << rng.IntN(4), ConnectsPerIP: Off, MessagesPerMinute: Off})
+	cfg := Config{Broker: w.bus, Resolver: w.res, IndexShards: 1 << w.rng.IntN(4), ConnectsPerIP: Off, MessagesPerMinute: Off}
+	if mod != nil {
+		mod(&cfg)
+	}
+	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
-	if err != nil {
+	w.s = s
+	if w.null, err = os.OpenFile(os.DevNull, os.O_WRONLY, 0); err != nil {
 		t.Fatal(err)
 	}
-	defer devnull.Close()
 	s.pool = &writePool{ch: make(chan *conn, 1<<16)}
-	r := s.router
+	return w
+}
 
-	var live []*modelConn
-	modelRoles := func(uid string) []string {
-		if uid == "" {
-			return []string{auth.RoleGuests}
+func (w *world) pick(list []string) string { return list[w.rng.IntN(len(list))] }
+
+// subset is a random subset of list with at least min members.
+func (w *world) subset(list []string, min int) []string {
+	var out []string
+	for _, s := range list {
+		if w.rng.IntN(3) == 0 {
+			out = append(out, s)
 		}
-		return res.roles(uid)
 	}
-	connect := func() {
-		// Replies to the client's own messages are written at once (to
-		// /dev/null); events stay queued for checkEvent, as no write pool
-		// runs.
-		c := &conn{Context: context.Background(), srv: s, nc: &fakeNC{}, fd: int(devnull.Fd())}
-		c.id = s.idx.Insert(c)
-		m := &modelConn{c: c, project: pick(projects), subs: map[string]modelSub{}}
-		q := "project=" + m.project
-		chans := subset(channels, 0)
-		for _, ch := range chans {
-			q += "&channels[]=" + ch
-		}
-		// Slot 0's queries, as a 1.9.0-1.9.4 SDK puts them in the URL.
-		wq := worldQueries[rng.IntN(len(worldQueries))]
-		for _, text := range wq.queries {
-			if len(chans) > 0 {
-				q += "&" + chans[0] + "[0][]=" + url.QueryEscape(text)
-			}
-		}
-		h := handshake{uri: "/v1/realtime?" + q}
-		uid := ""
-		if rng.IntN(2) == 0 {
-			uid = pick(users)
-			h.session = "s-" + uid
-		}
-		c.upgraded = true
-		c.mu.Lock()
-		c.setStateLocked(stateLive) // as upgrade does
-		c.mu.Unlock()
-		c.open(&h)
-		m.roles = modelRoles(uid)
+	for len(out) < min {
+		out = appendUnique(out, w.pick(list))
+	}
+	return out
+}
+
+// modelRoles is the model's roles of user uid ("" a guest).
+func (w *world) modelRoles(uid string) []string {
+	if uid == "" {
+		return []string{auth.RoleGuests}
+	}
+	return w.res.roles(uid)
+}
+
+// connect opens a connection with random channels, slot queries and
+// session, and models it.
+func (w *world) connect() *modelConn {
+	s, rng := w.s, w.rng
+	// Replies to the client's own messages are written at once (to
+	// /dev/null); events stay queued for checkEvent, as no write pool
+	// runs.
+	c := &conn{Context: context.Background(), srv: s, nc: &fakeNC{}, fd: int(w.null.Fd())}
+	c.id = s.idx.Insert(c)
+	m := &modelConn{c: c, project: w.pick(worldProjects), subs: map[string]modelSub{}}
+	q := "project=" + m.project
+	chans := w.subset(worldChannels, 0)
+	for _, ch := range chans {
+		q += "&channels[]=" + ch
+	}
+	// Slot 0's queries, as a 1.9.0-1.9.4 SDK puts them in the URL.
+	wq := worldQueries[rng.IntN(len(worldQueries))]
+	for _, text := range wq.queries {
 		if len(chans) > 0 {
-			m.subs[c.subs[0].id] = modelSub{channels: chans, pass: wq.pass}
+			q += "&" + chans[0] + "[0][]=" + url.QueryEscape(text)
 		}
-		live = append(live, m)
 	}
-	uidOf := func(m *modelConn) string {
-		m.c.mu.Lock()
-		defer m.c.mu.Unlock()
-		return m.c.userID
+	h := handshake{uri: "/v1/realtime?" + q}
+	uid := ""
+	if rng.IntN(2) == 0 {
+		uid = w.pick(worldUsers)
+		h.session = "s-" + uid
 	}
+	c.upgraded = true
+	c.mu.Lock()
+	c.setStateLocked(stateLive) // as upgrade does
+	c.mu.Unlock()
+	c.open(&h)
+	m.roles = w.modelRoles(uid)
+	if len(chans) > 0 {
+		m.subs[c.subs[0].id] = modelSub{channels: chans, pass: wq.pass}
+	}
+	w.live = append(w.live, m)
+	return m
+}
+
+// subscribe sends a subscribe message on m, sometimes replacing an id.
+func (w *world) subscribe(m *modelConn) {
+	id := fmt.Sprintf("s%d", w.rng.IntN(3))
+	chans := w.subset(worldChannels, 1)
+	wq := worldQueries[w.rng.IntN(len(worldQueries))]
+	b, _ := json.Marshal(map[string]any{"type": "subscribe", "data": []map[string]any{{"subscriptionId": id, "channels": chans, "queries": wq.queries}}})
+	m.c.handleMessage(b)
+	m.subs[id] = modelSub{channels: chans, pass: wq.pass}
+}
+
+// unsubscribe removes one of m's subscriptions.
+func (w *world) unsubscribe(m *modelConn) {
+	for id := range m.subs {
+		m.c.handleMessage([]byte(`{"type":"unsubscribe","data":[{"subscriptionId":"` + id + `"}]}`))
+		delete(m.subs, id)
+		break
+	}
+}
+
+// uidOf is m's user id now.
+func uidOf(m *modelConn) string {
+	m.c.mu.Lock()
+	defer m.c.mu.Unlock()
+	return m.c.userID
+}
+
+// randomEvent is an event with random roles, channels and payload,
+// numbered n.
+func (w *world) randomEvent(n int) (*protocol.Event, modelPayload) {
+	roles := w.subset(worldRoles, 1)
+	p := randomPayload(w.rng)
+	return &protocol.Event{Project: w.pick(worldProjects), Roles: roles, Channels: w.subset(worldChannels, 1), Payload: json.RawMessage(p.json(n))}, p
+}
+
+func runWorld(t *testing.T, seed uint64) {
+	wr := newWorld(t, seed, nil)
+	defer wr.null.Close()
+	rng, s, res, bus := wr.rng, wr.s, wr.res, wr.bus
+	r := s.router
+	pick, subset := wr.pick, wr.subset
+	teams := worldTeams
+	channels := worldChannels
+	users := worldUsers
+	connect := func() { wr.connect() }
+	modelRoles := wr.modelRoles
 
 	nEvent := 0
-	randomEvent := func() (*protocol.Event, modelPayload) {
-		roles := subset([]string{"any", "guests", "users", "user:u1", "user:u2", "user:u3", "team:t1", "team:t2"}, 1)
-		p := randomPayload(rng)
-		return &protocol.Event{Project: pick(projects), Roles: roles, Channels: subset(channels, 1), Payload: json.RawMessage(p.json(nEvent))}, p
-	}
+	randomEvent := func() (*protocol.Event, modelPayload) { return wr.randomEvent(nEvent) }
 	// The model of presences: per project and user, the connections that
 	// hold the record, its id once known, and its read roles.
 	type modelPresence struct {
@@ -296,31 +362,20 @@ func runWorld(t *testing.T, seed uint64) {
 			if ev.Project != w.project || info.UserID != w.uid || info.ID != w.id || !slices.Equal(ev.Roles, w.roles) || ev.Events[0] != "presences."+w.id+"."+w.action {
 				t.Fatalf("seed %d step %d: published %s, want %+v", seed, step, msg, w)
 			}
-			checkEvent(t, seed, step, r, live, ev, modelPayload{Status: w.status}, 0, nil)
+			checkEvent(t, seed, step, r, wr.live, ev, modelPayload{Status: w.status}, 0, nil)
 		}
 		wantPresence = wantPresence[:0]
 	}
 	for step := 0; step < 40; step++ {
 		switch op := rng.IntN(12); {
-		case op < 2 || len(live) == 0:
+		case op < 2 || len(wr.live) == 0:
 			connect()
 		case op == 2: // subscribe by message, sometimes replacing an id
-			m := live[rng.IntN(len(live))]
-			id := fmt.Sprintf("s%d", rng.IntN(3))
-			chans := subset(channels, 1)
-			wq := worldQueries[rng.IntN(len(worldQueries))]
-			b, _ := json.Marshal(map[string]any{"type": "subscribe", "data": []map[string]any{{"subscriptionId": id, "channels": chans, "queries": wq.queries}}})
-			m.c.handleMessage(b)
-			m.subs[id] = modelSub{channels: chans, pass: wq.pass}
+			wr.subscribe(wr.live[rng.IntN(len(wr.live))])
 		case op == 3: // unsubscribe
-			m := live[rng.IntN(len(live))]
-			for id := range m.subs {
-				m.c.handleMessage([]byte(`{"type":"unsubscribe","data":[{"subscriptionId":"` + id + `"}]}`))
-				delete(m.subs, id)
-				break
-			}
+			wr.unsubscribe(wr.live[rng.IntN(len(wr.live))])
 		case op == 4: // authenticate as someone (possibly again)
-			m := live[rng.IntN(len(live))]
+			m := wr.live[rng.IntN(len(wr.live))]
 			uid := pick(users)
 			old := userKey{m.project, uidOf(m)}
 			m.c.handleMessage([]byte(`{"type":"authentication","data":{"session":"s-` + uid + `"}}`))
@@ -330,15 +385,15 @@ func runWorld(t *testing.T, seed uint64) {
 			}
 			checkPresenceEvents(step)
 		case op == 5: // leave
-			i := rng.IntN(len(live))
-			m := live[i]
+			i := rng.IntN(len(wr.live))
+			m := wr.live[i]
 			k := userKey{m.project, uidOf(m)}
 			_ = m.c.onClosed(nil)
-			live = slices.Delete(live, i, i+1)
+			wr.live = slices.Delete(wr.live, i, i+1)
 			dropHolder(m, k)
 			checkPresenceEvents(step)
 		case op >= 10: // upsert a presence
-			m := live[rng.IntN(len(live))]
+			m := wr.live[rng.IntN(len(wr.live))]
 			uid := uidOf(m)
 			perms := [][]string{nil, {`read("any")`}, {`read("users")`}, {`read("team:t1")`, `write("users")`}, {`read("guests")`}, {}, {`update("any")`}}[rng.IntN(7)]
 			status := pick([]string{"online", "away"})
@@ -378,12 +433,12 @@ func runWorld(t *testing.T, seed uint64) {
 			res.teams[uid][tm] = !res.teams[uid][tm]
 			res.gate = gate
 			res.mu.Unlock()
-			ev := &protocol.Event{Project: pick(projects), Roles: []string{"team:" + tm, "user:" + uid}, Channels: subset(channels, 1),
+			ev := &protocol.Event{Project: pick(worldProjects), Roles: []string{"team:" + tm, "user:" + uid}, Channels: subset(channels, 1),
 				PermissionsChanged: true, UserID: uid}
 			p := randomPayload(rng)
 			ev.Payload = json.RawMessage(p.json(nEvent))
 			held := map[*modelConn]bool{}
-			for _, m := range live {
+			for _, m := range wr.live {
 				if m.project == ev.Project && uidOf(m) == uid {
 					held[m] = true
 				}
@@ -396,12 +451,12 @@ func runWorld(t *testing.T, seed uint64) {
 				p  modelPayload
 				n  int
 			}
-			checkEvent(t, seed, step, r, live, ev, p, nEvent, held)
+			checkEvent(t, seed, step, r, wr.live, ev, p, nEvent, held)
 			during := []kept{{ev, p, nEvent}}
 			nEvent++
 			for range rng.IntN(4) {
 				ev, p := randomEvent()
-				checkEvent(t, seed, step, r, live, ev, p, nEvent, held)
+				checkEvent(t, seed, step, r, wr.live, ev, p, nEvent, held)
 				during = append(during, kept{ev, p, nEvent})
 				nEvent++
 			}
@@ -428,7 +483,7 @@ func runWorld(t *testing.T, seed uint64) {
 			}
 		default: // an ordinary event
 			ev, p := randomEvent()
-			checkEvent(t, seed, step, r, live, ev, p, nEvent, nil)
+			checkEvent(t, seed, step, r, wr.live, ev, p, nEvent, nil)
 			nEvent++
 		}
 		if t.Failed() {

@@ -2,8 +2,11 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +16,7 @@ import (
 
 	"github.com/switchboard-rt/switchboard/internal/redistest"
 	"github.com/switchboard-rt/switchboard/pkg/broker"
+	"github.com/switchboard-rt/switchboard/pkg/explain"
 )
 
 // redisNode starts a node whose backbone is the Redis at url.
@@ -231,4 +235,116 @@ func TestShardedClusterDeliversOnlyWhereWanted(t *testing.T) {
 	if got := counterValue(t, b, "broker_messages_total"); got != before {
 		t.Fatalf("node B received %v messages for a project it does not serve", got-before)
 	}
+}
+
+// clusterNode starts a node on the Redis at url with the dashboard's and
+// the admin API's peers channels, as serve does with --redis-url.
+func clusterNode(t *testing.T, url string, mod func(*Config)) *Server {
+	t.Helper()
+	peers := func(channel string) broker.Broker {
+		b, err := broker.NewRedis(broker.RedisOptions{URL: url, Channel: channel, Buffer: 256})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = b.Close() })
+		return b
+	}
+	return redisNode(t, url, func(c *Config) {
+		c.Peers, c.AdminPeers = peers("realtime.nodes"), peers("realtime.admin")
+		if mod != nil {
+			mod(c)
+		}
+	})
+}
+
+// TestExplainAcrossTheCluster: two nodes on one Redis. Asked on either
+// node, the connections list and explain cover both nodes' connections and
+// say which nodes answered; explain is then compared with what the
+// clients receive. A node that stops is named missing.
+func TestExplainAcrossTheCluster(t *testing.T) {
+	rs := redistest.Start(t)
+	res := &teamResolver{teams: map[string]map[string]bool{"u1": {}}}
+	mod := func(c *Config) { c.Resolver = res }
+	a, b := clusterNode(t, rs.URL(), mod), clusterNode(t, rs.URL(), mod)
+	both := []string{a.node, b.node}
+	slices.Sort(both)
+	for _, n := range []*Server{a, b} {
+		redistest.Eventually(t, 10*time.Second, "the nodes hear each other", func() bool { return slices.Equal(n.dashboard.Nodes(), both) })
+	}
+	ua := dial(t, a, "project=p1&channels[]=docs", http.Header{"X-Appwrite-Session": {"s-u1"}})
+	ub := dial(t, b, "project=p1&channels[]=files", http.Header{"X-Appwrite-Session": {"s-u1"}})
+	gb := dial(t, b, "project=p1&channels[]=docs", nil)
+	for _, c := range []*client{ua, ub, gb} {
+		c.expect("connected")
+	}
+
+	// The list, asked on a, in pages of one: every connection of both
+	// nodes once, in (node, id) order.
+	var got []explain.Connection
+	after := ""
+	for range 5 {
+		page := listConnections(t, a, "", "project=p1&limit=1&after="+url.QueryEscape(after))
+		if !slices.Equal(page.Nodes.Answered, both) || len(page.Nodes.Missing) != 0 {
+			t.Fatalf("nodes %+v", page.Nodes)
+		}
+		got = append(got, page.Connections...)
+		if page.Next == "" {
+			break
+		}
+		after = page.Next
+	}
+	if len(got) != 3 || !slices.IsSortedFunc(got, func(x, y explain.Connection) int { return explain.CompareConnIDs(x.Connection, y.Connection) }) {
+		t.Fatalf("connections across the cluster: %+v", got)
+	}
+	var guest explain.Connection
+	for _, c := range got {
+		if c.UserID == "" {
+			guest = c
+		}
+	}
+	if guest.Node != b.node {
+		t.Fatalf("the guest on %q, want b %q", guest.Node, b.node)
+	}
+
+	// u1's connections, asked on b: a's is on docs and receives, b's is
+	// not on docs.
+	ev := event("p1", []string{"user:u1"}, []string{"docs"}, `{"n":1}`)
+	ans := explainRequest(t, b, "", map[string]any{"event": json.RawMessage(ev), "project": "p1", "userId": "u1"})
+	if len(ans.Connections) != 2 || !slices.Equal(ans.Nodes.Answered, both) {
+		t.Fatalf("explain for u1: %+v", ans)
+	}
+	for _, e := range ans.Connections {
+		want := e.Node == a.node
+		if e.Delivered != want || len(e.Subscriptions) != 1 || (!want && e.Subscriptions[0].Reason != explain.ChannelNotSubscribed) {
+			t.Fatalf("explain for u1's connection on %s: %+v", e.Node, e)
+		}
+	}
+	// The guest on b, by its id, asked on a: only b answers.
+	ansG := explainRequest(t, a, "", map[string]any{"event": json.RawMessage(ev), "connection": guest.Connection})
+	if len(ansG.Connections) != 1 || ansG.Connections[0].Subscriptions[0].Reason != explain.RoleNotHeld || !slices.Equal(ansG.Nodes.Answered, []string{b.node}) {
+		t.Fatalf("explain for the guest: %+v", ansG)
+	}
+	publish(t, a, ev)
+	publish(t, b, event("p1", []string{"any"}, []string{"docs", "files"}, `{"marker":1}`))
+	ua.expectPayload(`{"n":1}`)
+	ua.expectPayload(`{"marker":1}`)
+	ub.expectPayload(`{"marker":1}`)
+	gb.expectPayload(`{"marker":1}`)
+
+	// b stops; a still believes it alive for a few seconds, waits out its
+	// bound for it, and names it missing.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := b.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	page := listConnections(t, a, "", "project=p1")
+	if len(page.Connections) != 1 || !slices.Equal(page.Nodes.Answered, []string{a.node}) {
+		t.Fatalf("after b stopped: %+v", page)
+	}
+	if slices.Contains(a.dashboard.Nodes(), b.node) && !slices.Equal(page.Nodes.Missing, []string{b.node}) {
+		t.Fatalf("b is believed alive but not named missing: %+v", page.Nodes)
+	}
+	t.Logf("asked with b gone: %v", time.Since(start).Round(time.Millisecond))
 }

@@ -30,6 +30,7 @@ import (
 	"github.com/switchboard-rt/switchboard/pkg/auth"
 	"github.com/switchboard-rt/switchboard/pkg/broker"
 	"github.com/switchboard-rt/switchboard/pkg/dashboard"
+	"github.com/switchboard-rt/switchboard/pkg/explain"
 	"github.com/switchboard-rt/switchboard/pkg/index"
 	"github.com/switchboard-rt/switchboard/pkg/presence"
 )
@@ -84,7 +85,7 @@ type Config struct {
 	ReusePort bool
 
 	Projects []string // when non-empty, the only projects accepted
-	APIKey   string   // when set, POST /v1/publish, /v1/presences and the dashboard need "Authorization: Bearer <APIKey>" (the dashboard also takes it as basic auth's password)
+	APIKey   string   // when set, POST /v1/publish, /v1/presences, /v1/explain, /v1/connections and the dashboard need "Authorization: Bearer <APIKey>" (the dashboard also takes it as basic auth's password)
 
 	MaxMessageSize   int // largest client message after reassembly (at most 16 MiB)
 	MaxHeaderBytes   int // largest upgrade request head
@@ -163,9 +164,14 @@ type Config struct {
 	// Peers carries the dashboard's once-a-second node samples between
 	// the nodes of a cluster: a broker on a channel of its own (never the
 	// event channel). Nil: the dashboard shows this node alone.
-	Peers    broker.Broker
-	Resolver auth.Resolver // default auth.None
-	Logger   *zap.Logger   // default zap.NewNop
+	Peers broker.Broker
+	// AdminPeers carries the admin API's cluster questions (POST
+	// /v1/explain, GET /v1/connections) and their answers between the
+	// nodes: a broker on a channel of its own, never the event channel.
+	// Nil: those questions are answered for this node alone.
+	AdminPeers broker.Broker
+	Resolver   auth.Resolver // default auth.None
+	Logger     *zap.Logger   // default zap.NewNop
 	// Registry holds the node's series (the server's, the broker's) and
 	// is served on /metrics with the Go and process collectors, which the
 	// server adds itself and keeps apart: the dashboard gathers Registry
@@ -297,6 +303,8 @@ type Server struct {
 	holds      *holds // users whose roles are being re-resolved after a permission change
 	presences  *presences
 	dashboard  *dashboard.Dashboard
+	node       string               // this node's name in the cluster (nodeName); set by Start
+	inspect    *explain.Cluster     // the admin API's cluster questions
 	runtime    *prometheus.Registry // the Go and process collectors: on /metrics, not in the dashboard's second
 
 	serving  atomic.Bool
@@ -413,17 +421,26 @@ func (s *Server) Start() (err error) {
 		return fmt.Errorf("admin listen %s: %w", s.cfg.AdminListen, err)
 	}
 	undo = append(undo, func() { s.adminLn.Close() })
+	s.node = nodeName(s.ln.Addr())
 	if s.dashboard, err = dashboard.New(dashboard.Options{
-		Node: nodeName(s.ln.Addr()), Gatherer: s.cfg.Registry, Ready: s.cfg.Broker.Ready,
+		Node: s.node, Gatherer: s.cfg.Registry, Ready: s.cfg.Broker.Ready,
 		TopProjects: s.projects.top, Peers: s.cfg.Peers, Logger: s.log,
 	}); err != nil {
 		return err
 	}
 	// Nothing below fails.
+	// Which nodes are alive is the dashboard's word when it hears the
+	// others; otherwise a question waits out its bound for them.
+	var live func() []string
+	if s.cfg.Peers != nil || s.cfg.AdminPeers == nil {
+		live = s.dashboard.Nodes
+	}
+	s.inspect = explain.New(explain.Options{Node: s.node, Peers: s.cfg.AdminPeers, Live: live, Answer: s.answerExplain, Logger: s.log})
 	s.admin = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stopRouter = cancel
 	s.tasks.start("dashboard", func() { s.dashboard.Run(ctx) })
+	s.tasks.start("explain", func() { s.inspect.Run(ctx) })
 	s.tasks.start("output poller", s.waiter.run)
 	s.tasks.start("input poller", s.input.run)
 	s.tasks.start("sweeper", func() { s.runSweeper(s.stopSweep) })
