@@ -1,0 +1,321 @@
+package usage
+
+import (
+	"context"
+	"errors"
+	"net/url"
+	"runtime"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/switchboard-rt/switchboard/internal/redistest"
+)
+
+// testStore checks the contract both stores keep: adds into one minute
+// sum, a query returns only the minutes asked for with usage, in order,
+// and projects never mix.
+func testStore(t *testing.T, s Store, now time.Time) {
+	ctx := context.Background()
+	m0 := now.Unix()/60 - 5
+	a := NewTally()
+	a.Add("p", Counts{Connections: 1, Messages: 2, Inbound: 3, Outbound: 4})
+	a.Add("q", Counts{Messages: 100})
+	for range 2 { // a second node (or fold) adds into the same minute
+		if err := s.Add(ctx, m0, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := NewTally()
+	b.Add("p", Counts{Outbound: 7})
+	for _, m := range []int64{m0 + 2, m0 + 4} {
+		if err := s.Add(ctx, m, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := s.Query(ctx, "p", m0-3, m0+3)
+	want := []Minute{{m0, Counts{2, 4, 6, 8}}, {m0 + 2, Counts{Outbound: 7}}}
+	if err != nil || !equalMinutes(got, want) {
+		t.Fatalf("p %d..%d: %+v %v, want %+v", m0-3, m0+3, got, err, want)
+	}
+	got, err = s.Query(ctx, "q", m0, m0+10)
+	if want := []Minute{{m0, Counts{Messages: 200}}}; err != nil || !equalMinutes(got, want) {
+		t.Fatalf("q: %+v %v, want %+v", got, err, want)
+	}
+	if got, err := s.Query(ctx, "r", m0-100, m0+100); err != nil || len(got) != 0 {
+		t.Fatalf("r: %+v %v", got, err)
+	}
+	// Past the retention, nothing.
+	old := now.Add(-s.Retention()-2*time.Minute).Unix() / 60
+	if err := s.Add(ctx, old, a); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Query(ctx, "q", old-1, old+1); err != nil || len(got) != 0 {
+		t.Fatalf("past retention: %+v %v", got, err)
+	}
+}
+
+func equalMinutes(a, b []Minute) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func TestMemoryStore(t *testing.T) {
+	now := time.Now()
+	testStore(t, newMemory(time.Hour, func() time.Time { return now }), now)
+}
+
+// A minute that settled (into its sorted slice) can still be added to and
+// read, and a minute drops out when the retention passes it.
+func TestMemoryStoreSettlesAndExpires(t *testing.T) {
+	ctx := context.Background()
+	now := time.Unix(1_800_000_000, 0)
+	s := newMemory(10*time.Minute, func() time.Time { return now })
+	m0 := now.Unix() / 60
+	one := NewTally()
+	for i := range 50 {
+		one.Add("p"+strconv.Itoa(i), Counts{Messages: int64(i)})
+	}
+	for k := range int64(5) {
+		if err := s.Add(ctx, m0+k, one); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(s.settled) != 3 || len(s.open) != 2 {
+		t.Fatalf("settled %d, open %d; want 3 and 2", len(s.settled), len(s.open))
+	}
+	if err := s.Add(ctx, m0, one); err != nil { // late: reopens minute m0
+		t.Fatal(err)
+	}
+	got, _ := s.Query(ctx, "p7", m0, m0+4)
+	want := []Minute{{m0, Counts{Messages: 14}}, {m0 + 1, Counts{Messages: 7}}, {m0 + 2, Counts{Messages: 7}}, {m0 + 3, Counts{Messages: 7}}, {m0 + 4, Counts{Messages: 7}}}
+	if !equalMinutes(got, want) {
+		t.Fatalf("got %+v, want %+v", got, want)
+	}
+	now = now.Add(12 * time.Minute) // m0 and m0+1 are past the 10 minutes
+	got, _ = s.Query(ctx, "p7", m0, m0+4)
+	if !equalMinutes(got, want[2:]) {
+		t.Fatalf("after the retention: %+v, want %+v", got, want[2:])
+	}
+	if len(s.settled)+len(s.open) != 3 {
+		t.Fatalf("%d minutes kept, want 3", len(s.settled)+len(s.open))
+	}
+}
+
+func TestRedisStore(t *testing.T) {
+	srv := redistest.Start(t)
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer c.Close()
+	s, err := NewRedis(RedisOptions{Client: c, Prefix: "test:usage", Retention: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testStore(t, s, time.Now())
+	// Every key expires at its minute's end plus the retention.
+	keys, err := c.Keys(context.Background(), "test:usage:*").Result()
+	if err != nil || len(keys) != 4 {
+		t.Fatalf("keys %q %v", keys, err)
+	}
+	for _, k := range keys {
+		ttl, err := c.TTL(context.Background(), k).Result()
+		if err != nil || ttl <= 0 || ttl > time.Hour+time.Minute {
+			t.Fatalf("%s: TTL %v %v", k, ttl, err)
+		}
+	}
+}
+
+// fakeStore records what a collector stores, and fails on demand.
+type fakeStore struct {
+	mu   sync.Mutex
+	fail bool
+	got  map[int64]Counts // by minute, all projects summed
+	per  map[string]Counts
+}
+
+func (f *fakeStore) Add(_ context.Context, minute int64, t *Tally) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.fail {
+		return errors.New("down")
+	}
+	t.All(func(p string, c Counts) {
+		x := f.got[minute]
+		x.Add(c)
+		f.got[minute] = x
+		y := f.per[p]
+		y.Add(c)
+		f.per[p] = y
+	})
+	return nil
+}
+
+func (f *fakeStore) Query(context.Context, string, int64, int64) ([]Minute, error) { return nil, nil }
+func (f *fakeStore) Retention() time.Duration                                      { return time.Hour }
+
+// The collector folds its sources and meter into the minute it runs in,
+// keeps what a failing store refused for the next fold, and ranks the
+// node's recent top projects per metric.
+func TestCollectorFolds(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	store := &fakeStore{got: map[int64]Counts{}, per: map[string]Counts{}}
+	router := NewTally()
+	swaps := 0
+	c, err := NewCollector(CollectorOptions{Store: store, Now: func() time.Time { return now }, Sources: []Swapper{
+		func(empty *Tally) *Tally {
+			if empty.Len() != 0 {
+				t.Fatal("swapped in a tally that is not empty")
+			}
+			swaps++
+			full := router
+			router = empty
+			return full
+		},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	router.Add("a", Counts{Messages: 10, Outbound: 1000})
+	c.Add("a", Counts{Connections: 1, Inbound: 300})
+	c.Add("b", Counts{Connections: 2, Inbound: 50, Messages: 1, Outbound: 20})
+	if err := c.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	m0 := now.Unix() / 60
+	if got := store.got[m0]; got != (Counts{3, 11, 350, 1020}) {
+		t.Fatalf("minute 0: %+v", got)
+	}
+	store.fail = true
+	router.Add("b", Counts{Messages: 5})
+	now = now.Add(time.Minute)
+	if err := c.Flush(ctx); err == nil {
+		t.Fatal("a failing store's fold reported no error")
+	}
+	router.Add("b", Counts{Messages: 7})
+	now = now.Add(time.Minute)
+	store.fail = false
+	if err := c.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if store.got[m0+1].Messages != 5 || store.got[m0+2].Messages != 7 {
+		t.Fatalf("kept minutes: %+v", store.got)
+	}
+	if swaps != 3 {
+		t.Fatalf("%d swaps", swaps)
+	}
+	top := c.Top(1)
+	if got := top[Messages]; len(got) != 1 || got[0] != (Ranked{"b", 12}) {
+		t.Fatalf("top messages over the last two minutes: %+v", got)
+	}
+	if got := top[Connections]; len(got) != 0 {
+		t.Fatalf("top connections: %+v (minute 0 is out of the window)", got)
+	}
+}
+
+func TestParseRange(t *testing.T) {
+	now := time.Date(2026, 6, 1, 12, 30, 45, 0, time.UTC)
+	nowM := now.Unix() / 60
+	for _, tc := range []struct {
+		q        string
+		from, to int64
+		err      string
+	}{
+		{q: "project=p", from: nowM - 59, to: nowM},
+		{q: "project=p&from=2026-06-01T12:00:00Z", from: nowM - 30, to: nowM},
+		{q: "project=p&from=2026-06-01T12:00:59.9Z&to=2026-06-01T12:10:00Z", from: nowM - 30, to: nowM - 20},
+		{q: "project=p&from=1780310400&to=1780310460", from: 29671840, to: 29671841},
+		{q: "project=p&to=2026-06-01T13:30:00%2B01:00", from: nowM - 59, to: nowM},
+		{q: "project=p&from=-61&to=0", from: -2, to: 0},
+		{q: "", err: "project is required"},
+		{q: "project=", err: "project is required"},
+		{q: "project=p&from=yesterday", err: `from: "yesterday" is neither RFC 3339 nor Unix seconds`},
+		{q: "project=p&to=2026-06-01", err: `to: "2026-06-01" is neither RFC 3339 nor Unix seconds`},
+		{q: "project=p&from=99999999999999", err: `from: "99999999999999" is out of range`},
+		{q: "project=p&from=2026-06-01T13:00:00Z", err: "from is after to"},
+	} {
+		q, err := url.ParseQuery(tc.q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := ParseRange(q, now)
+		if tc.err != "" {
+			if err == nil || err.Error() != tc.err {
+				t.Errorf("%s: error %v, want %q", tc.q, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || r.Project != "p" || r.From != tc.from || r.To != tc.to {
+			t.Errorf("%s: %+v %v, want %d..%d", tc.q, r, err, tc.from, tc.to)
+		}
+	}
+}
+
+// The report sums its minutes and names the metrics as Appwrite does.
+func TestQueryReport(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	s := newMemory(time.Hour, func() time.Time { return now })
+	m := now.Unix() / 60
+	tl := NewTally()
+	tl.Add("p", Counts{1, 2, 3, 4})
+	_ = s.Add(context.Background(), m-1, tl)
+	_ = s.Add(context.Background(), m, tl)
+	rep, err := Query(context.Background(), s, Range{"p", m - 10, m})
+	if err != nil || rep.Total != (Counts{2, 4, 6, 8}) || len(rep.Minutes) != 2 || rep.Metrics["realtime.messages.sent"] != 4 ||
+		rep.Metrics["realtime.outbound"] != 8 || !rep.To.Equal(time.Unix((m+1)*60, 0)) {
+		t.Fatalf("%+v %v", rep, err)
+	}
+}
+
+// BenchmarkMemoryAt100kProjects reports what usage costs a node at
+// 100,000 projects: the accumulator (a Tally) with every project counted
+// in one second, and the embedded store with every project counted in
+// every minute of its hour. Figures: bytes per project.
+func BenchmarkMemoryAt100kProjects(b *testing.B) {
+	const projects = 100_000
+	names := make([]string, projects)
+	for i := range names {
+		names[i] = "project-" + strconv.Itoa(1_000_000_000 + i)[1:] // 17 bytes, like an Appwrite id's 20
+	}
+	heap := func() uint64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	for range b.N {
+		before := heap()
+		t := NewTally()
+		for _, p := range names {
+			t.Add(p, Counts{Messages: 1, Outbound: 100})
+		}
+		tally := heap() - before
+		now := time.Unix(1_800_000_000, 0)
+		s := newMemory(time.Hour, func() time.Time { return now })
+		before = heap()
+		for k := range int64(60) {
+			// A fresh tally a minute, as the collector's: names of its own.
+			m := NewTally()
+			for _, p := range names {
+				m.Add(p, Counts{Messages: 1, Outbound: 100})
+			}
+			_ = s.Add(context.Background(), now.Unix()/60-59+k, m)
+		}
+		store := heap() - before
+		b.ReportMetric(float64(tally)/projects, "B/project-in-tally")
+		b.ReportMetric(float64(store)/projects/60, "B/project-minute-in-store")
+		b.ReportMetric(float64(tally)/(1<<20), "MiB-tally")
+		b.ReportMetric(float64(store)/(1<<20), "MiB-store-hour")
+		runtime.KeepAlive(t)
+		runtime.KeepAlive(s)
+	}
+}
