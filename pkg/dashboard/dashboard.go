@@ -47,6 +47,8 @@ const (
 	maxPeers = 1024
 	// topProjects is how many projects a sample names.
 	topProjects = 10
+	// topUsage is how many projects the page lists by each usage metric.
+	topUsage = 5
 	// maxStreams bounds the open event streams (pages); more get 503.
 	maxStreams = 64
 	// writeTimeout bounds one push to a page that stopped reading.
@@ -71,6 +73,9 @@ type Options struct {
 	// TopProjects returns up to n projects with the most connections,
 	// most first; nil: none shown.
 	TopProjects func(n int) []ProjectCount
+	// TopUsage returns up to n projects by each usage metric; nil: none
+	// shown.
+	TopUsage func(n int) UsageTop
 	// Peers carries the samples between nodes (a broker on its own
 	// channel, never the event channel); nil: this node alone.
 	Peers broker.Broker
@@ -204,8 +209,13 @@ func (d *Dashboard) tick(now time.Time) {
 	}
 	if d.opts.Peers != nil {
 		if b, err := json.Marshal(s); err == nil {
+			// s.Usage is still nil here: set below, for this node's page.
 			offer(d.outbox, b)
 		}
+	}
+	if d.opts.TopUsage != nil {
+		u := d.opts.TopUsage(topUsage)
+		s.Usage = &u
 	}
 
 	d.mu.Lock()

@@ -95,7 +95,10 @@ func startDashboard(t *testing.T, node string, peers broker.Broker) (conns prome
 	conns = prometheus.NewGauge(prometheus.GaugeOpts{Name: metricConns})
 	reg.MustRegister(conns)
 	d, err := New(Options{Node: node, Gatherer: reg, Peers: peers,
-		TopProjects: func(n int) []ProjectCount { return []ProjectCount{{Project: "p-" + node, Conns: 7}}[:min(n, 1)] }})
+		TopProjects: func(n int) []ProjectCount { return []ProjectCount{{Project: "p-" + node, Conns: 7}}[:min(n, 1)] },
+		TopUsage: func(n int) UsageTop {
+			return UsageTop{Messages: []ProjectValue{{Project: "p-" + node, Value: 9}}[:min(n, 1)]}
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,6 +157,9 @@ func TestStreamStartsWithHistoryThenTicks(t *testing.T) {
 		if tk.Self.Conns == 41 {
 			if len(tk.Self.Top) != 1 || tk.Self.Top[0].Project != "p-solo" || len(tk.Nodes) != 1 {
 				t.Fatalf("tick %+v: want the top projects and one node", tk)
+			}
+			if u := tk.Self.Usage; u == nil || len(u.Messages) != 1 || u.Messages[0] != (ProjectValue{"p-solo", 9}) {
+				t.Fatalf("tick's usage %+v: want the top projects by messages", u)
 			}
 			break
 		}
@@ -228,6 +234,10 @@ func TestClusterViewOverRedis(t *testing.T) {
 		if len(tk.Nodes) == 2 && tk.Total.Conns == 42 && tk.Total.Nodes == 2 {
 			if tk.Nodes[0].Node != "node-a" || tk.Nodes[1].Node != "node-b" || tk.Nodes[1].Top[0].Project != "p-node-b" {
 				t.Fatalf("cluster table %+v: want this node first, then node-b with its figures", tk.Nodes)
+			}
+			// A node's usage top is its own page's: not published.
+			if tk.Nodes[1].Usage != nil || tk.Nodes[0].Usage == nil {
+				t.Fatalf("usage tops: node-a %+v, node-b %+v; want node-a's only", tk.Nodes[0].Usage, tk.Nodes[1].Usage)
 			}
 			break
 		}

@@ -60,6 +60,22 @@ type ProjectCount struct {
 	Conns   int    `json:"n"`
 }
 
+// ProjectValue is a project and its count of one usage metric.
+type ProjectValue struct {
+	Project string `json:"p"`
+	Value   int64  `json:"n"`
+}
+
+// UsageTop is this node's top projects by each usage metric (Appwrite's
+// realtime.connections, .messages.sent, .inbound, .outbound) over the
+// last full minute and the current one so far, most first.
+type UsageTop struct {
+	Connections []ProjectValue `json:"conns"`
+	Messages    []ProjectValue `json:"msgs"`
+	Inbound     []ProjectValue `json:"in"`  // bytes
+	Outbound    []ProjectValue `json:"out"` // bytes
+}
+
 // Sample is one second of one node's figures: what the page charts and
 // what a node publishes to the others (compact JSON, about 650 bytes with
 // ten projects). Rates are per second over the last interval; Dropped and
@@ -87,6 +103,9 @@ type Sample struct {
 	BrokerErr  string            `json:"berr,omitempty"`   // why not, when it cannot
 	Dropped    Figure            `json:"drop"`             // backbone messages/s dropped by the broker
 	Top        []ProjectCount    `json:"top"`              // projects with the most connections, most first
+	// Usage is this node's page only: never published to the peers,
+	// whose rows do not show it (and the sample stays under 1 KB).
+	Usage *UsageTop `json:"usage,omitempty"`
 }
 
 // maxSampleBytes bounds a peer's published sample; a larger message on the

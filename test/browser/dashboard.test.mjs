@@ -4,7 +4,8 @@
 //      its stream is live and both nodes are listed;
 //   2. start the load (LOAD_CMD, a JSON argv) and, without reloading,
 //      wait until the page shows LOAD_CONNS connections and deliveries/s
-//      above 0;
+//      above 0; then read the top projects by usage (one project: one
+//      row), once they count every connection or 3 s more have passed;
 //   3. kill the second node (KILL_PID, SIGKILL) and wait until its row is
 //      marked gone;
 //   4. screenshot, and print the timings and the closes chart's reasons as
@@ -50,6 +51,12 @@ try {
   result.deliveriesPerSecond = number(await page.textContent("#deliveries"));
   result.latency = await page.textContent("#latency");
   result.topProject = await page.textContent("#projects tbody tr td");
+  // Usage is folded once a second: the top projects by each metric follow.
+  await page.waitForFunction(() => document.querySelectorAll("#usage tbody tr td").length === 4 &&
+    [...document.querySelectorAll("#usage tbody tr td")].every((td) => td.textContent !== ""), null, { timeout: 5000, polling: 100 });
+  await page.waitForFunction((want) => document.querySelector("#usage tbody tr td").textContent.endsWith(want),
+    loadConns.toLocaleString("en-US"), { timeout: 3000, polling: 100 }).catch(() => {});
+  result.topUsage = await page.$$eval("#usage tbody tr:first-child td", (tds) => tds.map((td) => td.textContent));
   // The closes chart's legend: one series a reason the node counts.
   result.closeReasons = await page.$$eval("#chart-closes .u-legend .u-series .u-label", (els) => els.map((e) => e.textContent).slice(1));
   await screenshot(page, "dashboard-under-load");

@@ -10,6 +10,7 @@ const num = (v, digits = 0) => v == null ? "n/a" : v.toLocaleString("en-US", { m
 const ms = (v) => v == null ? "n/a" : (v * 1000).toFixed(v < 0.01 ? 2 : 1) + " ms";
 // compact labels an axis: 100k rather than 100,000, which would not fit.
 const compact = (v) => Math.abs(v) >= 1e6 ? +(v / 1e6).toFixed(1) + "M" : Math.abs(v) >= 1e3 ? +(v / 1e3).toFixed(1) + "k" : +v.toFixed(3) + "";
+const bytes = (v) => v == null ? "n/a" : v >= 1048576 ? (v / 1048576).toFixed(1) + " MiB" : v >= 1024 ? (v / 1024).toFixed(1) + " KiB" : v + " B";
 const mib = (v) => v == null ? "n/a" : (v / 1048576).toFixed(1) + " MiB";
 
 // Each chart: a title, and series that read a sample (or a total).
@@ -80,6 +81,19 @@ function tiles(s) {
   b.title = s.berr || "";
   const tbody = document.querySelector("#projects tbody");
   tbody.replaceChildren(...(s.top || []).map((p) => row([p.p, num(p.n)])));
+  usageTable(s.usage);
+}
+
+// usageTable lists the top projects by each usage metric, a column each:
+// "project: count" (bytes for inbound and outbound).
+function usageTable(u) {
+  const cols = u ? [[u.conns, num], [u.msgs, num], [u.in, bytes], [u.out, bytes]] : [];
+  const n = Math.max(0, ...cols.map(([list]) => (list || []).length));
+  const rows = [];
+  for (let i = 0; i < n; i++) {
+    rows.push(row(cols.map(([list, fmt]) => (list && list[i] ? list[i].p + ": " + fmt(list[i].n) : ""))));
+  }
+  document.querySelector("#usage tbody").replaceChildren(...rows);
 }
 
 function row(cells) {
