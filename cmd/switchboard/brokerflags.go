@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/switchboard-rt/switchboard/pkg/broker"
 	"github.com/switchboard-rt/switchboard/pkg/presence"
+	projectusage "github.com/switchboard-rt/switchboard/pkg/usage" // main.go has a func usage
 )
 
 // brokerFlags chooses the event backbone: the embedded memory broker
@@ -106,19 +108,9 @@ func (b *brokerFlags) presences() (presence.Store, func() error, error) {
 	if b.redisURL == "" {
 		return presence.NewMemory(), func() error { return nil }, nil
 	}
-	var client redis.UniversalClient
-	if b.sharded {
-		co, err := redis.ParseClusterURL(b.redisURL)
-		if err != nil {
-			return nil, nil, fmt.Errorf("--redis-url: presence store: %w", err)
-		}
-		client = redis.NewClusterClient(co)
-	} else {
-		o, err := redis.ParseURL(b.redisURL)
-		if err != nil {
-			return nil, nil, fmt.Errorf("--redis-url: presence store: %w", err)
-		}
-		client = redis.NewClient(o)
+	client, err := b.client()
+	if err != nil {
+		return nil, nil, fmt.Errorf("--redis-url: presence store: %w", err)
 	}
 	s, err := presence.NewRedis(presence.RedisOptions{Client: client})
 	if err != nil {
@@ -126,4 +118,41 @@ func (b *brokerFlags) presences() (presence.Store, func() error, error) {
 		return nil, nil, err
 	}
 	return s, client.Close, nil
+}
+
+// usageStore builds the usage store that goes with the backbone: the node's
+// own memory when it is alone, Redis when nodes share one (every node adds
+// into the same keys, so a query reads the cluster's sum). retention 0
+// takes the store's default. The returned close function is never nil.
+func (b *brokerFlags) usageStore(retention time.Duration) (projectusage.Store, func() error, error) {
+	if b.redisURL == "" {
+		return projectusage.NewMemory(retention), func() error { return nil }, nil
+	}
+	client, err := b.client()
+	if err != nil {
+		return nil, nil, fmt.Errorf("--redis-url: usage store: %w", err)
+	}
+	s, err := projectusage.NewRedis(projectusage.RedisOptions{Client: client, Retention: retention})
+	if err != nil {
+		client.Close()
+		return nil, nil, err
+	}
+	return s, client.Close, nil
+}
+
+// client is a Redis client of its own on --redis-url: a cluster client
+// with --redis-sharded.
+func (b *brokerFlags) client() (redis.UniversalClient, error) {
+	if b.sharded {
+		co, err := redis.ParseClusterURL(b.redisURL)
+		if err != nil {
+			return nil, err
+		}
+		return redis.NewClusterClient(co), nil
+	}
+	o, err := redis.ParseURL(b.redisURL)
+	if err != nil {
+		return nil, err
+	}
+	return redis.NewClient(o), nil
 }

@@ -40,6 +40,7 @@ func TestDashboardInBrowser(t *testing.T) {
 		GoneAfterSeconds                          float64
 		Latency, TopProject, ClusterSummary       string
 		CloseReasons                              []string
+		TopUsage                                  []string
 		Reloads                                   int
 		PageErrors                                []string
 	}
@@ -64,6 +65,17 @@ func TestDashboardInBrowser(t *testing.T) {
 	}
 	if r.TopProject != "dash" {
 		t.Errorf("top project %q, want dash", r.TopProject)
+	}
+	// One project: it tops every usage metric, with 2,000 connections
+	// opened (the page shows the last minute and this one).
+	if len(r.TopUsage) != 4 || r.TopUsage[0] != "dash: 2,000" {
+		t.Errorf("top projects by usage %q, want dash first in all four, with 2,000 connections", r.TopUsage)
+	} else {
+		for _, cell := range r.TopUsage {
+			if !strings.HasPrefix(cell, "dash: ") {
+				t.Errorf("top projects by usage %q, want dash first in all four", r.TopUsage)
+			}
+		}
 	}
 	if r.Reloads != 0 || len(r.PageErrors) != 0 {
 		t.Errorf("the page reloaded %d times; errors: %q", r.Reloads, r.PageErrors)

@@ -52,6 +52,7 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 		logLevel        string
 		logFormat       string
 		shutdownTimeout time.Duration
+		usageRetention  time.Duration
 		bf              brokerFlags
 		origins         string
 		readBuffer      int
@@ -95,6 +96,7 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	fs.BoolVar(&cfg.ReusePort, "reuse-port", false, "listen with SO_REUSEPORT so several processes share --listen (the kernel spreads connections over them)")
 	fs.DurationVar(&cfg.PresenceGrace, "presence-grace", server.DefaultPresenceGrace, "the presences of a node that died are deleted, with their delete events, by the other nodes within this (with --redis-url)")
 	fs.IntVar(&cfg.MaxPresenceBytes, "max-presence-bytes", server.DefaultMaxPresenceBytes, "largest presence metadata in bytes (compacted JSON); more gets error 1003")
+	fs.DurationVar(&usageRetention, "usage-retention", 0, "how long per-project usage (GET /v1/usage) is kept at one-minute resolution; 0: 168h (7 days) in Redis with --redis-url, 1h in the node's memory without")
 	fs.DurationVar(&cfg.DrainTime, "drain-time", server.DefaultDrainTime, "after SIGTERM, clients get close 1001 spread over this, so they reconnect elsewhere without a stampede (-1s: all at once)")
 	if err := parseFlags(fs, args, getenv); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -112,6 +114,7 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	if err := errors.Join(
 		flagDefault("shutdown-timeout", &shutdownTimeout, defaultShutdownTimeout),
 		flagDefault("read-buffer", &readBuffer, defaultReadBuffer),
+		flagDefault("usage-retention", &usageRetention, 0),
 	); err != nil {
 		fmt.Fprintln(stderr, "switchboard serve:", err)
 		return 2
@@ -186,6 +189,13 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	}
 	defer closePresences()
 	cfg.Presences = ps
+	us, closeUsage, err := bf.usageStore(usageRetention)
+	if err != nil {
+		fmt.Fprintln(stderr, "switchboard serve:", err)
+		return 2
+	}
+	defer closeUsage()
+	cfg.Usage = us
 	peers, closePeers, err := bf.peers(log, nodesSuffix, "dashboard")
 	if err != nil {
 		fmt.Fprintln(stderr, "switchboard serve:", err)

@@ -11,6 +11,7 @@ import (
 	"net/http/pprof"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -19,6 +20,7 @@ import (
 	"github.com/switchboard-rt/switchboard/pkg/explain"
 	"github.com/switchboard-rt/switchboard/pkg/presence"
 	"github.com/switchboard-rt/switchboard/pkg/protocol"
+	"github.com/switchboard-rt/switchboard/pkg/usage"
 )
 
 // maxPublishBody bounds one POST /v1/publish body.
@@ -32,6 +34,7 @@ func (s *Server) adminHandler() http.Handler {
 	mux.HandleFunc("DELETE /v1/presences/{id}", s.keyed(s.handleDeletePresence))
 	mux.HandleFunc("POST /v1/explain", s.keyed(s.handleExplain))
 	mux.HandleFunc("GET /v1/connections", s.keyed(s.handleConnections))
+	mux.HandleFunc("GET /v1/usage", s.keyed(s.handleUsage))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if !s.serving.Load() {
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "starting"})
@@ -164,6 +167,23 @@ func (s *Server) handleListPresences(w http.ResponseWriter, r *http.Request) {
 		list[i] = d
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"total": len(list), "presences": list})
+}
+
+// handleUsage answers GET /v1/usage?project=P&from=&to= with the
+// project's usage per minute, summed over the cluster's nodes by the store
+// (usage.Report).
+func (s *Server) handleUsage(w http.ResponseWriter, r *http.Request) {
+	rg, err := usage.ParseRange(r.URL.Query(), time.Now())
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+		return
+	}
+	rep, err := usage.Query(r.Context(), s.cfg.Usage, rg)
+	if err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "usage store: " + err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, rep)
 }
 
 // handleUpsertPresence answers POST /v1/presences: a backend sets a

@@ -15,6 +15,7 @@ import (
 	"github.com/switchboard-rt/switchboard/pkg/auth"
 	"github.com/switchboard-rt/switchboard/pkg/protocol"
 	"github.com/switchboard-rt/switchboard/pkg/query"
+	"github.com/switchboard-rt/switchboard/pkg/usage"
 )
 
 // handleMessage answers one client message (a complete, valid UTF-8 text
@@ -28,6 +29,12 @@ func (c *conn) handleMessage(b []byte) {
 		c.sendError(protocol.CodeTooManyRequests, "Too many messages.")
 		return
 	}
+	// As Appwrite's onMessage: a message over the rate limit is not
+	// inbound, any other is, valid or not.
+	project := c.projectName()
+	if project != "" {
+		c.srv.usage.Add(project, usage.Counts{Inbound: int64(len(b))})
+	}
 	msg, err := protocol.ParseClientMessage(b)
 	if err != nil {
 		m.messagesIn.WithLabelValues("invalid").Inc()
@@ -37,7 +44,7 @@ func (c *conn) handleMessage(b []byte) {
 	switch msg.Type {
 	case protocol.TypePing:
 		m.messagesIn.WithLabelValues(msg.Type).Inc()
-		c.sendText(protocol.AppendPong(nil))
+		c.sendResponse(protocol.AppendPong(nil))
 	case protocol.TypeAuthentication:
 		m.messagesIn.WithLabelValues(msg.Type).Inc()
 		c.authenticate(msg)
@@ -79,7 +86,7 @@ func (c *conn) authenticate(msg protocol.ClientMessage) {
 	// entry is replaced in one step, so no event is matched against
 	// half-old, half-new state.
 	c.setIdentity(id)
-	c.sendText(protocol.AppendAuthResponse(nil, id.User))
+	c.sendResponse(protocol.AppendAuthResponse(nil, id.User))
 }
 
 func (c *conn) subscribe(msg protocol.ClientMessage) {
@@ -130,7 +137,7 @@ func (c *conn) subscribe(msg protocol.ClientMessage) {
 	for i, sub := range subs {
 		resp[i] = protocol.Subscription{ID: sub.id, Channels: sub.channels, Queries: sub.queries}
 	}
-	c.sendText(protocol.AppendSubscribeResponse(nil, resp))
+	c.sendResponse(protocol.AppendSubscribeResponse(nil, resp))
 }
 
 // putSubscription adds sub to subs, replacing one with the same id.
@@ -182,7 +189,7 @@ func (c *conn) unsubscribe(msg protocol.ClientMessage) {
 	}
 	c.mu.Unlock()
 	c.reindex()
-	c.sendText(protocol.AppendUnsubscribeResponse(nil, ids, removed))
+	c.sendResponse(protocol.AppendUnsubscribeResponse(nil, ids, removed))
 }
 
 // reindex publishes the connection's current project, roles and channels to
@@ -257,6 +264,24 @@ outer:
 func (c *conn) sendText(p []byte) {
 	c.srv.metrics.messagesOut.Inc()
 	c.send(outFrame{head: compileFrame(ws.OpText, p)})
+}
+
+// sendResponse sends the answer to a client message, counted as Appwrite's
+// onMessage counts its response: one realtime.messages.sent and its bytes
+// in realtime.outbound. Errors are sent with sendText and not counted,
+// as Appwrite's are not.
+func (c *conn) sendResponse(p []byte) {
+	if project := c.projectName(); project != "" {
+		c.srv.usage.Add(project, usage.Counts{Messages: 1, Outbound: int64(len(p))})
+	}
+	c.sendText(p)
+}
+
+// projectName is c's project; "" before the handshake accepted one.
+func (c *conn) projectName() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.project
 }
 
 func (c *conn) sendError(code int, message string) {

@@ -230,7 +230,7 @@ func (p *presences) upsert(c *conn, project, uid string, req protocol.PresenceRe
 			p.srv.metrics.presenceUpserts.Inc()
 			if c != nil {
 				p.hold(k, c, rec.ID, u)
-				c.sendText(protocol.AppendPresenceResponse(nil, rec.Doc))
+				c.sendResponse(protocol.AppendPresenceResponse(nil, rec.Doc))
 			}
 			p.announce(project, rec.ID, rec.Doc, protocol.PresenceUpsert)
 		}

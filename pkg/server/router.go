@@ -12,6 +12,7 @@ import (
 	"github.com/switchboard-rt/switchboard/pkg/index"
 	"github.com/switchboard-rt/switchboard/pkg/protocol"
 	"github.com/switchboard-rt/switchboard/pkg/query"
+	"github.com/switchboard-rt/switchboard/pkg/usage"
 )
 
 // router turns backbone messages into queued frames. It runs on the
@@ -36,7 +37,14 @@ type router struct {
 	zcount   int            // of which compressed
 	zplain   int            // their payload bytes before compression
 	zwire    int            // and after
+	outBytes int            // payload bytes of the frames queued for this event (usage's outbound)
 	deflater eventDeflater
+
+	// usage is the router's per-project count (realtime.messages.sent and
+	// realtime.outbound of events), one Add per event in finish: no write
+	// per delivery outside the router's own fields above. The usage
+	// collector swaps it for an empty one once a second (swapUsage).
+	usage *usage.Tally
 
 	releasing bool     // a permission hold is delivering its kept events (visit lets its connections in)
 	ids       []string // scratch: matched subscription ids of one recipient
@@ -50,7 +58,7 @@ type router struct {
 const maxFrameCache = 1024
 
 func newRouter(s *Server) *router {
-	return &router{srv: s, plain: newFrameCache(), deflated: newFrameCache()}
+	return &router{srv: s, plain: newFrameCache(), deflated: newFrameCache(), usage: usage.NewTally()}
 }
 
 // frameCache holds an event's frames by distinct list of matched ids.
@@ -105,7 +113,7 @@ func (r *router) begin(ev *protocol.Event, born int64) {
 	// A fresh slice per event: queued frames keep referencing it after
 	// the delivery.
 	r.prefix = protocol.AppendEventPrefix(make([]byte, 0, 256+len(ev.Payload)), ev)
-	r.count, r.zcount, r.zplain, r.zwire = 0, 0, 0, 0
+	r.count, r.zcount, r.zplain, r.zwire, r.outBytes = 0, 0, 0, 0, 0
 }
 
 // finish wakes the write pool for the connections the event was queued on.
@@ -118,6 +126,9 @@ func (r *router) finish() {
 	r.sched = r.sched[:0]
 	r.plain.reset()
 	r.deflated.reset()
+	if r.count > 0 {
+		r.usage.Add(r.ev.Project, usage.Counts{Messages: int64(r.count), Outbound: int64(r.outBytes)})
+	}
 	r.ev, r.prefix, r.zprefix, r.zdone = nil, nil, nil, false
 	s.metrics.deliveries.Add(float64(r.count))
 	if r.zcount > 0 {
@@ -149,6 +160,7 @@ func (r *router) visit(_ index.ID, c *conn) {
 		c.slowConsumerLocked()
 	}
 	r.count++
+	r.outBytes += len(f.body) + len(f.tail) // the message as sent: compressed, for a compressed frame
 	if f.head[0]&rsv1Bit != 0 {
 		r.zcount++
 		r.zplain += len(r.prefix) + storedRawSize(len(f.tail))
@@ -161,6 +173,16 @@ func (r *router) visit(_ index.ID, c *conn) {
 	if wake {
 		r.sched = append(r.sched, c)
 	}
+}
+
+// swapUsage hands the usage collector the router's count and keeps empty
+// in its place (usage.Swapper): the only moment the collector takes r.mu.
+func (r *router) swapUsage(empty *usage.Tally) *usage.Tally {
+	r.mu.Lock()
+	full := r.usage
+	r.usage = empty
+	r.mu.Unlock()
+	return full
 }
 
 // matchLocked appends the ids of c's subscriptions that ev matches: on one

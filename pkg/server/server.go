@@ -33,6 +33,7 @@ import (
 	"github.com/switchboard-rt/switchboard/pkg/explain"
 	"github.com/switchboard-rt/switchboard/pkg/index"
 	"github.com/switchboard-rt/switchboard/pkg/presence"
+	"github.com/switchboard-rt/switchboard/pkg/usage"
 )
 
 // Defaults of Config. A zero field takes its default; the flags of
@@ -160,6 +161,11 @@ type Config struct {
 	// MaxPresenceBytes bounds a presence's metadata; more is error 1003.
 	MaxPresenceBytes int
 
+	// Usage keeps the per-project usage counts (GET /v1/usage); default
+	// usage.NewMemory with usage.DefaultMemoryRetention (one node). Nodes
+	// sharing a Redis backbone share a usage.Redis, which sums them.
+	Usage usage.Store
+
 	Broker broker.Broker // required
 	// Peers carries the dashboard's once-a-second node samples between
 	// the nodes of a cluster: a broker on a channel of its own (never the
@@ -211,6 +217,9 @@ func (c *Config) setDefaults() {
 	orDefault(&c.CompressionMinBytes, DefaultCompressionMinBytes)
 	if c.Presences == nil {
 		c.Presences = presence.NewMemory()
+	}
+	if c.Usage == nil {
+		c.Usage = usage.NewMemory(usage.DefaultMemoryRetention)
 	}
 	if c.Resolver == nil {
 		c.Resolver = auth.None{}
@@ -302,6 +311,9 @@ type Server struct {
 	router     *router
 	holds      *holds // users whose roles are being re-resolved after a permission change
 	presences  *presences
+	usage      *usage.Collector // per-project usage: its Meter counts upgrades and client messages, the router counts events
+	stopUsage  context.CancelFunc
+	usageDone  <-chan struct{}
 	dashboard  *dashboard.Dashboard
 	node       string               // this node's name in the cluster (nodeName); set by Start
 	inspect    *explain.Cluster     // the admin API's cluster questions
@@ -356,6 +368,12 @@ func New(cfg Config) (*Server, error) {
 	s.router = newRouter(s)
 	s.holds = newHolds(s)
 	s.presences = newPresences(s)
+	var err error
+	if s.usage, err = usage.NewCollector(usage.CollectorOptions{
+		Store: cfg.Usage, Sources: []usage.Swapper{s.router.swapUsage}, Logger: cfg.Logger.Named("usage"),
+	}); err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
 	s.runtime = prometheus.NewRegistry()
 	s.runtime.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if len(cfg.Projects) > 0 {
@@ -424,7 +442,7 @@ func (s *Server) Start() (err error) {
 	s.node = nodeName(s.ln.Addr())
 	if s.dashboard, err = dashboard.New(dashboard.Options{
 		Node: s.node, Gatherer: s.cfg.Registry, Ready: s.cfg.Broker.Ready,
-		TopProjects: s.projects.top, Peers: s.cfg.Peers, Logger: s.log,
+		TopProjects: s.projects.top, TopUsage: s.topUsage, Peers: s.cfg.Peers, Logger: s.log,
 	}); err != nil {
 		return err
 	}
@@ -460,6 +478,12 @@ func (s *Server) Start() (err error) {
 		}
 	})
 	s.presences.start()
+	// The collector outlives the router (Shutdown stops it last), so that
+	// its last fold has every count.
+	uctx, ucancel := context.WithCancel(context.Background())
+	s.stopUsage = ucancel
+	var utasks tasks
+	s.usageDone = utasks.start("usage", func() { s.usage.Run(uctx) })
 	s.started = true
 	s.serving.Store(true)
 	s.log.Info("serving", zap.String("listen", s.ln.Addr().String()), zap.String("admin", s.adminLn.Addr().String()))
@@ -478,6 +502,20 @@ func nodeName(listen net.Addr) string {
 		port = strconv.Itoa(a.Port)
 	}
 	return fmt.Sprintf("%s:%s pid %d", host, port, os.Getpid())
+}
+
+// topUsage is the dashboard's view of the usage collector's top projects.
+func (s *Server) topUsage(n int) dashboard.UsageTop {
+	top := s.usage.Top(n)
+	conv := func(m usage.Metric) []dashboard.ProjectValue {
+		out := make([]dashboard.ProjectValue, len(top[m]))
+		for i, r := range top[m] {
+			out[i] = dashboard.ProjectValue{Project: r.Project, Value: r.Value}
+		}
+		return out
+	}
+	return dashboard.UsageTop{Connections: conv(usage.Connections), Messages: conv(usage.Messages),
+		Inbound: conv(usage.Inbound), Outbound: conv(usage.Outbound)}
 }
 
 // setReusePort is a net.ListenConfig Control that sets SO_REUSEPORT.
@@ -549,6 +587,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	last.start("write pool", func() {
 		<-presencesDone
 		s.pool.stop()
+	})
+	last.start("usage", func() {
+		s.stopUsage()
+		<-s.usageDone
 	})
 	errs = append(errs, last.wait(ctx))
 	s.quarantine.closeAll()

@@ -18,6 +18,7 @@ import (
 
 	"github.com/switchboard-rt/switchboard/pkg/auth"
 	"github.com/switchboard-rt/switchboard/pkg/protocol"
+	"github.com/switchboard-rt/switchboard/pkg/usage"
 )
 
 // handshake is what the upgrade request told us, copied out of the read
@@ -35,6 +36,7 @@ type handshake struct {
 	forwarded   string     // X-Forwarded-For, headers joined; only read from a trusted proxy
 	realIP      string     // X-Real-IP; only read from a trusted proxy
 	tooManyHdrs bool
+	size        int              // the request head's bytes, the blank line's included (usage's inbound)
 	deflate     deflateAgreement // permessage-deflate (deflate.go)
 }
 
@@ -75,7 +77,7 @@ func (c *conn) upgradeRequest(data []byte, client, peer netip.Addr) int {
 	}
 	req := data[:end+4]
 
-	h := handshake{client: client, peer: peer}
+	h := handshake{client: client, peer: peer, size: len(req)}
 	// Any client can send these headers: only a trusted proxy's are read.
 	fromProxy := s.trusted.contains(client)
 	u := ws.Upgrader{
@@ -261,6 +263,9 @@ func (c *conn) open(h *handshake) {
 		c.fail(protocol.CodePolicyViolation, "Missing or unknown project ID")
 		return
 	}
+	// Where Appwrite's onOpen counts realtime.inbound: once the project
+	// is known and the connect limit passed, before the origin check.
+	s.usage.Add(project, usage.Counts{Inbound: int64(h.size)})
 	if !s.originAllowed(h.origin) {
 		c.fail(protocol.CodePolicyViolation, invalidOrigin(h.origin))
 		return
@@ -310,7 +315,12 @@ func (c *conn) open(h *handshake) {
 	}
 	c.mu.Unlock()
 	c.reindex()
-	c.sendText(protocol.AppendConnected(nil, channels, slots, ids, id.User))
+	connected := protocol.AppendConnected(nil, channels, slots, ids, id.User)
+	// As Appwrite's updateStats and the triggerStats after `connected`: a
+	// connection is counted once accepted, and `connected` is outbound
+	// but not a message sent.
+	s.usage.Add(project, usage.Counts{Connections: 1, Outbound: int64(len(connected))})
+	c.sendText(connected)
 }
 
 // resolve resolves the handshake's credentials. As in Appwrite, a session
