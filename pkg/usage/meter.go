@@ -89,10 +89,15 @@ type Collector struct {
 	log     *zap.Logger
 	now     func() time.Time
 
-	mu      sync.Mutex   // guards what follows: Flush may be called beside Run
+	mu      sync.Mutex   // guards spare and pending: Flush may be called beside Run
 	spare   []*Tally     // one per source, handed to it at the next swap
+	fresh   *Tally       // scratch: one fold's counts
 	pending []pendingMin // counts not yet in the store, oldest first
-	recent  [2]recentMin // the node's totals of the last two minutes seen
+
+	// recentMu guards recent apart from mu, so that the dashboard's Top
+	// never waits on a store write.
+	recentMu sync.Mutex
+	recent   [2]recentMin // the node's totals of the last two minutes seen
 }
 
 type pendingMin struct {
@@ -116,7 +121,7 @@ func NewCollector(o CollectorOptions) (*Collector, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	c := &Collector{Meter: NewMeter(), store: o.Store, sources: o.Sources, log: o.Logger, now: o.Now}
+	c := &Collector{Meter: NewMeter(), store: o.Store, sources: o.Sources, log: o.Logger, now: o.Now, fresh: NewTally()}
 	for range o.Sources {
 		c.spare = append(c.spare, NewTally())
 	}
@@ -154,21 +159,25 @@ func (c *Collector) Flush(ctx context.Context) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	minute := c.now().Unix() / 60
-	t := c.pendingFor(minute)
+	fresh := c.fresh
 	for i, swap := range c.sources {
 		full := swap(c.spare[i])
-		t.Merge(full)
+		fresh.Merge(full)
 		full.Reset()
 		c.spare[i] = full
 	}
-	c.Meter.drainInto(t)
+	c.Meter.drainInto(fresh)
+	c.noteRecent(minute, fresh)
+	c.pendingFor(minute).Merge(fresh)
+	fresh.Reset()
 	for len(c.pending) > 0 {
 		p := c.pending[0]
 		if p.t.Len() > 0 {
+			// A store takes out of p.t what it stored, so that a retry
+			// after a failure part-way adds only the rest.
 			if err := c.store.Add(ctx, p.minute, p.t); err != nil {
 				return fmt.Errorf("usage: store minute %d: %w", p.minute, err)
 			}
-			c.noteRecent(p.minute, p.t)
 		}
 		c.pending = slices.Delete(c.pending, 0, 1)
 	}
@@ -191,9 +200,10 @@ func (c *Collector) pendingFor(minute int64) *Tally {
 	return t
 }
 
-// noteRecent adds a stored minute's counts to the node's recent totals.
-// The caller holds c.mu.
+// noteRecent adds one fold's counts to the node's recent totals.
 func (c *Collector) noteRecent(minute int64, t *Tally) {
+	c.recentMu.Lock()
+	defer c.recentMu.Unlock()
 	r := &c.recent
 	switch {
 	case minute == r[1].minute:
@@ -225,7 +235,7 @@ type Ranked struct {
 // the most of it on this node over the last full minute and the current
 // one so far (the counts already folded), largest first, ties by name.
 func (c *Collector) Top(n int) [numMetrics][]Ranked {
-	c.mu.Lock()
+	c.recentMu.Lock()
 	sum := NewTally()
 	cur := c.now().Unix() / 60
 	for _, r := range c.recent {
@@ -233,7 +243,7 @@ func (c *Collector) Top(n int) [numMetrics][]Ranked {
 			sum.Merge(r.t)
 		}
 	}
-	c.mu.Unlock()
+	c.recentMu.Unlock()
 	var out [numMetrics][]Ranked
 	for _, m := range Metrics {
 		// Insertion into a list of n: O(projects x n), no sort of every

@@ -72,19 +72,25 @@ const redisBatch = 1000
 
 var fields = [numMetrics]string{"c", "m", "i", "o"}
 
-// Add adds t's counts to minute, in pipelines of redisBatch projects.
+// Add adds t's counts to minute, in transactions (MULTI/EXEC) of
+// redisBatch projects; each one stored is taken out of t, so that a retry
+// after a failure adds only the batches that were not. (A reply lost
+// after its EXEC ran is the one case left where a retry counts twice.)
 func (r *Redis) Add(ctx context.Context, minute int64, t *Tally) error {
 	expireAt := time.Unix((minute+1)*60, 0).Add(r.retention)
-	pipe := r.c.Pipeline()
-	n := 0
+	pipe := r.c.TxPipeline()
+	batch := make([]string, 0, min(t.Len(), redisBatch))
 	flush := func() error {
-		if n == 0 {
+		if len(batch) == 0 {
 			return nil
 		}
-		n = 0
 		if _, err := pipe.Exec(ctx); err != nil {
 			return fmt.Errorf("usage: redis add: %w", err)
 		}
+		for _, p := range batch {
+			t.Delete(p)
+		}
+		batch = batch[:0]
 		return nil
 	}
 	var err error
@@ -99,7 +105,7 @@ func (r *Redis) Add(ctx context.Context, minute int64, t *Tally) error {
 			}
 		}
 		pipe.ExpireAt(ctx, k, expireAt)
-		if n++; n == redisBatch {
+		if batch = append(batch, p); len(batch) == redisBatch {
 			err = flush()
 		}
 	})

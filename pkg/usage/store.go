@@ -27,6 +27,9 @@ type Minute struct {
 // Store keeps per-project counts at one-minute resolution for a retention.
 type Store interface {
 	// Add adds each of t's projects' counts to minute (Unix minutes).
+	// On an error it leaves in t the projects it did not store (all of
+	// them, or those after a batch that failed), and may take out those
+	// it did, so that a retry adds each count once.
 	Add(ctx context.Context, minute int64, t *Tally) error
 	// Query returns project's minutes from..to (Unix minutes, both
 	// included) that counted something, in order.

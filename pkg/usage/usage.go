@@ -120,6 +120,9 @@ func (t *Tally) Merge(o *Tally) {
 	}
 }
 
+// Delete removes project's counts.
+func (t *Tally) Delete(project string) { delete(t.m, project) }
+
 // Len is the number of projects with counts.
 func (t *Tally) Len() int { return len(t.m) }
 

@@ -21,17 +21,20 @@ import (
 func testStore(t *testing.T, s Store, now time.Time) {
 	ctx := context.Background()
 	m0 := now.Unix()/60 - 5
-	a := NewTally()
-	a.Add("p", Counts{Connections: 1, Messages: 2, Inbound: 3, Outbound: 4})
-	a.Add("q", Counts{Messages: 100})
+	a := func() *Tally {
+		a := NewTally()
+		a.Add("p", Counts{Connections: 1, Messages: 2, Inbound: 3, Outbound: 4})
+		a.Add("q", Counts{Messages: 100})
+		return a
+	}
 	for range 2 { // a second node (or fold) adds into the same minute
-		if err := s.Add(ctx, m0, a); err != nil {
+		if err := s.Add(ctx, m0, a()); err != nil {
 			t.Fatal(err)
 		}
 	}
-	b := NewTally()
-	b.Add("p", Counts{Outbound: 7})
 	for _, m := range []int64{m0 + 2, m0 + 4} {
+		b := NewTally()
+		b.Add("p", Counts{Outbound: 7})
 		if err := s.Add(ctx, m, b); err != nil {
 			t.Fatal(err)
 		}
@@ -50,7 +53,7 @@ func testStore(t *testing.T, s Store, now time.Time) {
 	}
 	// Past the retention, nothing.
 	old := now.Add(-s.Retention()-2*time.Minute).Unix() / 60
-	if err := s.Add(ctx, old, a); err != nil {
+	if err := s.Add(ctx, old, a()); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := s.Query(ctx, "q", old-1, old+1); err != nil || len(got) != 0 {
@@ -120,6 +123,17 @@ func TestRedisStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	testStore(t, s, time.Now())
+	// What was stored is taken out of the tally (a retry adds the rest).
+	m := time.Now().Unix() / 60
+	big := NewTally()
+	for i := range redisBatch + 10 {
+		big.Add("b"+strconv.Itoa(i), Counts{Messages: 1})
+	}
+	if err := s.Add(context.Background(), m, big); err != nil || big.Len() != 0 {
+		t.Fatalf("add: %v, %d projects left in the tally", err, big.Len())
+	}
+	_ = c.FlushDB(context.Background()) // the keys below are testStore's
 	testStore(t, s, time.Now())
 	// Every key expires at its minute's end plus the retention.
 	keys, err := c.Keys(context.Background(), "test:usage:*").Result()
