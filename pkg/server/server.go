@@ -374,6 +374,7 @@ func New(cfg Config) (*Server, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
+	cfg.Registry.MustRegister(s.usage.BoundMetrics()...)
 	s.runtime = prometheus.NewRegistry()
 	s.runtime.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if len(cfg.Projects) > 0 {

@@ -7,6 +7,7 @@ import (
 	"hash/maphash"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -30,11 +31,16 @@ type Meter struct {
 	}
 }
 
+// stripeMax bounds a stripe's tally: twice an even share of MaxProjects,
+// so that the hash's unevenness does not fill a stripe before the meter
+// holds MaxProjects (the meter holds at most 2 x MaxProjects).
+const stripeMax = 2 * MaxProjects / meterStripes
+
 // NewMeter returns an empty meter.
 func NewMeter() *Meter {
 	m := &Meter{seed: maphash.MakeSeed()}
 	for i := range m.stripes {
-		m.stripes[i].t.m = make(map[string]Counts)
+		m.stripes[i].t = *newTally(stripeMax)
 	}
 	return m
 }
@@ -47,15 +53,18 @@ func (m *Meter) Add(project string, c Counts) {
 	s.mu.Unlock()
 }
 
-// drainInto moves every count into t.
-func (m *Meter) drainInto(t *Tally) {
+// drainInto moves every count into t, and returns how many projects the
+// stripes credited to Unattributed since the last drain.
+func (m *Meter) drainInto(t *Tally) (spilled int64) {
 	for i := range m.stripes {
 		s := &m.stripes[i]
 		s.mu.Lock()
 		t.Merge(&s.t)
+		spilled += s.t.Spilled()
 		s.t.Reset()
 		s.mu.Unlock()
 	}
+	return spilled
 }
 
 // Swapper hands over a source's counts: it takes an empty tally and
@@ -77,7 +86,44 @@ type CollectorOptions struct {
 // maxPending bounds the minutes of counts a collector keeps while its
 // store fails: past it the oldest minute is dropped (and logged), so a
 // long Redis outage costs a bounded memory and loses the oldest usage.
+// Within it, the pending minutes hold at most MaxProjects projects in
+// all: past that the oldest minute not yet collapsed is collapsed, its
+// projects' counts summed under Unattributed, so that when the store is
+// back a query of that minute says it is incomplete rather than nothing.
 const maxPending = 10
+
+// maxRecentProjects bounds each of the two minutes the dashboard's top
+// lists are drawn from: past it a project new in the minute is not ranked
+// (it is still counted for the store). 10,000 keeps the two at about
+// 2 MiB; a node with more projects than that in a minute ranks the first
+// 10,000 seen.
+const maxRecentProjects = 10_000
+
+// Stats counts what the bounds on usage memory have cost, since the node
+// started: usage kept without its project, or not kept. Every one is
+// also logged.
+type Stats struct {
+	// Spilled counts projects' counts credited to Unattributed on the
+	// node, in a second's tallies or in minutes waiting for the store: a
+	// project new to a tally already holding MaxProjects.
+	Spilled int64
+	// PendingCollapsed counts minutes waiting for a failing store whose
+	// projects were merged into Unattributed (the MaxProjects bound on
+	// pending minutes).
+	PendingCollapsed int64
+	// PendingDropped counts minutes of counts dropped, never stored,
+	// after maxPending minutes of a failing store.
+	PendingDropped int64
+	// StoreLostMinutes counts minutes a Memory store dropped before their
+	// retention, to stay within its bound.
+	StoreLostMinutes int64
+	// StoreSpilled counts projects' counts a Memory store credited to
+	// Unattributed: its bound was reached with no older minute to drop.
+	StoreSpilled int64
+}
+
+// statser is a store that counts what its bound cost (Memory).
+type statser interface{ Stats() Stats }
 
 // Collector folds the node's counts into its Store once a second, and
 // keeps this minute's and the last minute's node totals for the
@@ -93,6 +139,10 @@ type Collector struct {
 	spare   []*Tally     // one per source, handed to it at the next swap
 	fresh   *Tally       // scratch: one fold's counts
 	pending []pendingMin // counts not yet in the store, oldest first
+	logged  Stats        // the store's Stats as last logged
+
+	// stats is read by a metrics scrape beside Flush.
+	spilled, collapsed, dropped atomic.Int64
 
 	// recentMu guards recent apart from mu, so that the dashboard's Top
 	// never waits on a store write.
@@ -101,8 +151,9 @@ type Collector struct {
 }
 
 type pendingMin struct {
-	minute int64
-	t      *Tally
+	minute    int64
+	t         *Tally
+	collapsed bool // t holds only Unattributed
 }
 
 type recentMin struct {
@@ -126,7 +177,7 @@ func NewCollector(o CollectorOptions) (*Collector, error) {
 		c.spare = append(c.spare, NewTally())
 	}
 	for i := range c.recent {
-		c.recent[i].t = NewTally()
+		c.recent[i].t = newTally(maxRecentProjects)
 	}
 	return c, nil
 }
@@ -160,16 +211,28 @@ func (c *Collector) Flush(ctx context.Context) error {
 	defer c.mu.Unlock()
 	minute := c.now().Unix() / 60
 	fresh := c.fresh
+	spilled := int64(0)
 	for i, swap := range c.sources {
 		full := swap(c.spare[i])
 		fresh.Merge(full)
+		spilled += full.Spilled()
 		full.Reset()
 		c.spare[i] = full
 	}
-	c.Meter.drainInto(fresh)
+	spilled += c.Meter.drainInto(fresh)
 	c.noteRecent(minute, fresh)
-	c.pendingFor(minute).Merge(fresh)
+	p := c.pendingFor(minute)
+	p.Merge(fresh)
+	spilled += fresh.Spilled() + p.Spilled()
+	p.spilled = 0
 	fresh.Reset()
+	if spilled > 0 {
+		c.spilled.Add(spilled)
+		c.log.Warn("usage: over MaxProjects projects in a second; the rest are counted as unattributed",
+			zap.Int("max_projects", MaxProjects), zap.Int64("spilled", spilled), zap.Int64("minute", minute))
+	}
+	c.collapsePending()
+	defer c.logStore()
 	for len(c.pending) > 0 {
 		p := c.pending[0]
 		if p.t.Len() > 0 {
@@ -184,6 +247,61 @@ func (c *Collector) Flush(ctx context.Context) error {
 	return nil
 }
 
+// collapsePending keeps the pending minutes within MaxProjects projects in
+// all, collapsing the oldest first; the newest is bounded by its tally.
+// The caller holds c.mu.
+func (c *Collector) collapsePending() {
+	n := 0
+	for _, p := range c.pending {
+		n += p.t.Len()
+	}
+	for i := 0; n > MaxProjects && i < len(c.pending)-1; i++ {
+		p := &c.pending[i]
+		if p.collapsed {
+			continue
+		}
+		var sum Counts
+		p.t.All(func(_ string, k Counts) { sum.Add(k) })
+		projects := p.t.Len()
+		n -= projects - 1
+		p.t = newTally(1)
+		p.t.Add(Unattributed, sum)
+		p.collapsed = true
+		c.collapsed.Add(1)
+		c.log.Error("usage: store unavailable and over MaxProjects projects pending; a minute's counts are kept unattributed",
+			zap.Int64("minute", p.minute), zap.Int("projects", projects))
+	}
+}
+
+// logStore logs what the store's bound cost since the last fold, if
+// anything. The caller holds c.mu.
+func (c *Collector) logStore() {
+	st, ok := c.store.(statser)
+	if !ok {
+		return
+	}
+	now := st.Stats()
+	if lost := now.StoreLostMinutes - c.logged.StoreLostMinutes; lost > 0 {
+		c.log.Warn("usage: store full; oldest minutes dropped before their retention",
+			zap.Int64("minutes", lost), zap.Int64("lost_through_total", now.StoreLostMinutes))
+	}
+	if sp := now.StoreSpilled - c.logged.StoreSpilled; sp > 0 {
+		c.log.Warn("usage: store full with one minute; projects new to it counted as unattributed", zap.Int64("projects", sp))
+	}
+	c.logged = now
+}
+
+// Stats returns what the bounds on usage memory have cost so far, the
+// store's included when it counts them.
+func (c *Collector) Stats() Stats {
+	var s Stats
+	if st, ok := c.store.(statser); ok {
+		s = st.Stats()
+	}
+	s.Spilled, s.PendingCollapsed, s.PendingDropped = c.spilled.Load(), c.collapsed.Load(), c.dropped.Load()
+	return s
+}
+
 // pendingFor returns the pending tally of minute, adding one (and
 // dropping the oldest past maxPending). The caller holds c.mu.
 func (c *Collector) pendingFor(minute int64) *Tally {
@@ -194,9 +312,10 @@ func (c *Collector) pendingFor(minute int64) *Tally {
 		c.log.Error("usage: store unavailable; the oldest pending minute is dropped",
 			zap.Int64("minute", c.pending[0].minute), zap.Int("projects", c.pending[0].t.Len()))
 		c.pending = slices.Delete(c.pending, 0, 1)
+		c.dropped.Add(1)
 	}
 	t := NewTally()
-	c.pending = append(c.pending, pendingMin{minute, t})
+	c.pending = append(c.pending, pendingMin{minute: minute, t: t})
 	return t
 }
 
@@ -236,7 +355,7 @@ type Ranked struct {
 // one so far (the counts already folded), largest first, ties by name.
 func (c *Collector) Top(n int) [numMetrics][]Ranked {
 	c.recentMu.Lock()
-	sum := NewTally()
+	sum := newTally(2 * maxRecentProjects)
 	cur := c.now().Unix() / 60
 	for _, r := range c.recent {
 		if r.minute >= cur-1 {
@@ -251,7 +370,7 @@ func (c *Collector) Top(n int) [numMetrics][]Ranked {
 		list := make([]Ranked, 0, n+1)
 		sum.All(func(p string, k Counts) {
 			v := k.Of(m)
-			if v <= 0 {
+			if v <= 0 || p == Unattributed {
 				return
 			}
 			at := len(list)

@@ -85,7 +85,11 @@ type Report struct {
 	// realtime.outbound.
 	Total   Counts           `json:"total"`
 	Metrics map[string]int64 `json:"metrics"`
-	// Minutes lists the minutes with usage, oldest first.
+	// Incomplete is set when a minute of the range is (see
+	// ReportMinute): then Total may be short of what the project used.
+	Incomplete bool `json:"incomplete"`
+	// Minutes lists the minutes with usage, and the incomplete ones,
+	// oldest first.
 	Minutes []ReportMinute `json:"minutes"`
 }
 
@@ -93,6 +97,13 @@ type Report struct {
 type ReportMinute struct {
 	Time time.Time `json:"time"` // the minute's start
 	Counts
+	// Incomplete: a bound on memory took some of the minute's counts off
+	// their project (Unattributed holds them, summed over every project
+	// they came from), or dropped the minute early (Lost), so Counts may
+	// be short. A minute not marked is exact.
+	Incomplete   bool    `json:"incomplete,omitempty"`
+	Unattributed *Counts `json:"unattributed,omitempty"`
+	Lost         bool    `json:"lost,omitempty"`
 }
 
 // Query answers r from s.
@@ -108,7 +119,12 @@ func Query(ctx context.Context, s Store, r Range) (Report, error) {
 	}
 	for _, m := range ms {
 		rep.Total.Add(m.Counts)
-		rep.Minutes = append(rep.Minutes, ReportMinute{time.Unix(m.Minute*60, 0).UTC(), m.Counts})
+		rm := ReportMinute{Time: time.Unix(m.Minute*60, 0).UTC(), Counts: m.Counts, Incomplete: m.Incomplete(), Lost: m.Lost}
+		if !m.Unattributed.IsZero() {
+			rm.Unattributed = &m.Unattributed
+		}
+		rep.Incomplete = rep.Incomplete || rm.Incomplete
+		rep.Minutes = append(rep.Minutes, rm)
 	}
 	for _, m := range Metrics {
 		rep.Metrics[m.String()] = rep.Total.Of(m)

@@ -116,47 +116,64 @@ func (r *Redis) Add(ctx context.Context, minute int64, t *Tally) error {
 }
 
 // Query returns project's minutes from..to with usage, reading at most
-// the retention's minutes (older keys have expired).
+// the retention's minutes (older keys have expired), and each minute's
+// Unattributed counts (the key of project "", which a node writes when a
+// bound took counts off their project), which mark it incomplete.
 func (r *Redis) Query(ctx context.Context, project string, from, to int64) ([]Minute, error) {
 	from = max(from, time.Now().Add(-r.retention).Unix()/60-1)
 	var out []Minute
 	for lo := from; lo <= to; lo += redisBatch {
 		hi := min(to, lo+redisBatch-1)
 		pipe := r.c.Pipeline()
-		cmds := make([]*redis.SliceCmd, 0, hi-lo+1)
+		cmds := make([][2]*redis.SliceCmd, 0, hi-lo+1)
 		for k := lo; k <= hi; k++ {
-			cmds = append(cmds, pipe.HMGet(ctx, r.key(project, k), fields[:]...))
+			cmds = append(cmds, [2]*redis.SliceCmd{
+				pipe.HMGet(ctx, r.key(project, k), fields[:]...),
+				pipe.HMGet(ctx, r.key(Unattributed, k), fields[:]...),
+			})
 		}
 		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 			return nil, fmt.Errorf("usage: redis query: %w", err)
 		}
 		for i, cmd := range cmds {
-			vals := cmd.Val()
-			var c Counts
-			for m, v := range vals {
-				s, ok := v.(string)
-				if !ok {
-					continue
-				}
-				n, err := strconv.ParseInt(s, 10, 64)
-				if err != nil {
-					return nil, fmt.Errorf("usage: redis query: field %s of %s: %w", fields[m], r.key(project, lo+int64(i)), err)
-				}
-				switch Metric(m) {
-				case Connections:
-					c.Connections = n
-				case Messages:
-					c.Messages = n
-				case Inbound:
-					c.Inbound = n
-				case Outbound:
-					c.Outbound = n
-				}
+			m := Minute{Minute: lo + int64(i)}
+			var err error
+			if m.Counts, err = r.counts(cmd[0], project, m.Minute); err != nil {
+				return nil, err
 			}
-			if !c.IsZero() {
-				out = append(out, Minute{lo + int64(i), c})
+			if m.Unattributed, err = r.counts(cmd[1], Unattributed, m.Minute); err != nil {
+				return nil, err
+			}
+			if !m.IsZero() || m.Incomplete() {
+				out = append(out, m)
 			}
 		}
 	}
 	return out, nil
+}
+
+// counts reads an HMGET of a minute's fields.
+func (r *Redis) counts(cmd *redis.SliceCmd, project string, minute int64) (Counts, error) {
+	var c Counts
+	for m, v := range cmd.Val() {
+		s, ok := v.(string)
+		if !ok {
+			continue
+		}
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return c, fmt.Errorf("usage: redis query: field %s of %s: %w", fields[m], r.key(project, minute), err)
+		}
+		switch Metric(m) {
+		case Connections:
+			c.Connections = n
+		case Messages:
+			c.Messages = n
+		case Inbound:
+			c.Inbound = n
+		case Outbound:
+			c.Outbound = n
+		}
+	}
+	return c, nil
 }

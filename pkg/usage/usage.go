@@ -88,37 +88,89 @@ func (c Counts) Of(m Metric) int64 {
 	return 0
 }
 
+// Unattributed is the pseudo-project a full Tally or Memory credits
+// counts to: they are kept, in the right minute, but no longer under
+// their project. No project is named "" (an upgrade without one is
+// refused, and an event of no project has no recipient), and a query
+// must name one, so it mixes with nothing real.
+const Unattributed = ""
+
+// MaxProjects is the most projects a Tally holds: past it, a project new
+// to the tally is credited to Unattributed. It makes the node's memory
+// for usage a fixed bound whatever the number of projects: 97 bytes a
+// project (BenchmarkMemoryAt100kProjects), 9.3 MiB a tally. It is 100,000
+// so that a node with every one of 100,000 projects busy in the same
+// second still counts each exactly.
+const MaxProjects = 100_000
+
 // Tally is per-project counts owned by one goroutine (or guarded by its
 // owner's lock): nothing in it is synchronised. It holds an entry only for
-// a project that has counted something since the last Reset.
+// a project that has counted something since the last Reset, and at most
+// its bound of them (MaxProjects unless made smaller) plus Unattributed.
 type Tally struct {
-	m map[string]Counts
+	m       map[string]Counts
+	max     int
+	spilled int64 // adds credited to Unattributed since the last Reset
 }
 
-// NewTally returns an empty tally.
-func NewTally() *Tally { return &Tally{m: make(map[string]Counts)} }
+// NewTally returns an empty tally of at most MaxProjects projects.
+func NewTally() *Tally { return newTally(MaxProjects) }
+
+func newTally(max int) *Tally { return &Tally{m: make(map[string]Counts), max: max} }
 
 // Add adds c to project's counts. A project new to the tally is stored
 // under a copy of its name: the caller's string may borrow a buffer that
-// is reused (a backbone message's bytes).
+// is reused (a backbone message's bytes). A project new to a full tally
+// is counted under Unattributed (and in Spilled).
 func (t *Tally) Add(project string, c Counts) {
 	if old, ok := t.m[project]; ok {
 		old.Add(c)
 		t.m[project] = old
 		return
 	}
-	t.m[strings.Clone(project)] = c
+	if project = t.room(project); project == Unattributed {
+		old := t.m[project]
+		old.Add(c)
+		c = old
+	} else {
+		project = strings.Clone(project)
+	}
+	t.m[project] = c
 }
 
-// Merge adds every count of o to t; o's names are t's own strings after
-// it (no copy: a Tally's names are never a borrowed buffer).
+// room returns project, or Unattributed when project is new and the
+// tally full. The caller has checked that project has no entry.
+func (t *Tally) room(project string) string {
+	n := len(t.m)
+	if _, ok := t.m[Unattributed]; ok {
+		n-- // the bound is on projects: Unattributed is always let in
+	}
+	if n < t.max || project == Unattributed {
+		return project
+	}
+	t.spilled++
+	return Unattributed
+}
+
+// Merge adds every count of o to t, within t's bound; o's names are t's
+// own strings after it (no copy: a Tally's names are never a borrowed
+// buffer).
 func (t *Tally) Merge(o *Tally) {
 	for p, c := range o.m {
-		old := t.m[p]
+		old, ok := t.m[p]
+		if !ok {
+			if p = t.room(p); p == Unattributed {
+				old = t.m[p]
+			}
+		}
 		old.Add(c)
 		t.m[p] = old
 	}
 }
+
+// Spilled is how many times, since the last Reset, a project new to t
+// was credited to Unattributed because t was full.
+func (t *Tally) Spilled() int64 { return t.spilled }
 
 // Delete removes project's counts.
 func (t *Tally) Delete(project string) { delete(t.m, project) }
@@ -144,6 +196,7 @@ const resetKeep = 4096
 
 // Reset empties t.
 func (t *Tally) Reset() {
+	t.spilled = 0
 	if len(t.m) > resetKeep {
 		t.m = make(map[string]Counts)
 		return

@@ -40,12 +40,12 @@ func testStore(t *testing.T, s Store, now time.Time) {
 		}
 	}
 	got, err := s.Query(ctx, "p", m0-3, m0+3)
-	want := []Minute{{m0, Counts{2, 4, 6, 8}}, {m0 + 2, Counts{Outbound: 7}}}
+	want := []Minute{{Minute: m0, Counts: Counts{2, 4, 6, 8}}, {Minute: m0 + 2, Counts: Counts{Outbound: 7}}}
 	if err != nil || !equalMinutes(got, want) {
 		t.Fatalf("p %d..%d: %+v %v, want %+v", m0-3, m0+3, got, err, want)
 	}
 	got, err = s.Query(ctx, "q", m0, m0+10)
-	if want := []Minute{{m0, Counts{Messages: 200}}}; err != nil || !equalMinutes(got, want) {
+	if want := []Minute{{Minute: m0, Counts: Counts{Messages: 200}}}; err != nil || !equalMinutes(got, want) {
 		t.Fatalf("q: %+v %v, want %+v", got, err, want)
 	}
 	if got, err := s.Query(ctx, "r", m0-100, m0+100); err != nil || len(got) != 0 {
@@ -58,6 +58,31 @@ func testStore(t *testing.T, s Store, now time.Time) {
 	}
 	if got, err := s.Query(ctx, "q", old-1, old+1); err != nil || len(got) != 0 {
 		t.Fatalf("past retention: %+v %v", got, err)
+	}
+}
+
+// testStoreUnattributed checks that a store keeps a minute's
+// Unattributed counts and that a query of any project returns them with
+// that minute, marked incomplete, whether or not the project counted in
+// it.
+func testStoreUnattributed(t *testing.T, s Store, now time.Time) {
+	ctx := context.Background()
+	m := now.Unix()/60 - 20 // none of testStore's minutes
+	tl := NewTally()
+	tl.Add("p", Counts{Messages: 3})
+	tl.Add(Unattributed, Counts{Connections: 1, Messages: 5})
+	if err := s.Add(ctx, m, tl); err != nil {
+		t.Fatal(err)
+	}
+	spill := Counts{Connections: 1, Messages: 5}
+	for project, want := range map[string][]Minute{
+		"p":       {{Minute: m, Counts: Counts{Messages: 3}, Unattributed: spill}},
+		"elsewho": {{Minute: m, Unattributed: spill}},
+	} {
+		got, err := s.Query(ctx, project, m-2, m+1)
+		if err != nil || !equalMinutes(got, want) || !got[0].Incomplete() {
+			t.Fatalf("%s: %+v %v, want %+v, incomplete", project, got, err, want)
+		}
 	}
 }
 
@@ -75,7 +100,89 @@ func equalMinutes(a, b []Minute) bool {
 
 func TestMemoryStore(t *testing.T) {
 	now := time.Now()
-	testStore(t, newMemory(time.Hour, func() time.Time { return now }), now)
+	testStore(t, newMemory(time.Hour, DefaultMemoryMaxEntries, func() time.Time { return now }), now)
+	testStoreUnattributed(t, newMemory(time.Hour, DefaultMemoryMaxEntries, func() time.Time { return now }), now)
+}
+
+// TestTallyBound: a full tally credits a project new to it to
+// Unattributed, counted in Spilled; a project it holds still counts under
+// its name, and Merge keeps the same bound.
+func TestTallyBound(t *testing.T) {
+	tl := newTally(3)
+	for i := range 5 {
+		tl.Add("p"+strconv.Itoa(i), Counts{Messages: int64(i + 1)})
+	}
+	tl.Add("p0", Counts{Messages: 10})
+	if tl.Len() != 4 || tl.Get("p0").Messages != 11 || tl.Get("p2").Messages != 3 || tl.Get("p3") != (Counts{}) ||
+		tl.Get(Unattributed).Messages != 4+5 || tl.Spilled() != 2 {
+		t.Fatalf("%d projects, p0 %v, p2 %v, p3 %v, unattributed %v, spilled %d", tl.Len(), tl.Get("p0"), tl.Get("p2"),
+			tl.Get("p3"), tl.Get(Unattributed), tl.Spilled())
+	}
+	into := newTally(2)
+	into.Add("p2", Counts{Messages: 100})
+	into.Merge(tl)
+	var sum Counts
+	into.All(func(_ string, c Counts) { sum.Add(c) })
+	if into.Len() != 3 || into.Get("p2").Messages != 103 || sum.Messages != 100+11+2+3+9 || into.Spilled() != 1 {
+		t.Fatalf("merged: %d projects, p2 %v, sum %v, spilled %d", into.Len(), into.Get("p2"), sum, into.Spilled())
+	}
+	tl.Reset()
+	if tl.Spilled() != 0 || tl.Len() != 0 {
+		t.Fatalf("after Reset: spilled %d, %d projects", tl.Spilled(), tl.Len())
+	}
+}
+
+// TestMemoryStoreBound: a store of 4 project-minutes drops its oldest
+// minute whole for a new entry, and a query says that minute is lost;
+// when the minute being added to is the only one left, a new project's
+// counts go to Unattributed and that minute says it is incomplete. Both
+// are counted.
+func TestMemoryStoreBound(t *testing.T) {
+	ctx := context.Background()
+	now := time.Unix(1_800_000_000, 0)
+	s := newMemory(time.Hour, 4, func() time.Time { return now })
+	m0 := now.Unix()/60 - 10
+	add := func(minute int64, projects ...string) {
+		tl := NewTally()
+		for _, p := range projects {
+			tl.Add(p, Counts{Messages: 1})
+		}
+		if err := s.Add(ctx, minute, tl); err != nil {
+			t.Fatal(err)
+		}
+	}
+	add(m0, "a", "b")
+	add(m0+1, "a", "b")
+	add(m0+2, "a") // full: m0 goes
+	if got, _ := s.Query(ctx, "a", m0, m0+2); !equalMinutes(got, []Minute{{Minute: m0, Lost: true},
+		{Minute: m0 + 1, Counts: Counts{Messages: 1}}, {Minute: m0 + 2, Counts: Counts{Messages: 1}}}) {
+		t.Fatalf("a after m0 was dropped: %+v", got)
+	}
+	if st := s.Stats(); st.StoreLostMinutes != 1 || st.StoreSpilled != 0 || s.entries != 3 {
+		t.Fatalf("stats %+v, %d entries", st, s.entries)
+	}
+	add(m0+3, "a", "b", "c", "d") // m0+1 and m0+2 go
+	add(m0+3, "e")                // m0+3 alone is full: e spills
+	got, _ := s.Query(ctx, "z", m0-5, m0+5)
+	want := []Minute{{Minute: m0, Lost: true}, {Minute: m0 + 1, Lost: true}, {Minute: m0 + 2, Lost: true},
+		{Minute: m0 + 3, Unattributed: Counts{Messages: 1}}}
+	if !equalMinutes(got, want) {
+		t.Fatalf("z: %+v, want %+v", got, want)
+	}
+	if st := s.Stats(); st.StoreLostMinutes != 3 || st.StoreSpilled != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+	// A late fold of a lost minute stores nothing: it stays lost.
+	add(m0+1, "a")
+	if got, _ := s.Query(ctx, "a", m0+1, m0+1); !equalMinutes(got, []Minute{{Minute: m0 + 1, Lost: true}}) {
+		t.Fatalf("late fold of a lost minute: %+v", got)
+	}
+	// Report: the range is incomplete, and says which minutes.
+	rep, err := Query(ctx, s, Range{"a", m0, m0 + 3})
+	if err != nil || !rep.Incomplete || len(rep.Minutes) != 4 || !rep.Minutes[0].Lost || !rep.Minutes[3].Incomplete ||
+		rep.Minutes[3].Unattributed == nil || *rep.Minutes[3].Unattributed != (Counts{Messages: 1}) || rep.Total.Messages != 1 {
+		t.Fatalf("report %+v %v", rep, err)
+	}
 }
 
 // A minute that settled (into its sorted slice) can still be added to and
@@ -83,7 +190,7 @@ func TestMemoryStore(t *testing.T) {
 func TestMemoryStoreSettlesAndExpires(t *testing.T) {
 	ctx := context.Background()
 	now := time.Unix(1_800_000_000, 0)
-	s := newMemory(10*time.Minute, func() time.Time { return now })
+	s := newMemory(10*time.Minute, DefaultMemoryMaxEntries, func() time.Time { return now })
 	m0 := now.Unix() / 60
 	one := NewTally()
 	for i := range 50 {
@@ -101,7 +208,8 @@ func TestMemoryStoreSettlesAndExpires(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, _ := s.Query(ctx, "p7", m0, m0+4)
-	want := []Minute{{m0, Counts{Messages: 14}}, {m0 + 1, Counts{Messages: 7}}, {m0 + 2, Counts{Messages: 7}}, {m0 + 3, Counts{Messages: 7}}, {m0 + 4, Counts{Messages: 7}}}
+	want := []Minute{{Minute: m0, Counts: Counts{Messages: 14}}, {Minute: m0 + 1, Counts: Counts{Messages: 7}}, {Minute: m0 + 2, Counts: Counts{Messages: 7}},
+		{Minute: m0 + 3, Counts: Counts{Messages: 7}}, {Minute: m0 + 4, Counts: Counts{Messages: 7}}}
 	if !equalMinutes(got, want) {
 		t.Fatalf("got %+v, want %+v", got, want)
 	}
@@ -135,8 +243,14 @@ func TestRedisStore(t *testing.T) {
 	}
 	_ = c.FlushDB(context.Background()) // the keys below are testStore's
 	testStore(t, s, time.Now())
+	keys, _ := c.Keys(context.Background(), "test:usage:*").Result()
+	testStoreUnattributed(t, s, time.Now())
+	if more, _ := c.Keys(context.Background(), "test:usage:*").Result(); len(more) != len(keys)+2 {
+		t.Fatalf("keys %q after testStoreUnattributed, want 2 more than %q", more, keys)
+	}
+	_ = c.Del(context.Background(), s.key("p", time.Now().Unix()/60-20), s.key(Unattributed, time.Now().Unix()/60-20))
 	// Every key expires at its minute's end plus the retention.
-	keys, err := c.Keys(context.Background(), "test:usage:*").Result()
+	keys, err = c.Keys(context.Background(), "test:usage:*").Result()
 	if err != nil || len(keys) != 4 {
 		t.Fatalf("keys %q %v", keys, err)
 	}
@@ -236,6 +350,55 @@ func TestCollectorFolds(t *testing.T) {
 	}
 }
 
+// TestCollectorBounds: a second of MaxProjects+1 projects stores
+// MaxProjects of them and the last under Unattributed, counted; while the
+// store fails, pending minutes over MaxProjects projects in all have
+// their oldest collapsed into Unattributed, counted, and stored so when
+// the store is back: the totals are all there, some without a project.
+func TestCollectorBounds(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	store := &fakeStore{got: map[int64]Counts{}, per: map[string]Counts{}}
+	c, err := NewCollector(CollectorOptions{Store: store, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	m0 := now.Unix() / 60
+	for i := range MaxProjects + 1 {
+		c.Add("p"+strconv.Itoa(i), Counts{Messages: 1})
+	}
+	if err := c.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := c.Stats(); st.Spilled != 1 || len(store.per) != MaxProjects+1 || store.per[Unattributed].Messages != 1 ||
+		store.got[m0].Messages != MaxProjects+1 {
+		t.Fatalf("stats %+v; %d projects stored, unattributed %v, minute total %v", st, len(store.per), store.per[Unattributed], store.got[m0])
+	}
+	clear(store.per)
+	store.fail = true
+	const half = MaxProjects/2 + 1 // two minutes of it are over MaxProjects
+	for k := range int64(2) {
+		now = now.Add(time.Minute)
+		for i := range half {
+			c.Add("q"+strconv.Itoa(int(k)*half+i), Counts{Connections: 1})
+		}
+		if err := c.Flush(ctx); err == nil {
+			t.Fatal("a failing store's fold reported no error")
+		}
+	}
+	if st := c.Stats(); st.PendingCollapsed != 1 || st.PendingDropped != 0 || len(c.pending) != 2 || c.pending[0].t.Len() != 1 {
+		t.Fatalf("stats %+v, %d pending minutes", st, len(c.pending))
+	}
+	store.fail = false
+	if err := c.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if store.got[m0+1].Connections != half || store.got[m0+2].Connections != half || store.per[Unattributed].Connections != half ||
+		len(store.per) != half+1 {
+		t.Fatalf("stored after the outage: minutes %v %v, %d projects, unattributed %v", store.got[m0+1], store.got[m0+2], len(store.per), store.per[Unattributed])
+	}
+}
+
 func TestParseRange(t *testing.T) {
 	now := time.Date(2026, 6, 1, 12, 30, 45, 0, time.UTC)
 	nowM := now.Unix() / 60
@@ -277,7 +440,7 @@ func TestParseRange(t *testing.T) {
 // The report sums its minutes and names the metrics as Appwrite does.
 func TestQueryReport(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0)
-	s := newMemory(time.Hour, func() time.Time { return now })
+	s := newMemory(time.Hour, DefaultMemoryMaxEntries, func() time.Time { return now })
 	m := now.Unix() / 60
 	tl := NewTally()
 	tl.Add("p", Counts{1, 2, 3, 4})
@@ -290,46 +453,76 @@ func TestQueryReport(t *testing.T) {
 	}
 }
 
-// BenchmarkMemoryAt100kProjects reports what usage costs a node at
-// 100,000 projects: the accumulator (a Tally) with every project counted
-// in one second, and the embedded store with every project counted in
-// every minute of its hour. Figures: bytes per project.
+// nopStore stores nothing: the node's side of a cluster, where Redis
+// keeps the minutes.
+type nopStore struct{}
+
+func (nopStore) Add(_ context.Context, _ int64, t *Tally) error { t.Reset(); return nil }
+func (nopStore) Query(context.Context, string, int64, int64) ([]Minute, error) {
+	return nil, nil
+}
+func (nopStore) Retention() time.Duration { return time.Hour }
+
+// BenchmarkMemoryAt100kProjects reports what usage costs a node when
+// every one of 100,000 or 1,000,000 projects is busy every second: each
+// sends an event (the router's tally) and opens a connection (the meter)
+// in every second of 10 minutes, folded once a second.
+//   - MiB-node: the heap of the collector and its sources at the peak of a
+//     second (the router's tally and the meter full, the dashboard's two
+//     minutes), with a store that keeps nothing (Redis);
+//   - MiB-store: the embedded store's heap after the 10 minutes (its bound
+//     is reached by then at both sizes);
+//   - B/project-minute-in-store: its cost per project-minute kept.
 func BenchmarkMemoryAt100kProjects(b *testing.B) {
-	const projects = 100_000
-	names := make([]string, projects)
-	for i := range names {
-		names[i] = "project-" + strconv.Itoa(1_000_000_000 + i)[1:] // 17 bytes, like an Appwrite id's 20
-	}
-	heap := func() uint64 {
-		runtime.GC()
-		var ms runtime.MemStats
-		runtime.ReadMemStats(&ms)
-		return ms.HeapAlloc
-	}
-	for range b.N {
-		before := heap()
-		t := NewTally()
-		for _, p := range names {
-			t.Add(p, Counts{Messages: 1, Outbound: 100})
-		}
-		tally := heap() - before
-		now := time.Unix(1_800_000_000, 0)
-		s := newMemory(time.Hour, func() time.Time { return now })
-		before = heap()
-		for k := range int64(60) {
-			// A fresh tally a minute, as the collector's: names of its own.
-			m := NewTally()
-			for _, p := range names {
-				m.Add(p, Counts{Messages: 1, Outbound: 100})
+	for _, projects := range []int{100_000, 1_000_000} {
+		b.Run(strconv.Itoa(projects), func(b *testing.B) {
+			names := make([]string, projects)
+			for i := range names {
+				names[i] = "project-" + strconv.Itoa(10_000_000_000 + i)[1:] // 18 bytes, like an Appwrite id's 20
 			}
-			_ = s.Add(context.Background(), now.Unix()/60-59+k, m)
-		}
-		store := heap() - before
-		b.ReportMetric(float64(tally)/projects, "B/project-in-tally")
-		b.ReportMetric(float64(store)/projects/60, "B/project-minute-in-store")
-		b.ReportMetric(float64(tally)/(1<<20), "MiB-tally")
-		b.ReportMetric(float64(store)/(1<<20), "MiB-store-hour")
-		runtime.KeepAlive(t)
-		runtime.KeepAlive(s)
+			heap := func() uint64 {
+				runtime.GC()
+				var ms runtime.MemStats
+				runtime.ReadMemStats(&ms)
+				return ms.HeapAlloc
+			}
+			for range b.N {
+				for _, embedded := range []bool{false, true} {
+					now := time.Unix(1_800_000_000, 0)
+					var store Store = nopStore{}
+					var mem *Memory
+					if embedded {
+						mem = newMemory(time.Hour, DefaultMemoryMaxEntries, func() time.Time { return now })
+						store = mem
+					}
+					router := NewTally()
+					before := heap()
+					c, _ := NewCollector(CollectorOptions{Store: store, Now: func() time.Time { return now },
+						Sources: []Swapper{func(empty *Tally) *Tally { full := router; router = empty; return full }}})
+					peak := uint64(0)
+					for range 10 {
+						for _, p := range names {
+							router.Add(p, Counts{Messages: 1, Outbound: 100})
+							c.Add(p, Counts{Connections: 1, Inbound: 300})
+						}
+						if !embedded {
+							peak = max(peak, heap()-before)
+						}
+						_ = c.Flush(context.Background())
+						now = now.Add(time.Minute)
+					}
+					if embedded {
+						store := heap() - before
+						b.ReportMetric(float64(store)/(1<<20), "MiB-store")
+						b.ReportMetric(float64(store)/float64(mem.entries), "B/project-minute-in-store")
+						b.ReportMetric(float64(mem.Stats().StoreLostMinutes), "minutes-lost")
+					} else {
+						b.ReportMetric(float64(peak)/(1<<20), "MiB-node")
+						b.ReportMetric(float64(c.Stats().Spilled)/10, "spilled/fold")
+					}
+					runtime.KeepAlive(c)
+				}
+			}
+		})
 	}
 }
