@@ -208,7 +208,9 @@ func (d *Dashboard) tick(now time.Time) {
 		s.Top = d.opts.TopProjects(topProjects)
 	}
 	if d.opts.Peers != nil {
-		if b, err := json.Marshal(s); err == nil {
+		pub := s
+		pub.ClosesTotal = nil // this node's page only: the sample stays under 1 KB
+		if b, err := json.Marshal(pub); err == nil {
 			// s.Usage is still nil here: set below, for this node's page.
 			offer(d.outbox, b)
 		}

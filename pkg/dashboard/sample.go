@@ -74,6 +74,10 @@ type UsageTop struct {
 	Messages    []ProjectValue `json:"msgs"`
 	Inbound     []ProjectValue `json:"in"`  // bytes
 	Outbound    []ProjectValue `json:"out"` // bytes
+	// Since is the start of the earlier of the two minutes, Unix
+	// milliseconds: GET /v1/usage from it to a minute later answers the
+	// same span.
+	Since int64 `json:"since"`
 }
 
 // Sample is one second of one node's figures: what the page charts and
@@ -95,14 +99,18 @@ type Sample struct {
 	Backlog    Figure            `json:"backlog"`          // backbone messages waiting for the router
 	SlowCloses Figure            `json:"slow"`             // slow-consumer closes/s
 	Closes     map[string]Figure `json:"closes,omitempty"` // connections ended/s, by reason (switchboard_connection_closes_total)
-	Writev     Figure            `json:"writev"`           // writev calls/s
-	RSS        Figure            `json:"rss"`              // resident bytes
-	Heap       Figure            `json:"heap"`             // live heap bytes
-	Goroutines Figure            `json:"gor"`              //
-	BrokerUp   bool              `json:"up"`               // the broker can carry events
-	BrokerErr  string            `json:"berr,omitempty"`   // why not, when it cannot
-	Dropped    Figure            `json:"drop"`             // backbone messages/s dropped by the broker
-	Top        []ProjectCount    `json:"top"`              // projects with the most connections, most first
+	// ClosesTotal is connections ended since the node started, by reason:
+	// the counter itself, so the page can show exact numbers beside the
+	// chart. This node's page only, like Usage.
+	ClosesTotal map[string]Figure `json:"closed,omitempty"`
+	Writev      Figure            `json:"writev"`         // writev calls/s
+	RSS         Figure            `json:"rss"`            // resident bytes
+	Heap        Figure            `json:"heap"`           // live heap bytes
+	Goroutines  Figure            `json:"gor"`            //
+	BrokerUp    bool              `json:"up"`             // the broker can carry events
+	BrokerErr   string            `json:"berr,omitempty"` // why not, when it cannot
+	Dropped     Figure            `json:"drop"`           // backbone messages/s dropped by the broker
+	Top         []ProjectCount    `json:"top"`            // projects with the most connections, most first
 	// Usage is this node's page only: never published to the peers,
 	// whose rows do not show it (and the sample stays under 1 KB).
 	Usage *UsageTop `json:"usage,omitempty"`
@@ -223,6 +231,7 @@ func (s *sampler) take(now time.Time) (Sample, error) {
 			}
 			smp.Closes[reason] = rate(prev, v, dt)
 		}
+		smp.ClosesTotal = cur.closes
 	}
 	smp.RSS, smp.Heap, smp.Goroutines = readProcess()
 	s.prev = cur

@@ -143,6 +143,10 @@ func TestSampleClosesByReason(t *testing.T) {
 	if len(second.Closes) != 2 || second.Closes["idle"] != 2 || second.Closes["slow_consumer"] != 1 {
 		t.Fatalf("closes/s = %v, want idle 2, slow_consumer 1", second.Closes)
 	}
+	// The counters themselves, for the page's closes table.
+	if len(second.ClosesTotal) != 2 || second.ClosesTotal["idle"] != 14 || second.ClosesTotal["slow_consumer"] != 2 {
+		t.Fatalf("closes total = %v, want idle 14, slow_consumer 2", second.ClosesTotal)
+	}
 	b, _ := json.Marshal(second)
 	var back Sample
 	if err := json.Unmarshal(b, &back); err != nil || back.Closes["idle"] != 2 {

@@ -507,7 +507,7 @@ func nodeName(listen net.Addr) string {
 
 // topUsage is the dashboard's view of the usage collector's top projects.
 func (s *Server) topUsage(n int) dashboard.UsageTop {
-	top := s.usage.Top(n)
+	top, from := s.usage.Top(n)
 	conv := func(m usage.Metric) []dashboard.ProjectValue {
 		out := make([]dashboard.ProjectValue, len(top[m]))
 		for i, r := range top[m] {
@@ -516,7 +516,7 @@ func (s *Server) topUsage(n int) dashboard.UsageTop {
 		return out
 	}
 	return dashboard.UsageTop{Connections: conv(usage.Connections), Messages: conv(usage.Messages),
-		Inbound: conv(usage.Inbound), Outbound: conv(usage.Outbound)}
+		Inbound: conv(usage.Inbound), Outbound: conv(usage.Outbound), Since: from * 60_000}
 }
 
 // setReusePort is a net.ListenConfig Control that sets SO_REUSEPORT.

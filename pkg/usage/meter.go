@@ -352,8 +352,9 @@ type Ranked struct {
 
 // Top returns, per metric (indexed by Metric), the n projects that used
 // the most of it on this node over the last full minute and the current
-// one so far (the counts already folded), largest first, ties by name.
-func (c *Collector) Top(n int) [numMetrics][]Ranked {
+// one so far (the counts already folded), largest first, ties by name,
+// and the earlier minute (Unix minutes).
+func (c *Collector) Top(n int) (top [numMetrics][]Ranked, from int64) {
 	c.recentMu.Lock()
 	sum := newTally(2 * maxRecentProjects)
 	cur := c.now().Unix() / 60
@@ -363,7 +364,6 @@ func (c *Collector) Top(n int) [numMetrics][]Ranked {
 		}
 	}
 	c.recentMu.Unlock()
-	var out [numMetrics][]Ranked
 	for _, m := range Metrics {
 		// Insertion into a list of n: O(projects x n), no sort of every
 		// project once a second.
@@ -384,9 +384,9 @@ func (c *Collector) Top(n int) [numMetrics][]Ranked {
 				}
 			}
 		})
-		out[m] = list
+		top[m] = list
 	}
-	return out
+	return top, cur - 1
 }
 
 // outranks orders a top list: larger first, ties by name.

@@ -341,7 +341,10 @@ func TestCollectorFolds(t *testing.T) {
 	if swaps != 3 {
 		t.Fatalf("%d swaps", swaps)
 	}
-	top := c.Top(1)
+	top, from := c.Top(1)
+	if from != m0+1 {
+		t.Fatalf("top from minute %d, want %d", from, m0+1)
+	}
 	if got := top[Messages]; len(got) != 1 || got[0] != (Ranked{"b", 12}) {
 		t.Fatalf("top messages over the last two minutes: %+v", got)
 	}

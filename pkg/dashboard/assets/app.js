@@ -67,6 +67,9 @@ function makeChart(parent, def) {
 }
 
 let charts = [], totals = [];
+// closedKept: the kept samples' per-reason totals, oldest first, for the
+// closes table's "last 5 minutes" (the newest total minus the oldest).
+let closedKept = [];
 
 function tiles(s) {
   document.getElementById("conns").textContent = num(s.conns);
@@ -82,6 +85,23 @@ function tiles(s) {
   const tbody = document.querySelector("#projects tbody");
   tbody.replaceChildren(...(s.top || []).map((p) => row([p.p, num(p.n)])));
   usageTable(s.usage);
+  closesTable(s.closed);
+}
+
+// closesTable lists every reason the node counts: the counter since the
+// node started (what /metrics says) and its growth over the kept samples.
+function closesTable(closed) {
+  if (!closed) return;
+  closedKept.push(closed);
+  if (closedKept.length > KEEP) closedKept.shift();
+  const first = closedKept[0];
+  const rows = Object.keys(closed).sort().map((r) => {
+    const tr = row([r, num(closed[r]), num(closed[r] - (first[r] ?? 0))]);
+    tr.dataset.reason = r;
+    tr.dataset.total = closed[r];
+    return tr;
+  });
+  document.querySelector("#closes tbody").replaceChildren(...rows);
 }
 
 // usageTable lists the top projects by each usage metric, a column each:
@@ -91,9 +111,21 @@ function usageTable(u) {
   const n = Math.max(0, ...cols.map(([list]) => (list || []).length));
   const rows = [];
   for (let i = 0; i < n; i++) {
-    rows.push(row(cols.map(([list, fmt]) => (list && list[i] ? list[i].p + ": " + fmt(list[i].n) : ""))));
+    const tr = row(cols.map(([list, fmt]) => (list && list[i] ? list[i].p + ": " + fmt(list[i].n) : "")));
+    // The exact figure, for a script or a hover: bytes are shown rounded.
+    cols.forEach(([list], j) => {
+      if (!list || !list[i]) return;
+      const td = tr.children[j];
+      td.dataset.project = list[i].p;
+      td.dataset.value = list[i].n;
+      td.title = num(list[i].n);
+    });
+    rows.push(tr);
   }
   document.querySelector("#usage tbody").replaceChildren(...rows);
+  const since = document.getElementById("usage-since");
+  since.textContent = u && u.since ? "(since " + new Date(u.since).toISOString().slice(11, 16) + " UTC)" : "";
+  since.dataset.since = u && u.since ? u.since : "";
 }
 
 function row(cells) {
@@ -129,6 +161,7 @@ function start(h) {
   cp.replaceChildren();
   document.getElementById("cluster").hidden = !h.cluster;
   totals = h.cluster ? clusterCharts.map((def) => makeChart(cp, def)) : [];
+  closedKept = h.self.filter((s) => s.closed).map((s) => s.closed).slice(0, -1);
   for (const s of h.self) charts.forEach((c) => c.push(s));
   for (const t of h.totals) totals.forEach((c) => c.push(t));
   [...charts, ...totals].forEach((c) => c.draw());
