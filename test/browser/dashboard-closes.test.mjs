@@ -6,7 +6,7 @@
 // as one JSON line what the page shows: the closes table's totals by
 // reason, the usage table's exact figures (data-value) with the minute
 // they start at, and any console or page error.
-import { launch, need, screenshot } from "./launch.mjs";
+import { launch, need, pageErrors, screenshot } from "./launch.mjs";
 
 const url = need("DASHBOARD_URL");
 const wantCloses = Number(need("WANT_CLOSES"));
@@ -15,10 +15,7 @@ const browser = await launch();
 const result = {};
 try {
   const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
-  const pageErrors = [];
-  page.on("pageerror", (e) => pageErrors.push(String(e)));
-  page.on("requestfailed", (r) => pageErrors.push(`request failed: ${r.url()}`));
-  page.on("console", (m) => { if (m.type() === "error") pageErrors.push(`console: ${m.text()}`); });
+  const errors = pageErrors(page);
   await page.goto(url);
   await page.waitForFunction(() => document.querySelector("#stream")?.textContent === "live", null, { timeout: 10000 });
   await page.waitForFunction((want) => [...document.querySelectorAll("#closes tbody tr")]
@@ -43,7 +40,7 @@ try {
       console.error(`screenshot: ${dir}/${id}-table.png`);
     }
   }
-  result.pageErrors = pageErrors;
+  result.pageErrors = errors;
 } finally {
   await browser.close();
 }

@@ -12,7 +12,7 @@
 //      one JSON line on stdout.
 // Each wait is bounded; a bound passed throws, which fails the Go test.
 import { spawn } from "node:child_process";
-import { launch, need, screenshot } from "./launch.mjs";
+import { launch, need, pageErrors, screenshot } from "./launch.mjs";
 
 const url = need("DASHBOARD_URL");
 const key = need("DASHBOARD_KEY");
@@ -27,11 +27,7 @@ const result = {};
 try {
   const context = await browser.newContext({ httpCredentials: { username: "admin", password: key }, viewport: { width: 1400, height: 1000 } });
   const page = await context.newPage();
-  const pageErrors = [];
-  page.on("pageerror", (e) => pageErrors.push(String(e)));
-  page.on("requestfailed", (r) => pageErrors.push(`request failed: ${r.url()}`));
-  // A Content-Security-Policy violation is only a console error.
-  page.on("console", (m) => { if (m.type() === "error") pageErrors.push(`console: ${m.text()}`); });
+  const errors = pageErrors(page);
   await page.goto(url);
   await page.waitForFunction(() => document.querySelector("#stream")?.textContent === "live", null, { timeout: 10000 });
   await page.waitForFunction(() => document.querySelectorAll("#nodes tbody tr[data-state=up]").length === 2, null, { timeout: 10000 });
@@ -68,7 +64,7 @@ try {
   result.clusterSummary = await page.textContent("#cluster-summary");
   await screenshot(page, "dashboard-node-gone");
   result.reloads = navigations.length;
-  result.pageErrors = pageErrors;
+  result.pageErrors = errors;
 } finally {
   if (load && load.exitCode === null) load.kill("SIGKILL");
   await browser.close();

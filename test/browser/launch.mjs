@@ -24,6 +24,18 @@ export async function screenshot(page, name) {
   console.error(`screenshot: ${path}`);
 }
 
+// pageErrors collects what a page reports going wrong: uncaught
+// exceptions, failed requests and console errors (a
+// Content-Security-Policy violation is only a console error). The array
+// fills as they happen.
+export function pageErrors(page) {
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
+  page.on("requestfailed", (r) => errors.push(`request failed: ${r.url()}`));
+  page.on("console", (m) => { if (m.type() === "error") errors.push(`console: ${m.text()}`); });
+  return errors;
+}
+
 // need returns the environment variable name, which the Go side sets;
 // a missing one is the test's bug, said plainly.
 export function need(name) {
