@@ -2,7 +2,6 @@ package auth
 
 import (
 	"context"
-	"errors"
 	"sync"
 	"time"
 )
@@ -92,15 +91,14 @@ func (c *answerCache) evictLocked(now time.Time) {
 }
 
 // flight makes concurrent lookups of one key share one backend call (the
-// singleflight pattern, written here rather than adding a module): the
-// first caller runs the call, the others wait for its answer or for their
-// own context to end. The call runs under the first caller's context.
+// singleflight pattern, written here rather than adding a module). The
+// call runs on a goroutine of its own; every caller, the first included,
+// waits for its answer or for its own context to end, whichever comes
+// first, so a caller's deadline holds even when the call's is longer.
 type flight struct {
 	mu    sync.Mutex
 	calls map[cacheKey]*flightCall
 }
-
-var errFlightAborted = errors.New("auth: the shared lookup ended without an answer")
 
 type flightCall struct {
 	done chan struct{}
@@ -115,32 +113,25 @@ func (f *flight) do(ctx context.Context, k cacheKey, fn func() (Identity, error)
 	if f.calls == nil {
 		f.calls = make(map[cacheKey]*flightCall)
 	}
-	if c, ok := f.calls[k]; ok {
-		f.mu.Unlock()
-		select {
-		case <-c.done:
-			return c.id, c.err, true
-		case <-ctx.Done():
-			return Identity{}, ctx.Err(), true
-		}
+	c, shared := f.calls[k]
+	if !shared {
+		c = &flightCall{done: make(chan struct{})}
+		f.calls[k] = c
+		go f.run(k, c, fn)
 	}
-	c := &flightCall{done: make(chan struct{})}
-	f.calls[k] = c
 	f.mu.Unlock()
+	select {
+	case <-c.done:
+		return c.id, c.err, shared
+	case <-ctx.Done():
+		return Identity{}, ctx.Err(), shared
+	}
+}
 
-	finished := false
-	defer func() {
-		// Even if fn panics, the waiters are released with an error
-		// that grants nothing, and the key is free for the next caller.
-		if !finished {
-			c.id, c.err = Identity{}, errFlightAborted
-		}
-		f.mu.Lock()
-		delete(f.calls, k)
-		f.mu.Unlock()
-		close(c.done)
-	}()
+func (f *flight) run(k cacheKey, c *flightCall, fn func() (Identity, error)) {
 	c.id, c.err = fn()
-	finished = true
-	return c.id, c.err, false
+	f.mu.Lock()
+	delete(f.calls, k)
+	f.mu.Unlock()
+	close(c.done)
 }
