@@ -574,3 +574,58 @@ func (s *Server) createEmailPasswordSession(w http.ResponseWriter, r *http.Reque
 		"factors": []string{"password"}, "secret": "", "mfaUpdatedAt": "",
 	})
 }
+
+// NewExample starts a stand-in holding the users the tests share: project
+// p1 (API key k1) with ann (email verified, label vip, owner and admin of
+// team t1), bob (unverified; invited to t1 as admin, not yet confirmed;
+// member of t2) and cat (phone verified, no team), and project p2 (key k2)
+// with dan. Each password is "password-" and the user's id.
+func NewExample() *Server {
+	s := New()
+	s.AddProject("p1", "k1")
+	s.AddProject("p2", "k2")
+	s.AddUser("p1", User{ID: "ann", Name: "Ann", Email: "ann@example.com", Password: "password-ann", EmailVerification: true, Labels: []string{"vip"}})
+	s.AddUser("p1", User{ID: "bob", Name: "Bob", Email: "bob@example.com", Password: "password-bob"})
+	s.AddUser("p1", User{ID: "cat", Name: "Cat", Email: "cat@example.com", Password: "password-cat", Phone: "+4930901820", PhoneVerification: true})
+	s.AddUser("p2", User{ID: "dan", Name: "Dan", Email: "dan@example.com", Password: "password-dan", EmailVerification: true})
+	s.AddTeam("p1", "t1", "Admins")
+	s.AddTeam("p1", "t2", "Readers")
+	s.AddMembership("p1", Membership{ID: "m1", TeamID: "t1", UserID: "ann", Roles: []string{"owner", "admin"}, Confirm: true})
+	s.AddMembership("p1", Membership{ID: "m2", TeamID: "t1", UserID: "bob", Roles: []string{"admin"}, Confirm: false})
+	s.AddMembership("p1", Membership{ID: "m3", TeamID: "t2", UserID: "bob", Confirm: true})
+	return s
+}
+
+// Failures are the ways an Appwrite can fail that a resolver must survive
+// by granting nothing: a 500 with Appwrite's error body, an answer after
+// 10 s, a 100 MB body, and a body that is not JSON (a proxy's error page).
+func Failures() map[string]Fault {
+	return map[string]Fault{
+		"500": func(w http.ResponseWriter, r *http.Request) bool {
+			writeError(w, http.StatusInternalServerError, "general_unknown", "Server Error")
+			return true
+		},
+		"10s": func(w http.ResponseWriter, r *http.Request) bool {
+			select {
+			case <-time.After(10 * time.Second):
+			case <-r.Context().Done():
+			}
+			return true
+		},
+		"100MB": func(w http.ResponseWriter, r *http.Request) bool {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write([]byte(`{"$id":"ann","name":"`))
+			chunk := []byte(strings.Repeat("a", 1<<20))
+			for range 100 {
+				if _, err := w.Write(chunk); err != nil {
+					break
+				}
+			}
+			return true
+		},
+		"not JSON": func(w http.ResponseWriter, r *http.Request) bool {
+			_, _ = w.Write([]byte("<html>502 Bad Gateway</html>"))
+			return true
+		},
+	}
+}

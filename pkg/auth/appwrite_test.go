@@ -22,25 +22,11 @@ import (
 // for Appwrite's REST API (shapes from Appwrite 1.8.0's OpenAPI spec):
 // Appwrite itself cannot run here (no container runtime, no PHP packages).
 
-// standIn is a project p1 with key "k1": ann (email verified, labels vip,
-// admin of t1 and confirmed), bob (unverified, invited to t1 but not
-// confirmed, member of t2), cat (phone verified only), and a second
-// project p2 with its own user dan.
+// standIn starts internal/appwritetest's example users (see NewExample).
 func standIn(t *testing.T) *appwritetest.Server {
 	t.Helper()
-	s := appwritetest.New()
+	s := appwritetest.NewExample()
 	t.Cleanup(s.Close)
-	s.AddProject("p1", "k1")
-	s.AddProject("p2", "k2")
-	s.AddUser("p1", appwritetest.User{ID: "ann", Name: "Ann", Email: "ann@example.com", Password: "password1", EmailVerification: true, Labels: []string{"vip"}})
-	s.AddUser("p1", appwritetest.User{ID: "bob", Name: "Bob", Email: "bob@example.com", Password: "password2"})
-	s.AddUser("p1", appwritetest.User{ID: "cat", Name: "Cat", Phone: "+4930901820", PhoneVerification: true})
-	s.AddUser("p2", appwritetest.User{ID: "dan", Name: "Dan", Email: "dan@example.com", Password: "password4", EmailVerification: true})
-	s.AddTeam("p1", "t1", "Admins")
-	s.AddTeam("p1", "t2", "Readers")
-	s.AddMembership("p1", appwritetest.Membership{ID: "m1", TeamID: "t1", UserID: "ann", Roles: []string{"owner", "admin"}, Confirm: true})
-	s.AddMembership("p1", appwritetest.Membership{ID: "m2", TeamID: "t1", UserID: "bob", Roles: []string{"admin"}, Confirm: false})
-	s.AddMembership("p1", appwritetest.Membership{ID: "m3", TeamID: "t2", UserID: "bob", Confirm: true})
 	return s
 }
 
@@ -202,33 +188,8 @@ func TestAppwriteFailingGrantsNothing(t *testing.T) {
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	refused := "http://" + ln.Addr().String() + "/v1"
 	ln.Close()
-	faults := map[string]appwritetest.Fault{
-		"500": func(w http.ResponseWriter, r *http.Request) bool {
-			http.Error(w, `{"message":"Server Error","code":500,"type":"general_unknown","version":"1.8.0"}`, 500)
-			return true
-		},
-		"slow": func(w http.ResponseWriter, r *http.Request) bool {
-			select {
-			case <-time.After(10 * time.Second):
-			case <-r.Context().Done():
-			}
-			return true
-		},
-		"100 MB": func(w http.ResponseWriter, r *http.Request) bool {
-			w.Header().Set("Content-Type", "application/json")
-			w.Write([]byte(`{"$id":"ann","labels":["`))
-			chunk := []byte(strings.Repeat("a", 1<<20))
-			for range 100 {
-				if _, err := w.Write(chunk); err != nil {
-					break
-				}
-			}
-			return true
-		},
-		"not JSON": func(w http.ResponseWriter, r *http.Request) bool {
-			w.Write([]byte("<html>502 Bad Gateway</html>"))
-			return true
-		},
+	faults := appwritetest.Failures()
+	for name, f := range map[string]appwritetest.Fault{
 		"wrong shape": func(w http.ResponseWriter, r *http.Request) bool {
 			w.Write([]byte(`{"$id":"ann","labels":"vip","emailVerification":true}`))
 			return true
@@ -247,6 +208,8 @@ func TestAppwriteFailingGrantsNothing(t *testing.T) {
 			}
 			return false
 		},
+	} {
+		faults[name] = f
 	}
 	for name, f := range faults {
 		t.Run(name, func(t *testing.T) {

@@ -24,25 +24,11 @@ import (
 // OpenAPI spec): Appwrite itself cannot run here (no container runtime, no
 // PHP packages).
 
-// appwriteStandIn is project p1 (key k1) with ann (email verified, label
-// vip, owner and admin of t1), bob (unverified; invited to t1, not yet
-// confirmed; member of t2) and cat (phone verified, no team), and project
-// p2 with dan.
+// appwriteStandIn starts internal/appwritetest's example users (see NewExample).
 func appwriteStandIn(t *testing.T) *appwritetest.Server {
 	t.Helper()
-	s := appwritetest.New()
+	s := appwritetest.NewExample()
 	t.Cleanup(s.Close)
-	s.AddProject("p1", "k1")
-	s.AddProject("p2", "k2")
-	s.AddUser("p1", appwritetest.User{ID: "ann", Name: "Ann", Email: "ann@example.com", Password: "password-ann", EmailVerification: true, Labels: []string{"vip"}})
-	s.AddUser("p1", appwritetest.User{ID: "bob", Name: "Bob", Email: "bob@example.com", Password: "password-bob"})
-	s.AddUser("p1", appwritetest.User{ID: "cat", Name: "Cat", Email: "cat@example.com", Password: "password-cat", PhoneVerification: true})
-	s.AddUser("p2", appwritetest.User{ID: "dan", Name: "Dan", Email: "dan@example.com", Password: "password-dan", EmailVerification: true})
-	s.AddTeam("p1", "t1", "Admins")
-	s.AddTeam("p1", "t2", "Readers")
-	s.AddMembership("p1", appwritetest.Membership{ID: "m1", TeamID: "t1", UserID: "ann", Roles: []string{"owner", "admin"}, Confirm: true})
-	s.AddMembership("p1", appwritetest.Membership{ID: "m2", TeamID: "t1", UserID: "bob", Roles: []string{"admin"}, Confirm: false})
-	s.AddMembership("p1", appwritetest.Membership{ID: "m3", TeamID: "t2", UserID: "bob", Confirm: true})
 	return s
 }
 
@@ -245,33 +231,7 @@ func TestAppwriteAuthBadAnswers(t *testing.T) {
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	refused := "http://" + ln.Addr().String() + "/v1"
 	ln.Close()
-	faults := map[string]appwritetest.Fault{
-		"500": func(w http.ResponseWriter, r *http.Request) bool {
-			http.Error(w, `{"message":"Server Error","code":500,"type":"general_unknown","version":"1.8.0"}`, 500)
-			return true
-		},
-		"10s": func(w http.ResponseWriter, r *http.Request) bool {
-			select {
-			case <-time.After(10 * time.Second):
-			case <-r.Context().Done():
-			}
-			return true
-		},
-		"100MB": func(w http.ResponseWriter, r *http.Request) bool {
-			w.Write([]byte(`{"$id":"ann","name":"`))
-			chunk := bytes.Repeat([]byte("a"), 1<<20)
-			for range 100 {
-				if _, err := w.Write(chunk); err != nil {
-					break
-				}
-			}
-			return true
-		},
-		"not JSON": func(w http.ResponseWriter, r *http.Request) bool {
-			w.Write([]byte("<html>upstream error</html>"))
-			return true
-		},
-	}
+	faults := appwritetest.Failures()
 	s := appwriteNode(t, aw, "k1", func(c *Config) { c.AuthTimeout = 300 * time.Millisecond })
 	bystander := dial(t, s, "project=p1&channels[]=documents", http.Header{"X-Appwrite-Session": {aw.Session("p1", "cat")}})
 	bystander.expect("connected")
@@ -341,7 +301,7 @@ func TestAppwriteAuthStorm(t *testing.T) {
 			}
 			start := time.Now()
 			body := event("p2", []string{"any"}, []string{"documents"}, fmt.Sprintf(`{"n":%d}`, i))
-			if err := publishErr(s, body); err != nil {
+			if err := tryPublish(s, body); err != nil {
 				t.Error(err)
 				lateness <- 0
 				return
@@ -392,17 +352,4 @@ func TestAppwriteAuthStorm(t *testing.T) {
 	if worst > time.Second {
 		t.Fatalf("p2's events were delayed up to %v during p1's storm", worst)
 	}
-}
-
-// publishErr is publish for a goroutine other than the test's.
-func publishErr(s *Server, body string) error {
-	resp, err := http.Post("http://"+s.AdminAddr().String()+"/v1/publish", "application/json", strings.NewReader(body))
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusAccepted {
-		return fmt.Errorf("publish: %s", resp.Status)
-	}
-	return nil
 }
