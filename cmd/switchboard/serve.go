@@ -49,6 +49,7 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 		authMode        string
 		jwtSecret       string
 		authOpts        auth.HTTPOptions
+		appwriteOpts    auth.AppwriteOptions
 		logLevel        string
 		logFormat       string
 		shutdownTimeout time.Duration
@@ -64,11 +65,14 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	fs.StringVar(&cfg.Path, "path", server.DefaultPath, "WebSocket endpoint path")
 	fs.StringVar(&projects, "projects", "", "comma-separated project ids to accept; empty accepts any")
 	fs.StringVar(&cfg.APIKey, "api-key", "", "bearer key required by POST /v1/publish, /v1/presences, /v1/explain, /v1/connections and the dashboard (GET /, where a browser gives it as the basic-auth password); empty requires none")
-	fs.StringVar(&authMode, "auth", "none", "auth resolver: none (everyone is a guest), jwt (HS256) or http (ask --auth-url)")
+	fs.StringVar(&authMode, "auth", "none", "auth resolver: none (everyone is a guest), jwt (HS256), http (ask --auth-url) or appwrite (ask Appwrite's API at --appwrite-endpoint)")
 	fs.StringVar(&jwtSecret, "jwt-secret", "", "HS256 secret for --auth jwt")
 	fs.StringVar(&authOpts.URL, "auth-url", "", "backend URL for --auth http (POST {project, session|jwt|userId})")
-	fs.DurationVar(&authOpts.CacheTTL, "auth-cache-ttl", auth.DefaultCacheTTL, "how long --auth http reuses an answer per session (-1s: never)")
+	fs.DurationVar(&authOpts.CacheTTL, "auth-cache-ttl", auth.DefaultCacheTTL, "how long --auth http and --auth appwrite reuse an answer per session (-1s: never)")
 	fs.StringVar(&authOpts.BearerAuth, "auth-key", "", "bearer key sent to --auth-url")
+	fs.StringVar(&appwriteOpts.Endpoint, "appwrite-endpoint", "", "Appwrite API root for --auth appwrite, as the SDKs' setEndpoint takes it (https://appwrite.example.com/v1)")
+	fs.StringVar(&appwriteOpts.APIKey, "appwrite-api-key", "", "Appwrite API key (users.read scope) for --auth appwrite: memberships from GET /users/{id}/memberships and permissionsChanged re-resolves users; empty: memberships from the user's own session, and a permission change asks the user to authenticate again")
+	fs.IntVar(&appwriteOpts.MaxInFlight, "appwrite-max-in-flight", auth.DefaultAppwriteMaxInFlight, "requests in flight to Appwrite from this node with --auth appwrite; more wait, within --auth-timeout")
 	fs.DurationVar(&cfg.AuthTimeout, "auth-timeout", server.DefaultAuthTimeout, "bound on one auth resolver call")
 	fs.IntVar(&cfg.MaxMessageSize, "max-message-size", server.DefaultMaxMessageSize, "largest client message in bytes after reassembly; larger closes with 1009")
 	fs.StringVar(&compression, "compression", "on", "permessage-deflate (RFC 7692) with clients that offer it, events compressed once for all their recipients: on or off")
@@ -115,6 +119,7 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 		flagDefault("shutdown-timeout", &shutdownTimeout, defaultShutdownTimeout),
 		flagDefault("read-buffer", &readBuffer, defaultReadBuffer),
 		flagDefault("usage-retention", &usageRetention, 0),
+		flagDefault("appwrite-max-in-flight", &appwriteOpts.MaxInFlight, auth.DefaultAppwriteMaxInFlight),
 	); err != nil {
 		fmt.Fprintln(stderr, "switchboard serve:", err)
 		return 2
@@ -149,6 +154,8 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "switchboard serve: --trusted-proxies:", err)
 		return 2
 	}
+	// Before the resolver: --auth appwrite registers its metrics here.
+	cfg.Registry = prometheus.NewRegistry()
 	switch authMode {
 	case "none":
 		cfg.Resolver = auth.None{}
@@ -156,6 +163,16 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 		r, err := auth.NewJWT([]byte(jwtSecret))
 		if err != nil {
 			fmt.Fprintln(stderr, "switchboard serve: --auth jwt:", err)
+			return 2
+		}
+		cfg.Resolver = r
+	case "appwrite":
+		appwriteOpts.Timeout = cmp.Or(cfg.AuthTimeout, server.DefaultAuthTimeout)
+		appwriteOpts.CacheTTL = authOpts.CacheTTL
+		appwriteOpts.Registry = cfg.Registry
+		r, err := auth.NewAppwrite(appwriteOpts)
+		if err != nil {
+			fmt.Fprintln(stderr, "switchboard serve: --auth appwrite:", err)
 			return 2
 		}
 		cfg.Resolver = r
@@ -170,11 +187,10 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 		}
 		cfg.Resolver = r
 	default:
-		fmt.Fprintf(stderr, "switchboard serve: unknown --auth %q (want none, jwt or http)\n", authMode)
+		fmt.Fprintf(stderr, "switchboard serve: unknown --auth %q (want none, jwt, http or appwrite)\n", authMode)
 		return 2
 	}
 	cfg.Logger = log
-	cfg.Registry = prometheus.NewRegistry()
 	b, closeBroker, err := bf.open(log, cfg.Registry)
 	if err != nil {
 		fmt.Fprintln(stderr, "switchboard serve:", err)

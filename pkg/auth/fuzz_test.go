@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -75,6 +76,68 @@ func FuzzJWTResolve(f *testing.F) {
 				if !json.Valid(id.User) {
 					t.Fatalf("token %q: user %q is not JSON", tok, id.User)
 				}
+			}
+		}
+	})
+}
+
+// FuzzAppwriteDecode feeds the Appwrite resolver's decoders the bodies
+// Appwrite (or whatever answers in its place) sends: an account and a page
+// of memberships. They must never panic; whatever they accept must name a
+// valid user, grant roles built only from valid ids (no ':' or '/' smuggled
+// into a role), never `any` or `guests`, only confirmed memberships of
+// that user, and an account that is a JSON object without password fields.
+func FuzzAppwriteDecode(f *testing.F) {
+	f.Add([]byte(`{"$id":"ann","emailVerification":true,"labels":["vip"],"status":true,"password":"x","hash":"argon2"}`),
+		[]byte(`{"total":2,"memberships":[{"$id":"m1","userId":"ann","teamId":"t1","confirm":true,"roles":["owner"]},{"$id":"m2","userId":"ann","teamId":"t2","confirm":false,"roles":["admin"]}]}`))
+	f.Add([]byte(`{"$id":"a:b","labels":[]}`), []byte(`{"total":0,"memberships":[]}`))
+	f.Add([]byte(`{"$id":"ann","labels":"vip"}`), []byte(`{"total":1,"memberships":[{"$id":"m1","userId":"bob","teamId":"t1","confirm":true}]}`))
+	f.Add([]byte(`null`), []byte(`{"memberships":null}`))
+	f.Add([]byte(`[]`), []byte(`{"total":1,"memberships":[{"$id":"m1","userId":"ann","teamId":"t1/x","confirm":"yes"}]}`))
+	f.Fuzz(func(t *testing.T, account, memberships []byte) {
+		u, acct, err := decodeAccount(account)
+		if err != nil {
+			return
+		}
+		if !validID(u.ID) || !json.Valid(acct) || len(acct) == 0 || acct[0] != '{' {
+			t.Fatalf("accepted account %q as %+v %s", account, u, acct)
+		}
+		var fields map[string]json.RawMessage
+		if json.Unmarshal(acct, &fields) != nil {
+			t.Fatalf("account %s is not an object", acct)
+		}
+		for _, k := range accountOnly {
+			if _, ok := fields[k]; ok {
+				t.Fatalf("account %s shows %q", acct, k)
+			}
+		}
+		ms, _, err := decodeMemberships(memberships, u.ID)
+		if err != nil {
+			ms = nil
+		}
+		confirmed := map[string]bool{}
+		for _, m := range ms {
+			if m.Confirm && m.UserID == u.ID {
+				confirmed["team:"+m.TeamID] = true
+				confirmed["member:"+m.ID] = true
+				for _, r := range m.Roles {
+					confirmed["team:"+m.TeamID+"/"+r] = true
+				}
+			}
+		}
+		for i, r := range appwriteRoles(u, ms) {
+			kind, rest, _ := strings.Cut(r, ":")
+			switch {
+			case r == RoleAny || r == RoleGuests || r == "":
+				t.Fatalf("granted %q", r)
+			case i < 4:
+				// user:U, users and the verification pair, in getRoles' order.
+			case kind == "label":
+				if !validID(rest) {
+					t.Fatalf("label role %q", r)
+				}
+			case !confirmed[r]:
+				t.Fatalf("role %q from no confirmed membership of %q (%s)", r, u.ID, memberships)
 			}
 		}
 	})

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"sync"
 	"time"
 )
 
@@ -49,16 +48,7 @@ type HTTPOptions struct {
 type HTTP struct {
 	opts   HTTPOptions
 	client *http.Client
-
-	mu    sync.Mutex
-	cache map[cacheKey]cacheEntry
-}
-
-type cacheKey struct{ project, kind, value string }
-
-type cacheEntry struct {
-	id      Identity
-	expires time.Time
+	cache  *answerCache
 }
 
 // NewHTTP returns an HTTP resolver.
@@ -76,7 +66,7 @@ func NewHTTP(opts HTTPOptions) (*HTTP, error) {
 	if client == nil {
 		client = &http.Client{Timeout: opts.Timeout}
 	}
-	return &HTTP{opts: opts, client: client, cache: make(map[cacheKey]cacheEntry)}, nil
+	return &HTTP{opts: opts, client: client, cache: newAnswerCache(opts.CacheTTL, opts.CacheSize)}, nil
 }
 
 // Resolve implements Resolver.
@@ -95,51 +85,21 @@ func (h *HTTP) Resolve(ctx context.Context, c Credentials) (Identity, error) {
 // roles of uid, bypassing and refreshing the cache.
 func (h *HTTP) ResolveUser(ctx context.Context, project, uid string) (Identity, error) {
 	id, err := h.ask(ctx, cacheKey{project, "userId", uid})
-	h.mu.Lock()
-	for k, e := range h.cache {
-		if k.project == project && e.id.UserID == uid {
-			delete(h.cache, k)
-		}
-	}
-	h.mu.Unlock()
+	h.cache.dropUser(project, uid)
 	return id, err
 }
 
 func (h *HTTP) cached(ctx context.Context, k cacheKey) (Identity, error) {
 	now := time.Now()
-	h.mu.Lock()
-	e, ok := h.cache[k]
-	h.mu.Unlock()
-	if ok && now.Before(e.expires) {
-		return e.id, nil
+	if id, ok := h.cache.get(k, now); ok {
+		return id, nil
 	}
 	id, err := h.ask(ctx, k)
-	if err != nil || h.opts.CacheTTL < 0 {
+	if err != nil {
 		return id, err
 	}
-	h.mu.Lock()
-	if len(h.cache) >= h.opts.CacheSize {
-		h.evictLocked(now)
-	}
-	h.cache[k] = cacheEntry{id: id, expires: now.Add(h.opts.CacheTTL)}
-	h.mu.Unlock()
+	h.cache.put(k, id, now)
 	return id, nil
-}
-
-// evictLocked makes room: expired answers first, then arbitrary ones (map
-// order is random) until a tenth of the cache is free.
-func (h *HTTP) evictLocked(now time.Time) {
-	for k, e := range h.cache {
-		if !now.Before(e.expires) {
-			delete(h.cache, k)
-		}
-	}
-	for k := range h.cache {
-		if len(h.cache) < h.opts.CacheSize*9/10 {
-			break
-		}
-		delete(h.cache, k)
-	}
 }
 
 type backendAnswer struct {

@@ -152,7 +152,7 @@ func TestHTTPCacheIsBounded(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if n := len(r.cache); n > 10 {
+	if n := r.cache.len(); n > 10 {
 		t.Fatalf("cache holds %d answers, limit 10", n)
 	}
 }

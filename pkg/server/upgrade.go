@@ -336,6 +336,11 @@ func (c *conn) resolve(creds auth.Credentials) (auth.Identity, bool) {
 	switch {
 	case err == nil:
 		return id, true
+	case errors.Is(err, auth.ErrUnknownProject):
+		// Appwrite knows no such project (--auth appwrite): refused as
+		// Appwrite's worker refuses it in onOpen.
+		s.log.Debug("project unknown to the resolver", zap.Uint32("conn", uint32(c.id)), zap.Error(err))
+		c.fail(protocol.CodePolicyViolation, "Missing or unknown project ID")
 	case errors.Is(err, auth.ErrUnauthorized) && creds.JWT == "":
 		s.log.Debug("session rejected; connecting as guest", zap.Uint32("conn", uint32(c.id)), zap.Error(err))
 		return auth.Guest(), true

