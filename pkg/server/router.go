@@ -119,6 +119,17 @@ func (r *router) begin(ev *protocol.Event, born int64) {
 // finish wakes the write pool for the connections the event was queued on.
 func (r *router) finish() {
 	s := r.srv
+	// Counted before the write pool is woken, so that a client that got
+	// the event from the pool finds it counted in a scrape made after.
+	s.metrics.deliveries.Add(float64(r.count))
+	if r.zcount > 0 {
+		s.metrics.deflatedDelivered.Add(float64(r.zcount))
+		s.metrics.deflateBytes.WithLabelValues("out", "plain").Add(float64(r.zplain))
+		s.metrics.deflateBytes.WithLabelValues("out", "deflated").Add(float64(r.zwire))
+	}
+	if r.count > 0 {
+		r.usage.Add(r.ev.Project, usage.Counts{Messages: int64(r.count), Outbound: int64(r.outBytes)})
+	}
 	for i, c := range r.sched {
 		s.pool.ch <- c
 		r.sched[i] = nil
@@ -126,16 +137,7 @@ func (r *router) finish() {
 	r.sched = r.sched[:0]
 	r.plain.reset()
 	r.deflated.reset()
-	if r.count > 0 {
-		r.usage.Add(r.ev.Project, usage.Counts{Messages: int64(r.count), Outbound: int64(r.outBytes)})
-	}
 	r.ev, r.prefix, r.zprefix, r.zdone = nil, nil, nil, false
-	s.metrics.deliveries.Add(float64(r.count))
-	if r.zcount > 0 {
-		s.metrics.deflatedDelivered.Add(float64(r.zcount))
-		s.metrics.deflateBytes.WithLabelValues("out", "plain").Add(float64(r.zplain))
-		s.metrics.deflateBytes.WithLabelValues("out", "deflated").Add(float64(r.zwire))
-	}
 }
 
 // visit queues the event on c if one of c's subscriptions matches it. The
