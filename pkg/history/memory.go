@@ -204,7 +204,9 @@ func (m *Memory) evictOldest(p *project) {
 	size := int64(len(e.data)) + entryOverhead
 	p.bytes -= size
 	m.bytes -= size
-	p.floor = e.pos
+	if p.floor.Less(e.pos) { // a gap may have set it higher already
+		p.floor = e.pos
+	}
 	if len(p.held()) == 0 {
 		delete(m.projects, p.name)
 		// Its floor matters to readers only while inside the window;
