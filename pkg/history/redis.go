@@ -16,10 +16,12 @@ import (
 const DefaultPrefix = "switchboard:history"
 
 // redisOverhead is what an event costs Redis beside its bytes, counted by
-// the caps: measured with MEMORY USAGE over streams of 1 KB events
-// (BenchmarkRedisBytesPerEvent: about 30 B an entry in the stream's
-// listpacks and radix tree, plus the field name), rounded up.
-const redisOverhead = 48
+// the caps so that they bound Redis's memory, not only payloads. Measured
+// (BenchmarkRedisBytesPerEvent, 1 KB events, Redis 7.0 defaults):
+// used_memory grows by 1,206 B an event, MEMORY USAGE of the stream says
+// 1,306 B (listpacks of stream-node-max-bytes 4096 hold three such
+// events, and jemalloc rounds each up).
+const redisOverhead = 200
 
 // RedisOptions configures NewRedis.
 type RedisOptions struct {
@@ -183,11 +185,12 @@ for i = 2, 6 do redis.call('PEXPIRE', KEYS[i], ARGV[8]) end
 return {1, id, last}
 `)
 
-// sinceScript reads a project's events after a position, with the proof
-// that none is missing: the window, the project's floor, the partition's
-// gaps, and a live lease (with no appender, events are being lost now).
-// Replies {0} when incomplete, {1, entries} otherwise.
-var sinceScript = redis.NewScript(`
+// checkScript tells whether a project's history is complete after a
+// position: the window, the project's floor, the partition's gaps, and a
+// live lease (with no appender, events are being lost now). Replies 1 or
+// 0. Since runs it and XRANGE in one MULTI, so no eviction falls between
+// the proof and the read.
+var checkScript = redis.NewScript(`
 local function before(a, b) -- a < b, both "ms-seq"
   local am, as = string.match(a, '^(%d+)-(%d+)$')
   local bm, bs = string.match(b, '^(%d+)-(%d+)$')
@@ -198,14 +201,14 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local after = ARGV[1]
 local ams = tonumber(string.match(after, '^(%d+)'))
-if ams + tonumber(ARGV[3]) < now then return {0} end
-if not redis.call('GET', KEYS[4]) then return {0} end
+if ams + tonumber(ARGV[2]) < now then return 0 end
+if not redis.call('GET', KEYS[3]) then return 0 end
 local f = redis.call('HGET', KEYS[1], 'f')
-if f and before(after, f) then return {0} end
+if f and before(after, f) then return 0 end
 for _, g in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], ams, '+inf')) do
-  if before(after, g) then return {0} end
+  if before(after, g) then return 0 end
 end
-return {1, redis.call('XRANGE', KEYS[3], '(' .. after, '+', 'COUNT', ARGV[2])}
+return 1
 `)
 
 // appendStatus is the first element of appendScript's reply.
@@ -263,41 +266,34 @@ func (r *Redis) append(ctx context.Context, project string, data []byte, prev st
 // Since implements Store.
 func (r *Redis) Since(ctx context.Context, project string, after Position, limit int) ([]Event, bool, error) {
 	t := r.tag(r.PartitionOf(project))
-	keys := []string{t + "m:" + project, t + "gaps", t + "s:" + project, t + "lease"}
-	res, err := sinceScript.Run(ctx, r.c, keys, after.String(), limit, r.cfg.Window.Milliseconds()).Slice()
+	// Inside MULTI an EVALSHA of a script Redis does not know would fail
+	// the transaction, so load it first (a no-op once loaded).
+	if err := checkScript.Load(ctx, r.c).Err(); err != nil {
+		return nil, false, fmt.Errorf("history: read %s after %s: load script: %w", project, after, err)
+	}
+	var check *redis.Cmd
+	var xr *redis.XMessageSliceCmd
+	_, err := r.c.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		check = checkScript.EvalSha(ctx, p, []string{t + "m:" + project, t + "gaps", t + "lease"},
+			after.String(), r.cfg.Window.Milliseconds())
+		xr = p.XRangeN(ctx, t+"s:"+project, "("+after.String(), "+", int64(limit))
+		return nil
+	})
 	if err != nil {
 		return nil, false, fmt.Errorf("history: read %s after %s: %w", project, after, err)
 	}
-	if st, _ := res[0].(int64); st != 1 {
+	if ok, _ := check.Int(); ok != 1 {
 		return nil, false, nil
 	}
-	entries, _ := res[1].([]any)
-	evs := make([]Event, 0, len(entries))
-	for _, e := range entries {
-		ev, err := parseEntry(e)
+	msgs := xr.Val()
+	evs := make([]Event, 0, len(msgs))
+	for _, m := range msgs {
+		pos, err := ParsePosition(m.ID)
 		if err != nil {
 			return nil, false, fmt.Errorf("history: read %s after %s: %w", project, after, err)
 		}
-		evs = append(evs, ev)
+		d, _ := m.Values["d"].(string)
+		evs = append(evs, Event{Pos: pos, Data: []byte(d)})
 	}
 	return evs, true, nil
-}
-
-// parseEntry reads one XRANGE entry: [id, [field, value]].
-func parseEntry(e any) (Event, error) {
-	pair, ok := e.([]any)
-	if !ok || len(pair) != 2 {
-		return Event{}, fmt.Errorf("stream entry %v is not [id, fields]", e)
-	}
-	id, _ := pair[0].(string)
-	pos, err := ParsePosition(id)
-	if err != nil {
-		return Event{}, err
-	}
-	fields, _ := pair[1].([]any)
-	if len(fields) != 2 {
-		return Event{}, fmt.Errorf("stream entry %s has %d fields, want d", id, len(fields))
-	}
-	data, _ := fields[1].(string)
-	return Event{Pos: pos, Data: []byte(data)}, nil
 }

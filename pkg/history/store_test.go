@@ -23,6 +23,8 @@ type harness struct {
 	// held is the bytes the store counts (the whole store, or the
 	// partition of project).
 	held func(project string) int64
+	// overhead is what the store counts per event beside its bytes.
+	overhead int64
 }
 
 // newStore makes an empty store bounded by cfg.
@@ -146,8 +148,10 @@ func testStore(t *testing.T, mk newStore) {
 	})
 
 	t.Run("ProjectCap", func(t *testing.T) {
-		// Room for three 200-byte events with their overhead, not four.
-		h := mk(t, Config{Window: time.Minute, MaxProjectBytes: 3*(200+redisOverhead+entryOverhead) - 1, MaxBytes: 1 << 22})
+		// Room for three 200-byte events with their overhead, not four
+		// (the first store only tells the overhead).
+		h := mk(t, Config{Window: time.Minute, MaxProjectBytes: 1 << 20, MaxBytes: 1 << 22})
+		h = mk(t, Config{Window: time.Minute, MaxProjectBytes: 4*(200+h.overhead) - 1, MaxBytes: 1 << 22})
 		var pos []Position
 		var evs [][]byte
 		for i := range 6 {
@@ -168,7 +172,7 @@ func testStore(t *testing.T, mk newStore) {
 	})
 
 	t.Run("ManyProjectsBounded", func(t *testing.T) {
-		capBytes := int64(8 * (300 + redisOverhead + entryOverhead))
+		capBytes := int64(8 * (300 + mk(t, long).overhead))
 		h := mk(t, Config{Window: time.Minute, MaxProjectBytes: 1 << 20, MaxBytes: capBytes})
 		var first, last Position
 		for i := range 200 {
@@ -233,7 +237,7 @@ func (c *fakeClock) advance(d time.Duration) {
 func newMemoryHarness(t *testing.T, cfg Config) harness {
 	c := &fakeClock{t: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)}
 	m := NewMemory(cfg, c.now)
-	return harness{s: m, advance: c.advance, gap: m.Gap, held: func(string) int64 { return m.Bytes() }}
+	return harness{s: m, advance: c.advance, gap: m.Gap, held: func(string) int64 { return m.Bytes() }, overhead: entryOverhead}
 }
 
 func TestMemoryStore(t *testing.T) { testStore(t, newMemoryHarness) }
@@ -266,8 +270,9 @@ func redisHarness(client redis.UniversalClient, partitions int) newStore {
 			t.Fatal(err)
 		}
 		return harness{
-			s:       r,
-			advance: time.Sleep,
+			s:        r,
+			overhead: redisOverhead,
+			advance:  time.Sleep,
 			gap: func() {
 				// What the Appender does after FeedLost: the next append
 				// of the partition records the gap.
