@@ -20,6 +20,14 @@ type node struct {
 	a *Appender
 }
 
+// newRedisClient starts a redis-server for the test and connects to it.
+func newRedisClient(t testing.TB) *redis.Client {
+	srv := redistest.Start(t)
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 func newNode(t *testing.T, c redis.UniversalClient, prefix, id string, ttl time.Duration, ring int) *node {
 	r, err := NewRedis(RedisOptions{Client: c, Prefix: prefix, Node: id, Config: Config{Window: time.Minute}})
 	if err != nil {
@@ -63,6 +71,32 @@ func stream(t *testing.T, c redis.UniversalClient, r *Redis) []string {
 	return out
 }
 
+// positions returns the positions of project p's stream, oldest first.
+func positions(t *testing.T, c redis.UniversalClient, r *Redis) []Position {
+	t.Helper()
+	var out []Position
+	for _, x := range c.XRange(context.Background(), r.StreamKey("p"), "-", "+").Val() {
+		pos, err := ParsePosition(x.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, pos)
+	}
+	return out
+}
+
+// wantGap checks that project p's history has a gap between the positions
+// before and after: incomplete from before, and from after exactly rest.
+func wantGap(t *testing.T, r *Redis, before, after Position, rest []string) {
+	t.Helper()
+	if got, ok := since(t, r, "p", before, 100); ok {
+		t.Fatalf("complete across the gap: %q", got)
+	}
+	if got, ok := since(t, r, "p", after, 100); !ok || !same(got, rest) {
+		t.Fatalf("after the gap: %v %q, want %q", ok, got, rest)
+	}
+}
+
 func msgs(from, to int) [][]byte {
 	var m [][]byte
 	for i := from; i <= to; i++ {
@@ -79,9 +113,7 @@ func texts(m [][]byte) []string { return want(m...) }
 // every event exactly once, in order, and no gap (the bound when the ring
 // spans the hand-over: 0 lost, 0 duplicated).
 func TestAppenderOneLeaderAndFailover(t *testing.T) {
-	srv := redistest.Start(t)
-	c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
-	defer c.Close()
+	c := newRedisClient(t)
 	ttl := 300 * time.Millisecond
 	a := newNode(t, c, "fo", "a", ttl, 64)
 	b := newNode(t, c, "fo", "b", ttl, 64)
@@ -128,9 +160,7 @@ func TestAppenderOneLeaderAndFailover(t *testing.T) {
 // is lost from history and a gap says so: readers from before it get
 // incomplete, readers after it are served.
 func TestAppenderFailoverBeyondRing(t *testing.T) {
-	srv := redistest.Start(t)
-	c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
-	defer c.Close()
+	c := newRedisClient(t)
 	ttl := 200 * time.Millisecond
 	a := newNode(t, c, "fr", "a", ttl, 64)
 	b := newNode(t, c, "fr", "b", ttl, 2)
@@ -145,23 +175,14 @@ func TestAppenderFailoverBeyondRing(t *testing.T) {
 	if got := stream(t, c, b.r); !same(got, want) {
 		t.Fatalf("stream:\n got %q\nwant %q", got, want)
 	}
-	xs := c.XRange(context.Background(), b.r.StreamKey("p"), "-", "+").Val()
-	p3, _ := ParsePosition(xs[2].ID)
-	p8, _ := ParsePosition(xs[3].ID)
-	if got, ok := since(t, b.r, "p", p3, 100); ok {
-		t.Fatalf("across the lost hand-over: complete, %q", got)
-	}
-	if got, ok := since(t, b.r, "p", p8, 100); !ok || !same(got, texts(all[8:])) {
-		t.Fatalf("after the gap: %v %q", ok, got)
-	}
+	pos := positions(t, c, b.r)
+	wantGap(t, b.r, pos[2], pos[3], texts(all[8:])) // between 3 and 8
 }
 
 // TestAppenderFenced: a node that wrongly believes it leads (its clock, a
 // pause) cannot write: Redis checks the lease on every append.
 func TestAppenderFenced(t *testing.T) {
-	srv := redistest.Start(t)
-	c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
-	defer c.Close()
+	c := newRedisClient(t)
 	a := newNode(t, c, "fe", "a", time.Minute, 64)
 	b := newNode(t, c, "fe", "b", time.Minute, 64)
 	a.tick(t)
@@ -178,31 +199,20 @@ func TestAppenderFenced(t *testing.T) {
 // TestAppenderFeedLost: a leader whose subscription missed messages
 // records a gap at its next append; the stream cannot pretend to be whole.
 func TestAppenderFeedLost(t *testing.T) {
-	srv := redistest.Start(t)
-	c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
-	defer c.Close()
+	c := newRedisClient(t)
 	a := newNode(t, c, "fl", "a", time.Minute, 64)
 	a.tick(t)
 	feed(t, msgs(1, 2), a)
 	a.a.FeedLost()
 	feed(t, msgs(4, 5), a) // 3 was missed
-	xs := c.XRange(context.Background(), a.r.StreamKey("p"), "-", "+").Val()
-	p2, _ := ParsePosition(xs[1].ID)
-	p4, _ := ParsePosition(xs[2].ID)
-	if _, ok := since(t, a.r, "p", p2, 10); ok {
-		t.Fatal("complete across the missed message")
-	}
-	if got, ok := since(t, a.r, "p", p4, 10); !ok || !same(got, texts(msgs(5, 5))) {
-		t.Fatalf("after: %v %q", ok, got)
-	}
+	pos := positions(t, c, a.r)
+	wantGap(t, a.r, pos[1], pos[2], texts(msgs(5, 5))) // between 2 and 4
 }
 
 // TestLeaseRelease: a draining leader releases; the successor takes over
 // at its next tick, not after the TTL, and no read sees a gap.
 func TestLeaseRelease(t *testing.T) {
-	srv := redistest.Start(t)
-	c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
-	defer c.Close()
+	c := newRedisClient(t)
 	a := newNode(t, c, "rl", "a", time.Minute, 64)
 	b := newNode(t, c, "rl", "b", time.Minute, 64)
 	a.tick(t)

@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-
-	"github.com/switchboard-rt/switchboard/internal/redistest"
 )
 
 // eventSize is the size of a typical Appwrite document event.
@@ -82,9 +80,7 @@ func BenchmarkMemoryBytesPerEvent(b *testing.B) {
 }
 
 func benchRedis(b *testing.B) (*redis.Client, *Redis) {
-	srv := redistest.Start(b)
-	c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
-	b.Cleanup(func() { c.Close() })
+	c := newRedisClient(b)
 	r, err := NewRedis(RedisOptions{Client: c, Node: "n1", Config: Config{MaxBytes: 1 << 30, MaxProjectBytes: 1 << 30}})
 	if err != nil {
 		b.Fatal(err)

@@ -289,10 +289,7 @@ func redisHarness(client redis.UniversalClient, partitions int) newStore {
 }
 
 func TestRedisStore(t *testing.T) {
-	srv := redistest.Start(t)
-	c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
-	defer c.Close()
-	testStore(t, redisHarness(c, 0))
+	testStore(t, redisHarness(newRedisClient(t), 0))
 }
 
 // TestRedisClusterStore runs the table on a three-master cluster with the
