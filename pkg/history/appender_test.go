@@ -114,7 +114,9 @@ func texts(m [][]byte) []string { return want(m...) }
 // spans the hand-over: 0 lost, 0 duplicated).
 func TestAppenderOneLeaderAndFailover(t *testing.T) {
 	c := newRedisClient(t)
-	ttl := 300 * time.Millisecond
+	// Long enough that b's first tick, after a few round trips, surely
+	// comes before the lapse, even on a loaded machine.
+	ttl := time.Second
 	a := newNode(t, c, "fo", "a", ttl, 64)
 	b := newNode(t, c, "fo", "b", ttl, 64)
 	a.tick(t)

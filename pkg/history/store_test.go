@@ -25,6 +25,8 @@ type harness struct {
 	held func(project string) int64
 	// overhead is what the store counts per event beside its bytes.
 	overhead int64
+	// virtual: advance moves a clock of the test's own.
+	virtual bool
 }
 
 // newStore makes an empty store bounded by cfg.
@@ -124,7 +126,7 @@ func testStore(t *testing.T, mk newStore) {
 	})
 
 	t.Run("Window", func(t *testing.T) {
-		w := 600 * time.Millisecond
+		w := time.Second
 		h := mk(t, Config{Window: w, MaxProjectBytes: 1 << 20, MaxBytes: 1 << 22})
 		a := mustAppend(t, h.s, "p", event("p", 1, 100))
 		h.advance(w / 2)
@@ -136,8 +138,14 @@ func testStore(t *testing.T, mk newStore) {
 		if got, ok := since(t, h.s, "p", a, 10); ok || len(got) != 0 {
 			t.Fatalf("since an expired position: %v %q", ok, got)
 		}
-		if got, ok := since(t, h.s, "p", c, 10); !ok || !same(got, want(b)) {
-			t.Fatalf("since a position inside the window: %v %q", ok, got)
+		// Redis's clock is the wall clock: a late wake-up may have taken
+		// c out of the window too, which is no failure of the store.
+		if inside := time.Now().UnixMilli()-int64(c.MS) < w.Milliseconds()-20 || h.virtual; inside {
+			if got, ok := since(t, h.s, "p", c, 10); !ok || !same(got, want(b)) {
+				t.Fatalf("since a position inside the window: %v %q", ok, got)
+			}
+		} else {
+			t.Logf("the clock ran %d ms past c: not checked", time.Now().UnixMilli()-int64(c.MS))
 		}
 		before := h.held("p")
 		h.advance(w)
@@ -237,7 +245,7 @@ func (c *fakeClock) advance(d time.Duration) {
 func newMemoryHarness(t *testing.T, cfg Config) harness {
 	c := &fakeClock{t: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)}
 	m := NewMemory(cfg, c.now)
-	return harness{s: m, advance: c.advance, gap: m.Gap, held: func(string) int64 { return m.Bytes() }, overhead: entryOverhead}
+	return harness{s: m, advance: c.advance, gap: m.Gap, held: func(string) int64 { return m.Bytes() }, overhead: entryOverhead, virtual: true}
 }
 
 func TestMemoryStore(t *testing.T) { testStore(t, newMemoryHarness) }
