@@ -1,0 +1,284 @@
+package history
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// DefaultLeaseTTL is how long a partition's lease lasts without renewal:
+// a dead appender is replaced within TTL + TTL/3. Three seconds keeps the
+// successor's ring (DefaultRingEvents) able to bridge the hand-over at up
+// to ~1,000 events/s per partition.
+const DefaultLeaseTTL = 3 * time.Second
+
+// DefaultRingEvents is how many recent events per partition an Appender
+// keeps, leader or not, to bridge a change of leader without loss.
+const DefaultRingEvents = 4096
+
+// leaseScript takes the lease when free, or renews it when held by the
+// caller (SET NX PX and a fenced PEXPIRE, in one call). Replies 1 when the
+// caller holds it afterwards.
+var leaseScript = redis.NewScript(`
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if cur then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+return 1
+`)
+
+// releaseScript gives the lease up, if still the caller's.
+var releaseScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`)
+
+// Lease elects one appender per partition: SET NX PX with the node's id,
+// renewed every TTL/3 by its holder. Held answers from the local clock,
+// conservatively: until the renewal's start + TTL - TTL/10, so that a
+// holder whose clock runs up to 10 % fast stops believing before Redis
+// lets the key lapse. Appends are fenced by the key itself (appendScript),
+// so two nodes never both append even if a belief is wrong.
+type Lease struct {
+	c    redis.UniversalClient
+	keys []string
+	node string
+	ttl  time.Duration
+	now  func() time.Time
+
+	mu    sync.Mutex
+	until []time.Time // per partition: held until then
+}
+
+// NewLease returns the lease of every partition of r for node r's Node.
+func NewLease(r *Redis, ttl time.Duration) *Lease {
+	if ttl <= 0 {
+		ttl = DefaultLeaseTTL
+	}
+	l := &Lease{c: r.c, node: r.node, ttl: ttl, now: time.Now, until: make([]time.Time, r.n)}
+	for p := range r.n {
+		l.keys = append(l.keys, r.LeaseKey(p))
+	}
+	return l
+}
+
+// Tick takes or renews every partition's lease once. It returns the
+// first error; partitions that answered are updated anyway.
+func (l *Lease) Tick(ctx context.Context) error {
+	var first error
+	for p, k := range l.keys {
+		start := l.now()
+		ok, err := leaseScript.Run(ctx, l.c, []string{k}, l.node, l.ttl.Milliseconds()).Int()
+		l.mu.Lock()
+		if err == nil && ok == 1 {
+			l.until[p] = start.Add(l.ttl - l.ttl/10)
+		} else {
+			l.until[p] = time.Time{}
+		}
+		l.mu.Unlock()
+		if err != nil && first == nil {
+			first = fmt.Errorf("history: lease %s: %w", k, err)
+		}
+	}
+	return first
+}
+
+// Run ticks every TTL/3 until ctx ends, then releases what it holds.
+func (l *Lease) Run(ctx context.Context) {
+	t := time.NewTicker(l.ttl / 3)
+	defer t.Stop()
+	for {
+		_ = l.Tick(ctx) // a failed tick lets Held lapse; the next one retries
+		select {
+		case <-ctx.Done():
+			rctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			l.Release(rctx)
+			cancel()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Held tells whether this node holds partition p's lease.
+func (l *Lease) Held(p int) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.now().Before(l.until[p])
+}
+
+// Release gives up every lease this node holds (a drain's last step), so
+// that a successor takes over at its next tick instead of after the TTL.
+func (l *Lease) Release(ctx context.Context) {
+	for p, k := range l.keys {
+		_ = releaseScript.Run(ctx, l.c, []string{k}, l.node).Err() // it lapses anyway
+		l.mu.Lock()
+		l.until[p] = time.Time{}
+		l.mu.Unlock()
+	}
+}
+
+// ringEntry is one recent event an Appender saw.
+type ringEntry struct {
+	project string
+	data    []byte
+	digest  uint64
+}
+
+// ring is one partition's recent events in feed order. Events [next,
+// end) are not yet known to be in Redis. Absolute indexes: the entry of
+// index i is buf[i % len(buf)], held while start <= i < end.
+type ring struct {
+	buf        []ringEntry
+	start, end int
+	next       int
+	last       string // the partition's last as this node believes it
+	gap        bool   // the next append records a gap
+}
+
+func (r *ring) at(i int) *ringEntry { return &r.buf[i%len(r.buf)] }
+
+func (r *ring) push(e ringEntry) {
+	if r.end-r.start == len(r.buf) {
+		r.start++
+		if r.next < r.start {
+			r.next = r.start
+			r.gap = true // an event we had to append fell out
+		}
+	}
+	*r.at(r.end) = e
+	r.end++
+}
+
+// find returns the index after the run of events whose digests are last
+// (hex, 16 characters each), the newest such run; false if not held.
+func (r *ring) find(last string) (int, bool) {
+	k := len(last) / 16
+	if k == 0 || len(last)%16 != 0 {
+		return 0, false
+	}
+	want := make([]uint64, k)
+	for j := range want {
+		d, err := strconv.ParseUint(last[16*j:16*j+16], 16, 64)
+		if err != nil {
+			return 0, false
+		}
+		want[j] = d
+	}
+	for i := r.end - 1; i-k+1 >= r.start; i-- {
+		match := true
+		for j, d := range want {
+			if r.at(i-k+1+j).digest != d {
+				match = false
+				break
+			}
+		}
+		if match {
+			return i + 1, true
+		}
+	}
+	return 0, false
+}
+
+// Appender copies the broker's feed into the Redis history on the node
+// that holds a partition's lease. Every node runs one and offers it every
+// message in the order its subscription delivered them (Pub/Sub gives every
+// subscriber of a channel the same order); each keeps the last RingEvents
+// of each partition. Appends are chained: each states the digests of the
+// partition's last events as it believes them, and Redis refuses one that
+// does not follow. So when a successor takes over (the leader died or
+// released), its first append is refused with where history stands, it
+// finds that point in its ring and appends what followed, in order: no
+// event lost or written twice across a change of leader, as long as the
+// successor's ring still holds the last appended event (at 1,000 events/s a
+// partition, a 4,096-event ring spans 4 s, more than a lapsed lease's TTL
+// + TTL/3). Otherwise it records a gap, and readers from before it see
+// incomplete history.
+//
+// Offer is called from one goroutine (the broker's handler, beside the
+// router, never on it): it makes one round trip per event while leader.
+type Appender struct {
+	store *Redis
+	lease *Lease
+
+	rings []ring
+}
+
+// NewAppender returns an Appender of store for lease; ringEvents <= 0 means
+// DefaultRingEvents.
+func NewAppender(store *Redis, lease *Lease, ringEvents int) *Appender {
+	if ringEvents <= 0 {
+		ringEvents = DefaultRingEvents
+	}
+	a := &Appender{store: store, lease: lease, rings: make([]ring, store.n)}
+	for i := range a.rings {
+		a.rings[i].buf = make([]ringEntry, ringEvents)
+	}
+	return a
+}
+
+// Offer takes one message of the feed for project. While this node holds
+// the partition's lease, it appends it (and whatever the chain shows is
+// missing before it).
+func (a *Appender) Offer(ctx context.Context, project string, data []byte) error {
+	p := a.store.PartitionOf(project)
+	r := &a.rings[p]
+	r.push(ringEntry{project: project, data: append([]byte(nil), data...), digest: Digest(data)})
+	if !a.lease.Held(p) {
+		// A follower appends nothing; were it to take over now, it would
+		// start from the newest and let the chain walk it back.
+		r.next, r.last, r.gap = r.end, "", false
+		return nil
+	}
+	return a.flush(ctx, r)
+}
+
+// flush appends r's events from next on.
+func (a *Appender) flush(ctx context.Context, r *ring) error {
+	for r.next < r.end {
+		e := r.at(r.next)
+		prev := r.last
+		if r.gap {
+			prev = "*"
+		}
+		st, _, last, err := a.store.append(ctx, e.project, e.data, prev, e.digest)
+		if err != nil {
+			// Unknown whether it was written: the chain tells at the
+			// next append.
+			return err
+		}
+		switch st {
+		case appendDone:
+			r.next++
+			r.last, r.gap = last, false
+		case appendNotLeader:
+			r.next = r.end
+			return nil
+		case appendResync:
+			if i, ok := r.find(last); ok && i <= r.end {
+				r.next, r.last = i, last
+			} else {
+				// Where history stands is not in the ring: what was
+				// published in between is lost; say so.
+				r.next, r.gap = r.end-1, true
+			}
+		}
+	}
+	return nil
+}
+
+// FeedLost tells the Appender that its subscription missed messages (it
+// reconnected, or its buffer overflowed). The rings no longer show the
+// feed's order, so they are emptied; the next append of a partition this
+// node leads records a gap.
+func (a *Appender) FeedLost() {
+	for i := range a.rings {
+		r := &a.rings[i]
+		r.start, r.next = r.end, r.end
+		r.gap = true
+	}
+}
