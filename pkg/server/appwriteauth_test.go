@@ -280,9 +280,7 @@ func TestAppwriteAuthBadAnswers(t *testing.T) {
 // TestAppwriteAuthStormFullSize (make storm).
 func TestAppwriteAuthStorm(t *testing.T) {
 	r := runAppwriteStorm(t, 50, 20, 20*time.Millisecond)
-	if worst := r.storm[len(r.storm)-1]; worst > time.Second {
-		t.Fatalf("p2's events were delayed up to %v during p1's storm", worst)
-	}
+	r.check(t, 3*time.Second)
 }
 
 // TestAppwriteAuthStormFullSize is the storm: 5,000 connections of
@@ -300,11 +298,8 @@ func TestAppwriteAuthStormFullSize(t *testing.T) {
 	}
 	fast := runAppwriteStorm(t, 50, 100, 20*time.Millisecond)
 	slow := runAppwriteStorm(t, 50, 100, 500*time.Millisecond)
-	for _, r := range []stormResult{fast, slow} {
-		if worst := r.storm[len(r.storm)-1]; worst > 2*time.Second {
-			t.Errorf("Appwrite %v late: p2's events were delayed up to %v during p1's storm", r.late, worst)
-		}
-	}
+	fast.check(t, 3*time.Second)
+	slow.check(t, 3*time.Second)
 	// A router that waited for resolutions would deliver p2's events half
 	// a second (a lookup is two calls: a second) later when Appwrite is.
 	if d := quantile(slow.storm, 0.5) - quantile(fast.storm, 0.5); d > 250*time.Millisecond {
@@ -320,7 +315,29 @@ type stormResult struct {
 	// admin API answered 202 (the HTTP round trip into the router's
 	// queue), sorted; the rest is the router, the write pool and the read.
 	stormPublish []time.Duration
-	took         time.Duration // both rounds of connects
+	// stormDelivery is the rest of each: from the 202 to the event's
+	// arrival at p2's subscriber, sorted.
+	stormDelivery []time.Duration
+	took          time.Duration // both rounds of connects
+}
+
+// check fails t if p2's slowest event during the storm took longer than
+// total, or if any spent more than 1 s between the admin API's 202 and
+// its arrival: the router, the write pool, the socket and the test's
+// reader. The whole is
+// bounded loosely because the publish call is an HTTP round trip that, on
+// a box shared with other work, waits for CPU beside the storm's
+// thousands of goroutines (2.2 s once under -race at load 5.8 on 2
+// cores); the part after the 202 stayed under 0.1 ms at the median and
+// 90 ms at most in the runs measured.
+func (r stormResult) check(t *testing.T, total time.Duration) {
+	t.Helper()
+	if worst := r.storm[len(r.storm)-1]; worst > total {
+		t.Errorf("Appwrite %v late: p2's events were delayed up to %v during p1's storm", r.late, worst)
+	}
+	if worst := r.stormDelivery[len(r.stormDelivery)-1]; worst > time.Second {
+		t.Errorf("Appwrite %v late: p2's events took up to %v from the publish's 202 to the subscriber during p1's storm", r.late, worst)
+	}
 }
 
 func quantile(sorted []time.Duration, q float64) time.Duration {
@@ -335,8 +352,8 @@ func (r stormResult) String() string {
 		return fmt.Sprintf("p50 %v p99 %v max %v (%d events)", quantile(l, 0.5).Round(time.Millisecond/10),
 			quantile(l, 0.99).Round(time.Millisecond/10), l[len(l)-1].Round(time.Millisecond/10), len(l))
 	}
-	return fmt.Sprintf("Appwrite %v late, storm took %v: p2 idle %s; during the storm %s, of which the publish call %s",
-		r.late, r.took.Round(time.Millisecond), f(r.idle), f(r.storm), f(r.stormPublish))
+	return fmt.Sprintf("Appwrite %v late, storm took %v: p2 idle %s; during the storm %s; of which the publish call %s, and from its 202 to the subscriber %s",
+		r.late, r.took.Round(time.Millisecond), f(r.idle), f(r.storm), f(r.stormPublish), f(r.stormDelivery))
 }
 
 // runAppwriteStorm connects users x perUser connections of project p1 at
@@ -368,7 +385,7 @@ func runAppwriteStorm(t *testing.T, users, perUser int, late time.Duration) stor
 
 	// timed publishes p2's events until stop is closed or n were sent,
 	// one each 20 ms, and returns their latencies, sorted.
-	timed := func(stop <-chan struct{}, n int) (lat, pub []time.Duration) {
+	timed := func(stop <-chan struct{}, n int) (lat, pub, del []time.Duration) {
 	loop:
 		for i := range n {
 			select {
@@ -382,25 +399,27 @@ func runAppwriteStorm(t *testing.T, users, perUser int, late time.Duration) stor
 				t.Error(err)
 				break loop
 			}
-			pub = append(pub, time.Since(start))
+			accepted := time.Since(start)
 			if _, err := watcher.tryRead(10 * time.Second); err != nil {
 				t.Error(err)
 				break loop
 			}
-			lat = append(lat, time.Since(start))
+			whole := time.Since(start)
+			lat, pub, del = append(lat, whole), append(pub, accepted), append(del, whole-accepted)
 		}
 		slices.Sort(lat)
 		slices.Sort(pub)
-		return lat, pub
+		slices.Sort(del)
+		return lat, pub, del
 	}
 	r := stormResult{late: late}
-	r.idle, _ = timed(nil, 50)
+	r.idle, _, _ = timed(nil, 50)
 
 	stop := make(chan struct{})
-	during := make(chan [2][]time.Duration, 1)
+	during := make(chan [3][]time.Duration, 1)
 	go func() {
-		lat, pub := timed(stop, math.MaxInt)
-		during <- [2][]time.Duration{lat, pub}
+		lat, pub, del := timed(stop, math.MaxInt)
+		during <- [3][]time.Duration{lat, pub, del}
 	}()
 	start := time.Now()
 	for round := range 2 {
@@ -433,7 +452,7 @@ func runAppwriteStorm(t *testing.T, users, perUser int, late time.Duration) stor
 	r.took = time.Since(start)
 	close(stop)
 	d := <-during
-	r.storm, r.stormPublish = d[0], d[1]
+	r.storm, r.stormPublish, r.stormDelivery = d[0], d[1], d[2]
 	if len(r.storm) == 0 {
 		t.Fatal("no p2 event was timed during the storm")
 	}
