@@ -383,6 +383,32 @@ func TestThroughHAProxy(t *testing.T) {
 	checkLateClientsOnNode2(t, front, n1, n2)
 }
 
+// nginxTempPaths are the http-block directives that put what the Debian
+// build keeps under /var (logs, temporary files) in the test's dir.
+func nginxTempPaths(dir string) string {
+	return "    access_log " + filepath.Join(dir, "access.log") + ";\n" +
+		"    client_body_temp_path " + filepath.Join(dir, "body") + ";\n    proxy_temp_path " + filepath.Join(dir, "proxy") + ";\n" +
+		"    fastcgi_temp_path " + filepath.Join(dir, "fastcgi") + ";\n    uwsgi_temp_path " + filepath.Join(dir, "uwsgi") + ";\n" +
+		"    scgi_temp_path " + filepath.Join(dir, "scgi") + ";\n"
+}
+
+// runNginx writes cfg to dir/nginx.conf and runs nginx (bin) on it, in the
+// foreground, until the test ends; its error log is returned.
+func runNginx(t *testing.T, bin, dir, cfg string) *syncBuffer {
+	t.Helper()
+	path := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	global := "daemon off; pid " + filepath.Join(dir, "nginx.pid") + ";"
+	if os.Geteuid() == 0 {
+		global += " user root;" // the workers must reach the test's 0700 directory
+	}
+	out := new(syncBuffer)
+	runProxy(t, out, bin, "-e", "stderr", "-p", dir, "-c", path, "-g", global)
+	return out
+}
+
 func TestThroughNginx(t *testing.T) {
 	nginx := needBinary(t, "nginx")
 	args := []string{"--trusted-proxies", "127.0.0.1", "--connects-per-ip", fmt.Sprint(proxyLimit), "--drain-time", "60s", "--shutdown-timeout", "120s"}
@@ -393,23 +419,10 @@ func TestThroughNginx(t *testing.T) {
 		"listen 80;", "listen "+front+";",
 		"server 10.0.0.11:9505", "server "+n1.addr,
 		"server 10.0.0.12:9505", "server "+n2.addr,
-		// Paths the Debian build would put under /var: the test's own.
-		"http {", "http {\n    access_log "+filepath.Join(dir, "access.log")+";\n"+
-			"    client_body_temp_path "+filepath.Join(dir, "body")+";\n    proxy_temp_path "+filepath.Join(dir, "proxy")+";\n"+
-			"    fastcgi_temp_path "+filepath.Join(dir, "fastcgi")+";\n    uwsgi_temp_path "+filepath.Join(dir, "uwsgi")+";\n"+
-			"    scgi_temp_path "+filepath.Join(dir, "scgi")+";\n",
+		"http {", "http {\n"+nginxTempPaths(dir),
 		// Two workers are plenty here, and cost less memory than auto.
 		"worker_processes auto;", "worker_processes 2;")
-	path := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	global := "daemon off; pid " + filepath.Join(dir, "nginx.pid") + ";"
-	if os.Geteuid() == 0 {
-		global += " user root;" // the workers must reach the test's 0700 directory
-	}
-	out := new(syncBuffer)
-	runProxy(t, out, nginx, "-e", "stderr", "-p", dir, "-c", path, "-g", global)
+	runNginx(t, nginx, dir, cfg)
 	redistest.Eventually(t, 10*time.Second, "nginx forwarding", func() bool {
 		o, _ := tryConnect(t, front, "127.0.0.20", nil)
 		return o == connected
