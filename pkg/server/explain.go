@@ -87,9 +87,8 @@ type explainer struct {
 	srv    *Server
 	ev     *protocol.Event
 	doc    query.Document
-	prefix []byte // the event frame's shared part, as the router encodes it
-	zdone  bool
-	z      []byte // prefix deflated; nil when that does not pay (router.sharedDeflated)
+	prefix []byte      // the event frame's shared part, as the router encodes it
+	z      lazyDeflate // prefix deflated, as router.sharedDeflated
 	def    eventDeflater
 }
 
@@ -141,7 +140,7 @@ func (x *explainer) conn(id index.ID, c *conn) explain.Explained {
 		// first (router.route): it reaches them from the hold, under
 		// the roles the resolver then answers.
 		why = explain.UserHeld
-	case len(c.q.frames) > 0 && c.q.bytes+x.frameSize(ids, c.flags&flagDeflate != 0) > x.srv.cfg.MaxQueueBytes:
+	case c.q.overflows(x.frameSize(ids, c.flags&flagDeflate != 0), x.srv.cfg.MaxQueueBytes):
 		why = explain.QueueOverLimit
 	}
 	for i := range e.Subscriptions {
@@ -159,15 +158,8 @@ func (x *explainer) frameSize(ids []string, deflate bool) int {
 	tail := protocol.AppendEventTail(nil, ids)
 	plain := len(x.prefix) + len(tail)
 	if deflate && plain >= x.srv.cfg.CompressionMinBytes {
-		if !x.zdone {
-			x.zdone = true
-			x.z = x.def.deflateShared(x.prefix)
-			if len(x.z) >= len(x.prefix) {
-				x.z = nil
-			}
-		}
-		if x.z != nil {
-			n := len(x.z) + storedFinalSize(len(tail))
+		if z, _ := x.z.get(&x.def, x.prefix); z != nil {
+			n := len(z) + storedFinalSize(len(tail))
 			return len(appendFrameHeader(nil, ws.OpText, n)) + n
 		}
 	}

@@ -30,8 +30,7 @@ type router struct {
 	prefix   []byte         // the event's shared, encode-once part
 	plain    frameCache     // frames for connections without compression
 	deflated frameCache     // frames for connections that negotiated permessage-deflate
-	zprefix  []byte         // prefix compressed (deflate.go), once the first compressing recipient needs it
-	zdone    bool           // zprefix was computed (it stays nil when compressing would not pay)
+	zprefix  lazyDeflate    // prefix compressed (deflate.go), once the first compressing recipient needs it
 	sched    []*conn        // connections to hand to the write pool
 	count    int            // frames queued for this event
 	zcount   int            // of which compressed
@@ -137,7 +136,7 @@ func (r *router) finish() {
 	r.sched = r.sched[:0]
 	r.plain.reset()
 	r.deflated.reset()
-	r.ev, r.prefix, r.zprefix, r.zdone = nil, nil, nil, false
+	r.ev, r.prefix, r.zprefix = nil, nil, lazyDeflate{}
 }
 
 // visit queues the event on c if one of c's subscriptions matches it. The
@@ -313,13 +312,29 @@ func (r *router) frameBuf(n int) []byte {
 // the first recipient that needs it; nil when compression does not make it
 // smaller (then compressing recipients get the plain frame).
 func (r *router) sharedDeflated() []byte {
-	if !r.zdone {
-		r.zdone = true
-		r.zprefix = r.deflater.deflateShared(r.prefix)
+	z, fresh := r.zprefix.get(&r.deflater, r.prefix)
+	if fresh {
 		r.srv.metrics.deflatedEvents.Inc()
-		if len(r.zprefix) >= len(r.prefix) {
-			r.zprefix = nil
-		}
 	}
-	return r.zprefix
+	return z
+}
+
+// lazyDeflate is an event prefix's compressed form, computed once, for the
+// first recipient that needs it: the router's and explain's.
+type lazyDeflate struct {
+	done bool
+	z    []byte // nil when compressing does not make the prefix smaller
+}
+
+// get returns prefix compressed by d, computing it on the first call;
+// fresh reports whether this call did.
+func (l *lazyDeflate) get(d *eventDeflater, prefix []byte) (z []byte, fresh bool) {
+	if l.done {
+		return l.z, false
+	}
+	l.done = true
+	if l.z = d.deflateShared(prefix); len(l.z) >= len(prefix) {
+		l.z = nil
+	}
+	return l.z, true
 }

@@ -63,12 +63,18 @@ var errWouldBlock = errors.New("socket send buffer full")
 // it is cut (see cut) and push returns errSlowConsumer. A single frame
 // larger than the limit is still queued when nothing else is.
 func (q *sendQueue) push(f outFrame, limit int) error {
-	if len(q.frames) > 0 && q.bytes+f.size() > limit {
+	if q.overflows(f.size(), limit) {
 		return q.cut()
 	}
 	q.frames = append(q.frames, f)
 	q.bytes += f.size()
 	return nil
+}
+
+// overflows reports whether a frame of size bytes would take the queue
+// over limit: push's rule, which explain applies without pushing.
+func (q *sendQueue) overflows(size, limit int) bool {
+	return len(q.frames) > 0 && q.bytes+size > limit
 }
 
 // cut drops the queued frames, but for one already half written (the close
