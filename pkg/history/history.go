@@ -110,8 +110,9 @@ func parseDecimal(s string) (uint64, error) {
 // as the broker received it (the JSON of PROTOCOL.md). Data is shared:
 // callers must not modify it.
 type Event struct {
-	Pos  Position
-	Data []byte
+	Pos    Position
+	Data   []byte
+	Digest uint64 // Digest(Data); set by ReadFrom
 }
 
 // Store is a per-project bounded history.

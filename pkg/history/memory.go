@@ -8,16 +8,17 @@ import (
 )
 
 // entryOverhead is what an event costs the Memory store beside its bytes:
-// its entry in the project's queue (position 16 B + slice 24 B), its
+// its entry in the project's queue (position 16 B, slice 24 B, digest 8 B), its
 // mark in the store's queue (24 B), and the allocator's rounding of the
 // copy (8 B on average). The caps count it, so they bound memory, not
 // only payloads.
-const entryOverhead = 72
+const entryOverhead = 80
 
 // entry is one held event of a project.
 type entry struct {
-	pos  Position
-	data []byte
+	pos    Position
+	data   []byte
+	digest uint64
 }
 
 // mark is an event in the store-wide order of appends; evicting the oldest
@@ -96,7 +97,7 @@ func (m *Memory) Append(_ context.Context, projectID string, data []byte) (Posit
 		m.projects[projectID] = p
 	}
 	size := int64(len(data)) + entryOverhead
-	p.entries = append(p.entries, entry{pos: pos, data: append([]byte(nil), data...)})
+	p.entries = append(p.entries, entry{pos: pos, data: append([]byte(nil), data...), digest: Digest(data)})
 	p.bytes += size
 	m.bytes += size
 	m.marks = append(m.marks, mark{p: p, pos: pos})
@@ -215,4 +216,54 @@ func (m *Memory) evictOldest(p *project) {
 			m.lostFloor = e.pos
 		}
 	}
+}
+
+var _ Reader = (*Memory)(nil)
+
+// ReadFrom implements Reader.
+func (m *Memory) ReadFrom(_ context.Context, projectID string, from Anchor, floorMS uint64) (Span, error) {
+	now := nowMS(m.now())
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.expire(now)
+	p := m.projects[projectID]
+	var held []entry
+	floor := m.lostFloor
+	if p != nil {
+		held, floor = p.held(), p.floor
+	}
+	var span Span
+	if from.IsZero() {
+		after := Position{MS: floorMS, Seq: 1<<64 - 1}
+		if floorMS+uint64(m.cfg.Window.Milliseconds()) < now || after.Less(floor) {
+			return Span{}, nil
+		}
+		i := sort.Search(len(held), func(i int) bool { return after.Less(held[i].pos) })
+		span.Events = copyEntries(held[i:])
+	} else {
+		end, ok := findRun(len(held), func(i int) uint64 { return held[i].digest }, from)
+		if !ok {
+			return Span{}, nil
+		}
+		if held[end].pos.Less(floor) {
+			return Span{}, nil
+		}
+		span.Events = copyEntries(held[end+1-from.N:])
+		span.Start = from.N
+		// What comes after the anchor must also pass floorMS.
+		for span.Start < len(span.Events) && span.Events[span.Start].Pos.MS <= floorMS {
+			span.Start++
+		}
+	}
+	span.Complete = true
+	return span, nil
+}
+
+// copyEntries returns held as events (the data shared, never modified).
+func copyEntries(held []entry) []Event {
+	evs := make([]Event, len(held))
+	for j, e := range held {
+		evs[j] = Event{Pos: e.pos, Data: e.data, Digest: e.digest}
+	}
+	return evs
 }

@@ -1,0 +1,188 @@
+package history
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// AnchorLen is how many of a project's last events an Anchor names: one
+// digest could match an earlier copy of the same message; four in a row
+// do not, in practice.
+const AnchorLen = 4
+
+// Anchor is where a subscription stands in its project's events: the
+// digests of the last events of the project a node had routed, oldest
+// first. Nodes hear the events from Pub/Sub, in the order the history
+// holds them, and never learn stream ids; an Anchor is how they say a
+// position anyway. The zero Anchor names no event: the node had routed
+// none of the project.
+type Anchor struct {
+	D [AnchorLen]uint64
+	N int // how many of D are set (D[:N])
+}
+
+// Push makes d the anchor's newest event.
+func (a *Anchor) Push(d uint64) {
+	if a.N < AnchorLen {
+		a.D[a.N] = d
+		a.N++
+		return
+	}
+	copy(a.D[:], a.D[1:])
+	a.D[AnchorLen-1] = d
+}
+
+// IsZero tells whether a names no event.
+func (a Anchor) IsZero() bool { return a.N == 0 }
+
+// String formats a as its digests in hex, oldest first, joined by '.'
+// ("" for the zero Anchor).
+func (a Anchor) String() string {
+	var b strings.Builder
+	for i, d := range a.D[:a.N] {
+		if i > 0 {
+			b.WriteByte('.')
+		}
+		fmt.Fprintf(&b, "%016x", d)
+	}
+	return b.String()
+}
+
+// ErrBadAnchor is returned by ParseAnchor for anything String does not write.
+var ErrBadAnchor = errors.New("history: malformed anchor")
+
+// ParseAnchor reads an anchor formatted by String. Anchors come back from
+// stored records, so every malformed one is an error.
+func ParseAnchor(s string) (Anchor, error) {
+	var a Anchor
+	if s == "" {
+		return a, nil
+	}
+	parts := strings.Split(s, ".")
+	if len(parts) > AnchorLen {
+		return Anchor{}, fmt.Errorf("%w: %q", ErrBadAnchor, s)
+	}
+	for _, p := range parts {
+		if len(p) != 16 {
+			return Anchor{}, fmt.Errorf("%w: %q", ErrBadAnchor, s)
+		}
+		d, err := strconv.ParseUint(p, 16, 64)
+		if err != nil {
+			return Anchor{}, fmt.Errorf("%w: %q", ErrBadAnchor, s)
+		}
+		a.Push(d)
+	}
+	return a, nil
+}
+
+// Span is a stretch of one project's history, oldest first, each event
+// with its Digest set.
+type Span struct {
+	Events []Event
+	// Start is the index of the first event to replay: after the
+	// anchor's run (the events before it) and after the floor it was
+	// read with.
+	Start int
+	// Complete tells that no event of the project is missing from Start
+	// on: the anchor was found, and nothing after it left the window or
+	// a cap or went unrecorded. A span that is not complete holds no
+	// events.
+	Complete bool
+}
+
+// Find returns the index of the newest event of s that ends a run of
+// events whose digests are a's, and whether there is one. The zero
+// Anchor is never found.
+func (s Span) Find(a Anchor) (int, bool) {
+	return findRun(len(s.Events), func(i int) uint64 { return s.Events[i].Digest }, a)
+}
+
+// findRun returns the index of the last event of the newest run of n
+// events (digest(i) of each) whose digests are a.D[:a.N].
+func findRun(n int, digest func(int) uint64, a Anchor) (int, bool) {
+	if a.N == 0 {
+		return 0, false
+	}
+	for i := n - 1; i >= a.N-1; i-- {
+		ok := true
+		for k := 0; k < a.N; k++ {
+			if digest(i-k) != a.D[a.N-1-k] {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return i, true
+		}
+	}
+	return 0, false
+}
+
+// Reader reads what a returning subscription missed.
+type Reader interface {
+	// ReadFrom returns project's events from the anchor's run on: the
+	// run itself (so a caller can line the span up with other anchors),
+	// then every event after it, up to the newest held; Start skips the
+	// run and the events appended at or before floorMS (the store's
+	// clock). With the zero Anchor it returns the events appended after
+	// floorMS, and Start is 0. Complete is false when the anchor is not
+	// held (older than the window or a cap, or never recorded) or an
+	// event after it may be missing.
+	ReadFrom(ctx context.Context, project string, from Anchor, floorMS uint64) (Span, error)
+}
+
+// Record is what the cluster knows of one subscription id, so that a
+// subscription that comes back (on any node) can be given what it missed.
+type Record struct {
+	Project string
+	ID      string // the subscription id, the SDK's own
+	User    string // "" for a guest
+	Node    string // the node that served it last
+	// Open tells that the node had the subscription's connection open
+	// when it last wrote the record: if the node died since, nobody wrote
+	// where the subscription stood at its end (the node's checkpoint
+	// tells).
+	Open bool
+	// Anchor is where the subscription stood: when it was made, or
+	// exactly at its end when the node knew it (a drain). Zero when the
+	// node had routed no event of the project yet.
+	Anchor Anchor
+	// FloorMS, on the store's clock: events appended at or before it
+	// reached the client or were not its to get. Replay starts after the
+	// anchor and after FloorMS. 0: none.
+	FloorMS uint64
+}
+
+// Records keeps subscription records and node checkpoints (RESUME.md).
+type Records interface {
+	// Put writes recs. A record with floorAge >= 0 gets FloorMS = the
+	// store's now - floorAge, if later than its own. Open records last a
+	// day (their node may die without a word); closed ones the window.
+	Put(ctx context.Context, floorAge time.Duration, recs ...Record) error
+	// Get returns the record of project's subscription id.
+	Get(ctx context.Context, project, id string) (Record, bool, error)
+	// Checkpoint says that node is alive now and that every frame it had
+	// queued was at most queued old: events it routed before now - queued
+	// had left its send queues.
+	Checkpoint(ctx context.Context, node string, queued time.Duration) error
+	// LastCheckpoint returns node's last checkpoint: its time on the
+	// store's clock (ms), the age it stated, and how long ago that was.
+	LastCheckpoint(ctx context.Context, node string) (Checkpoint, bool, error)
+}
+
+// Checkpoint is a node's last word that it was alive.
+type Checkpoint struct {
+	MS     uint64        // when, on the store's clock
+	Queued time.Duration // the oldest frame in its send queues then
+	Age    time.Duration // how long ago, by the store's clock
+}
+
+// OpenRecordTTL is how long a record of a subscription whose connection
+// was open lasts: its node may die without closing it, and a day bounds
+// what that leaves behind. A subscription older than that whose node
+// crashes starts live when it comes back.
+const OpenRecordTTL = 24 * time.Hour
