@@ -59,6 +59,25 @@ func (m *MemoryRecords) Put(_ context.Context, floorAge time.Duration, recs ...R
 	return nil
 }
 
+// End implements Records.
+func (m *MemoryRecords) End(_ context.Context, floorAge time.Duration, node string, refs ...Record) error {
+	now := m.now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, ref := range refs {
+		k := recordKey{ref.Project, ref.ID}
+		r, ok := m.recs[k]
+		if !ok || r.Node != node || !now.Before(r.expires) {
+			continue
+		}
+		r.Open = false
+		r.FloorMS = max(r.FloorMS, nowMS(now.Add(-floorAge)))
+		r.expires = now.Add(m.window)
+		m.recs[k] = r
+	}
+	return nil
+}
+
 // Get implements Records.
 func (m *MemoryRecords) Get(_ context.Context, project, id string) (Record, bool, error) {
 	now := m.now()

@@ -163,6 +163,12 @@ type Records interface {
 	// store's now - floorAge, if later than its own. Open records last a
 	// day (their node may die without a word); closed ones the window.
 	Put(ctx context.Context, floorAge time.Duration, recs ...Record) error
+	// End marks the records of refs (project and id of each) closed by
+	// node, keeping their anchors, with FloorMS = the store's now -
+	// floorAge if later than their own: the subscription's connection
+	// ended and node cannot say exactly what its client received. A
+	// record another node wrote since (it resumed there) is left alone.
+	End(ctx context.Context, floorAge time.Duration, node string, refs ...Record) error
 	// Get returns the record of project's subscription id.
 	Get(ctx context.Context, project, id string) (Record, bool, error)
 	// Checkpoint says that node is alive now and that every frame it had
