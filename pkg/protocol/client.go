@@ -90,6 +90,10 @@ type Subscription struct {
 	// Queries each hold one query's JSON text, e.g.
 	// {"method":"select","values":["*"]}. None means select-all.
 	Queries []string
+	// Resume, in a subscribe response, tells what became of a
+	// subscription made under an id new on its connection (RESUME.md);
+	// nil leaves the field out.
+	Resume *ResumeStatus
 }
 
 // ParseSubscribe parses the data of a `subscribe` message: a JSON array of
@@ -278,4 +282,12 @@ func nonNull(raw json.RawMessage) json.RawMessage {
 func isObject(raw json.RawMessage) bool {
 	t := bytes.TrimSpace(raw)
 	return len(t) > 0 && t[0] == '{'
+}
+
+// ResumeStatus is the subscribe response's "resume" field: "resumed" (the
+// missed events follow), "new", or "live" with a reason ("window",
+// "incomplete", "user", "open", "size") when the subscription could not
+// resume and starts with live events only. SDKs ignore it (RESUME.md).
+type ResumeStatus struct {
+	Status string
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -93,6 +94,16 @@ func AppendSubscribeResponse(dst []byte, subs []Subscription) []byte {
 		dst = appendStringArray(dst, subs[i].Channels)
 		dst = append(dst, `,"queries":`...)
 		dst = appendStringArray(dst, subs[i].Queries)
+		if r := subs[i].Resume; r != nil {
+			status, reason, _ := strings.Cut(r.Status, "_")
+			dst = append(dst, `,"resume":{"status":`...)
+			dst = appendJSONString(dst, status)
+			if reason != "" {
+				dst = append(dst, `,"reason":`...)
+				dst = appendJSONString(dst, reason)
+			}
+			dst = append(dst, '}')
+		}
 		dst = append(dst, '}')
 	}
 	return append(dst, "]}}"...)

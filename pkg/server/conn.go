@@ -151,6 +151,7 @@ const (
 	flagHeld                           // its user's roles are being re-resolved: events wait in the hold (permissions.go)
 	flagPresence                       // it holds its user's presence (presence.go): its close may end the presence
 	flagDeflate                        // it negotiated permessage-deflate (deflate.go): events go to it compressed, its messages may be
+	flagRecorded                       // the drain wrote where its subscriptions ended (resume.go)
 )
 
 // busyLocked reports whether something holds the socket, so that a close
@@ -182,6 +183,7 @@ type subscription struct {
 	channels []string
 	queries  []string      // as the client sent them, for the response
 	filter   *query.Filter // nil: every event on the channels
+	recorded bool          // its id is the client's own, and resumable (resume.go)
 }
 
 // handOver asks netpoll to let go of an upgraded connection's socket and
@@ -355,6 +357,7 @@ func (c *conn) releaseLocked(ownFD bool) {
 	}
 	c.setStateLocked(stateClosed)
 	c.recordClose()
+	c.endRecordsLocked()
 	if c.q.armed {
 		c.srv.waiter.forget(c)
 		c.q.armed = false
@@ -496,13 +499,23 @@ func (c *conn) drain() {
 
 // goAway tells the client the node is going away (1001) and closes; a
 // connection still in its HTTP handshake is just closed.
-func (c *conn) goAway() {
+func (c *conn) goAway() (exact bool) {
 	c.mu.Lock()
-	live := c.state == stateLive
-	c.mu.Unlock()
-	if !live {
+	if c.state != stateLive {
+		c.mu.Unlock()
 		c.shut(closeShutdown)
-		return
+		return false
 	}
-	c.sendLast(outFrame{head: closeShutdown.frame(0, "")}, closeShutdown, ws.StatusGoingAway)
+	c.enqueueLocked(outFrame{head: closeShutdown.frame(0, "")})
+	c.closeLocked(closeShutdown, ws.StatusGoingAway)
+	c.flushLocked()
+	// Exact when everything queued reached the socket, close frame
+	// included (a held connection's kept events never were): the kernel
+	// sends it all before the FIN.
+	exact = c.q.bytes == 0 && c.state == stateClosing && c.reason == closeShutdown && c.flags&flagHeld == 0
+	if exact {
+		c.flags |= flagRecorded
+	}
+	c.settleLocked()
+	return exact
 }

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/switchboard-rt/switchboard/pkg/auth"
+	"github.com/switchboard-rt/switchboard/pkg/history"
 	"github.com/switchboard-rt/switchboard/pkg/protocol"
 	"github.com/switchboard-rt/switchboard/pkg/query"
 	"github.com/switchboard-rt/switchboard/pkg/usage"
@@ -100,7 +101,8 @@ func (c *conn) subscribe(msg protocol.ClientMessage) {
 	c.mu.Unlock()
 	subs := make([]subscription, 0, len(reqs))
 	for _, r := range reqs {
-		if r.ID == "" {
+		own := r.ID != ""
+		if !own {
 			r.ID = randomSubscriptionID()
 		}
 		sub, err := c.srv.newSubscription(r.ID, r, uid)
@@ -108,6 +110,7 @@ func (c *conn) subscribe(msg protocol.ClientMessage) {
 			c.sendErr(err)
 			return
 		}
+		sub.recorded = own && c.srv.resume != nil
 		subs = append(subs, sub)
 	}
 	// Appwrite's order (Subscribe.php): every entry's queries first, then
@@ -121,7 +124,9 @@ func (c *conn) subscribe(msg protocol.ClientMessage) {
 	}
 	c.mu.Lock()
 	next := append([]subscription(nil), c.subs...)
+	fresh := false // an id new on this connection: maybe one coming back
 	for _, sub := range subs {
+		fresh = fresh || sub.recorded && !hasSubscription(next, sub.id)
 		next = putSubscription(next, sub)
 	}
 	if err := c.srv.checkSubscriptionLimits(next); err != nil {
@@ -129,15 +134,29 @@ func (c *conn) subscribe(msg protocol.ClientMessage) {
 		c.sendErr(err)
 		return
 	}
-	c.subs = next
-	c.mu.Unlock()
-	c.reindex()
-
 	resp := make([]protocol.Subscription, len(subs))
 	for i, sub := range subs {
 		resp[i] = protocol.Subscription{ID: sub.id, Channels: sub.channels, Queries: sub.queries}
 	}
+	if fresh {
+		c.mu.Unlock()
+		c.subscribeResuming(subs, resp)
+		return
+	}
+	c.subs = next
+	c.mu.Unlock()
+	c.reindex()
 	c.sendResponse(protocol.AppendSubscribeResponse(nil, resp))
+}
+
+// hasSubscription tells whether subs has one with id.
+func hasSubscription(subs []subscription, id string) bool {
+	for i := range subs {
+		if subs[i].id == id {
+			return true
+		}
+	}
+	return false
 }
 
 // putSubscription adds sub to subs, replacing one with the same id.
@@ -177,10 +196,14 @@ func (c *conn) unsubscribe(msg protocol.ClientMessage) {
 		return
 	}
 	removed := make([]bool, len(ids))
+	var ended []history.Record
 	c.mu.Lock()
 	for i, id := range ids {
 		for j := range c.subs {
 			if c.subs[j].id == id {
+				if c.subs[j].recorded {
+					ended = append(ended, history.Record{Project: c.project, ID: id})
+				}
 				c.subs = append(c.subs[:j], c.subs[j+1:]...)
 				removed[i] = true
 				break
@@ -188,6 +211,10 @@ func (c *conn) unsubscribe(msg protocol.ClientMessage) {
 		}
 	}
 	c.mu.Unlock()
+	if len(ended) > 0 {
+		// Left on purpose: nothing of it is owed any more.
+		c.srv.resume.end(0, ended...)
+	}
 	c.reindex()
 	c.sendResponse(protocol.AppendUnsubscribeResponse(nil, ids, removed))
 }

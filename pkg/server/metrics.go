@@ -39,6 +39,10 @@ type metrics struct {
 	deflatedEvents    prometheus.Counter
 	deflatedDelivered prometheus.Counter
 	deflateBytes      *prometheus.CounterVec
+
+	resumes              *prometheus.CounterVec
+	resumeReplayed       prometheus.Counter
+	resumeRecordsDropped prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -135,6 +139,20 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "switchboard_deflate_bytes_total", Help: "Payload bytes of compressed messages, by direction (out: events sent, in: client messages) and form (plain: before compression or after inflation, deflated: on the wire).",
 		}, []string{"direction", "form"}),
 	}
+	m.resumes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "switchboard_resume_total",
+		Help: "Subscriptions subscribed under an id new on their connection, by what became of them (RESUME.md): resumed (missed events replayed), new (an id the cluster had no record of), or started live because resuming was impossible: live_window, live_incomplete, live_user, live_open, live_size.",
+	}, []string{"result"})
+	for _, r := range resumeResults {
+		m.resumes.WithLabelValues(r)
+	}
+	m.resumeReplayed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "switchboard_resume_replayed_events_total", Help: "Missed events queued to resumed subscriptions.",
+	})
+	m.resumeRecordsDropped = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "switchboard_resume_records_dropped_total", Help: "Subscription records not written (the store failed, or the writer's queue was full): those subscriptions cannot resume.",
+	})
+	reg.MustRegister(m.resumes, m.resumeReplayed, m.resumeRecordsDropped)
 	closes := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "switchboard_connection_closes_total", Help: "Connections ended, by reason (one per connection, handshakes included; see README, Closes).",
 	}, []string{"reason"})

@@ -88,6 +88,10 @@ func (r *router) route(msg []byte) {
 	s.metrics.events.Inc()
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	var digest uint64
+	if s.resume != nil {
+		digest = s.resume.observe(ev.Project, msg)
+	}
 	if ev.PermissionsChanged && ev.UserID != "" {
 		// Before the delivery, as Appwrite's worker re-resolves the user
 		// before it matches subscribers (app/realtime.php): the user's
@@ -101,6 +105,9 @@ func (r *router) route(msg []byte) {
 		s.idx.Lookup(ev.Project, ev.Roles, ev.Channels, r.visit)
 		r.finish()
 		s.holds.record(ev)
+	}
+	if s.resume != nil && s.resume.active.Load() > 0 {
+		s.resume.keep(ev, digest)
 	}
 }
 

@@ -31,6 +31,7 @@ import (
 	"github.com/switchboard-rt/switchboard/pkg/broker"
 	"github.com/switchboard-rt/switchboard/pkg/dashboard"
 	"github.com/switchboard-rt/switchboard/pkg/explain"
+	"github.com/switchboard-rt/switchboard/pkg/history"
 	"github.com/switchboard-rt/switchboard/pkg/index"
 	"github.com/switchboard-rt/switchboard/pkg/presence"
 	"github.com/switchboard-rt/switchboard/pkg/usage"
@@ -185,6 +186,11 @@ type Config struct {
 	// kernels before 6.2 (0.8 µs a descriptor measured). Default a new
 	// registry; do not register those two collectors in it.
 	Registry *prometheus.Registry
+
+	// Resume, when set, lets subscriptions that come back under a known
+	// id get what they missed (RESUME.md). Nil: every subscription starts
+	// live.
+	Resume *ResumeConfig
 }
 
 // DefaultConnectsIPv6Prefix counts IPv6 clients per /64 for the connect
@@ -310,6 +316,7 @@ type Server struct {
 	readers    boundedPool[*conn] // reads adopted sockets (conn.readAdopted)
 	router     *router
 	holds      *holds // users whose roles are being re-resolved after a permission change
+	resume     *resumer // nil when Config.Resume is
 	presences  *presences
 	usage      *usage.Collector // per-project usage: its Meter counts upgrades and client messages, the router counts events
 	stopUsage  context.CancelFunc
@@ -368,6 +375,12 @@ func New(cfg Config) (*Server, error) {
 	s.router = newRouter(s)
 	s.holds = newHolds(s)
 	s.presences = newPresences(s)
+	if rc := cfg.Resume; rc != nil {
+		if rc.Reader == nil || rc.Records == nil {
+			return nil, errors.New("server: resume needs a history reader and a record store")
+		}
+		s.resume = newResumer(s, *rc)
+	}
 	var err error
 	if s.usage, err = usage.NewCollector(usage.CollectorOptions{
 		Store: cfg.Usage, Sources: []usage.Swapper{s.router.swapUsage}, Logger: cfg.Logger.Named("usage"),
@@ -463,6 +476,9 @@ func (s *Server) Start() (err error) {
 	s.tasks.start("output poller", s.waiter.run)
 	s.tasks.start("input poller", s.input.run)
 	s.tasks.start("sweeper", func() { s.runSweeper(s.stopSweep) })
+	if s.resume != nil {
+		s.resume.start()
+	}
 	s.tasks.start("router", func() {
 		if err := s.cfg.Broker.Run(ctx, s.router.route); err != nil && !errors.Is(err, context.Canceled) {
 			s.log.Error("broker stopped", zap.Error(err))
@@ -582,6 +598,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.waiter.close()
 	close(s.stopSweep)
 	errs = append(errs, s.tasks.wait(early))
+	if s.resume != nil {
+		// After the router: the drain's records are written, then the
+		// appender's lease released.
+		if err := s.resume.shutdown(early); err != nil {
+			errs = append(errs, fmt.Errorf("resume: %w", err))
+		}
+	}
 	// Presences go first: deleting them may still queue frames.
 	var last tasks
 	presencesDone := last.start("presences", s.presences.shutdown)
@@ -662,10 +685,8 @@ func (s *Server) goAwayAll(ctx context.Context) {
 			due = int((int64(len(conns))*int64(elapsed+drainTick) + int64(span) - 1) / int64(span))
 			due = min(due, len(conns))
 		}
-		for ; done < due; done++ {
-			conns[done].goAway()
-			s.metrics.drainCloses.Inc()
-		}
+		s.goAway(conns[done:due])
+		done = due
 		if done == len(conns) {
 			break
 		}
@@ -675,6 +696,32 @@ func (s *Server) goAwayAll(ctx context.Context) {
 			span = 0 // out of time: tell the rest now
 		}
 	}
+}
+
+// goAway sends close 1001 to conns. With resuming on, it does so between
+// two events, under the router's lock, and records where each
+// connection's subscriptions stood: exactly what was queued before the
+// close frame, which the kernel delivers ahead of the FIN.
+func (s *Server) goAway(conns []*conn) {
+	s.metrics.drainCloses.Add(float64(len(conns)))
+	rs := s.resume
+	if rs == nil {
+		for _, c := range conns {
+			c.goAway()
+		}
+		return
+	}
+	var recs []history.Record
+	s.router.mu.Lock()
+	for _, c := range conns {
+		if c.goAway() {
+			c.mu.Lock()
+			recs = append(recs, c.recordsLocked(rs.anchor(c.project))...)
+			c.mu.Unlock()
+		}
+	}
+	s.router.mu.Unlock()
+	rs.put(recs...)
 }
 
 // onPrepare runs when netpoll accepts a socket, before it is polled.

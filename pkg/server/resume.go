@@ -1,0 +1,737 @@
+package server
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/switchboard-rt/switchboard/pkg/history"
+	"github.com/switchboard-rt/switchboard/pkg/protocol"
+)
+
+// Resuming subscriptions after a reconnect (RESUME.md). An SDK of version
+// 25 or later names its subscriptions itself and sends the same ids again
+// after every reconnect; the node that sees a known id come back gives that
+// subscription what it missed, from the history, and then live events,
+// with no gap and no reordering at the seam.
+//
+// What the node keeps for it is small and none of it is per connection:
+// per project, the digests of the last events the router routed (an
+// Anchor); per subscription id, a record in the Records store, written
+// when the subscription is made, when its connection ends and by the drain;
+// and once a second a checkpoint, so that a node that dies without a word
+// still says how far its clients had got.
+
+// ResumeConfig turns resuming on (Config.Resume).
+type ResumeConfig struct {
+	// Window is how long after it left a subscription can resume
+	// (--resume-window); its history and records keep that long.
+	Window time.Duration
+	// Reader reads the history; Records keeps subscription records and
+	// checkpoints. Both are shared by the nodes that share a backbone.
+	Reader  history.Reader
+	Records history.Records
+	// Feed is given every valid backbone message, on the router, in the
+	// order routed: the embedded store appends it, the Redis appender
+	// queues it. It must not block.
+	Feed func(project string, msg []byte)
+	// Run, when set, runs from Start until the router has stopped (the
+	// Redis appender and its lease, which it releases as its last step).
+	Run func(ctx context.Context)
+}
+
+const (
+	// resumeMargin (M in RESUME.md) is added to whatever a node cannot
+	// know for sure about what a client received: the client's
+	// acknowledgement, the lag between the router and the history's
+	// appender. Events in it may come twice, never not at all.
+	resumeMargin = time.Second
+	// checkpointEvery (C) is how often a node says it is alive and how old
+	// its oldest queued frame is.
+	checkpointEvery = time.Second
+	// deadAfter is how long without a checkpoint before a node is taken
+	// for dead: its open subscriptions then resume from its last one.
+	deadAfter = 2*checkpointEvery + checkpointEvery/2
+	// seamTimeout bounds the wait for the history to hold what the router
+	// routed (the appender runs a few milliseconds behind) before a
+	// subscription is given up as incomplete and starts live.
+	seamTimeout = time.Second
+	// openWait bounds the wait for the node of a subscription that is
+	// still open there to notice its connection is gone.
+	openWait = 3 * time.Second
+	// maxResumeKept bounds the events kept for one resuming connection
+	// while its history is read.
+	maxResumeKept = 1024
+	// recordQueue is the records waiting to be written; beyond it a
+	// record is dropped (and counted), and its subscription starts live
+	// if it comes back.
+	recordQueue = 1 << 16
+)
+
+// Resume results, the label of switchboard_resume_total and the status
+// (with reason) of the subscribe response's resume field.
+const (
+	resumeResumed    = "resumed"
+	resumeNew        = "new"
+	resumeWindow     = "live_window"
+	resumeIncomplete = "live_incomplete"
+	resumeUser       = "live_user"
+	resumeOpen       = "live_open"
+	resumeSize       = "live_size"
+)
+
+var resumeResults = []string{resumeResumed, resumeNew, resumeWindow, resumeIncomplete, resumeUser, resumeOpen, resumeSize}
+
+// resumer is the node's side of resuming. The router's part (anchors,
+// jobs) is guarded by the router's mu.
+type resumer struct {
+	srv *Server
+	cfg ResumeConfig
+
+	// anchors is where the router stands per project: the digests of the
+	// last events it routed.
+	anchors map[string]*history.Anchor
+	// jobs are the connections whose subscribe waits for its history, per
+	// project; the router keeps every event of the project for them.
+	jobs   map[string][]*resumeJob
+	active atomic.Int32 // len(jobs): the router's check per event without a map lookup
+
+	writes chan recordWrite
+	stop   context.CancelFunc
+	done   chan struct{}
+}
+
+// recordWrite is a batch of record writes for the writer.
+type recordWrite struct {
+	recs     []history.Record
+	end      bool          // Records.End (else Put)
+	floorAge time.Duration // End's
+	at       time.Time     // when it was queued
+}
+
+func newResumer(s *Server, cfg ResumeConfig) *resumer {
+	if cfg.Window <= 0 {
+		cfg.Window = history.DefaultWindow
+	}
+	return &resumer{
+		srv: s, cfg: cfg,
+		anchors: make(map[string]*history.Anchor),
+		jobs:    make(map[string][]*resumeJob),
+		writes:  make(chan recordWrite, recordQueue),
+	}
+}
+
+// start runs the record writer, the checkpoints and cfg.Run.
+func (rs *resumer) start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	rs.stop = cancel
+	rs.done = make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); rs.writeRecords(ctx) }()
+	go func() { defer wg.Done(); rs.checkpoints(ctx) }()
+	if rs.cfg.Run != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); rs.cfg.Run(ctx) }()
+	}
+	go func() { wg.Wait(); close(rs.done) }()
+}
+
+// shutdown stops what start started, after the router: the writer writes
+// what is queued first (the drain's records), and cfg.Run releases the
+// appender's lease.
+func (rs *resumer) shutdown(ctx context.Context) error {
+	if rs.stop == nil {
+		return nil
+	}
+	rs.stop()
+	select {
+	case <-rs.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// observe moves the router's anchor of project on by msg, and feeds the
+// history. The caller holds the router's mu; it returns msg's digest.
+func (rs *resumer) observe(project string, msg []byte) uint64 {
+	d := history.Digest(msg)
+	a := rs.anchors[project]
+	if a == nil {
+		a = new(history.Anchor)
+		rs.anchors[project] = a
+	}
+	a.Push(d)
+	if rs.cfg.Feed != nil {
+		rs.cfg.Feed(project, msg)
+	}
+	return d
+}
+
+// anchor returns where the router stands in project. The caller holds the
+// router's mu.
+func (rs *resumer) anchor(project string) history.Anchor {
+	if a := rs.anchors[project]; a != nil {
+		return *a
+	}
+	return history.Anchor{}
+}
+
+// keep gives ev to every job of its project. The caller holds the router's
+// mu.
+func (rs *resumer) keep(ev *protocol.Event, digest uint64) {
+	for _, j := range rs.jobs[ev.Project] {
+		if len(j.kept) == maxResumeKept {
+			j.overflow = true
+			continue
+		}
+		j.kept = append(j.kept, keptEvent{ev, digest})
+	}
+}
+
+// put queues records for the writer to write whole (Records.Put).
+func (rs *resumer) put(recs ...history.Record) {
+	rs.queue(recordWrite{recs: recs, floorAge: -1})
+}
+
+// end queues the end of records' connection for the writer (Records.End):
+// what its client received is certain only up to floorAge ago.
+func (rs *resumer) end(floorAge time.Duration, recs ...history.Record) {
+	rs.queue(recordWrite{recs: recs, end: true, floorAge: floorAge})
+}
+
+func (rs *resumer) queue(w recordWrite) {
+	if len(w.recs) == 0 {
+		return
+	}
+	w.at = time.Now()
+	select {
+	case rs.writes <- w:
+	default:
+		rs.srv.metrics.resumeRecordsDropped.Add(float64(len(w.recs)))
+	}
+}
+
+// writeRecords writes queued records until ctx ends, then what is still
+// queued.
+func (rs *resumer) writeRecords(ctx context.Context) {
+	for {
+		select {
+		case w := <-rs.writes:
+			rs.write(w)
+		case <-ctx.Done():
+			for {
+				select {
+				case w := <-rs.writes:
+					rs.write(w)
+				default:
+					return
+				}
+			}
+		}
+	}
+}
+
+// maxRecordBatch bounds the records of one call to the store.
+const maxRecordBatch = 4096
+
+// write writes w together with the writes queued behind it that are
+// written alike (whole records, one call), keeping their order.
+func (rs *resumer) write(w recordWrite) {
+	for {
+		if w.end {
+			rs.flush(w)
+			select {
+			case w = <-rs.writes:
+				continue
+			default:
+				return
+			}
+		}
+		var next *recordWrite
+	batch:
+		for len(w.recs) < maxRecordBatch {
+			select {
+			case more := <-rs.writes:
+				if more.end {
+					next = &more
+					break batch
+				}
+				w.recs = append(w.recs, more.recs...)
+			default:
+				break batch
+			}
+		}
+		rs.flush(w)
+		if next == nil {
+			return
+		}
+		w = *next
+	}
+}
+
+func (rs *resumer) flush(w recordWrite) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var err error
+	if w.end {
+		// Measured when the connection ended, written now.
+		err = rs.cfg.Records.End(ctx, w.floorAge+time.Since(w.at), rs.srv.node, w.recs...)
+	} else {
+		err = rs.cfg.Records.Put(ctx, -1, w.recs...)
+	}
+	if err != nil {
+		rs.srv.metrics.resumeRecordsDropped.Add(float64(len(w.recs)))
+		rs.srv.invalidLog.Warn("resume records not written", zap.Int("records", len(w.recs)), zap.Error(err))
+	}
+}
+
+// checkpoints says once a second that the node is alive and how old its
+// oldest queued frame is.
+func (rs *resumer) checkpoints(ctx context.Context) {
+	t := time.NewTicker(checkpointEvery)
+	defer t.Stop()
+	for {
+		cctx, cancel := context.WithTimeout(ctx, checkpointEvery)
+		if err := rs.cfg.Records.Checkpoint(cctx, rs.srv.node, rs.srv.oldestQueued()); err != nil && ctx.Err() == nil {
+			rs.srv.invalidLog.Warn("resume checkpoint not written", zap.Error(err))
+		}
+		cancel()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// resumeJob is one connection's subscribe waiting for its history. The
+// router keeps the project's events routed since it began (kept), so that
+// the seam can line them up with what the history holds.
+type resumeJob struct {
+	c       *conn
+	project string
+	r0      history.Anchor // where the router stood when the job began
+	began   time.Time
+
+	// Guarded by the router's mu.
+	kept     []keptEvent
+	overflow bool
+}
+
+type keptEvent struct {
+	ev     *protocol.Event
+	digest uint64
+}
+
+// begin registers a job for c's subscribe in project.
+func (rs *resumer) begin(c *conn, project string) *resumeJob {
+	r := rs.srv.router
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	j := &resumeJob{c: c, project: project, r0: rs.anchor(project), began: time.Now()}
+	rs.jobs[project] = append(rs.jobs[project], j)
+	rs.active.Add(1)
+	return j
+}
+
+// endLocked unregisters j. The caller holds the router's mu.
+func (rs *resumer) endLocked(j *resumeJob) {
+	js := rs.jobs[j.project]
+	for i, x := range js {
+		if x == j {
+			js = append(js[:i], js[i+1:]...)
+			break
+		}
+	}
+	if len(js) == 0 {
+		delete(rs.jobs, j.project)
+	} else {
+		rs.jobs[j.project] = js
+	}
+	rs.active.Add(-1)
+}
+
+// resumePlan is what one subscription of a subscribe gets.
+type resumePlan struct {
+	result string // a resume result
+	// For a subscription that resumes: where it stood, and its history.
+	from    history.Anchor
+	floorMS uint64
+	span    history.Span
+	events  []*protocol.Event // span.Events parsed; nil where one did not parse
+	// Set by the seam: the span's events to replay, [first, last].
+	first, last int
+	skip        int // events of the job's kept to leave out: the client had them
+}
+
+// plan looks up the record of a subscription coming back and reads its
+// history. It runs on the subscribing connection's read side.
+func (rs *resumer) plan(ctx context.Context, project, user, id string) resumePlan {
+	recs := rs.cfg.Records
+	rec, ok, err := recs.Get(ctx, project, id)
+	if err != nil {
+		rs.srv.invalidLog.Warn("resume record not read", zap.String("project", project), zap.Error(err))
+		return resumePlan{result: resumeIncomplete}
+	}
+	if !ok {
+		return resumePlan{result: resumeNew}
+	}
+	if rec.User != user {
+		return resumePlan{result: resumeUser}
+	}
+	floor := rec.FloorMS
+	if rec.Open {
+		// Nobody wrote where it ended: its node still has it open (it has
+		// not noticed the client left yet), or died.
+		deadline := time.Now().Add(openWait)
+		for {
+			cp, ok, err := recs.LastCheckpoint(ctx, rec.Node)
+			if err != nil {
+				return resumePlan{result: resumeIncomplete}
+			}
+			if !ok {
+				// Its checkpoints expired: dead longer than the window.
+				return resumePlan{result: resumeWindow}
+			}
+			if cp.Age > deadAfter {
+				// Dead: everything it routed before its last checkpoint,
+				// less the queued age and the margin, had left it.
+				lost := uint64((cp.Queued + resumeMargin).Milliseconds())
+				if cp.MS > lost {
+					floor = max(floor, cp.MS-lost)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				return resumePlan{result: resumeOpen}
+			}
+			select {
+			case <-time.After(100 * time.Millisecond):
+			case <-ctx.Done():
+				return resumePlan{result: resumeIncomplete}
+			}
+			if rec, ok, err = recs.Get(ctx, project, id); err != nil || !ok || rec.User != user {
+				return resumePlan{result: resumeIncomplete}
+			}
+			if !rec.Open {
+				floor = rec.FloorMS
+				break
+			}
+		}
+	}
+	p := resumePlan{result: resumeResumed, from: rec.Anchor, floorMS: floor}
+	if floor > 0 && uint64(time.Now().Add(-rs.cfg.Window).UnixMilli()) > floor {
+		return resumePlan{result: resumeWindow}
+	}
+	rs.read(ctx, project, &p)
+	return p
+}
+
+// read (re)reads p's history.
+func (rs *resumer) read(ctx context.Context, project string, p *resumePlan) {
+	span, err := rs.cfg.Reader.ReadFrom(ctx, project, p.from, p.floorMS)
+	if err != nil {
+		rs.srv.invalidLog.Warn("resume history not read", zap.String("project", project), zap.Error(err))
+		span = history.Span{}
+	}
+	p.span = span
+	p.events = make([]*protocol.Event, len(span.Events))
+	for i := span.Start; i < len(span.Events); i++ {
+		ev, err := protocol.ParseEvent(span.Events[i].Data)
+		if err != nil || ev.Project != project {
+			// Not the router's to deliver either: the history holds only
+			// what parsed, so this is Redis's content gone bad.
+			rs.srv.metrics.invalidEvents.Inc()
+			continue
+		}
+		p.events[i] = ev
+	}
+}
+
+// line finds where p's history meets the router, for job j: the span's
+// events to replay ([first, last]) and how many of the kept events the
+// client already had. False when they do not meet yet (the history is
+// behind the router, or the router behind the subscription's anchor). The
+// caller holds the router's mu.
+func (p *resumePlan) line(j *resumeJob) bool {
+	s := p.span
+	if !s.Complete {
+		return false
+	}
+	// b: the last event of the span the router had routed when the job
+	// began; everything after it is in j.kept.
+	var b int
+	switch {
+	case !j.r0.IsZero():
+		i, ok := s.Find(j.r0)
+		if !ok {
+			return false
+		}
+		b = i
+	case len(j.kept) > 0:
+		// The router had routed nothing of the project: the kept events
+		// begin it, so the span meets them at their first run.
+		var a history.Anchor
+		for _, k := range j.kept[:min(len(j.kept), history.AnchorLen)] {
+			a.Push(k.digest)
+		}
+		i, ok := s.Find(a)
+		if !ok {
+			return false
+		}
+		b = i - a.N
+	default:
+		// Nothing routed of the project, before or since: the router will
+		// route only what comes after the span, once its feed has had
+		// time to catch up with the history's.
+		if time.Since(j.began) < 50*time.Millisecond {
+			return false
+		}
+		b = len(s.Events) - 1
+	}
+	p.first, p.last, p.skip = s.Start, b, 0
+	if b < s.Start-1 {
+		// The router is behind the subscription: the first kept events are
+		// ones the client had. Wait until it has routed them all.
+		p.skip = s.Start - 1 - b
+		if len(j.kept) < p.skip {
+			return false
+		}
+		for k := 0; k < p.skip; k++ {
+			if j.kept[k].digest != s.Events[b+1+k].Digest {
+				return false
+			}
+		}
+		p.first, p.last = s.Start, s.Start-1
+	}
+	return true
+}
+
+// subscribeResuming handles a subscribe whose subscriptions include ids new
+// on this connection: each may be one coming back. It runs on the read
+// side and returns once the subscriptions are live, their missed events
+// and the response queued.
+func (c *conn) subscribeResuming(subs []subscription, resp []protocol.Subscription) {
+	s := c.srv
+	rs := s.resume
+	c.mu.Lock()
+	project, user := c.project, c.userID
+	c.mu.Unlock()
+	j := rs.begin(c, project)
+	ctx, cancel := context.WithTimeout(context.Background(), openWait+2*seamTimeout)
+	defer cancel()
+	plans := make([]resumePlan, len(subs))
+	for i := range subs {
+		if subs[i].recorded {
+			plans[i] = rs.plan(ctx, project, user, subs[i].id)
+		} else {
+			plans[i].result = resumeNew
+		}
+	}
+	deadline := time.Now().Add(seamTimeout)
+	for {
+		final := time.Now().After(deadline)
+		if rs.seam(j, subs, resp, plans, final) {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+		for i := range plans {
+			if plans[i].result == resumeResumed && !plans[i].span.Complete {
+				rs.read(ctx, project, &plans[i])
+			}
+		}
+	}
+}
+
+// seam makes the subscriptions live: under the router's lock, so that no
+// event is routed meanwhile, it queues the response, each resumed
+// subscription's missed events, the events routed since the job began,
+// and then enters the subscriptions in the index. It reports false, and
+// does nothing, when a resumed subscription's history does not meet the
+// router yet and final is false; with final, such a subscription starts
+// live (incomplete).
+func (rs *resumer) seam(j *resumeJob, subs []subscription, resp []protocol.Subscription, plans []resumePlan, final bool) bool {
+	s := rs.srv
+	r := s.router
+	c := j.c
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c.mu.Lock()
+	held := c.flags&flagHeld != 0
+	c.mu.Unlock()
+	for i := range plans {
+		p := &plans[i]
+		if p.result != resumeResumed {
+			continue
+		}
+		if (held || j.overflow || !p.line(j)) && !final {
+			return false
+		}
+		if held || j.overflow || !p.line(j) {
+			p.result = resumeIncomplete
+		}
+	}
+	rs.endLocked(j)
+	// What resuming would queue must fit the connection's queue.
+	for i := range plans {
+		p := &plans[i]
+		if p.result != resumeResumed {
+			continue
+		}
+		n := 0
+		for k := p.first; k <= p.last; k++ {
+			if ev := p.events[k]; ev != nil {
+				n += len(ev.Payload) + 256
+			}
+		}
+		if n > s.cfg.MaxQueueBytes/2 {
+			p.result = resumeSize
+		}
+	}
+	replayed := make([]int, len(plans))
+	for i := range resp {
+		resp[i].Resume = &protocol.ResumeStatus{Status: plans[i].result}
+	}
+	// The response first, as for any subscribe; then the missed events.
+	c.sendResponse(protocol.AppendSubscribeResponse(nil, resp))
+	c.mu.Lock()
+	live := c.state == stateLive
+	c.mu.Unlock()
+	if live {
+		for i := range plans {
+			p := &plans[i]
+			if p.result != resumeResumed {
+				continue
+			}
+			for k := p.first; k <= p.last; k++ {
+				if ev := p.events[k]; ev != nil && r.deliverTo(c, ev, subs[i:i+1]) {
+					replayed[i]++
+				}
+			}
+		}
+		// Then what was routed since the job began, to every subscription
+		// of this subscribe, but what a resumed one's client had.
+		for k, ke := range j.kept {
+			var owed []subscription
+			for i := range plans {
+				if plans[i].result == resumeResumed && k < plans[i].skip {
+					continue
+				}
+				owed = append(owed, subs[i])
+			}
+			r.deliverTo(c, ke.ev, owed)
+		}
+		c.mu.Lock()
+		next := append([]subscription(nil), c.subs...)
+		for _, sub := range subs {
+			next = putSubscription(next, sub)
+		}
+		c.subs = next
+		c.mu.Unlock()
+		c.reindex()
+	}
+	anchor := rs.anchor(j.project)
+	c.mu.Lock()
+	user := c.userID
+	c.mu.Unlock()
+	var recs []history.Record
+	for i := range plans {
+		s.metrics.resumes.WithLabelValues(plans[i].result).Inc()
+		if replayed[i] > 0 {
+			s.metrics.resumeReplayed.Add(float64(replayed[i]))
+		}
+		if subs[i].recorded && live {
+			recs = append(recs, history.Record{Project: j.project, ID: subs[i].id, User: user, Node: s.node, Open: true, Anchor: anchor})
+		}
+	}
+	rs.put(recs...)
+	return true
+}
+
+// deliverTo queues ev on c for those of subs it matches, under c's roles
+// now. It reports whether it queued it. The caller holds r.mu.
+func (r *router) deliverTo(c *conn, ev *protocol.Event, subs []subscription) bool {
+	if len(subs) == 0 {
+		return false
+	}
+	r.begin(ev, r.srv.latency.stamp())
+	defer r.finish()
+	c.mu.Lock()
+	if c.state != stateLive || c.project != ev.Project || !admits(c.roles, ev.Roles) {
+		c.mu.Unlock()
+		return false
+	}
+	r.ids = r.ids[:0]
+	for i := range subs {
+		sub := &subs[i]
+		if anyIn(sub.channels, ev.Channels) && sub.filter.Match(&r.doc) {
+			r.ids = append(r.ids, sub.id)
+		}
+	}
+	if len(r.ids) == 0 {
+		c.mu.Unlock()
+		return false
+	}
+	f := r.frameFor(r.ids, false)
+	if err := c.q.push(f, r.srv.cfg.MaxQueueBytes); err != nil {
+		c.slowConsumerLocked()
+	}
+	r.count++
+	r.outBytes += f.size()
+	wake := c.q.wake(c.state == stateClosing)
+	c.mu.Unlock()
+	if wake {
+		r.sched = append(r.sched, c)
+	}
+	return true
+}
+
+// recordsLocked returns the records of c's recorded subscriptions as
+// closed at anchor, for the writes at its end. The caller holds c.mu.
+func (c *conn) recordsLocked(anchor history.Anchor) []history.Record {
+	var recs []history.Record
+	for i := range c.subs {
+		if c.subs[i].recorded {
+			recs = append(recs, history.Record{Project: c.project, ID: c.subs[i].id, User: c.userID, Node: c.srv.node, Anchor: anchor})
+		}
+	}
+	return recs
+}
+
+// endLocked tells the records of c's subscriptions that its connection
+// ended, unless the drain told them exactly. The caller holds c.mu, before
+// the queue is dropped.
+func (c *conn) endRecordsLocked() {
+	if rs := c.srv.resume; rs != nil && c.flags&flagRecorded == 0 {
+		if recs := c.recordsLocked(history.Anchor{}); len(recs) > 0 {
+			rs.end(c.uncertainLocked(), recs...)
+		}
+	}
+}
+
+// uncertainLocked is how far back from now c's client may have missed
+// what was written to it, at its end: since the kernel last heard an
+// acknowledgement, plus a round trip, plus what still waited in its queue,
+// plus the margin. The caller holds c.mu.
+func (c *conn) uncertainLocked() time.Duration {
+	d := resumeMargin
+	for _, f := range c.q.frames {
+		if f.born != 0 {
+			d += time.Duration(max(c.srv.latency.stamp()-f.born, 0))
+			break
+		}
+	}
+	if info, err := unix.GetsockoptTCPInfo(c.fd, unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+		d += time.Duration(info.Last_ack_recv)*time.Millisecond + time.Duration(info.Rtt)*time.Microsecond
+	} else {
+		// No word from the kernel: since the client was last heard.
+		d += time.Duration(max(int64(c.srv.clock.Load())-int64(c.lastSeen.Load()), 0)+1) * time.Second
+	}
+	return d
+}
