@@ -239,7 +239,10 @@ func (m *Memory) ReadFrom(_ context.Context, projectID string, from Anchor, floo
 			return Span{}, nil
 		}
 		i := sort.Search(len(held), func(i int) bool { return after.Less(held[i].pos) })
-		span.Events = copyEntries(held[i:])
+		// The events before as context, so the span can be lined up
+		// with other anchors.
+		c := max(0, i-AnchorLen)
+		span.Events, span.Start = copyEntries(held[c:]), i-c
 	} else {
 		end, ok := findRun(len(held), func(i int) uint64 { return held[i].digest }, from)
 		if !ok {

@@ -129,7 +129,8 @@ type Reader interface {
 	// then every event after it, up to the newest held; Start skips the
 	// run and the events appended at or before floorMS (the store's
 	// clock). With the zero Anchor it returns the events appended after
-	// floorMS, and Start is 0. Complete is false when the anchor is not
+	// floorMS, after up to AnchorLen events before them as context (Start
+	// skips those). Complete is false when the anchor is not
 	// held (older than the window or a cap, or never recorded) or an
 	// event after it may be missing.
 	ReadFrom(ctx context.Context, project string, from Anchor, floorMS uint64) (Span, error)

@@ -716,9 +716,11 @@ func (c *conn) endRecordsLocked() {
 }
 
 // uncertainLocked is how far back from now c's client may have missed
-// what was written to it, at its end: since the kernel last heard an
-// acknowledgement, plus a round trip, plus what still waited in its queue,
-// plus the margin. The caller holds c.mu.
+// what was written to it, at its end. When the socket is still up and
+// every byte written was acknowledged, only what still waited in the
+// queue and the margin (for the router running behind the history's
+// clock). Otherwise since the kernel last heard an acknowledgement, plus a
+// round trip, on top of those. The caller holds c.mu.
 func (c *conn) uncertainLocked() time.Duration {
 	d := resumeMargin
 	for _, f := range c.q.frames {
@@ -727,11 +729,20 @@ func (c *conn) uncertainLocked() time.Duration {
 			break
 		}
 	}
-	if info, err := unix.GetsockoptTCPInfo(c.fd, unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
-		d += time.Duration(info.Last_ack_recv)*time.Millisecond + time.Duration(info.Rtt)*time.Microsecond
-	} else {
+	info, err := unix.GetsockoptTCPInfo(c.fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	switch {
+	case err != nil:
 		// No word from the kernel: since the client was last heard.
-		d += time.Duration(max(int64(c.srv.clock.Load())-int64(c.lastSeen.Load()), 0)+1) * time.Second
+		return d + time.Duration(max(int64(c.srv.clock.Load())-int64(c.lastSeen.Load()), 0)+1)*time.Second
+	case (info.State == tcpEstablished || info.State == tcpCloseWait) && info.Unacked == 0 && len(c.q.frames) == 0:
+		return d
+	default:
+		return d + time.Duration(info.Last_ack_recv)*time.Millisecond + time.Duration(info.Rtt)*time.Microsecond
 	}
-	return d
 }
+
+// TCP states of tcp_info (include/net/tcp_states.h).
+const (
+	tcpEstablished = 1
+	tcpCloseWait   = 8
+)

@@ -1,0 +1,345 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/switchboard-rt/switchboard/internal/redistest"
+	"github.com/switchboard-rt/switchboard/pkg/history"
+)
+
+// withMemoryResume turns resuming on with the embedded history, as
+// `switchboard serve` does without Redis.
+func withMemoryResume(window time.Duration) func(*Config) {
+	return func(cfg *Config) {
+		store := history.NewMemory(history.Config{Window: window}, nil)
+		cfg.Resume = &ResumeConfig{
+			Window:  window,
+			Reader:  store,
+			Records: history.NewMemoryRecords(window, nil),
+			Feed: func(project string, msg []byte) {
+				_, _ = store.Append(context.Background(), project, msg)
+			},
+		}
+	}
+}
+
+// seqEvent is event number n of project p on channel files, for everyone.
+func seqEvent(p string, n int) string {
+	return event(p, []string{"any"}, []string{"files"}, `{"n":`+strconv.Itoa(n)+`}`)
+}
+
+// subscribeAs sends a subscribe of one subscription id on channels and
+// returns its resume status ("" when the response has none).
+func (c *client) subscribeAs(id string, channels ...string) string {
+	c.t.Helper()
+	ch, _ := json.Marshal(channels)
+	c.send(`{"type":"subscribe","data":[{"subscriptionId":"` + id + `","channels":` + string(ch) + `,"queries":[]}]}`)
+	m := c.expect("response")
+	var resp struct {
+		Subscriptions []struct {
+			SubscriptionID string `json:"subscriptionId"`
+			Resume         *struct {
+				Status string `json:"status"`
+				Reason string `json:"reason"`
+			} `json:"resume"`
+		} `json:"subscriptions"`
+	}
+	if err := json.Unmarshal(m.Data, &resp); err != nil || len(resp.Subscriptions) != 1 || resp.Subscriptions[0].SubscriptionID != id {
+		c.t.Fatalf("subscribe response %s (%v)", m.Data, err)
+	}
+	r := resp.Subscriptions[0].Resume
+	if r == nil {
+		return ""
+	}
+	if r.Reason != "" {
+		return r.Status + "_" + r.Reason
+	}
+	return r.Status
+}
+
+// seqs reads events until one numbered last arrives and returns their
+// numbers in the order received.
+func (c *client) seqsUntil(last int) []int {
+	c.t.Helper()
+	var got []int
+	for {
+		d := c.expectEvent()
+		var p struct{ N int }
+		if err := json.Unmarshal(d.Payload, &p); err != nil {
+			c.t.Fatalf("payload %s: %v", d.Payload, err)
+		}
+		got = append(got, p.N)
+		if p.N == last {
+			return got
+		}
+		if len(got) > 100000 {
+			c.t.Fatalf("no event %d in %v", last, got[:20])
+		}
+	}
+}
+
+// waitClosed waits until the node holds no upgraded connection.
+func waitClosed(t *testing.T, s *Server) { t.Helper(); waitOpen(t, s, 0) }
+
+// waitOpen waits until the node holds n upgraded connections.
+func waitOpen(t *testing.T, s *Server, n int64) {
+	t.Helper()
+	redistest.Eventually(t, 5*time.Second, "the node to hold "+strconv.FormatInt(n, 10)+" connections", func() bool { return s.open.Load() == n })
+}
+
+func span(from, to int) []int {
+	var s []int
+	for i := from; i <= to; i++ {
+		s = append(s, i)
+	}
+	return s
+}
+
+func equalInts(a, b []int) bool {
+	return fmt.Sprint(a) == fmt.Sprint(b)
+}
+
+// resumeCount reads switchboard_resume_total{result}.
+func resumeCount(t *testing.T, s *Server, result string) float64 {
+	t.Helper()
+	return labelledCounter(t, s, "switchboard_resume_total", "result", result)
+}
+
+func labelledCounter(t *testing.T, s *Server, name, label, value string) float64 {
+	t.Helper()
+	mfs, err := s.cfg.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == label && l.GetValue() == value {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
+
+// A client whose connection drops comes back under the same subscription
+// id and gets, in order and once, every event published while it was
+// away, then live events: the SDK (25+) resends its ids on reconnect.
+func TestResumeAfterTheConnectionDrops(t *testing.T) {
+	s := testNode(t, withMemoryResume(time.Minute))
+	c := dial(t, s, "project=p1", nil)
+	c.expect("connected")
+	if st := c.subscribeAs("6650f1e2a3b4c5d", "files"); st != "new" {
+		t.Fatalf("first subscribe: resume status %q, want new", st)
+	}
+	for n := 1; n <= 5; n++ {
+		publish(t, s, seqEvent("p1", n))
+	}
+	if got := c.seqsUntil(5); !equalInts(got, span(1, 5)) {
+		t.Fatalf("before the drop: %v", got)
+	}
+	// Past the margin: what was acknowledged before it is not sent again.
+	time.Sleep(resumeMargin + 200*time.Millisecond)
+	c.conn.Close()
+	waitClosed(t, s)
+	for n := 6; n <= 10; n++ {
+		publish(t, s, seqEvent("p1", n))
+	}
+
+	c2 := dial(t, s, "project=p1", nil)
+	c2.expect("connected")
+	if st := c2.subscribeAs("6650f1e2a3b4c5d", "files"); st != "resumed" {
+		t.Fatalf("subscribe again: resume status %q, want resumed", st)
+	}
+	publish(t, s, seqEvent("p1", 11))
+	if got := c2.seqsUntil(11); !equalInts(got, span(6, 11)) {
+		t.Fatalf("after coming back: %v, want 6..11", got)
+	}
+	if n := resumeCount(t, s, "resumed"); n != 1 {
+		t.Fatalf("switchboard_resume_total{result=resumed} = %v", n)
+	}
+}
+
+// Events published while a subscription resumes reach it after the missed
+// ones, with no gap, duplicate or reordering at the seam.
+func TestResumeSeamUnderLoad(t *testing.T) {
+	s := testNode(t, withMemoryResume(time.Minute))
+	c := dial(t, s, "project=p1", nil)
+	c.expect("connected")
+	c.subscribeAs("seam1", "files")
+	publish(t, s, seqEvent("p1", 1))
+	c.seqsUntil(1)
+	time.Sleep(resumeMargin + 200*time.Millisecond)
+	c.conn.Close()
+	waitClosed(t, s)
+
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	published := make(chan int, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		n := 1
+		defer func() { published <- n }()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if code, err := postNoFail(s, seqEvent("p1", n+1)); err != nil || code != 202 {
+				return
+			}
+			n++
+		}
+	}()
+	time.Sleep(50 * time.Millisecond)
+	c2 := dial(t, s, "project=p1", nil)
+	c2.expect("connected")
+	if st := c2.subscribeAs("seam1", "files"); st != "resumed" {
+		t.Fatalf("resume status %q", st)
+	}
+	time.Sleep(100 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	last := <-published
+	publish(t, s, seqEvent("p1", last+1))
+	got := c2.seqsUntil(last + 1)
+	if !equalInts(got, span(2, last+1)) {
+		t.Fatalf("received %d events, want 2..%d in order: %v", len(got), last+1, got)
+	}
+}
+
+// Ids the node has no record of start live ("new"); an id recorded for
+// another user does not resume ("live", "user"); nor does one that left
+// longer ago than the window.
+func TestResumeRefusals(t *testing.T) {
+	const secret = "k" // mustJWT's
+	s := testNode(t, func(cfg *Config) {
+		withMemoryResume(1500 * time.Millisecond)(cfg)
+		cfg.Resolver = mustJWT(t)
+	})
+	alice := jwtFor(t, secret, jwt.MapClaims{"userId": "alice", "projectId": "p1", "exp": time.Now().Add(time.Hour).Unix()})
+	bob := jwtFor(t, secret, jwt.MapClaims{"userId": "bob", "projectId": "p1", "exp": time.Now().Add(time.Hour).Unix()})
+
+	c := dial(t, s, "project=p1&jwt="+alice, nil)
+	c.expect("connected")
+	c.subscribeAs("alices", "files")
+	c.conn.Close()
+	waitClosed(t, s)
+	publish(t, s, seqEvent("p1", 1))
+
+	b := dial(t, s, "project=p1&jwt="+bob, nil)
+	b.expect("connected")
+	if st := b.subscribeAs("alices", "files"); st != "live_user" {
+		t.Fatalf("bob taking alice's id: %q, want live_user", st)
+	}
+	publish(t, s, seqEvent("p1", 2))
+	if got := b.seqsUntil(2); !equalInts(got, []int{2}) {
+		t.Fatalf("bob got %v, want only the live event 2", got)
+	}
+
+	// The id is bob's now: the record follows the last subscriber.
+	// Another of alice's, gone longer than the window, starts live too.
+	a := dial(t, s, "project=p1&jwt="+alice, nil)
+	a.expect("connected")
+	if st := a.subscribeAs("alices2", "files"); st != "new" {
+		t.Fatalf("unknown id: %q, want new", st)
+	}
+	time.Sleep(resumeMargin)
+	a.conn.Close()
+	waitOpen(t, s, 1)                   // bob's
+	time.Sleep(1600 * time.Millisecond) // past the window
+	a2 := dial(t, s, "project=p1&jwt="+alice, nil)
+	a2.expect("connected")
+	if st := a2.subscribeAs("alices2", "files"); st != "live_window" && st != "new" {
+		t.Fatalf("alice after the window: %q, want live_window, or new once the record expired", st)
+	}
+}
+
+// A role the user lost while away is honoured: missed events are matched
+// against the roles the returning connection has now, so nothing leaks.
+func TestResumeMatchesTheRolesOfNow(t *testing.T) {
+	const secret = "k" // mustJWT's
+	s := testNode(t, func(cfg *Config) {
+		withMemoryResume(time.Minute)(cfg)
+		cfg.Resolver = mustJWT(t)
+	})
+	// The JWT resolver gives a user their own roles; events for team:t1
+	// reach only members, and the second token has none.
+	member := jwtFor(t, secret, jwt.MapClaims{"userId": "u1", "projectId": "p1", "roles": []string{"team:t1"}, "exp": time.Now().Add(time.Hour).Unix()})
+	removed := jwtFor(t, secret, jwt.MapClaims{"userId": "u1", "projectId": "p1", "exp": time.Now().Add(time.Hour).Unix()})
+	teamEvent := func(n int) string {
+		return event("p1", []string{"team:t1"}, []string{"files"}, `{"n":`+strconv.Itoa(n)+`}`)
+	}
+	c := dial(t, s, "project=p1&jwt="+member, nil)
+	c.expect("connected")
+	c.subscribeAs("u1files", "files")
+	publish(t, s, teamEvent(1))
+	if got := c.seqsUntil(1); !equalInts(got, []int{1}) {
+		t.Fatalf("member got %v", got)
+	}
+	time.Sleep(resumeMargin + 200*time.Millisecond)
+	c.conn.Close()
+	waitClosed(t, s)
+	publish(t, s, teamEvent(2))      // for members only: u1 is no longer one
+	publish(t, s, seqEvent("p1", 3)) // for anyone
+
+	c2 := dial(t, s, "project=p1&jwt="+removed, nil)
+	c2.expect("connected")
+	if st := c2.subscribeAs("u1files", "files"); st != "resumed" {
+		t.Fatalf("resume status %q", st)
+	}
+	if got := c2.seqsUntil(3); !equalInts(got, []int{3}) {
+		t.Fatalf("after losing team:t1 while away, got %v, want only 3", got)
+	}
+}
+
+// A subscription that comes back under another filter resumes under the
+// new one (RESUME.md): the missed events it wants now, nothing twice.
+func TestResumeUnderOtherChannels(t *testing.T) {
+	s := testNode(t, withMemoryResume(time.Minute))
+	c := dial(t, s, "project=p1", nil)
+	c.expect("connected")
+	c.subscribeAs("x1", "files")
+	time.Sleep(resumeMargin + 200*time.Millisecond)
+	c.conn.Close()
+	waitClosed(t, s)
+	publish(t, s, event("p1", []string{"any"}, []string{"files"}, `{"n":1}`))
+	publish(t, s, event("p1", []string{"any"}, []string{"documents"}, `{"n":2}`))
+	publish(t, s, event("p1", []string{"any"}, []string{"files", "documents"}, `{"n":3}`))
+
+	c2 := dial(t, s, "project=p1", nil)
+	c2.expect("connected")
+	if st := c2.subscribeAs("x1", "documents"); st != "resumed" {
+		t.Fatalf("resume status %q", st)
+	}
+	if got := c2.seqsUntil(3); !equalInts(got, []int{2, 3}) {
+		t.Fatalf("got %v, want the missed documents events 2, 3", got)
+	}
+}
+
+// Without resuming configured, a subscribe response has no resume field:
+// byte for byte what it was.
+func TestNoResumeFieldWithoutResume(t *testing.T) {
+	s := testNode(t, nil)
+	c := dial(t, s, "project=p1", nil)
+	c.expect("connected")
+	c.send(`{"type":"subscribe","data":[{"subscriptionId":"a","channels":["files"],"queries":[]}]}`)
+	if m := c.expect("response"); strings.Contains(string(m.Data), "resume") {
+		t.Fatalf("response %s", m.Data)
+	}
+}
