@@ -189,9 +189,12 @@ type link struct {
 	// quiet logs a first subscription at debug level: a sharded node
 	// subscribes whenever a project arrives, which is not news.
 	quiet bool
-	m     *metrics
-	log   *zap.Logger
-	drops *dropLog
+	// onLoss, when set, hears of every moment messages may have been
+	// lost (RedisOptions.OnLoss).
+	onLoss func()
+	m      *metrics
+	log    *zap.Logger
+	drops  *dropLog
 
 	up         bool      // subscribed right now
 	everUp     bool      // subscribed at least once in this run
@@ -229,6 +232,7 @@ func (l *link) markUp() {
 	switch {
 	case l.everUp:
 		l.m.reconnects.Inc()
+		l.lost()
 		l.log.Info("backbone subscription restored", append(fields, zap.Duration("outage", time.Since(l.since)))...)
 	case l.downLogged:
 		l.log.Info("backbone subscription established after retrying", append(fields, zap.Duration("waited", time.Since(l.since)))...)
@@ -352,6 +356,13 @@ func (l *link) deliver(payload string) {
 	default:
 		l.m.dropped.Inc()
 		l.drops.note(l.log, l.channel)
+		l.lost()
+	}
+}
+
+func (l *link) lost() {
+	if l.onLoss != nil {
+		l.onLoss()
 	}
 }
 

@@ -43,6 +43,12 @@ type RedisOptions struct {
 	// Registerer receives the broker_* metrics; nil leaves them
 	// unregistered.
 	Registerer prometheus.Registerer
+	// OnLoss, when set, is called whenever messages may have been lost:
+	// one was dropped (the buffer was full), or a subscription came back
+	// after an outage. The event history needs to know (it records a
+	// gap). It is called from the broker's reader goroutines and must not
+	// block.
+	OnLoss func()
 }
 
 // Redis is the multi-node broker: every node SUBSCRIBEs to one Redis Pub/Sub
@@ -64,6 +70,7 @@ type Redis struct {
 	m       *metrics
 	timing  timing
 	drops   dropLog
+	onLoss  func()
 
 	state atomic.Pointer[errBox] // what Ready returns
 
@@ -105,6 +112,7 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 		addr:    ro.Addr,
 		buffer:  opts.Buffer,
 		log:     opts.Logger,
+		onLoss:  opts.OnLoss,
 		timing:  defaultTiming(),
 		closed:  make(chan struct{}),
 	}
@@ -208,6 +216,7 @@ func (r *Redis) Run(ctx context.Context, h Handler) error {
 		},
 		out:    queue,
 		report: r.report,
+		onLoss: r.onLoss,
 		m:      r.m,
 		log:    r.log,
 		drops:  &r.drops,

@@ -86,6 +86,7 @@ type RedisSharded struct {
 	m       *metrics
 	timing  timing
 	drops   dropLog
+	onLoss  func()
 	closed  chan struct{}
 
 	mu sync.Mutex
@@ -163,6 +164,7 @@ func NewRedisSharded(opts RedisShardedOptions) (*RedisSharded, error) {
 		where:   "cluster " + strings.Join(co.Addrs, ","),
 		buffer:  opts.Buffer,
 		log:     opts.Logger,
+		onLoss:  opts.OnLoss,
 		timing:  defaultTiming(),
 		closed:  make(chan struct{}),
 	}
@@ -238,6 +240,23 @@ func (s *RedisSharded) Want(project string) {
 	s.want[p]++
 	if s.want[p] == 1 && s.runCtx != nil {
 		s.startLocked(p)
+		s.updateLocked()
+	}
+}
+
+// WantAll subscribes to every partition for as long as the broker runs,
+// whatever projects this node serves: the event history's appender must
+// hear every project (RESUME.md).
+func (s *RedisSharded) WantAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for p := range s.want {
+		s.want[p]++
+		if s.want[p] == 1 && s.runCtx != nil {
+			s.startLocked(p)
+		}
+	}
+	if s.runCtx != nil {
 		s.updateLocked()
 	}
 }
@@ -352,6 +371,7 @@ func (s *RedisSharded) startLocked(p int) {
 		},
 		out:    s.queue,
 		report: func(err error) { s.reportPartition(p, sub, err) },
+		onLoss: s.onLoss,
 		quiet:  true,
 		m:      s.m,
 		log:    s.log.With(zap.Int("partition", p)),
