@@ -315,7 +315,7 @@ type Server struct {
 	inflaters  inflaterPool       // shared by every connection: none holds one between messages
 	readers    boundedPool[*conn] // reads adopted sockets (conn.readAdopted)
 	router     *router
-	holds      *holds // users whose roles are being re-resolved after a permission change
+	holds      *holds   // users whose roles are being re-resolved after a permission change
 	resume     *resumer // nil when Config.Resume is
 	presences  *presences
 	usage      *usage.Collector // per-project usage: its Meter counts upgrades and client messages, the router counts events
