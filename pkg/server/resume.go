@@ -57,9 +57,12 @@ const (
 	// for dead: its open subscriptions then resume from its last one.
 	deadAfter = 2*checkpointEvery + checkpointEvery/2
 	// seamTimeout bounds the wait for the history to hold what the router
-	// routed (the appender runs a few milliseconds behind) before a
-	// subscription is given up as incomplete and starts live.
-	seamTimeout = time.Second
+	// routed before a subscription is given up as incomplete and starts
+	// live. The appender runs milliseconds behind; but when the node that
+	// held its lease died, nobody appends until a successor takes the
+	// lease (at most history.DefaultLeaseTTL and a third), and the
+	// successor then bridges the gap from its own copy of the feed.
+	seamTimeout = history.DefaultLeaseTTL + history.DefaultLeaseTTL/3 + time.Second
 	// openWait bounds the wait for the node of a subscription that is
 	// still open there to notice its connection is gone.
 	openWait = 3 * time.Second
