@@ -403,7 +403,7 @@ backend switchboard
 					r := checkSeqs(p.Streams[api], start, last, dupOK)
 					if r.bad() {
 						t.Errorf("SDK %s %s: %s\n  events %d..%d published, the disruption between seq %s (just after %s on the console's clock); duplicates allowed: %s\n  SDK console:\n    %s\n  sockets (opened-closed on the console's clock, subscription ids sent):\n    %s",
-							p.SDK, api, r, start, last, pubRange(pub, from, to), before.Now, dupAllowance(dupBound), strings.Join(p.Console, "\n    "), socketLines(p.Sockets))
+							p.SDK, api, r, start, last, what(disrupt != nil, pubRange(pub, from, to), "none: this is the control"), before.Now, dupAllowance(dupBound), strings.Join(p.Console, "\n    "), socketLines(p.Sockets))
 					} else {
 						t.Logf("SDK %s %s: events %d..%d: %d received, none missing, %d duplicates (allowed: %s)", p.SDK, api, r.first, last, r.received, len(r.dups), dupAllowance(dupBound))
 					}
@@ -679,6 +679,13 @@ func ranges(seqs []int) string {
 		i = j + 1
 	}
 	return "[" + strings.Join(parts, " ") + "]"
+}
+
+func what(disrupted bool, yes, no string) string {
+	if disrupted {
+		return yes
+	}
+	return no
 }
 
 // pubRange names the seqs published around the disruption's moment.
