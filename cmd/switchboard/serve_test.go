@@ -79,7 +79,14 @@ func startNode(t testing.TB, args ...string) *node {
 // waits until it is healthy or has exited.
 func tryStartNode(t testing.TB, addr string, args ...string) (*node, error) {
 	t.Helper()
-	n := &node{addr: addr, admin: freePort(t), stderr: new(syncBuffer), exited: make(chan error, 1)}
+	return tryStartNodeAt(t, addr, freePort(t), args...)
+}
+
+// tryStartNodeAt is tryStartNode on a given admin address too (a node
+// restarted where a load balancer checks it).
+func tryStartNodeAt(t testing.TB, addr, admin string, args ...string) (*node, error) {
+	t.Helper()
+	n := &node{addr: addr, admin: admin, stderr: new(syncBuffer), exited: make(chan error, 1)}
 	n.cmd = exec.Command(switchboardBin, append([]string{"serve", "--listen", n.addr}, args...)...)
 	n.cmd.Env = append(os.Environ(), "SWITCHBOARD_ADMIN_LISTEN="+n.admin, "SWITCHBOARD_LOG_LEVEL=warn")
 	n.cmd.Stderr = n.stderr

@@ -12,14 +12,17 @@
 package browsertest
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sync"
 	"testing"
 	"time"
 )
@@ -151,4 +154,133 @@ func (e *Env) run(s Script, artifacts string) (stdout, stderr []byte, err error)
 		err = fmt.Errorf("node %s: %w", s.Path, err)
 	}
 	return out.Bytes(), errOut.Bytes(), err
+}
+
+// Session is a script that runs beside the test and answers it, for
+// tests that act on the world (stop a server, cut a socket) between two
+// looks at the browser: each line the test writes to the script's stdin
+// is a request, each line the script prints on stdout an answer, in
+// order. What it prints on stderr is logged when the session ends.
+type Session struct {
+	path   string
+	cmd    *exec.Cmd
+	cancel context.CancelFunc
+	stdin  io.WriteCloser
+	lines  chan []byte
+	stderr *lockedBuffer
+	done   chan struct{} // closed when the script has exited
+	err    error         // why it exited, once done is closed
+}
+
+// Start runs s with node and returns at once; the script ends when the
+// test does (its stdin closed, then killed after five seconds), or at
+// s.Timeout (default one minute).
+func (e *Env) Start(t testing.TB, s Script) *Session {
+	t.Helper()
+	timeout := s.Timeout
+	if timeout == 0 {
+		timeout = time.Minute
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	cmd := exec.CommandContext(ctx, e.Node, append([]string{s.Path}, s.Args...)...)
+	cmd.Dir = e.Dir
+	cmd.Env = append(os.Environ(), "CHROMIUM="+e.Chromium, "ARTIFACTS="+t.ArtifactDir())
+	cmd.Env = append(cmd.Env, s.Env...)
+	cmd.WaitDelay = 5 * time.Second
+	ss := &Session{path: s.Path, cmd: cmd, cancel: cancel, lines: make(chan []byte, 64), stderr: new(lockedBuffer), done: make(chan struct{})}
+	cmd.Stderr = ss.stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	if ss.stdin, err = cmd.StdinPipe(); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatalf("node %s: %v", s.Path, err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(nil, 64<<20)
+		for sc.Scan() {
+			ss.lines <- append([]byte(nil), sc.Bytes()...)
+		}
+		close(ss.lines)
+	}()
+	go func() {
+		err := cmd.Wait()
+		if ctx.Err() != nil {
+			err = fmt.Errorf("node %s: timed out after %v", s.Path, timeout)
+		} else if err != nil {
+			err = fmt.Errorf("node %s: %w", s.Path, err)
+		}
+		ss.err = err
+		close(ss.done)
+	}()
+	t.Cleanup(func() {
+		ss.stdin.Close()
+		select {
+		case <-ss.done:
+		case <-time.After(5 * time.Second):
+			cancel()
+			<-ss.done
+		}
+		cancel()
+		if b := ss.stderr.Bytes(); len(b) > 0 {
+			t.Logf("node %s stderr:\n%s", s.Path, b)
+		}
+	})
+	return ss
+}
+
+// Ask writes req as one line and returns the script's next line. A script
+// that exits or stays silent for timeout fails t, with its stderr.
+func (s *Session) Ask(t testing.TB, req string, timeout time.Duration) []byte {
+	t.Helper()
+	if _, err := io.WriteString(s.stdin, req+"\n"); err != nil {
+		s.fail(t, fmt.Sprintf("writing %q: %v", req, err))
+	}
+	return s.Next(t, timeout)
+}
+
+// Next returns the script's next line, waiting up to timeout.
+func (s *Session) Next(t testing.TB, timeout time.Duration) []byte {
+	t.Helper()
+	select {
+	case line, ok := <-s.lines:
+		if !ok {
+			<-s.done
+			s.fail(t, fmt.Sprintf("exited (%v)", s.err))
+		}
+		return line
+	case <-time.After(timeout):
+		s.fail(t, fmt.Sprintf("no answer within %v", timeout))
+	}
+	return nil
+}
+
+func (s *Session) fail(t testing.TB, why string) {
+	t.Helper()
+	t.Fatalf("node %s: %s\nstderr:\n%s", s.path, why, s.stderr.Bytes())
+}
+
+// lockedBuffer is a script's stderr, read while the script writes it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) Bytes() []byte {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]byte(nil), l.b.Bytes()...)
 }

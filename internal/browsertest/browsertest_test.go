@@ -38,3 +38,26 @@ func TestRunReportsFailures(t *testing.T) {
 		t.Fatalf("hanging script: err %v", err)
 	}
 }
+
+// TestSessionAnswers: a script started beside the test answers each line
+// in order, and one that exits fails the test's next question rather than
+// hanging it (checked through the exit it reports).
+func TestSessionAnswers(t *testing.T) {
+	env := Find(t)
+	s := env.Start(t, Script{Path: "-e", Args: []string{
+		`require("readline").createInterface({ input: process.stdin }).on("line", (l) => { if (l === "bye") process.exit(0); console.log(l.toUpperCase()); })`}})
+	for _, q := range []string{"one", "two"} {
+		if got := string(s.Ask(t, q, 10*time.Second)); got != strings.ToUpper(q) {
+			t.Fatalf("asked %q, got %q", q, got)
+		}
+	}
+	_, _ = s.stdin.Write([]byte("bye\n"))
+	select {
+	case <-s.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the script did not exit")
+	}
+	if _, ok := <-s.lines; ok {
+		t.Fatal("a line after the script exited")
+	}
+}
