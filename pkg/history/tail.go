@@ -286,9 +286,6 @@ func (r *Redis) refresh(ctx context.Context, tl *tail, back bool) error {
 	}
 	if len(tailEvs) > 0 {
 		tl.last = tailEvs[len(tailEvs)-1].Pos
-		if cold {
-			tl.last = tailEvs[0].Pos // newest first
-		}
 	}
 	tl.events, tl.whole, tl.bytes = kept, whole, size
 	tl.now, tl.lease, tl.floor, tl.gap = pr.now, pr.lease, pr.floor, pr.gap

@@ -1,0 +1,216 @@
+package history
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// redisRecordsHarness makes a record store under a fresh prefix; its
+// clock is Redis's, this machine's.
+func redisRecordsHarness(client redis.UniversalClient, partitions int) newRecords {
+	var n int
+	return func(t *testing.T, window time.Duration) recordsHarness {
+		n++
+		rs, err := NewRedisRecords(RedisRecordsOptions{Client: client, Prefix: fmt.Sprintf("r%d-%s", n, t.Name()), Partitions: partitions, Window: window})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return recordsHarness{rs: rs, advance: time.Sleep, now: time.Now}
+	}
+}
+
+func TestRedisRecords(t *testing.T) {
+	testRecords(t, redisRecordsHarness(newRedisClient(t), 0))
+}
+
+// TestRedisRecordsMalformed: a record is outside input when read back;
+// whatever its fields, Get answers an error, never a panic or a guess.
+func TestRedisRecordsMalformed(t *testing.T) {
+	c := newRedisClient(t)
+	rs, err := NewRedisRecords(RedisRecordsOptions{Client: c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	good := map[string]string{"p": "p", "u": "u", "n": "n1", "o": "1", "a": anchorOf([]byte("x")).String(), "f": "12"}
+	for field, bad := range map[string]string{
+		"o": "yes", "a": "0123", "f": "-1",
+	} {
+		h := map[string]any{}
+		for k, v := range good {
+			h[k] = v
+		}
+		h[field] = bad
+		c.Del(ctx, rs.RecordKey("p", "x"))
+		c.HSet(ctx, rs.RecordKey("p", "x"), h)
+		if _, _, err := rs.Get(ctx, "p", "x"); err == nil {
+			t.Fatalf("%s = %q: no error", field, bad)
+		}
+	}
+	for _, missing := range []string{"a", "f", "o"} {
+		c.HDel(ctx, rs.RecordKey("p", "x"), missing)
+		if _, _, err := rs.Get(ctx, "p", "x"); err == nil {
+			t.Fatalf("without %s: no error", missing)
+		}
+	}
+	// A record that is not a hash.
+	c.Del(ctx, rs.RecordKey("p", "x"))
+	c.Set(ctx, rs.RecordKey("p", "x"), "x", 0)
+	if _, _, err := rs.Get(ctx, "p", "x"); err == nil {
+		t.Fatal("a string record: no error")
+	}
+	// A checkpoint that putScript did not write.
+	c.HSet(ctx, rs.CheckpointKey("n1"), "ms", "soon", "q", "1")
+	if _, _, err := rs.LastCheckpoint(ctx, "n1"); err == nil {
+		t.Fatal("a malformed checkpoint: no error")
+	}
+}
+
+// TestRedisScriptsReloaded: after SCRIPT FLUSH (a restarted Redis), every
+// call loads its script again instead of failing.
+func TestRedisScriptsReloaded(t *testing.T) {
+	c := newRedisClient(t)
+	h := redisHarness(c, 0)(t, Config{})
+	rs, err := NewRedisRecords(RedisRecordsOptions{Client: c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	e := event("p", 1, 100)
+	mustAppend(t, h.s, "p", e)
+	c.ScriptFlush(ctx)
+	if _, span := readFrom(t, h.s.(Reader), "p", anchorOf(e), 0); !span.Complete {
+		t.Fatal("incomplete after SCRIPT FLUSH")
+	}
+	for _, f := range []func() error{
+		func() error { return rs.Put(ctx, time.Second, Record{Project: "p", ID: "1"}) },
+		func() error { return rs.Checkpoint(ctx, "n1", 0) },
+		func() error { _, _, err := rs.LastCheckpoint(ctx, "n1"); return err },
+	} {
+		c.ScriptFlush(ctx)
+		if err := f(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestRedisReadFromLease: while no node holds the partition's lease,
+// events are being published that nobody records: incomplete.
+func TestRedisReadFromLease(t *testing.T) {
+	c := newRedisClient(t)
+	h := redisHarness(c, 0)(t, Config{})
+	r := h.s.(*Redis)
+	e := events("p", 1, 4, 100)
+	appendAll(t, h, "p", 0, e...)
+	ctx := context.Background()
+	ttl := c.PTTL(ctx, r.LeaseKey(0)).Val()
+	c.Del(ctx, r.LeaseKey(0))
+	for _, rd := range []Reader{r, h.reopen()} {
+		if _, span := readFrom(t, rd, "p", anchorOf(e...), 0); span.Complete {
+			t.Fatal("complete with no lease")
+		}
+		if _, span := readFrom(t, rd, "p", Anchor{}, nowMS(time.Now())-1000); span.Complete {
+			t.Fatal("zero anchor complete with no lease")
+		}
+	}
+	c.Set(ctx, r.LeaseKey(0), "n1", ttl)
+	if _, span := readFrom(t, r, "p", anchorOf(e...), 0); !span.Complete {
+		t.Fatal("incomplete with the lease back")
+	}
+}
+
+// TestRedisReadFromCoalesced: readers of one project that come together
+// share refreshes: far fewer than one each, and every one of them gets
+// the whole answer.
+func TestRedisReadFromCoalesced(t *testing.T) {
+	c := newRedisClient(t)
+	h := redisHarness(c, 0)(t, Config{})
+	r := h.s.(*Redis)
+	e := events("p", 1, 300, 200)
+	appendAll(t, h, "p", 0, e...)
+	const readers = 200
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	errs := make(chan error, readers)
+	for i := range readers {
+		wg.Go(func() {
+			<-start
+			k := 100 + i%196
+			span, err := r.ReadFrom(context.Background(), "p", anchorOf(e[k-3:k+1]...), 0)
+			if err == nil && (!span.Complete || len(span.Events)-span.Start != 299-k) {
+				err = fmt.Errorf("from %d: %v, %d events", k, span.Complete, len(span.Events)-span.Start)
+			}
+			errs <- err
+		})
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	tl := r.tails.get("p")
+	if n := tl.started.Load(); n > readers/4 {
+		t.Fatalf("%d refreshes for %d readers", n, readers)
+	}
+	t.Logf("%d refreshes for %d readers", tl.started.Load(), readers)
+}
+
+// TestRedisTailCacheBounded: the caches of many projects stay under their
+// cap, the least recently read leaving first, and what leaves is read
+// again from Redis, the same.
+func TestRedisTailCacheBounded(t *testing.T) {
+	c := newRedisClient(t)
+	h := redisHarness(c, 0)(t, Config{})
+	const capBytes = 3 * 50 * (500 + tailOverhead)
+	r, err := NewRedis(RedisOptions{Client: c, Prefix: h.s.(*Redis).prefix, Node: "n1", TailCacheBytes: capBytes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs := map[string][][]byte{}
+	for i := range 6 {
+		p := fmt.Sprintf("p%d", i)
+		evs[p] = events(p, 1, 50, 500)
+		appendAll(t, h, p, 0, evs[p]...)
+	}
+	for round := range 3 {
+		for i := range 6 {
+			p := fmt.Sprintf("p%d", i)
+			got, span := readFrom(t, r, p, anchorOf(evs[p][10:14]...), 0)
+			if !span.Complete || !same(got, want(evs[p][14:]...)) {
+				t.Fatalf("round %d, %s: %v %d", round, p, span.Complete, len(got))
+			}
+			if held := r.tails.held(); held > capBytes {
+				t.Fatalf("cached %d B, cap %d", held, capBytes)
+			}
+		}
+	}
+	r.tails.mu.Lock()
+	n := len(r.tails.byName)
+	r.tails.mu.Unlock()
+	if n > 3 || n == 0 {
+		t.Fatalf("%d projects cached", n)
+	}
+}
+
+// TestRedisReadFromMalformedStream: an entry that the append script did
+// not write is an error, not an event.
+func TestRedisReadFromMalformedStream(t *testing.T) {
+	c := newRedisClient(t)
+	h := redisHarness(c, 0)(t, Config{})
+	r := h.s.(*Redis)
+	mustAppend(t, h.s, "p", []byte("a"))
+	c.XAdd(context.Background(), &redis.XAddArgs{Stream: r.StreamKey("p"), Values: []string{"x", "y"}})
+	_, err := r.ReadFrom(context.Background(), "p", anchorOf([]byte("a")), 0)
+	if err == nil || !strings.Contains(err.Error(), "no field d") {
+		t.Fatalf("err = %v", err)
+	}
+}
