@@ -3,6 +3,7 @@ package history
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"testing"
@@ -212,5 +213,105 @@ func TestRedisReadFromMalformedStream(t *testing.T) {
 	_, err := r.ReadFrom(context.Background(), "p", anchorOf([]byte("a")), 0)
 	if err == nil || !strings.Contains(err.Error(), "no field d") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestRedisReadFromAgainstModel: random appends (some of the same bytes
+// again), gaps, waits and reads, through one long-lived reader (its tail
+// cache refreshed, cut by gaps and evictions) and fresh ones, against a
+// model that keeps everything: every complete span is exactly the
+// model's events after the anchor, and none is complete when an event
+// after the anchor is missing from the stream or lost in a gap.
+func TestRedisReadFromAgainstModel(t *testing.T) {
+	c := newRedisClient(t)
+	for seed := range uint64(3) {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			cfg := Config{Window: 400 * time.Millisecond, MaxProjectBytes: 15 * (60 + redisOverhead), MaxBytes: 40 * (60 + redisOverhead)}
+			h := redisHarness(c, 0)(t, cfg)
+			redisReadFromAgainstModel(t, c, h, seed)
+		})
+	}
+}
+
+func redisReadFromAgainstModel(t *testing.T, c redis.UniversalClient, h harness, seed uint64) {
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(seed, 4))
+	r := h.s.(*Redis)
+	projects := []string{"a", "b", "c"}
+	model := map[string][]modelEvent{}
+	var lastGap Position
+	completes, reads := 0, 0
+	for step := range 1500 {
+		switch k := rng.IntN(20); {
+		case k < 10:
+			p := projects[rng.IntN(len(projects))]
+			d := modelPayload(rng, p, step)
+			pos := mustAppend(t, r, p, d)
+			model[p] = append(model[p], modelEvent{pos: pos, data: string(d)})
+		case k < 11:
+			time.Sleep(time.Duration(rng.IntN(40)) * time.Millisecond)
+		case k < 12 && rng.IntN(10) == 0:
+			// What the Appender does after its feed lost messages.
+			p := projects[rng.IntN(len(projects))]
+			d := modelPayload(rng, p, step)
+			_, pos, _, err := r.append(ctx, p, d, "*", Digest(d))
+			if err != nil {
+				t.Fatal(err)
+			}
+			model[p] = append(model[p], modelEvent{pos: pos, data: string(d)})
+			lastGap = pos
+		default:
+			p := projects[rng.IntN(len(projects))]
+			evs := model[p]
+			var a Anchor
+			if len(evs) > 0 && rng.IntN(5) > 0 {
+				j := len(evs) - 1 - rng.IntN(min(len(evs), 12))
+				for _, e := range evs[max(0, j-AnchorLen+1) : j+1] {
+					a.Push(Digest([]byte(e.data)))
+				}
+			}
+			var floorMS uint64
+			if a.IsZero() || rng.IntN(2) == 0 {
+				floorMS = nowMS(time.Now()) - uint64(rng.IntN(500))
+			}
+			var rd Reader = r
+			if rng.IntN(10) == 0 {
+				rd = h.reopen()
+			}
+			_, span := readFrom(t, rd, p, a, floorMS)
+			reads++
+			after, end := checkSpan(t, step, evs, a, floorMS, span)
+			if !span.Complete {
+				continue
+			}
+			completes++
+			// Nothing appends between the read and this look at the
+			// stream, so it holds what the read could see.
+			held := map[string]bool{}
+			for _, x := range c.XRange(ctx, r.StreamKey(p), "-", "+").Val() {
+				held[x.ID] = true
+			}
+			from := Position{MS: floorMS, Seq: 1<<64 - 1}
+			if end >= 0 {
+				from = evs[end].pos
+				for _, e := range evs[max(0, end-a.N+1) : end+1] {
+					if !held[e.pos.String()] {
+						t.Fatalf("step %d: complete from an anchor no longer held", step)
+					}
+				}
+			}
+			for _, e := range after {
+				if !held[e.pos.String()] {
+					t.Fatalf("step %d: complete, but %s is no longer held", step, e.pos)
+				}
+			}
+			if from.Less(lastGap) {
+				t.Fatalf("step %d: complete from %s across the gap at %s", step, from, lastGap)
+			}
+		}
+	}
+	t.Logf("%d complete reads of %d", completes, reads)
+	if completes < reads/10 {
+		t.Fatalf("only %d complete reads of %d", completes, reads)
 	}
 }
