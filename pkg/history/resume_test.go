@@ -415,3 +415,32 @@ func testRecords(t *testing.T, mk newRecords) {
 		}
 	})
 }
+
+// TestMemoryRecordsCheckpointExpires: a checkpoint is forgotten the window
+// and a minute after it was written, as its Redis key expires.
+func TestMemoryRecordsCheckpointExpires(t *testing.T) {
+	h := newMemoryRecordsHarness(t, 2*time.Second)
+	ctx := context.Background()
+	if err := h.rs.Checkpoint(ctx, "n1", -time.Second); err != nil {
+		t.Fatal(err)
+	}
+	c, ok, _ := h.rs.LastCheckpoint(ctx, "n1")
+	if !ok || c.Queued != 0 {
+		t.Fatalf("%+v %v: a negative age is none", c, ok)
+	}
+	h.advance(time.Minute + time.Second)
+	if _, ok, _ := h.rs.LastCheckpoint(ctx, "n1"); !ok {
+		t.Fatal("forgotten inside the window and a minute")
+	}
+	h.advance(time.Second)
+	if _, ok, _ := h.rs.LastCheckpoint(ctx, "n1"); ok {
+		t.Fatal("still there after the window and a minute")
+	}
+	// Put sweeps it away.
+	if err := h.rs.Put(ctx, -1, Record{Project: "p", ID: "1"}); err != nil {
+		t.Fatal(err)
+	}
+	if m := h.rs.(*MemoryRecords); len(m.checks) != 0 {
+		t.Fatalf("%d checkpoints held", len(m.checks))
+	}
+}

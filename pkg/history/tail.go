@@ -247,6 +247,15 @@ func (r *Redis) refresh(ctx context.Context, tl *tail, back bool) error {
 		return fmt.Errorf("history: read %s: %w", tl.project, err)
 	}
 
+	window := uint64(r.cfg.Window.Milliseconds())
+	if tl.last != (Position{}) && tl.last.MS+window < pr.now {
+		// The project was idle longer than the window: nothing cached
+		// is usable, and its partition may have expired since and be
+		// writing ids below tl.last (a Redis clock that went back), which
+		// reading on from tl.last would miss. Start again from the end.
+		tl.events, tl.last, tl.whole, tl.bytes = nil, Position{}, false, 0
+		return r.refresh(ctx, tl, false)
+	}
 	var front, tailEvs []Event
 	shortBack := false
 	if back {
@@ -271,7 +280,6 @@ func (r *Redis) refresh(ctx context.Context, tl *tail, back bool) error {
 	}
 	// What was evicted (at or before the floor) or left the window is no
 	// longer history; both leave from the stream's start.
-	window := uint64(r.cfg.Window.Milliseconds())
 	i := 0
 	for i < len(all) && (!pr.floor.Less(all[i].Pos) || all[i].Pos.MS+window < pr.now) {
 		i++
