@@ -271,31 +271,37 @@ func (r *Redis) refresh(ctx context.Context, tl *tail, back bool) error {
 	if cold {
 		shortBack = len(tailEvs) < tailPage
 	}
-	all := make([]Event, 0, len(front)+len(tl.events)+len(tailEvs))
-	all = append(append(append(all, front...), tl.events...), tailEvs...)
-	for i := 1; i < len(all); i++ {
-		if !all[i-1].Pos.Less(all[i].Pos) {
-			return fmt.Errorf("history: read %s: Redis answered %s after %s", tl.project, all[i].Pos, all[i-1].Pos)
-		}
+	// Each page is in order (parseEntries); check the seams.
+	if err := inOrder(front, tl.events); err != nil {
+		return fmt.Errorf("history: read %s: %w", tl.project, err)
 	}
+	if err := inOrder(tl.events, tailEvs); err != nil {
+		return fmt.Errorf("history: read %s: %w", tl.project, err)
+	}
+	evs, size := tl.events, tl.bytes
+	if len(front) > 0 {
+		evs = append(front, evs...)
+		size += eventsBytes(front)
+	}
+	// Appending in place is safe: spans are copies, made under tl.mu.
+	evs = append(evs, tailEvs...)
+	size += eventsBytes(tailEvs)
 	// What was evicted (at or before the floor) or left the window is no
 	// longer history; both leave from the stream's start.
 	i := 0
-	for i < len(all) && (!pr.floor.Less(all[i].Pos) || all[i].Pos.MS+window < pr.now) {
+	for i < len(evs) && (!pr.floor.Less(evs[i].Pos) || evs[i].Pos.MS+window < pr.now) {
 		i++
 	}
 	whole := i > 0 || shortBack || pr.first == "" ||
-		len(all) > 0 && all[0].Pos.String() == pr.first ||
+		len(evs) > 0 && evs[0].Pos.String() == pr.first ||
 		!back && !cold && tl.whole
-	kept := slices.Clone(all[i:]) // a fresh array: the dropped events' data is freed
-	var size int64
-	for _, e := range kept {
-		size += int64(len(e.Data)) + tailOverhead
-	}
+	size -= eventsBytes(evs[:i])
+	clear(evs[:i]) // their data can go; the next growth of evs drops the slots
+	evs = evs[i:]
 	if len(tailEvs) > 0 {
 		tl.last = tailEvs[len(tailEvs)-1].Pos
 	}
-	tl.events, tl.whole, tl.bytes = kept, whole, size
+	tl.events, tl.whole, tl.bytes = evs, whole, size
 	tl.now, tl.lease, tl.floor, tl.gap = pr.now, pr.lease, pr.floor, pr.gap
 	tl.done = n
 	return nil
@@ -346,6 +352,23 @@ func parseTailProof(cmd *redis.Cmd) (tailProof, error) {
 	return pr, nil
 }
 
+// inOrder checks that b follows a.
+func inOrder(a, b []Event) error {
+	if len(a) > 0 && len(b) > 0 && !a[len(a)-1].Pos.Less(b[0].Pos) {
+		return fmt.Errorf("Redis answered %s after %s", b[0].Pos, a[len(a)-1].Pos)
+	}
+	return nil
+}
+
+// eventsBytes is what evs cost the cache.
+func eventsBytes(evs []Event) int64 {
+	var n int64
+	for _, e := range evs {
+		n += int64(len(e.Data)) + tailOverhead
+	}
+	return n
+}
+
 // parseEntries turns stream entries into events with their digests,
 // oldest first (reversed: the entries came newest first).
 func parseEntries(msgs []redis.XMessage, reversed bool) ([]Event, error) {
@@ -364,6 +387,11 @@ func parseEntries(msgs []redis.XMessage, reversed bool) ([]Event, error) {
 			j = len(msgs) - 1 - i
 		}
 		evs[j] = Event{Pos: pos, Data: []byte(d), Digest: Digest([]byte(d))}
+	}
+	for i := 1; i < len(evs); i++ {
+		if !evs[i-1].Pos.Less(evs[i].Pos) {
+			return nil, fmt.Errorf("stream entries out of order: %s after %s", evs[i].Pos, evs[i-1].Pos)
+		}
 	}
 	return evs, nil
 }
