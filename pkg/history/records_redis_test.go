@@ -6,10 +6,13 @@ import (
 	"math/rand/v2"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/switchboard-rt/switchboard/internal/redistest"
 )
 
 // redisRecordsHarness makes a record store under a fresh prefix; its
@@ -313,5 +316,42 @@ func redisReadFromAgainstModel(t *testing.T, c redis.UniversalClient, h harness,
 	t.Logf("%d complete reads of %d", completes, reads)
 	if completes < reads/10 {
 		t.Fatalf("only %d complete reads of %d", completes, reads)
+	}
+}
+
+// TestRedisReadFromFailureShared: when Redis hangs, readers queued behind
+// a refresh that failed get its error at once instead of each waiting
+// for its own timeout, one after another.
+func TestRedisReadFromFailureShared(t *testing.T) {
+	srv := redistest.Start(t)
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr(), ReadTimeout: 300 * time.Millisecond, MaxRetries: -1})
+	defer c.Close()
+	h := redisHarness(c, 0)(t, Config{})
+	r := h.s.(*Redis)
+	e := events("p", 1, 4, 100)
+	appendAll(t, h, "p", 0, e...)
+	srv.Pause()
+	defer srv.Resume()
+	const readers = 20
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	start := time.Now()
+	for range readers {
+		wg.Go(func() {
+			if _, err := r.ReadFrom(context.Background(), "p", anchorOf(e...), 0); err != nil {
+				failed.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if failed.Load() != readers {
+		t.Fatalf("%d of %d readers failed", failed.Load(), readers)
+	}
+	if d := time.Since(start); d > 5*300*time.Millisecond {
+		t.Fatalf("%d readers took %v: they waited each for its own timeout", readers, d)
+	}
+	srv.Resume()
+	if _, span := readFrom(t, r, "p", anchorOf(e...), 0); !span.Complete {
+		t.Fatal("incomplete after Redis came back")
 	}
 }

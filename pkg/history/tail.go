@@ -133,6 +133,8 @@ type tail struct {
 
 	mu     sync.Mutex // held across a refresh and the reading of a span
 	done   uint64     // the number of the last refresh that succeeded
+	failed uint64     // the number of the last refresh that failed
+	err    error      // why it failed
 	events []Event
 	last   Position // the newest id read from the stream (zero: none yet)
 	whole  bool
@@ -152,7 +154,18 @@ func (r *Redis) ReadFrom(ctx context.Context, project string, from Anchor, floor
 	asked := tl.started.Load()
 	tl.mu.Lock()
 	defer tl.mu.Unlock()
-	if tl.done <= asked {
+	if err := ctx.Err(); err != nil {
+		return Span{}, fmt.Errorf("history: read %s: %w", project, err)
+	}
+	switch {
+	case tl.done > asked:
+		// A refresh that began after this call asked has succeeded.
+	case tl.failed > asked:
+		// One has failed: so would this call's own, in all likelihood,
+		// and a storm of readers must not queue up behind a Redis that
+		// hangs, each for its own timeout.
+		return Span{}, tl.err
+	default:
 		if err := r.refresh(ctx, tl, false); err != nil {
 			return Span{}, err
 		}
@@ -207,10 +220,20 @@ func (tl *tail) span(from Anchor, floorMS, window uint64) (span Span, more bool)
 	return Span{Events: slices.Clone(evs), Start: start, Complete: true}, false
 }
 
-// refresh reads what the stream gained since tl.last (the newest page,
+// refresh runs refreshOnce and remembers a failure for the readers
+// waiting behind it.
+func (r *Redis) refresh(ctx context.Context, tl *tail, back bool) error {
+	n, err := r.refreshOnce(ctx, tl, back)
+	if err != nil && ctx.Err() == nil { // a caller's own deadline is not Redis's failure
+		tl.failed, tl.err = n, err
+	}
+	return err
+}
+
+// refreshOnce reads what the stream gained since tl.last (the newest page,
 // the first time) and, with back, the page before tl.events[0], and the
 // proof of tailScript, in one MULTI; then drops what left the stream.
-func (r *Redis) refresh(ctx context.Context, tl *tail, back bool) error {
+func (r *Redis) refreshOnce(ctx context.Context, tl *tail, back bool) (uint64, error) {
 	n := tl.started.Add(1)
 	t := r.tag(r.PartitionOf(tl.project))
 	stream := t + "s:" + tl.project
@@ -240,11 +263,11 @@ func (r *Redis) refresh(ctx context.Context, tl *tail, back bool) error {
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("history: read %s: %w", tl.project, err)
+		return n, fmt.Errorf("history: read %s: %w", tl.project, err)
 	}
 	pr, err := parseTailProof(proof)
 	if err != nil {
-		return fmt.Errorf("history: read %s: %w", tl.project, err)
+		return n, fmt.Errorf("history: read %s: %w", tl.project, err)
 	}
 
 	window := uint64(r.cfg.Window.Milliseconds())
@@ -254,29 +277,29 @@ func (r *Redis) refresh(ctx context.Context, tl *tail, back bool) error {
 		// writing ids below tl.last (a Redis clock that went back), which
 		// reading on from tl.last would miss. Start again from the end.
 		tl.events, tl.last, tl.whole, tl.bytes = nil, Position{}, false, 0
-		return r.refresh(ctx, tl, false)
+		return r.refreshOnce(ctx, tl, false)
 	}
 	var front, tailEvs []Event
 	shortBack := false
 	if back {
 		if front, err = parseEntries(older.Val(), true); err != nil {
-			return fmt.Errorf("history: read %s: %w", tl.project, err)
+			return n, fmt.Errorf("history: read %s: %w", tl.project, err)
 		}
 		shortBack = len(front) < tailPage
 	}
 	cold := tl.last == (Position{})
 	if tailEvs, err = parseEntries(newer.Val(), cold); err != nil {
-		return fmt.Errorf("history: read %s: %w", tl.project, err)
+		return n, fmt.Errorf("history: read %s: %w", tl.project, err)
 	}
 	if cold {
 		shortBack = len(tailEvs) < tailPage
 	}
 	// Each page is in order (parseEntries); check the seams.
 	if err := inOrder(front, tl.events); err != nil {
-		return fmt.Errorf("history: read %s: %w", tl.project, err)
+		return n, fmt.Errorf("history: read %s: %w", tl.project, err)
 	}
 	if err := inOrder(tl.events, tailEvs); err != nil {
-		return fmt.Errorf("history: read %s: %w", tl.project, err)
+		return n, fmt.Errorf("history: read %s: %w", tl.project, err)
 	}
 	evs, size := tl.events, tl.bytes
 	if len(front) > 0 {
@@ -304,7 +327,7 @@ func (r *Redis) refresh(ctx context.Context, tl *tail, back bool) error {
 	tl.events, tl.whole, tl.bytes = evs, whole, size
 	tl.now, tl.lease, tl.floor, tl.gap = pr.now, pr.lease, pr.floor, pr.gap
 	tl.done = n
-	return nil
+	return n, nil
 }
 
 // tailProof is tailScript's reply.
