@@ -59,6 +59,10 @@ type RedisOptions struct {
 // never holds more than its cap between calls. Every key expires
 // Window+1 min after the partition's last append, so an abandoned
 // installation leaves nothing behind.
+//
+// ReadFrom reads through a cache of each project's newest events, held by
+// the Redis value (never shared between values), so that the subscriptions
+// of a resume storm do not each read the stream again (tail.go).
 type Redis struct {
 	c      redis.UniversalClient
 	prefix string
