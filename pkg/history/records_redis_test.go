@@ -347,7 +347,9 @@ func TestRedisReadFromFailureShared(t *testing.T) {
 	if failed.Load() != readers {
 		t.Fatalf("%d of %d readers failed", failed.Load(), readers)
 	}
-	if d := time.Since(start); d > 5*300*time.Millisecond {
+	// Each reader on its own: 20 x 600 ms (12 s); shared: 2 or 3 timeouts.
+	t.Logf("%d readers failed in %v", readers, time.Since(start))
+	if d := time.Since(start); d > 4*time.Second {
 		t.Fatalf("%d readers took %v: they waited each for its own timeout", readers, d)
 	}
 	srv.Resume()
