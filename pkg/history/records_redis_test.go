@@ -174,7 +174,7 @@ func TestRedisReadFromCoalesced(t *testing.T) {
 func TestRedisTailCacheBounded(t *testing.T) {
 	c := newRedisClient(t)
 	h := redisHarness(c, 0)(t, Config{})
-	const capBytes = 3 * 50 * (500 + tailOverhead)
+	const capBytes = 3 * (tailFixed + 50*(500+tailOverhead))
 	r, err := NewRedis(RedisOptions{Client: c, Prefix: h.s.(*Redis).prefix, Node: "n1", TailCacheBytes: capBytes})
 	if err != nil {
 		t.Fatal(err)
@@ -202,6 +202,18 @@ func TestRedisTailCacheBounded(t *testing.T) {
 	r.tails.mu.Unlock()
 	if n > 3 || n == 0 {
 		t.Fatalf("%d projects cached", n)
+	}
+	// Projects with nothing to hold are bounded too.
+	for i := range 1000 {
+		if _, span := readFrom(t, r, fmt.Sprintf("empty%d", i), Anchor{}, nowMS(time.Now())); !span.Complete {
+			t.Fatal("an empty project reads as incomplete")
+		}
+	}
+	r.tails.mu.Lock()
+	n = len(r.tails.byName)
+	r.tails.mu.Unlock()
+	if held := r.tails.held(); n > capBytes/tailFixed || held > capBytes {
+		t.Fatalf("%d projects cached, %d B", n, held)
 	}
 }
 

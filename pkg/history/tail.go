@@ -68,15 +68,22 @@ func newTailCaches(max int64) *tailCaches {
 	return &tailCaches{max: max, byName: make(map[string]*tail)}
 }
 
+// tailFixed is what a project's tail costs the caches however little it
+// holds (the struct, its map and list entries), counted so that reads of
+// many projects with nothing to hold are bounded too.
+const tailFixed = 256
+
 // get returns project's tail, made empty if there is none.
 func (c *tailCaches) get(project string) *tail {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	tl := c.byName[project]
 	if tl == nil {
-		tl = &tail{project: project}
+		tl = &tail{project: project, counted: tailFixed}
 		tl.elem = c.lru.PushFront(tl)
 		c.byName[project] = tl
+		c.bytes += tailFixed
+		c.evictLocked()
 	}
 	return tl
 }
@@ -90,9 +97,14 @@ func (c *tailCaches) settle(tl *tail, size int64) {
 	if tl.elem == nil {
 		return
 	}
-	c.bytes += size - tl.counted
-	tl.counted = size
+	c.bytes += tailFixed + size - tl.counted
+	tl.counted = tailFixed + size
 	c.lru.MoveToFront(tl.elem)
+	c.evictLocked()
+}
+
+// evictLocked forgets the least recently read tails until the caches fit.
+func (c *tailCaches) evictLocked() {
 	for c.bytes > c.max {
 		e := c.lru.Back()
 		v := e.Value.(*tail)
