@@ -147,14 +147,14 @@ type tail struct {
 	done   uint64     // the number of the last refresh that succeeded
 	failed uint64     // the number of the last refresh that failed
 	err    error      // why it failed
-	events []Event   // oldest first, each with its digest
-	last   Position // the newest id read from the stream (zero: none yet)
-	whole  bool     // nothing usable is held before events[0]: no need to page back
-	now    uint64   // Redis's time at the last refresh (ms)
-	lease  bool     // an appender held the lease then
-	floor  Position // the project's floor then
-	gap    Position // the partition's newest gap then (zero: none)
-	bytes  int64    // what events cost, tailOverhead included
+	events []Event    // oldest first, each with its digest
+	last   Position   // the newest id read from the stream (zero: none yet)
+	whole  bool       // nothing usable is held before events[0]: no need to page back
+	now    uint64     // Redis's time at the last refresh (ms)
+	lease  bool       // an appender held the lease then
+	floor  Position   // the project's floor then
+	gap    Position   // the partition's newest gap then (zero: none)
+	bytes  int64      // what events cost, tailOverhead included
 }
 
 // ReadFrom implements Reader, through the project's tail cache: one
