@@ -83,7 +83,7 @@ func resumeNode(t *testing.T, url string, partitions int, window, drain time.Dur
 	t.Cleanup(func() { _ = b.Close() })
 	s := testNode(t, func(c *Config) {
 		c.Broker, c.Registry, c.DrainTime = b, reg, drain
-		c.Resume = &ResumeConfig{Window: window, Reader: store, Records: records, Feed: feed.Offer, Run: feed.Run}
+		c.Resume = &ResumeConfig{Window: window, Reader: store, Records: records, Feed: feed.Offer, Run: feed.Run, Shared: true}
 	})
 	redistest.Eventually(t, 15*time.Second, "node subscribed to Redis", func() bool { return b.Ready() == nil })
 	return s
