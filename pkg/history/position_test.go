@@ -189,7 +189,21 @@ func checkSpan(t *testing.T, step int, evs []modelEvent, a Anchor, floorMS uint6
 	if !a.IsZero() && end < 0 {
 		t.Fatalf("step %d: complete from an anchor the project never had", step)
 	}
-	rest := span.Events[a.N:]
+	first := a.N
+	if a.IsZero() {
+		// The context before the floor: the model's events just before.
+		first = span.Start
+		before := evs[:len(evs)-len(after)]
+		if first > AnchorLen || first > len(before) {
+			t.Fatalf("step %d: %d events of context", step, first)
+		}
+		for i, e := range span.Events[:first] {
+			if string(e.Data) != before[len(before)-first+i].data {
+				t.Fatalf("step %d: context event %d differs from the model's", step, i)
+			}
+		}
+	}
+	rest := span.Events[first:]
 	if len(rest) != len(after) {
 		t.Fatalf("step %d: %d events after the anchor, the model %d", step, len(rest), len(after))
 	}
@@ -197,7 +211,7 @@ func checkSpan(t *testing.T, step int, evs []modelEvent, a Anchor, floorMS uint6
 		if string(e.Data) != after[i].data {
 			t.Fatalf("step %d: event %d after the anchor differs from the model's", step, i)
 		}
-		if skipped := a.N+i < span.Start; skipped != (e.Pos.MS <= floorMS) && !a.IsZero() {
+		if skipped := first+i < span.Start; skipped != (e.Pos.MS <= floorMS) && !a.IsZero() {
 			t.Fatalf("step %d: event at %d (floor %d) skipped %v", step, e.Pos.MS, floorMS, skipped)
 		}
 	}
