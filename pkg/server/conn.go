@@ -499,13 +499,23 @@ func (c *conn) drain() {
 }
 
 // goAway tells the client the node is going away (1001) and closes; a
-// connection still in its HTTP handshake is just closed.
+// connection still in its HTTP handshake is just closed. It reports
+// whether everything queued, the close frame last, reached the socket at
+// once: then the drain knows exactly what the client will receive.
 func (c *conn) goAway() (exact bool) {
 	c.mu.Lock()
 	if c.state != stateLive {
 		c.mu.Unlock()
 		c.shut(closeShutdown)
 		return false
+	}
+	for c.q.writing {
+		// A write-pool worker's writev: let it end, so that what is left
+		// is known (the drain holds the router: nothing is queued
+		// meanwhile).
+		c.mu.Unlock()
+		runtime.Gosched()
+		c.mu.Lock()
 	}
 	c.enqueueLocked(outFrame{head: closeShutdown.frame(0, "")})
 	c.closeLocked(closeShutdown, ws.StatusGoingAway)

@@ -468,24 +468,46 @@ func (rs *resumer) plan(ctx context.Context, project, user, id string) resumePla
 	return p
 }
 
-// read (re)reads p's history.
+// read reads p's history. A span read before and complete is extended
+// with what was appended since (read from its last events), so that the
+// retries of a seam cost what is new, not the whole span again.
 func (rs *resumer) read(ctx context.Context, project string, p *resumePlan) {
+	if n := len(p.span.Events); p.span.Complete && n > 0 {
+		var tail history.Anchor
+		for _, e := range p.span.Events[max(0, n-history.AnchorLen):] {
+			tail.Push(e.Digest)
+		}
+		more, err := rs.cfg.Reader.ReadFrom(ctx, project, tail, 0)
+		if err == nil && more.Complete {
+			p.span.Events = append(p.span.Events, more.Events[more.Start:]...)
+			rs.parse(project, p, n)
+			return
+		}
+	}
 	span, err := rs.cfg.Reader.ReadFrom(ctx, project, p.from, p.floorMS)
 	if err != nil {
 		rs.srv.invalidLog.Warn("resume history not read", zap.String("project", project), zap.Error(err))
 		span = history.Span{}
 	}
-	p.span = span
-	p.events = make([]*protocol.Event, len(span.Events))
-	for i := span.Start; i < len(span.Events); i++ {
-		ev, err := protocol.ParseEvent(span.Events[i].Data)
+	p.span, p.events = span, nil
+	rs.parse(project, p, span.Start)
+}
+
+// parse parses p's span from event from on (the ones before are parsed
+// already, or not to be replayed).
+func (rs *resumer) parse(project string, p *resumePlan, from int) {
+	for len(p.events) < from {
+		p.events = append(p.events, nil)
+	}
+	for _, e := range p.span.Events[from:] {
+		ev, err := protocol.ParseEvent(e.Data)
 		if err != nil || ev.Project != project {
 			// Not the router's to deliver either: the history holds only
 			// what parsed, so this is Redis's content gone bad.
 			rs.srv.metrics.invalidEvents.Inc()
-			continue
+			ev = nil
 		}
-		p.events[i] = ev
+		p.events = append(p.events, ev)
 	}
 }
 
@@ -553,6 +575,21 @@ func (p *resumePlan) lineUp(j *resumeJob) bool {
 	return true
 }
 
+// keptThrough returns how many of kept the client of a subscription at
+// anchor a already had: those up to a's run, when the router was behind
+// it (a subscription that starts live then gets no event twice from
+// this node); 0 when a's run is not among them.
+func keptThrough(kept []keptEvent, a history.Anchor) int {
+	evs := make([]history.Event, len(kept))
+	for i, k := range kept {
+		evs[i].Digest = k.digest
+	}
+	if i, ok := (history.Span{Events: evs}).Find(a); ok {
+		return i + 1
+	}
+	return 0
+}
+
 // subscribeResuming handles a subscribe whose subscriptions include ids new
 // on this connection: each may be one coming back. It runs on the read
 // side and returns once the subscriptions are live, their missed events
@@ -575,12 +612,12 @@ func (c *conn) subscribeResuming(subs []subscription, resp []protocol.Subscripti
 		}
 	}
 	deadline := time.Now().Add(seamTimeout)
-	for {
+	for wait := 5 * time.Millisecond; ; wait = min(2*wait, 100*time.Millisecond) {
 		final := time.Now().After(deadline)
 		if rs.seam(j, subs, resp, plans, final) {
 			return
 		}
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(wait)
 		for i := range plans {
 			if plans[i].result == resumeResumed && !plans[i].met {
 				rs.read(ctx, project, &plans[i])
@@ -615,6 +652,7 @@ func (rs *resumer) seam(j *resumeJob, subs []subscription, resp []protocol.Subsc
 				return false
 			}
 			p.result = resumeIncomplete
+			p.skip = keptThrough(j.kept, p.from)
 		}
 	}
 	rs.endLocked(j)
@@ -660,7 +698,7 @@ func (rs *resumer) seam(j *resumeJob, subs []subscription, resp []protocol.Subsc
 		for k, ke := range j.kept {
 			var owed []subscription
 			for i := range plans {
-				if plans[i].result == resumeResumed && k < plans[i].skip {
+				if k < plans[i].skip {
 					continue
 				}
 				owed = append(owed, subs[i])
