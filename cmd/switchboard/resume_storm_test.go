@@ -214,11 +214,14 @@ func runResumeStorm(t *testing.T, sh stormShape) {
 	replayed := after["switchboard_resume_replayed_events_total"] - before["switchboard_resume_replayed_events_total"]
 	peak := peakRate(samples, time.Unix(0, st.Start), time.Unix(0, st.LiveAt).Add(time.Second))
 	if st.LiveAgainSeconds > 0 {
-		t.Logf("replayed events: node 1 %.0f (%.0f/s over the %.2f s to live again, busiest second %.0f/s); the clients %d (received after coming back, published before: %.0f/s)",
-			replayed, replayed/st.LiveAgainSeconds, st.LiveAgainSeconds, peak, p.Replayed, st.ReplayedPerSec)
+		t.Logf("replayed events: node 1 %.0f (%.0f/s over the %.2f s to live again, busiest second %.0f/s); the clients caught up with %d (received after coming back, published before: the replay and any live event the node was late with)",
+			replayed, replayed/st.LiveAgainSeconds, st.LiveAgainSeconds, peak, p.CaughtUp)
 	}
 	for i, s := range st.Servers {
 		t.Logf("node %d (pid %d) CPU from the SIGTERM to live again: %.2f s, %.2f cores on average, %.2f in the busiest second", i, s.PID, s.CPUSeconds, s.Cores, s.PeakCores)
+	}
+	if l := sum.Events.Latency; l.Count > 0 {
+		t.Logf("event latency, publish to client, over the whole run: p50 %.0f ms, p99 %.0f ms, max %.0f ms", l.P50, l.P99, l.Max)
 	}
 	t.Logf("events: %d published (seq %d when the drain began, %d when all were back); per connection over [first received, last published]: missing %d on %d connections, duplicated %d on %d, out of order %d on %d, %d received nothing, %d started after seq 0",
 		sum.Events.Published, st.SeqAtDisrupt, st.SeqAtLive, seqs.Missing, seqs.ConnsMissing, seqs.Duplicated, seqs.ConnsDuplicated, seqs.OutOfOrder, seqs.ConnsOutOfOrder, seqs.ConnsNothing, seqs.ConnsFirstAfterZero)

@@ -17,7 +17,7 @@ type counters struct {
 	// Resuming connections (Config.Resume).
 	wentAway, goingAway, reconnects, reconnectFailures, resubscribed atomic.Int64
 	resumeNew, resumeResumed, resumeLive, resumeLiveIncomplete       atomic.Int64
-	resumeAbsent, outOfOrder, replayed                               atomic.Int64
+	resumeAbsent, outOfOrder, caughtUp                               atomic.Int64
 	// lastLiveAt is when (unix ns) a connection last came back
 	// subscribed: a maximum, not a sum.
 	lastLiveAt atomic.Int64
@@ -82,10 +82,12 @@ type Progress struct {
 	// that got their subscribe response. Resume* count the subscribe
 	// responses by their resume status (Absent: no such field; of Live,
 	// LiveIncomplete had reason "incomplete"). OutOfOrder are first
-	// receptions of a sequence below one already received; Replayed the
+	// receptions of a sequence below one already received; CaughtUp the
 	// events received after a return that were published before its
-	// subscribe response: the replay, plus whatever was in flight then
-	// (a few per return without any replay).
+	// subscribe response: the replay, and also live events the node was
+	// late with (its router lagging behind the backbone), which a client
+	// cannot tell apart: the node's own count of replayed events is the
+	// figure for replays.
 	// LastLiveAt is when (unix ns) the last return got its response.
 	WentAway             int64 `json:"went_away,omitempty"`
 	GoingAway            int64 `json:"going_away,omitempty"`
@@ -98,7 +100,7 @@ type Progress struct {
 	ResumeLiveIncomplete int64 `json:"resume_live_incomplete,omitempty"`
 	ResumeAbsent         int64 `json:"resume_absent,omitempty"`
 	OutOfOrder           int64 `json:"out_of_order,omitempty"`
-	Replayed             int64 `json:"replayed,omitempty"`
+	CaughtUp             int64 `json:"caught_up,omitempty"`
 	LastLiveAt           int64 `json:"last_live_at,omitempty"`
 }
 
@@ -122,7 +124,7 @@ func (c *counters) snapshot() Progress {
 		ReconnectFailures: c.reconnectFailures.Load(), Resubscribed: c.resubscribed.Load(),
 		ResumeNew: c.resumeNew.Load(), ResumeResumed: c.resumeResumed.Load(), ResumeLive: c.resumeLive.Load(),
 		ResumeLiveIncomplete: c.resumeLiveIncomplete.Load(), ResumeAbsent: c.resumeAbsent.Load(),
-		OutOfOrder: c.outOfOrder.Load(), Replayed: c.replayed.Load(), LastLiveAt: c.lastLiveAt.Load(),
+		OutOfOrder: c.outOfOrder.Load(), CaughtUp: c.caughtUp.Load(), LastLiveAt: c.lastLiveAt.Load(),
 	}
 	p.Attempted = c.attempted.Load()
 	return p
@@ -164,7 +166,7 @@ func (p *Progress) add(o Progress) {
 	p.ResumeLiveIncomplete += o.ResumeLiveIncomplete
 	p.ResumeAbsent += o.ResumeAbsent
 	p.OutOfOrder += o.OutOfOrder
-	p.Replayed += o.Replayed
+	p.CaughtUp += o.CaughtUp
 	p.LastLiveAt = max(p.LastLiveAt, o.LastLiveAt)
 }
 

@@ -798,8 +798,8 @@ func (l *loop) event(c *conn, msg []byte) {
 
 // seeResuming records event seq on resuming connection c and reports
 // whether it is new. An event published before c's last subscribe
-// response, received after c came back, is one it missed while away: a
-// replayed one, as the client sees it.
+// response, received after c came back, is one it caught up with: a
+// replayed one, or a live one the node was late with.
 func (l *loop) seeResuming(c *conn, seq int, sent int64) bool {
 	i := int(c.slot)
 	isNew, late := l.seqs.see(i, uint32(seq), c.next)
@@ -814,7 +814,7 @@ func (l *loop) seeResuming(c *conn, seq int, sent int64) bool {
 	c.next = max(c.next, uint32(seq)+1)
 	c.recv++
 	if l.seqs.reconnects[i] > 0 && sent < l.seqs.liveAt[i] {
-		l.ctr.replayed.Add(1)
+		l.ctr.caughtUp.Add(1)
 	}
 	return true
 }

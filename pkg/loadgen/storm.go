@@ -22,7 +22,7 @@ type Storm struct {
 }
 
 // StormSummary is what a storm measured. The resume counters (statuses,
-// reconnects, replayed events) are in Summary.Counters.
+// reconnects, events caught up with) are in Summary.Counters.
 type StormSummary struct {
 	// DisruptSeconds is how long Disrupt took; DisruptError what it
 	// returned.
@@ -41,9 +41,9 @@ type StormSummary struct {
 	SeqAtDisrupt      int  `json:"seq_at_disrupt"`
 	SeqAtLive         int  `json:"seq_at_live"`
 	PublishEndedEarly bool `json:"publish_ended_early,omitempty"`
-	// ReplayedPerSec is the client side's replayed events (received after
-	// a return, published before it) over LiveAgainSeconds.
-	ReplayedPerSec float64 `json:"replayed_per_sec"`
+	// CaughtUpPerSec is Counters.CaughtUp (events received after a
+	// return, published before it) over LiveAgainSeconds.
+	CaughtUpPerSec float64 `json:"caught_up_per_sec"`
 	// Servers is the CPU of Config.ServerPIDs from the disruption's start
 	// to every connection being back.
 	Servers []StormCPU `json:"servers,omitempty"`
@@ -203,7 +203,7 @@ func runStorm(ctx context.Context, cfg *Config, pub *publisher, workers []worker
 		sleep(ctx, pollInterval)
 	}
 	if sum.LiveAgainSeconds > 0 {
-		sum.ReplayedPerSec = float64(total(workers).Replayed) / sum.LiveAgainSeconds
+		sum.CaughtUpPerSec = float64(total(workers).CaughtUp) / sum.LiveAgainSeconds
 	}
 	return sum, prep
 }
