@@ -99,7 +99,7 @@ func TestResumeStatusAndSubscribeMessage(t *testing.T) {
 }
 
 // A storm over two nodes that do not resume (each on its own in-process
-// backbone, both fed every event): the connections on the drained node
+// backbone, both fed every event), from two worker processes: the connections on the drained node
 // come back to the other after the delay, subscribe under the same ids,
 // and the generator finds exactly what they missed while away; those on
 // the other node miss nothing.
@@ -114,9 +114,13 @@ func TestStormFindsWhatTheReconnectLost(t *testing.T) {
 		})
 	}
 	cfg := Config{
-		URL:            fmt.Sprintf("ws://%s/v1/realtime?project=p1&channels[]=files", nodes[0].Addr()),
-		Nodes:          []string{nodes[1].Addr().String()},
-		Conns:          conns,
+		URL:   fmt.Sprintf("ws://%s/v1/realtime?project=p1&channels[]=files", nodes[0].Addr()),
+		Nodes: []string{nodes[1].Addr().String()},
+		Conns: conns,
+		// Two processes: the checks travel in the workers' results, and
+		// the last sequence in the line that stops them.
+		Workers:        2,
+		WorkerCommand:  testWorkerCommand,
 		Resume:         true,
 		ReconnectDelay: 500 * time.Millisecond,
 		Events:         int(rate * 20),
@@ -167,8 +171,10 @@ func TestStormFindsWhatTheReconnectLost(t *testing.T) {
 	}
 }
 
-// A connection whose node is gone tries the next one, and the next, every
-// delay, until one takes it; refused tries are counted.
+// A connection whose node drained tries the next one, refused, and after
+// another delay the one after, which takes it; the refused try is counted.
+// (Connection 1 starts on the refused address: never ready, it counts as
+// failed and never comes back.)
 func TestResumingConnectionTriesTheNextNode(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -176,22 +182,40 @@ func TestResumingConnectionTriesTheNextNode(t *testing.T) {
 	}
 	refused := ln.Addr().String()
 	ln.Close()
-	b := broker.NewMemory(64)
-	n := startNode(t, func(c *server.Config) { c.Broker = b; c.DrainTime = server.Off })
+	brokers := []*broker.Memory{broker.NewMemory(64), broker.NewMemory(64)}
+	nodes := make([]*server.Server, 2)
+	for i := range nodes {
+		nodes[i] = startNode(t, func(c *server.Config) { c.Broker = brokers[i]; c.DrainTime = server.Off })
+	}
 	cfg := Config{
-		// Connection 0 starts on the refused address, 1 on the node.
-		URL:            fmt.Sprintf("ws://%s/v1/realtime?project=p1&channels[]=files", n.Addr()),
-		Nodes:          []string{refused},
-		Conns:          2,
+		URL:            fmt.Sprintf("ws://%s/v1/realtime?project=p1&channels[]=files", nodes[0].Addr()),
+		Nodes:          []string{refused, nodes[1].Addr().String()},
+		Conns:          3,
 		Resume:         true,
 		ReconnectDelay: 200 * time.Millisecond,
 		ConnectTimeout: 2 * time.Second,
-		Hold:           500 * time.Millisecond,
+		Events:         200,
+		PublishRate:    50,
+		Drain:          time.Second,
+		Publish: func(ctx context.Context, msg []byte) error {
+			return errors.Join(brokers[0].Publish(ctx, msg), brokers[1].Publish(ctx, msg))
+		},
+		Storm: &Storm{
+			Before: 300 * time.Millisecond, After: 300 * time.Millisecond, LiveWithin: 5 * time.Second,
+			Disrupt: func(ctx context.Context) error {
+				ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				defer cancel()
+				return nodes[0].Shutdown(ctx)
+			},
+		},
 	}
 	sum := run(t, cfg)
-	// The ramp counts connection 1 failed at its first try: only a
-	// connection that was ready once comes back.
-	if sum.Counters.Failed != 1 || sum.OpenAtFull != 1 || sum.Counters.ResumeAbsent != 1 {
-		t.Errorf("counters %+v", sum.Counters)
+	p := sum.Counters
+	if p.Failed != 1 || sum.OpenAtFull != 2 || p.WentAway != 1 || p.Reconnects != 2 || p.ReconnectFailures != 1 || p.Resubscribed != 1 || !sum.Storm.LiveAgain {
+		t.Errorf("counters %+v; storm %+v", p, *sum.Storm)
+	}
+	// Away 0.4 s at 50 events/s: about 20 missed, on connection 0 only.
+	if sum.Seqs.ConnsMissing != 1 || sum.Seqs.Worst[0].Conn != 0 || sum.Seqs.Worst[0].Reconnects != 2 {
+		t.Errorf("seqs %+v, worst %v", *sum.Seqs, sum.Seqs.Worst)
 	}
 }
