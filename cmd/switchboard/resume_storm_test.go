@@ -204,7 +204,7 @@ func runResumeStorm(t *testing.T, sh stormShape) {
 	t.Logf("resume storm: %d connections over 2 nodes on Redis (%d load generator processes), %.0f events/s; node 0 drained (its drain took %.1f s, the appender lease was held by %s)",
 		sh.conns, sum.Workers, stormRate, st.DisruptSeconds, lease)
 	if st.LiveAgain {
-		t.Logf("every connection live again %.2f s after the SIGTERM", st.LiveAgainSeconds)
+		t.Logf("every connection live again (its subscribe answered) %.2f s after the SIGTERM; every connection had every event published until then %.2f s after it", st.LiveAgainSeconds, st.CaughtUpSeconds)
 	} else {
 		t.Errorf("NOT every connection live again within %v: %d still away", sh.liveWithin, st.StillAway)
 	}

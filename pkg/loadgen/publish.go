@@ -26,6 +26,8 @@ type publishReport struct {
 	FirstErr  error
 	First     time.Time // send time of the first event
 	Last      time.Time // send time of the last event sent
+	// At is each sequence's send time (unix ns), for a storm's figures.
+	At []int64
 }
 
 // publisher POSTs the run's events to a node's admin API.
@@ -96,6 +98,7 @@ func (p *publisher) run(ctx context.Context, stop <-chan struct{}) publishReport
 			rep.First = now
 		}
 		rep.Last = now
+		rep.At = append(rep.At, now.UnixNano())
 		mu.Unlock()
 		wg.Go(func() {
 			defer func() { <-inFlight }()

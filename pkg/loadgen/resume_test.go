@@ -150,6 +150,9 @@ func TestStormFindsWhatTheReconnectLost(t *testing.T) {
 		t.Logf("%s", w)
 	}
 	half := int64(conns / 2)
+	if st.CaughtUpSeconds <= 0 || st.CaughtUpSeconds > st.LiveAgainSeconds+2 {
+		t.Errorf("caught up %.2f s after the disruption, live again %.2f s", st.CaughtUpSeconds, st.LiveAgainSeconds)
+	}
 	if !st.LiveAgain || st.LiveAgainSeconds < 0.5 || st.DisruptError != "" {
 		t.Errorf("live again %v after %.2fs (disrupt error %q); want back after at least the 0.5 s delay", st.LiveAgain, st.LiveAgainSeconds, st.DisruptError)
 	}

@@ -247,6 +247,13 @@ func Run(ctx context.Context, cfg Config, progress io.Writer, workerStderr io.Wr
 	merge(sum, results, &cfg, pub != nil, prep)
 	if sum.Storm != nil {
 		sum.Storm.Seqs = sum.Seqs
+		seqMax := make([]int64, cfg.Events)
+		for _, r := range results {
+			for i := range min(len(seqMax), len(r.SeqMaxLat)) {
+				seqMax[i] = max(seqMax[i], r.SeqMaxLat[i])
+			}
+		}
+		sum.Storm.caughtUp(prep.At, seqMax)
 	}
 	sum.Seconds = time.Since(began).Seconds()
 	return sum, nil

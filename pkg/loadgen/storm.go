@@ -34,7 +34,12 @@ type StormSummary struct {
 	// returned). StillAway is how many were not back when the wait ended.
 	LiveAgain        bool    `json:"live_again"`
 	LiveAgainSeconds float64 `json:"live_again_seconds"`
-	StillAway        int64   `json:"still_away"`
+	// CaughtUpSeconds is from the disruption's start to the moment the
+	// last connection received the last of the events published before
+	// every connection was back (SeqAtLive): each has then had what it
+	// missed, replay included.
+	CaughtUpSeconds float64 `json:"caught_up_seconds"`
+	StillAway       int64   `json:"still_away"`
 	// SeqAtDisrupt and SeqAtLive are the sequences being published when
 	// the disruption started and when every connection was back;
 	// PublishEndedEarly says Config.Events ran out before the storm did.
@@ -145,6 +150,20 @@ func stormCPU(pids []int, samples []cpuSample, from, to time.Time) []StormCPU {
 		}
 	}
 	return out
+}
+
+// caughtUp sets CaughtUpSeconds from the publish times and, per
+// sequence, the largest latency over the connections that received it.
+func (s *StormSummary) caughtUp(at []int64, seqMaxLat []int64) {
+	last := int64(0)
+	for seq := s.SeqAtDisrupt; seq < min(s.SeqAtLive, len(at), len(seqMaxLat)); seq++ {
+		if seqMaxLat[seq] > 0 {
+			last = max(last, at[seq]+seqMaxLat[seq])
+		}
+	}
+	if last > s.Start {
+		s.CaughtUpSeconds = float64(last-s.Start) / 1e9
+	}
 }
 
 // runStorm is the hold of a storm run: publish, disrupt, wait for every
