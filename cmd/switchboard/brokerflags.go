@@ -23,6 +23,8 @@ type brokerFlags struct {
 	sharded    bool
 	partitions int
 	buffer     int
+	// onLoss, set by resume, hears of lost backbone messages.
+	onLoss func()
 }
 
 func (b *brokerFlags) register(fs *flag.FlagSet) {
@@ -61,7 +63,7 @@ func (b *brokerFlags) open(log *zap.Logger, reg prometheus.Registerer) (broker.B
 	// go-redis logs through a process-wide logger; route it through ours so
 	// an outage is one line per state change, not one per dial.
 	redis.SetLogger(broker.NewRedisLogger(log))
-	opts := broker.RedisOptions{URL: b.redisURL, Channel: b.channel, Buffer: b.buffer, Logger: log, Registerer: reg}
+	opts := broker.RedisOptions{URL: b.redisURL, Channel: b.channel, Buffer: b.buffer, Logger: log, Registerer: reg, OnLoss: b.onLoss}
 	if b.sharded {
 		r, err := broker.NewRedisSharded(broker.RedisShardedOptions{RedisOptions: opts, Partitions: b.partitions})
 		if err != nil {

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/switchboard-rt/switchboard/pkg/auth"
+	"github.com/switchboard-rt/switchboard/pkg/history"
 	"github.com/switchboard-rt/switchboard/pkg/server"
 )
 
@@ -54,6 +55,7 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 		logFormat       string
 		shutdownTimeout time.Duration
 		usageRetention  time.Duration
+		resumeWindow    time.Duration
 		bf              brokerFlags
 		origins         string
 		readBuffer      int
@@ -101,6 +103,7 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	fs.DurationVar(&cfg.PresenceGrace, "presence-grace", server.DefaultPresenceGrace, "the presences of a node that died are deleted, with their delete events, by the other nodes within this (with --redis-url)")
 	fs.IntVar(&cfg.MaxPresenceBytes, "max-presence-bytes", server.DefaultMaxPresenceBytes, "largest presence metadata in bytes (compacted JSON); more gets error 1003")
 	fs.DurationVar(&usageRetention, "usage-retention", 0, "how long per-project usage (GET /v1/usage) is kept at one-minute resolution; 0: 168h (7 days) in Redis with --redis-url, 1h in the node's memory without")
+	fs.DurationVar(&resumeWindow, "resume-window", history.DefaultWindow, "a subscription that comes back under its id (SDK 25+) within this gets the events it missed (RESUME.md); -1s: off")
 	fs.DurationVar(&cfg.DrainTime, "drain-time", server.DefaultDrainTime, "after SIGTERM, clients get close 1001 spread over this, so they reconnect elsewhere without a stampede (-1s: all at once)")
 	if err := parseFlags(fs, args, getenv); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -191,6 +194,18 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 		return 2
 	}
 	cfg.Logger = log
+	if resumeWindow == 0 {
+		resumeWindow = history.DefaultWindow
+	}
+	if resumeWindow > 0 {
+		rc, closeResume, err := bf.resume(resumeWindow, log.Named("history"))
+		if err != nil {
+			fmt.Fprintln(stderr, "switchboard serve:", err)
+			return 2
+		}
+		defer closeResume()
+		cfg.Resume = rc
+	}
 	b, closeBroker, err := bf.open(log, cfg.Registry)
 	if err != nil {
 		fmt.Fprintln(stderr, "switchboard serve:", err)
@@ -198,6 +213,9 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 	}
 	defer closeBroker()
 	cfg.Broker = b
+	if cfg.Resume != nil {
+		wantAll(b)
+	}
 	ps, closePresences, err := bf.presences()
 	if err != nil {
 		fmt.Fprintln(stderr, "switchboard serve:", err)

@@ -1,8 +1,10 @@
 package history
 
 import (
+	"errors"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -104,5 +106,190 @@ func memoryAgainstModel(t *testing.T, seed uint64) {
 		if m.bytes > cfg.MaxBytes {
 			t.Fatalf("step %d: %d bytes held, cap %d", step, m.bytes, cfg.MaxBytes)
 		}
+	}
+}
+
+// FuzzParseAnchor: anchors come back from stored records; whatever the
+// input, ParseAnchor either refuses it or returns an anchor that String
+// writes back and ParseAnchor reads again as the same.
+func FuzzParseAnchor(f *testing.F) {
+	a := anchorOf([]byte("a"), []byte("b"), []byte("c"), []byte("d"), []byte("e"))
+	for _, s := range []string{"", a.String(), anchorOf([]byte("a")).String(), "0123456789abcdef",
+		"0123456789ABCDEF", "0123456789abcdef.", ".0123456789abcdef", "0123456789abcdeg", "+123456789abcdef",
+		"0x23456789abcdef", "0123456789abcdef.0123456789abcdef.0123456789abcdef.0123456789abcdef.0123456789abcdef",
+		"-123456789abcdef", "1_23456789abcdef", " 123456789abcdef"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		a, err := ParseAnchor(s)
+		if err != nil {
+			if !errors.Is(err, ErrBadAnchor) {
+				t.Fatalf("%q: %v is not ErrBadAnchor", s, err)
+			}
+			return
+		}
+		if a.N < 0 || a.N > AnchorLen || a.N == 0 && s != "" {
+			t.Fatalf("%q -> %+v", s, a)
+		}
+		b, err := ParseAnchor(a.String())
+		if err != nil || b != a {
+			t.Fatalf("%q -> %+v -> %q -> %+v, %v", s, a, a.String(), b, err)
+		}
+		if !strings.EqualFold(a.String(), s) {
+			t.Fatalf("%q read as %q", s, a.String())
+		}
+	})
+}
+
+// modelEvent is one append as a model of the history keeps it: forever.
+type modelEvent struct {
+	pos  Position
+	data string
+}
+
+// modelFrom returns the index of the last event of the newest run of a in
+// evs (a project's whole sequence), or -1.
+func modelFrom(evs []modelEvent, a Anchor) int {
+	end, ok := findRun(len(evs), func(i int) uint64 { return Digest([]byte(evs[i].data)) }, a)
+	if !ok {
+		return -1
+	}
+	return end
+}
+
+// modelPayload is a message of project: now and then one Appwrite
+// published before, byte for byte, so that digests repeat.
+func modelPayload(rng *rand.Rand, project string, step int) []byte {
+	if rng.IntN(3) == 0 {
+		return event(project, -rng.IntN(3), 50)
+	}
+	return event(project, step, 40+rng.IntN(40))
+}
+
+// checkSpan checks a complete span against the model: after the anchor's
+// newest run (or, for the zero anchor, after floorMS), exactly the
+// model's events, and from Start exactly those after floorMS. It returns
+// the model's events after the anchor, and the run's end (-1: none).
+func checkSpan(t *testing.T, step int, evs []modelEvent, a Anchor, floorMS uint64, span Span) (after []modelEvent, end int) {
+	t.Helper()
+	end = -1
+	if a.IsZero() {
+		for i, e := range evs {
+			if e.pos.MS > floorMS {
+				after = evs[i:]
+				break
+			}
+		}
+	} else if end = modelFrom(evs, a); end >= 0 {
+		after = evs[end+1:]
+	}
+	if !span.Complete {
+		return after, end
+	}
+	if !a.IsZero() && end < 0 {
+		t.Fatalf("step %d: complete from an anchor the project never had", step)
+	}
+	rest := span.Events[a.N:]
+	if len(rest) != len(after) {
+		t.Fatalf("step %d: %d events after the anchor, the model %d", step, len(rest), len(after))
+	}
+	for i, e := range rest {
+		if string(e.Data) != after[i].data {
+			t.Fatalf("step %d: event %d after the anchor differs from the model's", step, i)
+		}
+		if skipped := a.N+i < span.Start; skipped != (e.Pos.MS <= floorMS) && !a.IsZero() {
+			t.Fatalf("step %d: event at %d (floor %d) skipped %v", step, e.Pos.MS, floorMS, skipped)
+		}
+	}
+	return after, end
+}
+
+// TestMemoryReadFromAgainstModel: random appends (some of the same bytes
+// again), clock steps, gaps and reads from anchors taken from the true
+// sequence, against a model that keeps everything: a complete span is
+// exactly the model's events after the anchor; an incomplete one has a
+// reason (an event evicted or lost, the window).
+func TestMemoryReadFromAgainstModel(t *testing.T) {
+	for seed := range uint64(8) {
+		t.Run(strconv.FormatUint(seed, 10), func(t *testing.T) { memoryReadFromAgainstModel(t, seed) })
+	}
+}
+
+func memoryReadFromAgainstModel(t *testing.T, seed uint64) {
+	rng := rand.New(rand.NewPCG(seed, 3))
+	c := &fakeClock{t: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)}
+	cfg := Config{Window: 10 * time.Second, MaxProjectBytes: 12 * (60 + entryOverhead), MaxBytes: 30 * (60 + entryOverhead)}
+	m := NewMemory(cfg, c.now)
+	projects := []string{"a", "b", "c"}
+	model := map[string][]modelEvent{}
+	var lastGap Position
+	completes := 0
+	for step := range 5000 {
+		switch r := rng.IntN(10); {
+		case r < 5:
+			p := projects[rng.IntN(len(projects))]
+			d := modelPayload(rng, p, step)
+			pos := mustAppend(t, m, p, d)
+			model[p] = append(model[p], modelEvent{pos: pos, data: string(d)})
+		case r < 6:
+			c.advance(time.Duration(rng.IntN(2000)) * time.Millisecond)
+		case r < 7 && rng.IntN(20) == 0:
+			m.Gap()
+			lastGap = m.last
+		default:
+			p := projects[rng.IntN(len(projects))]
+			evs := model[p]
+			var a Anchor
+			if len(evs) > 0 && rng.IntN(5) > 0 {
+				j := len(evs) - 1 - rng.IntN(min(len(evs), 12))
+				for _, e := range evs[max(0, j-AnchorLen+1) : j+1] {
+					a.Push(Digest([]byte(e.data)))
+				}
+			}
+			var floorMS uint64
+			if a.IsZero() || rng.IntN(2) == 0 {
+				floorMS = nowMS(c.now()) - uint64(rng.IntN(12000))
+			}
+			_, span := readFrom(t, m, p, a, floorMS)
+			after, end := checkSpan(t, step, evs, a, floorMS, span)
+			// Why it could be incomplete, by the store's own account.
+			held := map[Position]bool{}
+			if pr := m.projects[p]; pr != nil {
+				for _, e := range pr.held() {
+					held[e.pos] = true
+				}
+			}
+			from := Position{MS: floorMS, Seq: 1<<64 - 1}
+			missing := false
+			if !a.IsZero() {
+				if end < 0 {
+					missing = true
+				} else {
+					from = evs[end].pos
+					for _, e := range evs[max(0, end-a.N+1) : end+1] {
+						missing = missing || !held[e.pos]
+					}
+				}
+			} else if floorMS+uint64(cfg.Window.Milliseconds()) < nowMS(c.now()) || from.Less(m.lostFloor) && m.projects[p] == nil {
+				missing = true
+			}
+			for _, e := range after {
+				missing = missing || !held[e.pos]
+			}
+			missing = missing || from.Less(lastGap)
+			if span.Complete && missing {
+				t.Fatalf("step %d: %s from %s (floor %d) complete, but an event is missing", step, p, a, floorMS)
+			}
+			if !span.Complete && !missing && (!a.IsZero() || m.projects[p] != nil && !from.Less(m.projects[p].floor)) {
+				t.Fatalf("step %d: %s from %s (floor %d) incomplete for no reason", step, p, a, floorMS)
+			}
+			if span.Complete {
+				completes++
+			}
+		}
+	}
+	t.Logf("%d complete reads", completes)
+	if completes < 300 {
+		t.Fatalf("only %d complete reads", completes)
 	}
 }

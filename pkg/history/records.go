@@ -48,7 +48,7 @@ func (m *MemoryRecords) Put(_ context.Context, floorAge time.Duration, recs ...R
 	m.sweepLocked(now)
 	for _, r := range recs {
 		if floorAge >= 0 {
-			r.FloorMS = max(r.FloorMS, nowMS(now.Add(-floorAge)))
+			r.FloorMS = max(r.FloorMS, floorAt(now, floorAge))
 		}
 		ttl := m.window
 		if r.Open {
@@ -71,11 +71,20 @@ func (m *MemoryRecords) End(_ context.Context, floorAge time.Duration, node stri
 			continue
 		}
 		r.Open = false
-		r.FloorMS = max(r.FloorMS, nowMS(now.Add(-floorAge)))
+		r.FloorMS = max(r.FloorMS, floorAt(now, floorAge))
 		r.expires = now.Add(m.window)
 		m.recs[k] = r
 	}
 	return nil
+}
+
+// floorAt is now - age in Unix ms, or 0 for an age reaching before 1970
+// (nowMS of it would wrap around to a floor in the far future).
+func floorAt(now time.Time, age time.Duration) uint64 {
+	if age.Milliseconds() >= now.UnixMilli() {
+		return 0
+	}
+	return nowMS(now.Add(-age))
 }
 
 // Get implements Records.
@@ -95,7 +104,7 @@ func (m *MemoryRecords) Checkpoint(_ context.Context, node string, queued time.D
 	now := m.now()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.checks[node] = Checkpoint{MS: nowMS(now), Queued: queued}
+	m.checks[node] = Checkpoint{MS: nowMS(now), Queued: max(queued, 0)}
 	return nil
 }
 
@@ -105,14 +114,20 @@ func (m *MemoryRecords) LastCheckpoint(_ context.Context, node string) (Checkpoi
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	c, ok := m.checks[node]
-	if !ok {
+	if !ok || m.checkpointExpired(c, now) {
 		return Checkpoint{}, false, nil
 	}
 	c.Age = time.Duration(nowMS(now)-min(c.MS, nowMS(now))) * time.Millisecond
 	return c, true, nil
 }
 
-// sweepLocked drops expired records, at most once a window.
+// checkpointExpired tells whether c is older than the window and a
+// minute: forgotten, as the Redis key expires.
+func (m *MemoryRecords) checkpointExpired(c Checkpoint, now time.Time) bool {
+	return c.MS+uint64((m.window+time.Minute).Milliseconds()) <= nowMS(now)
+}
+
+// sweepLocked drops expired records and checkpoints, at most once a window.
 func (m *MemoryRecords) sweepLocked(now time.Time) {
 	if now.Sub(m.swept) < m.window {
 		return
@@ -121,6 +136,11 @@ func (m *MemoryRecords) sweepLocked(now time.Time) {
 	for k, r := range m.recs {
 		if !now.Before(r.expires) {
 			delete(m.recs, k)
+		}
+	}
+	for n, c := range m.checks {
+		if m.checkpointExpired(c, now) {
+			delete(m.checks, n)
 		}
 	}
 }

@@ -40,6 +40,9 @@ type RedisOptions struct {
 	Node string
 	// Config bounds the history; MaxBytes caps each partition.
 	Config Config
+	// TailCacheBytes caps what ReadFrom keeps of the streams' newest
+	// events (all projects together); zero means DefaultTailCacheBytes.
+	TailCacheBytes int64
 }
 
 // Redis is the history shared by all nodes. Its keys, per partition tag T:
@@ -56,6 +59,10 @@ type RedisOptions struct {
 // never holds more than its cap between calls. Every key expires
 // Window+1 min after the partition's last append, so an abandoned
 // installation leaves nothing behind.
+//
+// ReadFrom reads through a cache of each project's newest events, held by
+// the Redis value (never shared between values), so that the subscriptions
+// of a resume storm do not each read the stream again (tail.go).
 type Redis struct {
 	c      redis.UniversalClient
 	prefix string
@@ -63,16 +70,21 @@ type Redis struct {
 	node   string
 	cfg    Config
 	ttl    time.Duration
+	tails  *tailCaches
 }
 
-var _ Store = (*Redis)(nil)
+var (
+	_ Store  = (*Redis)(nil)
+	_ Reader = (*Redis)(nil)
+)
 
 // NewRedis returns the store; it opens no connection of its own.
 func NewRedis(opts RedisOptions) (*Redis, error) {
 	if opts.Client == nil {
 		return nil, errors.New("history: Redis store needs a client")
 	}
-	r := &Redis{c: opts.Client, prefix: opts.Prefix, n: opts.Partitions, node: opts.Node, cfg: opts.Config.withDefaults()}
+	r := &Redis{c: opts.Client, prefix: opts.Prefix, n: opts.Partitions, node: opts.Node, cfg: opts.Config.withDefaults(),
+		tails: newTailCaches(opts.TailCacheBytes)}
 	if r.prefix == "" {
 		r.prefix = DefaultPrefix
 	}

@@ -27,6 +27,9 @@ type harness struct {
 	overhead int64
 	// virtual: advance moves a clock of the test's own.
 	virtual bool
+	// reopen returns a reader of the same history with nothing cached:
+	// another node's view.
+	reopen func() Reader
 }
 
 // newStore makes an empty store bounded by cfg.
@@ -245,10 +248,13 @@ func (c *fakeClock) advance(d time.Duration) {
 func newMemoryHarness(t *testing.T, cfg Config) harness {
 	c := &fakeClock{t: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)}
 	m := NewMemory(cfg, c.now)
-	return harness{s: m, advance: c.advance, gap: m.Gap, held: func(string) int64 { return m.Bytes() }, overhead: entryOverhead, virtual: true}
+	return harness{s: m, advance: c.advance, gap: m.Gap, held: func(string) int64 { return m.Bytes() }, overhead: entryOverhead, virtual: true,
+		reopen: func() Reader { return m }}
 }
 
 func TestMemoryStore(t *testing.T) { testStore(t, newMemoryHarness) }
+
+func TestMemoryReadFrom(t *testing.T) { testReadFrom(t, newMemoryHarness) }
 
 // TestMemorySameMillisecond: positions stay strictly ordered when the
 // clock does not move, or moves back.
@@ -269,7 +275,8 @@ func redisHarness(client redis.UniversalClient, partitions int) newStore {
 	var n int
 	return func(t *testing.T, cfg Config) harness {
 		n++
-		r, err := NewRedis(RedisOptions{Client: client, Prefix: fmt.Sprintf("t%d-%s", n, t.Name()), Partitions: partitions, Node: "n1", Config: cfg})
+		opts := RedisOptions{Client: client, Prefix: fmt.Sprintf("t%d-%s", n, t.Name()), Partitions: partitions, Node: "n1", Config: cfg}
+		r, err := NewRedis(opts)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -292,12 +299,23 @@ func redisHarness(client redis.UniversalClient, partitions int) newStore {
 				b, _ := client.HGet(context.Background(), r.tag(r.PartitionOf(project))+"p", "b").Int64()
 				return b
 			},
+			reopen: func() Reader {
+				r2, err := NewRedis(opts)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return r2
+			},
 		}
 	}
 }
 
 func TestRedisStore(t *testing.T) {
 	testStore(t, redisHarness(newRedisClient(t), 0))
+}
+
+func TestRedisReadFrom(t *testing.T) {
+	testReadFrom(t, redisHarness(newRedisClient(t), 0))
 }
 
 // TestRedisClusterStore runs the table on a three-master cluster with the
@@ -309,6 +327,8 @@ func TestRedisClusterStore(t *testing.T) {
 	defer c.Close()
 	// One partition, so that the whole-store cap of the table holds.
 	testStore(t, redisHarness(c, 1))
+	t.Run("ReadFrom", func(t *testing.T) { testReadFrom(t, redisHarness(c, 16)) })
+	t.Run("Records", func(t *testing.T) { testRecords(t, redisRecordsHarness(c, 16)) })
 
 	r, err := NewRedis(RedisOptions{Client: c, Partitions: 16, Node: "n1"})
 	if err != nil {
@@ -321,7 +341,11 @@ func TestRedisClusterStore(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, k := range []string{r.StreamKey(project), r.LeaseKey(p)} {
+		rs, err := NewRedisRecords(RedisRecordsOptions{Client: c, Partitions: 16})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range []string{r.StreamKey(project), r.LeaseKey(p), rs.RecordKey(project, "6650f1e2a3b4c5d")} {
 			if s, _ := c.ClusterKeySlot(ctx, k).Result(); s != chSlot {
 				t.Fatalf("%s in slot %d, its sharded channel in %d", k, s, chSlot)
 			}

@@ -368,9 +368,12 @@ type resumePlan struct {
 	floorMS uint64
 	span    history.Span
 	events  []*protocol.Event // span.Events parsed; nil where one did not parse
-	// Set by the seam: the span's events to replay, [first, last].
+	// Set by the seam: whether the span met the router, the span's events
+	// to replay, [first, last], and how many of the job's kept events to
+	// leave out (the client had them).
+	met         bool
 	first, last int
-	skip        int // events of the job's kept to leave out: the client had them
+	skip        int
 }
 
 // plan looks up the record of a subscription coming back and reads its
@@ -463,6 +466,11 @@ func (rs *resumer) read(ctx context.Context, project string, p *resumePlan) {
 // behind the router, or the router behind the subscription's anchor). The
 // caller holds the router's mu.
 func (p *resumePlan) line(j *resumeJob) bool {
+	p.met = p.lineUp(j)
+	return p.met
+}
+
+func (p *resumePlan) lineUp(j *resumeJob) bool {
 	s := p.span
 	if !s.Complete {
 		return false
@@ -545,7 +553,7 @@ func (c *conn) subscribeResuming(subs []subscription, resp []protocol.Subscripti
 		}
 		time.Sleep(5 * time.Millisecond)
 		for i := range plans {
-			if plans[i].result == resumeResumed && !plans[i].span.Complete {
+			if plans[i].result == resumeResumed && !plans[i].met {
 				rs.read(ctx, project, &plans[i])
 			}
 		}
@@ -573,10 +581,10 @@ func (rs *resumer) seam(j *resumeJob, subs []subscription, resp []protocol.Subsc
 		if p.result != resumeResumed {
 			continue
 		}
-		if (held || j.overflow || !p.line(j)) && !final {
-			return false
-		}
-		if held || j.overflow || !p.line(j) {
+		if !p.line(j) || held || j.overflow {
+			if !final {
+				return false
+			}
 			p.result = resumeIncomplete
 		}
 	}

@@ -1,0 +1,62 @@
+package history
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// endScript closes records (KEYS) written by node ARGV[1], keeping their
+// anchors: o = 0, the floor the later of its own and Redis's now -
+// ARGV[2] (µs), and the TTL the window (ARGV[3], ms). A record another
+// node wrote since (its subscription resumed there) is left alone.
+var endScript = redis.NewScript(`
+local t = redis.call('TIME')
+local c = math.floor((tonumber(t[1]) * 1000000 + tonumber(t[2]) - tonumber(ARGV[2])) / 1000)
+local n = 0
+for _, k in ipairs(KEYS) do
+  if redis.call('HGET', k, 'n') == ARGV[1] then
+    local f = tonumber(redis.call('HGET', k, 'f') or '0')
+    if c > f then f = c end
+    redis.call('HSET', k, 'o', '0', 'f', string.format('%d', f))
+    redis.call('PEXPIRE', k, ARGV[3])
+    n = n + 1
+  end
+end
+return n
+`)
+
+// End implements Records: one script call per partition of the batch and
+// per putChunk records, in one pipeline.
+func (s *RedisRecords) End(ctx context.Context, floorAge time.Duration, node string, refs ...Record) error {
+	if len(refs) == 0 {
+		return nil
+	}
+	floorAge = max(floorAge, 0)
+	var calls [][]string
+	open := map[int]int{} // per partition, the index of the call being filled
+	for _, ref := range refs {
+		p := s.r.PartitionOf(ref.Project)
+		i, ok := open[p]
+		if !ok || len(calls[i]) == putChunk {
+			i = len(calls)
+			open[p] = i
+			calls = append(calls, nil)
+		}
+		calls[i] = append(calls[i], s.RecordKey(ref.Project, ref.ID))
+	}
+	run := func() ([]redis.Cmder, error) {
+		return s.r.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, keys := range calls {
+				endScript.EvalSha(ctx, p, keys, node, floorAge.Microseconds(), s.window.Milliseconds())
+			}
+			return nil
+		})
+	}
+	if err := runLoading(ctx, s.r.c, endScript, run); err != nil {
+		return fmt.Errorf("history: end %d records: %w", len(refs), err)
+	}
+	return nil
+}

@@ -1,0 +1,194 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/switchboard-rt/switchboard/internal/redistest"
+	"github.com/switchboard-rt/switchboard/pkg/broker"
+	"github.com/switchboard-rt/switchboard/pkg/history"
+)
+
+// resumeRedisNode starts a node on the Redis at url with resuming on, as
+// `switchboard serve --redis-url` runs it: the shared history and
+// records, and the appender fed beside the router. Its drain time is
+// drain (Off: all at once).
+func resumeRedisNode(t *testing.T, url string, window, drain time.Duration) *Server {
+	t.Helper()
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := redis.NewClient(opts)
+	t.Cleanup(func() { client.Close() })
+	node := "node-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	store, err := history.NewRedis(history.RedisOptions{Client: client, Node: node, Config: history.Config{Window: window}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	records, err := history.NewRedisRecords(history.RedisRecordsOptions{Client: client, Window: window})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lease := history.NewLease(store, 0)
+	feed := history.NewFeed(history.NewAppender(store, lease, 0), lease, 0)
+	feed.OnError = func(project string, err error) { t.Logf("%s: append to %s: %v", node, project, err) }
+	reg := prometheus.NewRegistry()
+	b, err := broker.NewRedis(broker.RedisOptions{URL: url, Registerer: reg, OnLoss: feed.Lost})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	s := testNode(t, func(c *Config) {
+		c.Broker, c.Registry, c.DrainTime = b, reg, drain
+		c.Resume = &ResumeConfig{Window: window, Reader: store, Records: records, Feed: feed.Offer, Run: feed.Run}
+	})
+	redistest.Eventually(t, 10*time.Second, "node subscribed to Redis", func() bool { return b.Ready() == nil })
+	return s
+}
+
+// publisher publishes numbered events of project p1 through node s until
+// stopped, and tells the last number published.
+type publisher struct {
+	stop chan struct{}
+	done chan struct{}
+	last atomic.Int64
+}
+
+func startPublisher(t *testing.T, through func() *Server, every time.Duration) *publisher {
+	p := &publisher{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		for n := int64(1); ; {
+			select {
+			case <-p.stop:
+				return
+			case <-tick.C:
+			}
+			if code, err := postNoFail(through(), seqEvent("p1", int(n))); err == nil && code == 202 {
+				p.last.Store(n)
+				n++
+			}
+		}
+	}()
+	return p
+}
+
+func (p *publisher) halt() int {
+	close(p.stop)
+	<-p.done
+	return int(p.last.Load())
+}
+
+// A drained node's clients come back on another node and get every event
+// exactly once and in order: the node records, between two events, what
+// it queued before each close frame (issue 24: "a drain loses nothing and
+// duplicates nothing").
+func TestResumeAcrossADrainExactlyOnce(t *testing.T) {
+	rd := redistest.Start(t)
+	a := resumeRedisNode(t, rd.URL(), time.Minute, 300*time.Millisecond)
+	b := resumeRedisNode(t, rd.URL(), time.Minute, Off)
+
+	const clients = 20
+	conns := make([]*client, clients)
+	for i := range conns {
+		conns[i] = dial(t, a, "project=p1", nil)
+		conns[i].expect("connected")
+		if st := conns[i].subscribeAs("sub"+strconv.Itoa(i), "files"); st != "new" {
+			t.Fatalf("client %d: resume status %q", i, st)
+		}
+	}
+	pub := startPublisher(t, func() *Server { return b }, 5*time.Millisecond)
+	redistest.Eventually(t, 5*time.Second, "events flowing", func() bool { return pub.last.Load() > 20 })
+
+	var wg sync.WaitGroup
+	got := make([][]int, clients)
+	errs := make(chan string, clients)
+	for i, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Read until the drain's close frame, then come back on b.
+			for {
+				m, err := c.tryRead(10 * time.Second)
+				if err != nil {
+					var closed wsutil.ClosedError
+					if !errors.As(err, &closed) || closed.Code != ws.StatusGoingAway {
+						errs <- "client " + strconv.Itoa(i) + ": " + err.Error()
+						return
+					}
+					break
+				}
+				n, err := eventSeq(m)
+				if err != nil {
+					errs <- "client " + strconv.Itoa(i) + ": " + err.Error()
+					return
+				}
+				got[i] = append(got[i], n)
+			}
+			c2, err := tryDial(b, "project=p1", nil)
+			if err != nil {
+				errs <- err.Error()
+				return
+			}
+			c2.t = t
+			t.Cleanup(func() { c2.conn.Close() })
+			conns[i] = c2
+		}()
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = a.Shutdown(ctx)
+	}()
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Fatal(e)
+	}
+	for i, c := range conns {
+		c.expect("connected")
+		if st := c.subscribeAs("sub"+strconv.Itoa(i), "files"); st != "resumed" {
+			t.Fatalf("client %d back on b: resume status %q", i, st)
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	last := pub.halt()
+	publish(t, b, seqEvent("p1", last+1))
+	for i, c := range conns {
+		got[i] = append(got[i], c.seqsUntil(last+1)...)
+		first := got[i][0]
+		if !equalInts(got[i], span(first, last+1)) {
+			t.Fatalf("client %d received %v, want %d..%d exactly once, in order", i, got[i], first, last+1)
+		}
+	}
+	if n := resumeCount(t, b, "resumed"); n != clients {
+		t.Fatalf("b: switchboard_resume_total{result=resumed} = %v, want %d", n, clients)
+	}
+}
+
+// eventSeq is the number of an event message.
+func eventSeq(m message) (int, error) {
+	if m.Type != "event" {
+		return 0, fmt.Errorf("got %s %s, want an event", m.Type, m.Data)
+	}
+	var d struct {
+		Payload struct{ N int } `json:"payload"`
+	}
+	err := json.Unmarshal(m.Data, &d)
+	return d.Payload.N, err
+}
