@@ -174,7 +174,9 @@ func (e *engine) seqSummary(lastSeq int) *SeqSummary {
 				First: int(l.seqs.first[i]), Highest: int(c.next) - 1,
 				Missing: miss, MissingRuns: runsText(runs),
 				Duplicated: int(c.dups), OutOfOrder: int(l.seqs.outOfOrder[i]),
+				DupFirst: int(l.seqs.dupFirst[i]), DupLast: int(l.seqs.dupLast[i]),
 				Reconnects: int(l.seqs.reconnects[i]), LastStatus: statusName(l.seqs.status[i]),
+				LeftAfter: int(l.seqs.leftAfter[i]), BackWith: int(l.seqs.backWith[i]),
 			}
 			s.Missing += int64(r.Missing)
 			s.Duplicated += int64(r.Duplicated)
@@ -195,7 +197,10 @@ func (e *engine) seqSummary(lastSeq int) *SeqSummary {
 				s.ConnsFirstAfterZero++
 			}
 			if r.bad() > 0 {
-				s.Worst = addWorst(s.Worst, r)
+				s.Worst = addWorst(s.Worst, r, ConnReport.bad)
+			}
+			if r.disorder() > 0 {
+				s.WorstOrder = addWorst(s.WorstOrder, r, ConnReport.disorder)
 			}
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"net/netip"
 	"strconv"
@@ -657,6 +658,13 @@ func (l *loop) authenticated(c *conn) {
 	msg := subscribeMessage(l.subscriptionID(int(c.slot)), l.t.channels)
 	if l.sendFrame(c, opText, msg) {
 		c.state = stSubscribing
+		if c.wasReady {
+			// A returning connection waits for its answer as long as
+			// the SDK does: without a bound (a storm's LiveWithin bounds
+			// the run). Giving up would end a resume the node is still
+			// making, and make it start again.
+			c.deadline = math.MaxInt64
+		}
 	}
 }
 
@@ -714,6 +722,8 @@ func (l *loop) comeBack(c *conn) bool {
 	if c.state == stReady {
 		l.leaveReady(c)
 		l.ctr.wentAway.Add(1)
+		l.seqs.leftAfter[c.slot] = int32(c.next) - 1
+		l.seqs.backWith[c.slot] = -1
 	} else {
 		l.ctr.reconnectFailures.Add(1)
 	}

@@ -49,8 +49,9 @@ func (r *reporter) run() {
 				now.Sub(start).Seconds(), p.Open, r.target, p.EverReady-prev.EverReady, p.pending(), p.Failed, p.Dropped,
 				errs, p.ErrorFrames, p.Events, r.expected.Load(), p.Duplicates)
 			if r.resume {
-				fmt.Fprintf(r.out, "bench %6.1fs away %d (went %d, 1001 %d) reconnects %d failed %d; resume new %d resumed %d live %d (incomplete %d) absent %d; out-of-order %d caught-up %d\n",
+				fmt.Fprintf(r.out, "bench %6.1fs away %d (went %d, 1001 %d) reconnects %d failed %d (so far in the run: connect %d handshake %d timeout %d reset %d); resume new %d resumed %d live %d (incomplete %d) absent %d; out-of-order %d caught-up %d\n",
 					now.Sub(start).Seconds(), p.EverReady-p.Open, p.WentAway, p.GoingAway, p.Reconnects, p.ReconnectFailures,
+					p.ErrConnect, p.ErrHandshake, p.ErrTimeout, p.ErrReset,
 					p.ResumeNew, p.ResumeResumed, p.ResumeLive, p.ResumeLiveIncomplete, p.ResumeAbsent, p.OutOfOrder, p.CaughtUp)
 			}
 			prev = p

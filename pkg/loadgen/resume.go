@@ -84,7 +84,10 @@ func subscribeMessage(id string, channels []string) []byte {
 // received: a bitmap of words words per slot, plus per slot the first
 // sequence received (-1: none yet), the first receptions below the highest
 // already received (out of order), and when its last subscribe response
-// came (unix ns) with how many times it came back.
+// came (unix ns) with how many times it came back. For the reader of a
+// failure, per slot too: the highest sequence when it last went away, the
+// first one received after it last came back, and the first and last
+// sequences received twice (-1: none).
 type seqLog struct {
 	words      int
 	bits       []uint64
@@ -93,6 +96,10 @@ type seqLog struct {
 	liveAt     []int64
 	reconnects []uint16
 	status     []uint8
+	leftAfter  []int32
+	backWith   []int32
+	dupFirst   []int32
+	dupLast    []int32
 }
 
 func newSeqLog(conns, events int) *seqLog {
@@ -105,9 +112,15 @@ func newSeqLog(conns, events int) *seqLog {
 		liveAt:     make([]int64, conns),
 		reconnects: make([]uint16, conns),
 		status:     make([]uint8, conns),
+		leftAfter:  make([]int32, conns),
+		backWith:   make([]int32, conns),
+		dupFirst:   make([]int32, conns),
+		dupLast:    make([]int32, conns),
 	}
-	for i := range s.first {
-		s.first[i] = -1
+	for _, col := range [][]int32{s.first, s.leftAfter, s.backWith, s.dupFirst, s.dupLast} {
+		for i := range col {
+			col[i] = -1
+		}
 	}
 	return s
 }
@@ -119,11 +132,18 @@ func (s *seqLog) see(i int, seq uint32, next uint32) (isNew, late bool) {
 	w := &s.bits[i*s.words+int(seq/64)]
 	bit := uint64(1) << (seq % 64)
 	if *w&bit != 0 {
+		if s.dupFirst[i] < 0 {
+			s.dupFirst[i] = int32(seq)
+		}
+		s.dupLast[i] = int32(seq)
 		return false, false
 	}
 	*w |= bit
 	if s.first[i] < 0 {
 		s.first[i] = int32(seq)
+	}
+	if s.backWith[i] < 0 && s.reconnects[i] > 0 {
+		s.backWith[i] = int32(seq)
 	}
 	if seq+1 < next {
 		s.outOfOrder[i]++
@@ -183,18 +203,32 @@ type ConnReport struct {
 	MissingRuns []string `json:"missing_runs,omitempty"`
 	Duplicated  int      `json:"duplicated"`
 	OutOfOrder  int      `json:"out_of_order"`
+	// DupFirst and DupLast are the first and last sequences it received
+	// twice (-1: none).
+	DupFirst int `json:"dup_first"`
+	DupLast  int `json:"dup_last"`
 	// Reconnects is how many times it came back; LastStatus the resume
-	// status of its last subscribe response.
+	// status of its last subscribe response. LeftAfter is the highest
+	// sequence it had received when it last went away, BackWith the
+	// first it received after it last came back (-1: none).
 	Reconnects int    `json:"reconnects"`
 	LastStatus string `json:"last_status"`
+	LeftAfter  int    `json:"left_after"`
+	BackWith   int    `json:"back_with"`
 }
 
 func (r ConnReport) bad() int { return r.Missing + r.Duplicated + r.OutOfOrder }
 
+func (r ConnReport) disorder() int { return r.Duplicated + r.OutOfOrder }
+
 // String is the report in one line, for logs.
 func (r ConnReport) String() string {
-	return fmt.Sprintf("conn %d (id %s): first %d, highest %d, missing %d %s, duplicated %d, out of order %d, reconnects %d, last status %s",
-		r.Conn, r.ID, r.First, r.Highest, r.Missing, "["+strings.Join(r.MissingRuns, " ")+"]", r.Duplicated, r.OutOfOrder, r.Reconnects, r.LastStatus)
+	dup := ""
+	if r.Duplicated > 0 {
+		dup = fmt.Sprintf(" (seqs %d to %d)", r.DupFirst, r.DupLast)
+	}
+	return fmt.Sprintf("conn %d (id %s): first %d, highest %d, missing %d %s, duplicated %d%s, out of order %d; reconnects %d, left after seq %d, first seq after coming back %d, last status %s",
+		r.Conn, r.ID, r.First, r.Highest, r.Missing, "["+strings.Join(r.MissingRuns, " ")+"]", r.Duplicated, dup, r.OutOfOrder, r.Reconnects, r.LeftAfter, r.BackWith, r.LastStatus)
 }
 
 // statusName is the name a status is reported under.
@@ -226,17 +260,19 @@ type SeqSummary struct {
 	ConnsNothing        int   `json:"conns_nothing"`
 	ConnsFirstAfterZero int   `json:"conns_first_after_zero"`
 	// Worst are the connections with the most wrong, worst first
-	// (at most worstKept).
-	Worst []ConnReport `json:"worst,omitempty"`
+	// (at most worstKept); WorstOrder those with the most duplicated or
+	// out of order (which a loss elsewhere must not hide).
+	Worst      []ConnReport `json:"worst,omitempty"`
+	WorstOrder []ConnReport `json:"worst_order,omitempty"`
 }
 
 // worstKept is how many bad connections a summary keeps for the reader.
 const worstKept = 10
 
-// addWorst keeps the worstKept worst of ws plus r.
-func addWorst(ws []ConnReport, r ConnReport) []ConnReport {
+// addWorst keeps the worstKept worst of ws plus r, by score.
+func addWorst(ws []ConnReport, r ConnReport, score func(ConnReport) int) []ConnReport {
 	ws = append(ws, r)
-	slices.SortStableFunc(ws, func(a, b ConnReport) int { return b.bad() - a.bad() })
+	slices.SortStableFunc(ws, func(a, b ConnReport) int { return score(b) - score(a) })
 	if len(ws) > worstKept {
 		ws = ws[:worstKept]
 	}
@@ -257,7 +293,10 @@ func (s *SeqSummary) merge(o *SeqSummary) {
 	s.ConnsNothing += o.ConnsNothing
 	s.ConnsFirstAfterZero += o.ConnsFirstAfterZero
 	for _, w := range o.Worst {
-		s.Worst = addWorst(s.Worst, w)
+		s.Worst = addWorst(s.Worst, w, ConnReport.bad)
+	}
+	for _, w := range o.WorstOrder {
+		s.WorstOrder = addWorst(s.WorstOrder, w, ConnReport.disorder)
 	}
 }
 

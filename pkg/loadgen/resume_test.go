@@ -166,6 +166,9 @@ func TestStormFindsWhatTheReconnectLost(t *testing.T) {
 	if seqs.ConnsMissing != int(half) || seqs.Missing < half*15 || seqs.Duplicated != 0 || seqs.OutOfOrder != 0 || seqs.ConnsNothing != 0 {
 		t.Errorf("seqs %+v; want the %d drained connections missing ~25 events each, nothing else", *seqs, half)
 	}
+	if w := seqs.Worst; len(w) == 0 || w[0].LeftAfter < 0 || w[0].BackWith != w[0].LeftAfter+w[0].Missing+1 || w[0].DupFirst != -1 {
+		t.Errorf("worst %+v: want it back with the seq after the ones it missed", w)
+	}
 	if len(seqs.Worst) == 0 || seqs.Worst[0].Conn%2 != 0 || seqs.Worst[0].Reconnects != 1 || seqs.Worst[0].LastStatus != "absent" || !strings.HasPrefix(seqs.Worst[0].ID, "lg") {
 		t.Errorf("worst %+v: want an even connection (node 0's) that came back once", seqs.Worst)
 	}

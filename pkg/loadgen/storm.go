@@ -166,6 +166,11 @@ func (s *StormSummary) caughtUp(at []int64, seqMaxLat []int64) {
 	}
 }
 
+// stormQuiet is how long no event may arrive before the wait for the last
+// deliveries of a storm ends: workers report every 100 ms, and a node
+// still delivering delivers many times a second.
+const stormQuiet = 2 * time.Second
+
 // runStorm is the hold of a storm run: publish, disrupt, wait for every
 // connection to be back, publish on, then wait for the deliveries.
 func runStorm(ctx context.Context, cfg *Config, pub *publisher, workers []worker) (*StormSummary, publishReport) {
@@ -213,10 +218,21 @@ func runStorm(ctx context.Context, cfg *Config, pub *publisher, workers []worker
 	sum.PublishEndedEarly = int(pub.sent.Load()) >= cfg.Events
 	close(stop)
 	prep := <-done
-	// Every connection should get every event from its first on.
+	// Every connection should get every event from its first on. A node
+	// behind after the storm may take long to deliver them: the wait ends
+	// when they are all in, or when nothing arrived for stormQuiet (what
+	// is missing then is missing), or after cfg.Drain.
 	drainBy := time.Now().Add(cfg.Drain)
+	var seen int64
+	quietSince := time.Now()
 	for ctx.Err() == nil && time.Now().Before(drainBy) {
-		if p := total(workers); p.Events >= p.EverReady*int64(prep.Sent) {
+		p := total(workers)
+		if p.Events >= p.EverReady*int64(prep.Sent) {
+			break
+		}
+		if p.Events != seen {
+			seen, quietSince = p.Events, time.Now()
+		} else if time.Since(quietSince) > stormQuiet {
 			break
 		}
 		sleep(ctx, pollInterval)
