@@ -66,15 +66,25 @@ func TestResumeStorm(t *testing.T) {
 	})
 }
 
+// TestResumeStormFullSize is the size; SWITCHBOARD_RESUME_STORM_CONNS
+// sets another (e.g. to find the size this machine holds).
 func TestResumeStormFullSize(t *testing.T) {
 	if os.Getenv("SWITCHBOARD_RESUME_STORM") != "1" {
 		t.Skip("set SWITCHBOARD_RESUME_STORM=1 (make resume-storm) for the 19,000-connection storm")
+	}
+	conns := 19000
+	if v := os.Getenv("SWITCHBOARD_RESUME_STORM_CONNS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 2 || n > 39000 {
+			t.Fatalf("SWITCHBOARD_RESUME_STORM_CONNS=%q: want 2 to 39000", v)
+		}
+		conns = n
 	}
 	runResumeStorm(t, stormShape{
 		// Two worker processes: one holds at most ~19,900 sockets
 		// (RLIMIT_NOFILE 20,000). 4,000/s keeps the nodes' accept
 		// queues (somaxconn 4096) from overflowing on 2 cores.
-		conns: 19000, workers: 2, rampRate: 4000,
+		conns: conns, workers: 2, rampRate: 4000,
 		before: 5 * time.Second, after: 5 * time.Second,
 		liveWithin: 60 * time.Second, deliverWithin: 60 * time.Second, within: 4 * time.Minute,
 	})
@@ -225,6 +235,7 @@ func runResumeStorm(t *testing.T, sh stormShape) {
 	for i, s := range st.Servers {
 		t.Logf("node %d (pid %d) CPU from the SIGTERM to live again: %.2f s, %.2f cores on average, %.2f in the busiest second", i, s.PID, s.CPUSeconds, s.Cores, s.PeakCores)
 	}
+	t.Logf("load generator CPU over the whole run: %.1f s (%d processes); node RSS at the end: %d MB and %d MB", sum.Generator.CPUSeconds, sum.Workers, sum.Servers[0].RSSEnd>>20, sum.Servers[1].RSSEnd>>20)
 	if l := sum.Events.Latency; l.Count > 0 {
 		t.Logf("event latency, publish to client, over the whole run: p50 %.0f ms, p99 %.0f ms, max %.0f ms", l.P50, l.P99, l.Max)
 	}
