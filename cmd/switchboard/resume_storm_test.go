@@ -25,13 +25,13 @@ import (
 // Issue 24's resume storm: connections spread over two `switchboard serve`
 // nodes on a real redis-server, each subscribed by message under an id of
 // its own as SDK 25+ does, events published straight to Redis at 25/s as
-// Appwrite publishes them; then node 0 is drained (SIGTERM: close 1001
-// spread over --drain-time's 5 s). Its connections come back to node 1
+// Appwrite publishes them; then one is drained (SIGTERM: close 1001
+// spread over --drain-time's 5 s). Its connections come back to the other
 // after the SDK's 1 s and send the same subscribe. Every connection must
 // then hold every event from its first on exactly once and in order:
 // missing 0, duplicated 0, out of order 0. The test logs the figures the
 // issue asks for: the time until every connection is live again, the rate
-// of replayed events (node 1's switchboard_resume_replayed_events_total,
+// of replayed events (the survivor's switchboard_resume_replayed_events_total,
 // and what the clients saw), and the nodes' CPU during the storm.
 //
 // TestResumeStorm is the small one (200 connections, in make test);
@@ -50,6 +50,9 @@ type stormShape struct {
 	before, after, liveWithin, within time.Duration
 	// deliverWithin bounds the wait for the last deliveries.
 	deliverWithin time.Duration
+	// drain picks the node drained: "" node 0, "lease" the one holding
+	// the history appender's lease, "other" the one not holding it.
+	drain string
 }
 
 // stormRate is the issue's publishing rate.
@@ -70,7 +73,7 @@ func TestResumeStorm(t *testing.T) {
 // sets another (e.g. to find the size this machine holds).
 func TestResumeStormFullSize(t *testing.T) {
 	if os.Getenv("SWITCHBOARD_RESUME_STORM") != "1" {
-		t.Skip("set SWITCHBOARD_RESUME_STORM=1 (make resume-storm) for the 19,000-connection storm")
+		t.Skip("set SWITCHBOARD_RESUME_STORM=1 (make resume-storm) for the 19,000-connection storm; SWITCHBOARD_RESUME_STORM_CONNS=N for another size, SWITCHBOARD_RESUME_STORM_DRAIN=lease|other to drain the node holding the history appender's lease or the other")
 	}
 	conns := 19000
 	if v := os.Getenv("SWITCHBOARD_RESUME_STORM_CONNS"); v != "" {
@@ -80,7 +83,12 @@ func TestResumeStormFullSize(t *testing.T) {
 		}
 		conns = n
 	}
+	drain := os.Getenv("SWITCHBOARD_RESUME_STORM_DRAIN")
+	if drain != "" && drain != "lease" && drain != "other" {
+		t.Fatalf("SWITCHBOARD_RESUME_STORM_DRAIN=%q: want lease or other", drain)
+	}
 	runResumeStorm(t, stormShape{
+		drain: drain,
 		// Two worker processes: one holds at most ~19,900 sockets
 		// (RLIMIT_NOFILE 20,000). 4,000/s keeps the nodes' accept
 		// queues (somaxconn 4096) from overflowing on 2 cores.
@@ -106,7 +114,20 @@ func runResumeStorm(t *testing.T, sh stormShape) {
 	}
 	waitReady(t, nodes...)
 	drained, survivor := nodes[0], nodes[1]
-	t.Logf("node 0 (drained) pid %d on %s, node 1 pid %d on %s; redis %s", drained.cmd.Process.Pid, drained.addr, survivor.cmd.Process.Pid, survivor.addr, rs.Addr())
+	if sh.drain != "" {
+		// The lease's value names its holder's pid ("host:pid:random").
+		var holder string
+		redistest.Eventually(t, 10*time.Second, "a node holding the appender's lease", func() bool {
+			holder = appenderLease(rdb)
+			return holder != "nobody"
+		})
+		holds0 := strings.Contains(holder, fmt.Sprintf(":%d:", nodes[0].cmd.Process.Pid))
+		if holds0 != (sh.drain == "lease") {
+			drained, survivor = nodes[1], nodes[0]
+		}
+		t.Logf("draining the node %s the lease (held by %s)", map[bool]string{true: "holding", false: "not holding"}[sh.drain == "lease"], holder)
+	}
+	t.Logf("drained node pid %d on %s, surviving node pid %d on %s; redis %s", drained.cmd.Process.Pid, drained.addr, survivor.cmd.Process.Pid, survivor.addr, rs.Addr())
 
 	var (
 		mu       sync.Mutex
@@ -141,14 +162,14 @@ func runResumeStorm(t *testing.T, sh stormShape) {
 	drain := func(ctx context.Context) error {
 		m, err := scrapeMap(survivor.admin)
 		if err != nil {
-			return fmt.Errorf("node 1's metrics before the drain: %w", err)
+			return fmt.Errorf("the surviving node's metrics before the drain: %w", err)
 		}
 		mu.Lock()
 		before, lease = m, appenderLease(rdb)
 		mu.Unlock()
 		sampling <- struct{}{}
 		if err := drained.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-			return fmt.Errorf("SIGTERM node 0: %w", err)
+			return fmt.Errorf("SIGTERM the drained node: %w", err)
 		}
 		// --shutdown-timeout (10 s) bounds the drain; past it the node
 		// is stuck.
@@ -156,11 +177,11 @@ func runResumeStorm(t *testing.T, sh stormShape) {
 		case err := <-drained.exited:
 			drained.exited <- err // for the cleanup
 			if err != nil {
-				return fmt.Errorf("node 0 exited with %v after SIGTERM", err)
+				return fmt.Errorf("the drained node exited with %v after SIGTERM", err)
 			}
 			return nil
 		case <-time.After(30 * time.Second):
-			return errors.New("node 0 still running 30 s after SIGTERM")
+			return errors.New("the drained node still running 30 s after SIGTERM")
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -204,7 +225,7 @@ func runResumeStorm(t *testing.T, sh stormShape) {
 		t.Fatalf("load generator: %v\nprogress:\n%s", err, progress)
 	}
 	if ctx.Err() != nil {
-		t.Fatalf("the storm did not end within %v (a hang: the generator was cut short)\nprogress:\n%s\nnode 0:\n%s\nnode 1:\n%s", sh.within, progress, drained.stderr, survivor.stderr)
+		t.Fatalf("the storm did not end within %v (a hang: the generator was cut short)\nprogress:\n%s\nthe drained node:\n%s\nthe surviving node:\n%s", sh.within, progress, drained.stderr, survivor.stderr)
 	}
 	st, seqs, p := sum.Storm, sum.Seqs, sum.Counters
 	if st == nil || seqs == nil {
@@ -212,11 +233,11 @@ func runResumeStorm(t *testing.T, sh stormShape) {
 	}
 	after, err := scrapeMap(survivor.admin)
 	if err != nil {
-		t.Fatalf("node 1's metrics after the storm: %v", err)
+		t.Fatalf("the surviving node's metrics after the storm: %v", err)
 	}
 
 	// The figures.
-	t.Logf("resume storm: %d connections over 2 nodes on Redis (%d load generator processes), %.0f events/s; node 0 drained (its drain took %.1f s, the appender lease was held by %s)",
+	t.Logf("resume storm: %d connections over 2 nodes on Redis (%d load generator processes), %.0f events/s; the node drained (its drain took %.1f s, the appender lease was held by %s)",
 		sh.conns, sum.Workers, stormRate, st.DisruptSeconds, lease)
 	if st.LiveAgain {
 		t.Logf("every connection live again (its subscribe answered) %.2f s after the SIGTERM; every connection had every event published until then %.2f s after it", st.LiveAgainSeconds, st.CaughtUpSeconds)
@@ -225,15 +246,15 @@ func runResumeStorm(t *testing.T, sh stormShape) {
 	}
 	t.Logf("returns: %d connections went away (%d with close 1001), %d tries to come back (%d failed), %d subscribed again; subscribe responses: new %d, resumed %d, live %d (incomplete %d), without a resume field %d",
 		p.WentAway, p.GoingAway, p.Reconnects, p.ReconnectFailures, p.Resubscribed, p.ResumeNew, p.ResumeResumed, p.ResumeLive, p.ResumeLiveIncomplete, p.ResumeAbsent)
-	t.Logf("node 1's counters over the storm: %s", resumeDelta(before, after))
+	t.Logf("the surviving node's counters over the storm: %s", resumeDelta(before, after))
 	replayed := after["switchboard_resume_replayed_events_total"] - before["switchboard_resume_replayed_events_total"]
 	peak := peakRate(samples, time.Unix(0, st.Start), time.Unix(0, st.LiveAt).Add(time.Second))
 	if st.LiveAgainSeconds > 0 {
-		t.Logf("replayed events: node 1 %.0f (%.0f/s over the %.2f s to live again, busiest second %.0f/s); the clients caught up with %d (received after coming back, published before: the replay and any live event the node was late with)",
+		t.Logf("replayed events: the surviving node %.0f (%.0f/s over the %.2f s to live again, busiest second %.0f/s); the clients caught up with %d (received after coming back, published before: the replay and any live event the node was late with)",
 			replayed, replayed/st.LiveAgainSeconds, st.LiveAgainSeconds, peak, p.CaughtUp)
 	}
 	for i, s := range st.Servers {
-		t.Logf("node %d (pid %d) CPU from the SIGTERM to live again: %.2f s, %.2f cores on average, %.2f in the busiest second", i, s.PID, s.CPUSeconds, s.Cores, s.PeakCores)
+		t.Logf("%s node (pid %d) CPU from the SIGTERM to live again: %.2f s, %.2f cores on average, %.2f in the busiest second", []string{"drained", "surviving"}[i], s.PID, s.CPUSeconds, s.Cores, s.PeakCores)
 	}
 	t.Logf("load generator CPU over the whole run: %.1f s (%d processes); node RSS at the end: %d MB and %d MB", sum.Generator.CPUSeconds, sum.Workers, sum.Servers[0].RSSEnd>>20, sum.Servers[1].RSSEnd>>20)
 	if l := sum.Events.Latency; l.Count > 0 {
@@ -244,7 +265,7 @@ func runResumeStorm(t *testing.T, sh stormShape) {
 
 	// The verdict.
 	if st.DisruptError != "" {
-		t.Errorf("the drain: %s\nnode 0:\n%s", st.DisruptError, drained.stderr)
+		t.Errorf("the drain: %s\nthe drained node:\n%s", st.DisruptError, drained.stderr)
 	}
 	if sum.Events.PublishErrors > 0 || st.PublishEndedEarly {
 		t.Errorf("publishing: %d errors (%s), ended early %v", sum.Events.PublishErrors, sum.Events.PublishError, st.PublishEndedEarly)
@@ -267,8 +288,8 @@ func runResumeStorm(t *testing.T, sh stormShape) {
 	}
 	if t.Failed() {
 		t.Logf("progress:\n%s", progress)
-		t.Logf("node 0's log:\n%s", tail(drained.stderr.String(), 40))
-		t.Logf("node 1's log:\n%s", tail(survivor.stderr.String(), 40))
+		t.Logf("the drained node's log:\n%s", tail(drained.stderr.String(), 40))
+		t.Logf("the surviving node's log:\n%s", tail(survivor.stderr.String(), 40))
 	}
 }
 
