@@ -260,6 +260,9 @@ func runResumeStorm(t *testing.T, sh stormShape) {
 	if l := sum.Events.Latency; l.Count > 0 {
 		t.Logf("event latency, publish to client, over the whole run: p50 %.0f ms, p99 %.0f ms, max %.0f ms", l.P50, l.P99, l.Max)
 	}
+	ttl := st.TimeToLast
+	t.Logf("publish to the last connection's delivery, per event: before the drain p50 %.0f ms, max %.0f ms; from the drain until all were back p50 %.0f ms, max %.0f ms; after p50 %.0f ms, max %.0f ms",
+		ttl.Before.P50, ttl.Before.Max, ttl.During.P50, ttl.During.Max, ttl.After.P50, ttl.After.Max)
 	t.Logf("events: %d published (seq %d when the drain began, %d when all were back); per connection over [first received, last published]: missing %d on %d connections, duplicated %d on %d, out of order %d on %d, %d received nothing, %d started after seq 0",
 		sum.Events.Published, st.SeqAtDisrupt, st.SeqAtLive, seqs.Missing, seqs.ConnsMissing, seqs.Duplicated, seqs.ConnsDuplicated, seqs.OutOfOrder, seqs.ConnsOutOfOrder, seqs.ConnsNothing, seqs.ConnsFirstAfterZero)
 

@@ -52,6 +52,16 @@ type StormSummary struct {
 	// Servers is the CPU of Config.ServerPIDs from the disruption's start
 	// to every connection being back.
 	Servers []StormCPU `json:"servers,omitempty"`
+	// TimeToLast is, per event, the time from its publish to its last
+	// delivery (over the connections that got it), for the events
+	// published before the disruption, from then until every connection
+	// was back, and after: how far behind the nodes (or the generator)
+	// were in each phase.
+	TimeToLast struct {
+		Before Percentiles `json:"before"`
+		During Percentiles `json:"during"`
+		After  Percentiles `json:"after"`
+	} `json:"time_to_last_delivery"`
 	// Seqs is the check of every connection's events.
 	Seqs *SeqSummary `json:"seqs"`
 	// Start and LiveAt are the disruption's start and the last return
@@ -152,9 +162,25 @@ func stormCPU(pids []int, samples []cpuSample, from, to time.Time) []StormCPU {
 	return out
 }
 
-// caughtUp sets CaughtUpSeconds from the publish times and, per
-// sequence, the largest latency over the connections that received it.
+// caughtUp sets CaughtUpSeconds and TimeToLast from the publish times
+// and, per sequence, the largest latency over the connections that
+// received it.
 func (s *StormSummary) caughtUp(at []int64, seqMaxLat []int64) {
+	var before, during, after Histogram
+	for seq, d := range seqMaxLat[:min(len(seqMaxLat), len(at))] {
+		if d <= 0 {
+			continue
+		}
+		switch {
+		case seq < s.SeqAtDisrupt:
+			before.Record(time.Duration(d))
+		case seq < s.SeqAtLive:
+			during.Record(time.Duration(d))
+		default:
+			after.Record(time.Duration(d))
+		}
+	}
+	s.TimeToLast.Before, s.TimeToLast.During, s.TimeToLast.After = before.Percentiles(), during.Percentiles(), after.Percentiles()
 	last := int64(0)
 	for seq := s.SeqAtDisrupt; seq < min(s.SeqAtLive, len(at), len(seqMaxLat)); seq++ {
 		if seqMaxLat[seq] > 0 {
