@@ -74,6 +74,7 @@ func (b *brokerFlags) resume(window time.Duration, log *zap.Logger) (*server.Res
 		Records: records,
 		Feed:    feed.Offer,
 		Run:     feed.Run,
+		Shared:  true,
 	}, client.Close, nil
 }
 

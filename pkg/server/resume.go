@@ -42,6 +42,13 @@ type ResumeConfig struct {
 	// Run, when set, runs from Start until the router has stopped (the
 	// Redis appender and its lease, which it releases as its last step).
 	Run func(ctx context.Context)
+	// Shared tells that other nodes read the history and records (Redis):
+	// then a subscription is recorded when it is made, so that another
+	// node can resume it after this one dies without a word. Alone (the
+	// embedded broker), a node that dies takes its history along, and a
+	// subscription is recorded only when its connection ends: no memory
+	// per open subscription.
+	Shared bool
 }
 
 const (
@@ -106,13 +113,14 @@ type resumer struct {
 	writes chan recordWrite
 	stop   context.CancelFunc
 	done   chan struct{}
+	epoch  time.Time // subscription.since counts milliseconds from it
 }
 
 // recordWrite is a batch of record writes for the writer.
 type recordWrite struct {
 	recs     []history.Record
 	end      bool          // Records.End (else Put)
-	floorAge time.Duration // End's
+	floorAge time.Duration // End's, or Put's; Put without a floor: < 0
 	at       time.Time     // when it was queued
 }
 
@@ -125,7 +133,19 @@ func newResumer(s *Server, cfg ResumeConfig) *resumer {
 		anchors: make(map[string]*history.Anchor),
 		jobs:    make(map[string][]*resumeJob),
 		writes:  make(chan recordWrite, recordQueue),
+		epoch:   time.Now(),
 	}
+}
+
+// sinceNow is now as subscription.since counts it: milliseconds from the
+// epoch, on 32 bits (it wraps after 49 days; sinceMS undoes that for any
+// subscription younger).
+func (rs *resumer) sinceNow() uint32 { return uint32(time.Since(rs.epoch).Milliseconds()) }
+
+// sinceMS is the Unix time in ms of since.
+func (rs *resumer) sinceMS(since uint32) uint64 {
+	now := uint64(time.Since(rs.epoch).Milliseconds())
+	return uint64(rs.epoch.UnixMilli()) + now - uint64(uint32(now)-since)
 }
 
 // start runs the record writer, the checkpoints and cfg.Run.
@@ -208,6 +228,12 @@ func (rs *resumer) end(floorAge time.Duration, recs ...history.Record) {
 	rs.queue(recordWrite{recs: recs, end: true, floorAge: floorAge})
 }
 
+// putEnded queues whole records of subscriptions whose connection ended,
+// with a floor floorAge ago (Records.Put's).
+func (rs *resumer) putEnded(floorAge time.Duration, recs ...history.Record) {
+	rs.queue(recordWrite{recs: recs, floorAge: floorAge})
+}
+
 func (rs *resumer) queue(w recordWrite) {
 	if len(w.recs) == 0 {
 		return
@@ -247,7 +273,7 @@ const maxRecordBatch = 4096
 // written alike (whole records, one call), keeping their order.
 func (rs *resumer) write(w recordWrite) {
 	for {
-		if w.end {
+		if w.end || w.floorAge >= 0 {
 			rs.flush(w)
 			select {
 			case w = <-rs.writes:
@@ -261,7 +287,7 @@ func (rs *resumer) write(w recordWrite) {
 		for len(w.recs) < maxRecordBatch {
 			select {
 			case more := <-rs.writes:
-				if more.end {
+				if more.end || more.floorAge >= 0 {
 					next = &more
 					break batch
 				}
@@ -281,12 +307,15 @@ func (rs *resumer) write(w recordWrite) {
 func (rs *resumer) flush(w recordWrite) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	age := w.floorAge
+	if age >= 0 {
+		age += time.Since(w.at) // measured when the connection ended, written now
+	}
 	var err error
 	if w.end {
-		// Measured when the connection ended, written now.
-		err = rs.cfg.Records.End(ctx, w.floorAge+time.Since(w.at), rs.srv.node, w.recs...)
+		err = rs.cfg.Records.End(ctx, age, rs.srv.node, w.recs...)
 	} else {
-		err = rs.cfg.Records.Put(ctx, -1, w.recs...)
+		err = rs.cfg.Records.Put(ctx, age, w.recs...)
 	}
 	if err != nil {
 		rs.srv.metrics.resumeRecordsDropped.Add(float64(len(w.recs)))
@@ -638,9 +667,11 @@ func (rs *resumer) seam(j *resumeJob, subs []subscription, resp []protocol.Subsc
 			}
 			r.deliverTo(c, ke.ev, owed)
 		}
+		since := rs.sinceNow()
 		c.mu.Lock()
 		next := append([]subscription(nil), c.subs...)
 		for _, sub := range subs {
+			sub.since = since
 			next = putSubscription(next, sub)
 		}
 		c.subs = next
@@ -657,7 +688,7 @@ func (rs *resumer) seam(j *resumeJob, subs []subscription, resp []protocol.Subsc
 		if replayed[i] > 0 {
 			s.metrics.resumeReplayed.Add(float64(replayed[i]))
 		}
-		if subs[i].recorded && live {
+		if subs[i].recorded && live && rs.cfg.Shared {
 			recs = append(recs, history.Record{Project: j.project, ID: subs[i].id, User: user, Node: s.node, Open: true, Anchor: anchor})
 		}
 	}
@@ -719,11 +750,27 @@ func (c *conn) recordsLocked(anchor history.Anchor) []history.Record {
 // ended, unless the drain told them exactly. The caller holds c.mu, before
 // the queue is dropped.
 func (c *conn) endRecordsLocked() {
-	if rs := c.srv.resume; rs != nil && c.flags&flagRecorded == 0 {
-		if recs := c.recordsLocked(history.Anchor{}); len(recs) > 0 {
-			rs.end(c.uncertainLocked(), recs...)
+	rs := c.srv.resume
+	if rs == nil || c.flags&flagRecorded != 0 {
+		return
+	}
+	recs := c.recordsLocked(history.Anchor{})
+	if len(recs) == 0 {
+		return
+	}
+	if rs.cfg.Shared {
+		// Their records, written when they were made, keep their anchors.
+		rs.end(c.uncertainLocked(), recs...)
+		return
+	}
+	// Recorded now, for the first time: from when each was made.
+	for i, j := 0, 0; i < len(c.subs); i++ {
+		if c.subs[i].recorded {
+			recs[j].FloorMS = rs.sinceMS(c.subs[i].since)
+			j++
 		}
 	}
+	rs.putEnded(c.uncertainLocked(), recs...)
 }
 
 // uncertainLocked is how far back from now c's client may have missed

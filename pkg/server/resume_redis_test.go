@@ -27,18 +27,35 @@ import (
 // drain (Off: all at once).
 func resumeRedisNode(t *testing.T, url string, window, drain time.Duration) *Server {
 	t.Helper()
-	opts, err := redis.ParseURL(url)
-	if err != nil {
-		t.Fatal(err)
+	return resumeNode(t, url, 0, window, drain)
+}
+
+// resumeNode is resumeRedisNode on plain Redis (partitions 0), or on a
+// Redis Cluster with the sharded broker's partitions, as `switchboard
+// serve --redis-sharded` runs it.
+func resumeNode(t *testing.T, url string, partitions int, window, drain time.Duration) *Server {
+	t.Helper()
+	var client redis.UniversalClient
+	if partitions > 0 {
+		opts, err := redis.ParseClusterURL(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		client = redis.NewClusterClient(opts)
+	} else {
+		opts, err := redis.ParseURL(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		client = redis.NewClient(opts)
 	}
-	client := redis.NewClient(opts)
 	t.Cleanup(func() { client.Close() })
 	node := "node-" + strconv.FormatInt(time.Now().UnixNano(), 36)
-	store, err := history.NewRedis(history.RedisOptions{Client: client, Node: node, Config: history.Config{Window: window}})
+	store, err := history.NewRedis(history.RedisOptions{Client: client, Partitions: partitions, Node: node, Config: history.Config{Window: window}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	records, err := history.NewRedisRecords(history.RedisRecordsOptions{Client: client, Window: window})
+	records, err := history.NewRedisRecords(history.RedisRecordsOptions{Client: client, Partitions: partitions, Window: window})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,16 +63,29 @@ func resumeRedisNode(t *testing.T, url string, window, drain time.Duration) *Ser
 	feed := history.NewFeed(history.NewAppender(store, lease, 0), lease, 0)
 	feed.OnError = func(project string, err error) { t.Logf("%s: append to %s: %v", node, project, err) }
 	reg := prometheus.NewRegistry()
-	b, err := broker.NewRedis(broker.RedisOptions{URL: url, Registerer: reg, OnLoss: feed.Lost})
-	if err != nil {
-		t.Fatal(err)
+	bopts := broker.RedisOptions{URL: url, Registerer: reg, OnLoss: feed.Lost}
+	var b interface {
+		broker.Broker
+		Close() error
+	}
+	if partitions > 0 {
+		sb, err := broker.NewRedisSharded(broker.RedisShardedOptions{RedisOptions: bopts, Partitions: partitions})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sb.WantAll()
+		b = sb
+	} else {
+		if b, err = broker.NewRedis(bopts); err != nil {
+			t.Fatal(err)
+		}
 	}
 	t.Cleanup(func() { _ = b.Close() })
 	s := testNode(t, func(c *Config) {
 		c.Broker, c.Registry, c.DrainTime = b, reg, drain
-		c.Resume = &ResumeConfig{Window: window, Reader: store, Records: records, Feed: feed.Offer, Run: feed.Run}
+		c.Resume = &ResumeConfig{Window: window, Reader: store, Records: records, Feed: feed.Offer, Run: feed.Run, Shared: true}
 	})
-	redistest.Eventually(t, 10*time.Second, "node subscribed to Redis", func() bool { return b.Ready() == nil })
+	redistest.Eventually(t, 15*time.Second, "node subscribed to Redis", func() bool { return b.Ready() == nil })
 	return s
 }
 
@@ -102,6 +132,23 @@ func TestResumeAcrossADrainExactlyOnce(t *testing.T) {
 	rd := redistest.Start(t)
 	a := resumeRedisNode(t, rd.URL(), time.Minute, 300*time.Millisecond)
 	b := resumeRedisNode(t, rd.URL(), time.Minute, Off)
+	testDrainExactlyOnce(t, a, b)
+}
+
+// The same on a Redis Cluster in sharded mode: the history, records and
+// channel of a project share its partition's slot.
+func TestResumeAcrossADrainOnRedisCluster(t *testing.T) {
+	cl := redistest.StartCluster(t)
+	const parts = 16
+	a := resumeNode(t, cl.URL(), parts, time.Minute, 300*time.Millisecond)
+	b := resumeNode(t, cl.URL(), parts, time.Minute, Off)
+	testDrainExactlyOnce(t, a, b)
+}
+
+// testDrainExactlyOnce drains node a while its clients receive events
+// published through b, brings them back on b under their ids, and checks
+// that each received every event exactly once, in order.
+func testDrainExactlyOnce(t *testing.T, a, b *Server) {
 
 	const clients = 20
 	conns := make([]*client, clients)

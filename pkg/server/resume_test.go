@@ -4,15 +4,19 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/gobwas/ws"
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/switchboard-rt/switchboard/internal/redistest"
+	"github.com/switchboard-rt/switchboard/pkg/broker"
 	"github.com/switchboard-rt/switchboard/pkg/history"
 )
 
@@ -341,5 +345,60 @@ func TestNoResumeFieldWithoutResume(t *testing.T) {
 	c.send(`{"type":"subscribe","data":[{"subscriptionId":"a","channels":["files"],"queries":[]}]}`)
 	if m := c.expect("response"); strings.Contains(string(m.Data), "resume") {
 		t.Fatalf("response %s", m.Data)
+	}
+}
+
+// BenchmarkIdleSubscribedConnHeap is the heap an idle connection costs the
+// node once it subscribed by message under an id of its own, as SDK 25+
+// does, with resuming off and on (the embedded history, as `switchboard
+// serve` runs it alone): issue 24's "no per-connection state beyond what
+// is held today".
+func BenchmarkIdleSubscribedConnHeap(b *testing.B) {
+	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer devnull.Close()
+	req := strings.Replace(upgradeRequest, "&channels[]=files", "", 1)
+	for _, resume := range []bool{false, true} {
+		b.Run("resume="+strconv.FormatBool(resume), func(b *testing.B) {
+			cfg := Config{Broker: broker.NewMemory(1), ConnectsPerIP: Off, MessagesPerMinute: Off}
+			if resume {
+				withMemoryResume(time.Minute)(&cfg)
+			}
+			s := offlineNode(b, cfg)
+			if s.resume != nil {
+				s.resume.start()
+				defer s.resume.shutdown(context.Background())
+			}
+			conns := make([]*conn, 0, b.N)
+			frames := make([][]byte, b.N)
+			for i := range frames {
+				// Ids as the SDK makes them: 20 hex digits, each its own.
+				sub := fmt.Sprintf(`{"type":"subscribe","data":[{"subscriptionId":"%020x","channels":["files"],"queries":[]}]}`, i)
+				frames[i] = maskedFrame(ws.OpText, true, []byte(sub), [4]byte{1, 2, 3, 4})
+			}
+			var before, after runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&before)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				c := &conn{Context: context.Background(), srv: s, nc: &fakeNC{}, fd: int(devnull.Fd())}
+				c.id = s.idx.Insert(c)
+				c.feed(append([]byte(req), frames[i]...))
+				conns = append(conns, c)
+			}
+			b.StopTimer()
+			frames = nil
+			runtime.GC()
+			runtime.ReadMemStats(&after)
+			b.ReportMetric(float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)-int64(cap(conns))*8)/float64(b.N), "heap-B/conn")
+			if len(conns[0].subs) != 1 {
+				b.Fatalf("subscriptions: %d", len(conns[0].subs))
+			}
+			for _, c := range conns {
+				c.onClosed(nil)
+			}
+		})
 	}
 }
