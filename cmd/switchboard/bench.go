@@ -39,6 +39,7 @@ func benchCmd(args []string, getenv func(string) string, stdout, stderr io.Write
 	var (
 		cfg   loadgen.Config
 		roles string
+		nodes string
 		pids  pidList
 	)
 	fs.StringVar(&cfg.URL, "url", "ws://127.0.0.1:9505/v1/realtime?project=bench&channels[]=files", "WebSocket URL with project and channels[]")
@@ -62,6 +63,9 @@ func benchCmd(args []string, getenv func(string) string, stdout, stderr io.Write
 	fs.DurationVar(&cfg.Drain, "drain", 10*time.Second, "bound on the wait for deliveries after the last publish")
 	fs.StringVar(&roles, "roles", "any", "comma-separated roles of the published events")
 	fs.IntVar(&cfg.PayloadBytes, "payload-bytes", 0, "pad each event payload to about this many bytes (0: no padding, ~40 bytes)")
+	fs.BoolVar(&cfg.Resume, "resume", false, "connections act as the Appwrite Web SDK 25+ across a drain: subscribe by message under ids of their own, come back after --reconnect-delay to the next node when the server ends them, and have every event checked (missing, duplicated, out of order)")
+	fs.DurationVar(&cfg.ReconnectDelay, "reconnect-delay", loadgen.DefaultReconnectDelay, "with --resume: the wait before each reconnect (the SDK's: 1 s, no jitter)")
+	fs.StringVar(&nodes, "nodes", "", "comma-separated host:port of more nodes serving --url's path: connections spread over them, and with --resume come back to the next")
 	fs.Var(&pids, "server-pid", "server process to report RSS of (repeatable, or a comma list)")
 	if err := parseFlags(fs, args, getenv); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -75,6 +79,7 @@ func benchCmd(args []string, getenv func(string) string, stdout, stderr io.Write
 		return 2
 	}
 	cfg.Roles = splitList(roles)
+	cfg.Nodes = splitList(nodes)
 	cfg.ServerPIDs = pids
 	cfg.WorkerCommand = func() (string, []string, []string) {
 		exe, err := os.Executable()

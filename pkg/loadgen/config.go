@@ -7,6 +7,7 @@
 package loadgen
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -85,6 +86,34 @@ type Config struct {
 	// socket buffers fill at a realistic event size.
 	PayloadBytes int
 
+	// Resume makes every connection an Appwrite Web SDK 25+ client across
+	// a drain (resume.go): it opens the URL without its channels[] and,
+	// after `connected` (and the authentication), subscribes by message to
+	// those channels under an id of its own, the same one every time; it
+	// counts as open once the response came. When the server ends it
+	// (close frame, EOF, reset), it comes back after ReconnectDelay to the
+	// next node (URL's, then Nodes, round) and subscribes again; a failed
+	// try waits and moves on the same way. Every event's sequence is
+	// tracked per connection: missing, duplicated, out of order.
+	Resume bool
+	// ReconnectDelay is what a resuming connection waits before each
+	// reconnect; 0 means DefaultReconnectDelay.
+	ReconnectDelay time.Duration
+	// Nodes are more host:port addresses (IPv4 literals) serving the same
+	// path as URL. Connection g starts on node g mod (1+len(Nodes)), URL's
+	// being node 0.
+	Nodes []string
+	// SubscriptionPrefix starts every resuming connection's subscription
+	// id (the rest is its run-wide index); empty: one made from the run's
+	// start time, so two runs on the same Redis never share ids.
+	SubscriptionPrefix string
+	// Storm, with Resume, makes the hold a disruption (storm.go).
+	Storm *Storm `json:"storm,omitempty"`
+	// Publish, when set, sends each event's backbone message itself (e.g.
+	// a PUBLISH to Redis, as Appwrite does) instead of POSTing it to
+	// PublishURL, which may then be empty.
+	Publish func(ctx context.Context, msg []byte) error `json:"-"`
+
 	// ServerPIDs are the processes whose RSS is reported.
 	ServerPIDs []int
 	// WorkerCommand builds the command that runs one worker process (it
@@ -93,15 +122,22 @@ type Config struct {
 	WorkerCommand func() (name string, args []string, env []string) `json:"-"`
 }
 
+// DefaultReconnectDelay is the Appwrite Web SDK's wait before each of its
+// first five reconnects (src/services/realtime.ts: 1 s, no jitter).
+const DefaultReconnectDelay = time.Second
+
 // target is the parsed URL.
 type target struct {
 	addr     [4]byte
 	port     int
 	hostPort string // for the Host header
 	path     string // path and query, as requested
-	project  string
-	channels []string
-	loopback bool
+	// messagePath is path without channels[]: resuming connections
+	// subscribe by message instead.
+	messagePath string
+	project     string
+	channels    []string
+	loopback    bool
 }
 
 func (c *Config) setDefaults() {
@@ -125,6 +161,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.SourceIPs <= 0 {
 		c.SourceIPs = max(2, (c.Conns+15999)/16000)
+	}
+	if c.ReconnectDelay <= 0 {
+		c.ReconnectDelay = DefaultReconnectDelay
 	}
 }
 
@@ -154,7 +193,7 @@ func spread(g, k, n int) bool {
 }
 
 // publishing reports whether the run publishes events.
-func (c *Config) publishing() bool { return c.Events > 0 && c.PublishURL != "" }
+func (c *Config) publishing() bool { return c.Events > 0 && (c.PublishURL != "" || c.Publish != nil) }
 
 // validate checks the fields a run cannot do without.
 func (c *Config) validate() error {
@@ -175,6 +214,15 @@ func (c *Config) validate() error {
 	}
 	if c.PayloadBytes < 0 || c.PayloadBytes > maxPayloadBytes {
 		return fmt.Errorf("payload-bytes must be between 0 and %d", maxPayloadBytes)
+	}
+	if c.Resume && c.Stalled > 0 {
+		return errors.New("resuming connections cannot also stall")
+	}
+	if c.Storm != nil && (!c.Resume || !c.publishing()) {
+		return errors.New("a storm needs resuming connections and events")
+	}
+	if len(c.Nodes) > 250 {
+		return errors.New("at most 251 nodes")
 	}
 	if c.SourceIPs > 250 {
 		return errors.New("at most 250 source addresses (127.0.0.2-127.0.0.251)")
@@ -213,5 +261,33 @@ func parseTarget(rawURL string) (*target, error) {
 	q := u.Query()
 	t.project = q.Get("project")
 	t.channels = q["channels[]"]
+	q.Del("channels[]")
+	u.RawQuery = q.Encode()
+	t.messagePath = u.RequestURI()
 	return t, nil
+}
+
+// nodeTargets is the run's nodes: t, then one per Config.Nodes address,
+// on the same path.
+func nodeTargets(c *Config, t *target) ([]*target, error) {
+	ts := []*target{t}
+	for _, hp := range c.Nodes {
+		host, portStr, err := net.SplitHostPort(hp)
+		if err != nil {
+			return nil, fmt.Errorf("node %q: %w", hp, err)
+		}
+		port, err := strconv.Atoi(portStr)
+		ip := net.ParseIP(host).To4()
+		if err != nil || port <= 0 || port > 65535 || ip == nil {
+			return nil, fmt.Errorf("node %q: want IPv4:port", hp)
+		}
+		n := *t
+		copy(n.addr[:], ip)
+		n.port, n.hostPort, n.loopback = port, hp, ip[0] == 127
+		if n.loopback != t.loopback {
+			return nil, fmt.Errorf("node %q: all nodes must be loopback or none", hp)
+		}
+		ts = append(ts, &n)
+	}
+	return ts, nil
 }

@@ -6,9 +6,14 @@ const (
 	stUpgrading                  // upgrade request sent, waiting for 101
 	stWaitConnected              // upgraded, waiting for the `connected` message
 	stAuthing                    // `authentication` sent, waiting for its response
-	stReady                      // connected (and authenticated): counted as open
+	stSubscribing                // (resuming) `subscribe` sent, waiting for its response
+	stReady                      // connected (authenticated, subscribed): counted as open
 	stClosing                    // our close frame sent, waiting for the server's
 	stDone                       // socket closed
+	// stAway: (resuming) the socket is closed and the connection comes
+	// back when its deadline passes. Placed after stDone so that every
+	// "state < stReady" test leaves it alone: it holds no socket.
+	stAway
 )
 
 // Stall phases of a connection picked by Config.Stalled.
@@ -21,7 +26,7 @@ const (
 )
 
 // conn is everything the generator keeps per connection. It is kept small
-// on purpose (about 48 bytes): no buffers while idle, no timers, no
+// on purpose (56 bytes): no buffers while idle, no timers, no
 // goroutine. The loop's shared read buffer is used for every read; only a
 // frame split across reads parks its bytes in partial.
 type conn struct {
@@ -37,11 +42,20 @@ type conn struct {
 	// sequences arrived, duplicates, and a 64-wide window of which of the
 	// sequences below next arrived, so reordering within 64 is told
 	// apart from duplication without a bitmap of every event.
-	next   uint32
-	recv   uint32
-	dups   uint32
+	next uint32
+	recv uint32
+	dups uint32
+	// slot is the connection's index in its loop (the seqLog's row for a
+	// resuming one); node the node it is on or goes to next (its index in
+	// the loop's targets).
+	slot   int32
 	window uint64
+	node   uint8
 }
+
+// gone reports whether c holds no socket: closed for good, or away until
+// it comes back.
+func (c *conn) gone() bool { return c.state >= stDone }
 
 // partial holds what a connection has not finished reading: the start of
 // a frame (or of the upgrade response) and a fragmented message.

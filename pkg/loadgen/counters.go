@@ -13,6 +13,14 @@ type counters struct {
 	closedClean, closeTimeouts                               atomic.Int64
 	stalledOpen, stalledClosed                               atomic.Int64
 	deflateAgreed, compressedMsgs                            atomic.Int64
+
+	// Resuming connections (Config.Resume).
+	wentAway, goingAway, reconnects, reconnectFailures, resubscribed atomic.Int64
+	resumeNew, resumeResumed, resumeLive, resumeLiveIncomplete       atomic.Int64
+	resumeAbsent, outOfOrder, caughtUp                               atomic.Int64
+	// lastLiveAt is when (unix ns) a connection last came back
+	// subscribed: a maximum, not a sum.
+	lastLiveAt atomic.Int64
 }
 
 // Progress is a snapshot of a generator's counters (one loop, one worker
@@ -66,6 +74,34 @@ type Progress struct {
 	// compressed (and inflated).
 	DeflateAgreed      int64 `json:"deflate_agreed"`
 	CompressedMessages int64 `json:"compressed_messages"`
+
+	// Resuming connections (Config.Resume). WentAway counts the times
+	// the server ended a ready one (GoingAway of them with close 1001);
+	// Reconnects the tries to come back, ReconnectFailures those that
+	// failed (refused, not upgraded, no answer); Resubscribed the returns
+	// that got their subscribe response. Resume* count the subscribe
+	// responses by their resume status (Absent: no such field; of Live,
+	// LiveIncomplete had reason "incomplete"). OutOfOrder are first
+	// receptions of a sequence below one already received; CaughtUp the
+	// events received after a return that were published before its
+	// subscribe response: the replay, and also live events the node was
+	// late with (its router lagging behind the backbone), which a client
+	// cannot tell apart: the node's own count of replayed events is the
+	// figure for replays.
+	// LastLiveAt is when (unix ns) the last return got its response.
+	WentAway             int64 `json:"went_away,omitempty"`
+	GoingAway            int64 `json:"going_away,omitempty"`
+	Reconnects           int64 `json:"reconnects,omitempty"`
+	ReconnectFailures    int64 `json:"reconnect_failures,omitempty"`
+	Resubscribed         int64 `json:"resubscribed,omitempty"`
+	ResumeNew            int64 `json:"resume_new,omitempty"`
+	ResumeResumed        int64 `json:"resume_resumed,omitempty"`
+	ResumeLive           int64 `json:"resume_live,omitempty"`
+	ResumeLiveIncomplete int64 `json:"resume_live_incomplete,omitempty"`
+	ResumeAbsent         int64 `json:"resume_absent,omitempty"`
+	OutOfOrder           int64 `json:"out_of_order,omitempty"`
+	CaughtUp             int64 `json:"caught_up,omitempty"`
+	LastLiveAt           int64 `json:"last_live_at,omitempty"`
 }
 
 // pending is the number of attempted connections neither ready nor failed.
@@ -84,6 +120,11 @@ func (c *counters) snapshot() Progress {
 		ClosedClean: c.closedClean.Load(), CloseTimeouts: c.closeTimeouts.Load(),
 		StalledOpen: c.stalledOpen.Load(), StalledClosed: c.stalledClosed.Load(),
 		DeflateAgreed: c.deflateAgreed.Load(), CompressedMessages: c.compressedMsgs.Load(),
+		WentAway: c.wentAway.Load(), GoingAway: c.goingAway.Load(), Reconnects: c.reconnects.Load(),
+		ReconnectFailures: c.reconnectFailures.Load(), Resubscribed: c.resubscribed.Load(),
+		ResumeNew: c.resumeNew.Load(), ResumeResumed: c.resumeResumed.Load(), ResumeLive: c.resumeLive.Load(),
+		ResumeLiveIncomplete: c.resumeLiveIncomplete.Load(), ResumeAbsent: c.resumeAbsent.Load(),
+		OutOfOrder: c.outOfOrder.Load(), CaughtUp: c.caughtUp.Load(), LastLiveAt: c.lastLiveAt.Load(),
 	}
 	p.Attempted = c.attempted.Load()
 	return p
@@ -114,6 +155,19 @@ func (p *Progress) add(o Progress) {
 	p.StalledClosed += o.StalledClosed
 	p.DeflateAgreed += o.DeflateAgreed
 	p.CompressedMessages += o.CompressedMessages
+	p.WentAway += o.WentAway
+	p.GoingAway += o.GoingAway
+	p.Reconnects += o.Reconnects
+	p.ReconnectFailures += o.ReconnectFailures
+	p.Resubscribed += o.Resubscribed
+	p.ResumeNew += o.ResumeNew
+	p.ResumeResumed += o.ResumeResumed
+	p.ResumeLive += o.ResumeLive
+	p.ResumeLiveIncomplete += o.ResumeLiveIncomplete
+	p.ResumeAbsent += o.ResumeAbsent
+	p.OutOfOrder += o.OutOfOrder
+	p.CaughtUp += o.CaughtUp
+	p.LastLiveAt = max(p.LastLiveAt, o.LastLiveAt)
 }
 
 // healthyOpen is the open connections that read their sockets.

@@ -34,12 +34,16 @@ func newEngine(cfg *Config, t *target, sh shard) (*engine, error) {
 		return nil, err
 	}
 	e.rssStart = rss
+	targets, err := nodeTargets(cfg, t)
+	if err != nil {
+		return nil, err
+	}
 	nl := max(1, min(cfg.Loops, sh.Count))
 	for k := range nl {
 		// Loop k takes every nl-th connection so the run-wide order (and
 		// so the source address spreading) interleaves across loops.
 		n := (sh.Count - k + nl - 1) / nl
-		l, err := newLoop(cfg, t, n, sh.First+k, nl, sh.Rate/float64(nl), &e.stop, uint64(sh.First+k))
+		l, err := newLoop(cfg, targets, n, sh.First+k, nl, sh.Rate/float64(nl), &e.stop, uint64(sh.First+k))
 		if err != nil {
 			e.closeLoops()
 			return nil, fmt.Errorf("loop %d: %w", k, err)
@@ -73,11 +77,13 @@ func (e *engine) progress() Progress {
 	return p
 }
 
-// shutdown closes every connection and waits for the loops to end.
-func (e *engine) shutdown() *workerResult {
+// shutdown closes every connection and waits for the loops to end;
+// lastSeq is the last sequence published (resuming connections are
+// checked up to it).
+func (e *engine) shutdown(lastSeq int) *workerResult {
 	e.stop.Store(true)
 	<-e.done
-	return e.result()
+	return e.result(lastSeq)
 }
 
 // workerResult is what one process reports at the end (as JSON when it is
@@ -98,10 +104,12 @@ type workerResult struct {
 	Missing       int64          `json:"missing"`
 	ConnsWithDups int            `json:"conns_with_dups"`
 	Sources       map[string]int `json:"sources"`
+	// Seqs is present with resuming connections.
+	Seqs *SeqSummary `json:"seqs,omitempty"`
 }
 
 // result gathers the loops' figures; call it only after they ended.
-func (e *engine) result() *workerResult {
+func (e *engine) result(lastSeq int) *workerResult {
 	r := &workerResult{
 		Progress:  e.progress(),
 		SeqMaxLat: make([]int64, e.cfg.Events),
@@ -144,7 +152,59 @@ func (e *engine) result() *workerResult {
 		}
 	}
 	r.Latency = h.sparse()
+	if e.cfg.Resume {
+		r.Seqs = e.seqSummary(lastSeq)
+	}
 	return r
+}
+
+// seqSummary checks every resuming connection that was ever ready over
+// [its first sequence, lastSeq].
+func (e *engine) seqSummary(lastSeq int) *SeqSummary {
+	s := &SeqSummary{LastSeq: lastSeq}
+	for _, l := range e.loops {
+		for i := range l.conns {
+			c := &l.conns[i]
+			if !c.wasReady {
+				continue
+			}
+			miss, runs := l.seqs.missing(i, lastSeq, 4)
+			r := ConnReport{
+				Conn: l.globalFirst + i*l.stride, ID: l.subscriptionID(i),
+				First: int(l.seqs.first[i]), Highest: int(c.next) - 1,
+				Missing: miss, MissingRuns: runsText(runs),
+				Duplicated: int(c.dups), OutOfOrder: int(l.seqs.outOfOrder[i]),
+				DupFirst: int(l.seqs.dupFirst[i]), DupLast: int(l.seqs.dupLast[i]),
+				Reconnects: int(l.seqs.reconnects[i]), LastStatus: statusName(l.seqs.status[i]),
+				LeftAfter: int(l.seqs.leftAfter[i]), BackWith: int(l.seqs.backWith[i]),
+			}
+			s.Missing += int64(r.Missing)
+			s.Duplicated += int64(r.Duplicated)
+			s.OutOfOrder += int64(r.OutOfOrder)
+			if r.Missing > 0 {
+				s.ConnsMissing++
+			}
+			if r.Duplicated > 0 {
+				s.ConnsDuplicated++
+			}
+			if r.OutOfOrder > 0 {
+				s.ConnsOutOfOrder++
+			}
+			if r.First < 0 && lastSeq >= 0 {
+				s.ConnsNothing++
+			}
+			if r.First > 0 {
+				s.ConnsFirstAfterZero++
+			}
+			if r.bad() > 0 {
+				s.Worst = addWorst(s.Worst, r, ConnReport.bad)
+			}
+			if r.disorder() > 0 {
+				s.WorstOrder = addWorst(s.WorstOrder, r, ConnReport.disorder)
+			}
+		}
+	}
+	return s
 }
 
 // waitRamped blocks until every connection is ready or failed, or stop.

@@ -5,8 +5,10 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"net/netip"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -26,10 +28,15 @@ const maxPending = 4 << 20
 // connections at its share of the rate and serves all of them from one
 // epoll instance.
 type loop struct {
-	cfg   *Config
-	t     *target
-	epfd  int
-	conns []conn
+	cfg *Config
+	t   *target
+	// targets are the nodes (t first); requests and offers their upgrade
+	// requests, as request and offer below.
+	targets  []*target
+	requests [][]byte
+	offers   [][]byte
+	epfd     int
+	conns    []conn
 	// globalFirst and stride map a slot to the run-wide connection index
 	// (slot i is connection globalFirst + i*stride), which picks the
 	// source address so the spreading is the same however the run is split.
@@ -43,10 +50,15 @@ type loop struct {
 	buf     []byte
 	wbuf    []byte
 	rng     *rand.ChaCha8
-	request []byte // upgrade request without the key line's value
-	offer   []byte // the same, offering permessage-deflate
 	inflate permessage.Inflater
 	authMsg []byte
+
+	// seqs tracks every sequence per connection (resuming connections
+	// only); away counts the connections waiting to come back, and
+	// closing says the run is ending, so none comes back any more.
+	seqs    *seqLog
+	away    int
+	closing bool
 
 	hist      Histogram
 	seqMaxLat []int64 // per sequence: the largest latency seen here (ns)
@@ -68,7 +80,8 @@ type loop struct {
 // follow the reader's window update within microseconds).
 const stallQuiet = 300 * time.Millisecond
 
-func newLoop(cfg *Config, t *target, n, globalFirst, stride int, rate float64, stop *atomic.Bool, seed uint64) (*loop, error) {
+func newLoop(cfg *Config, targets []*target, n, globalFirst, stride int, rate float64, stop *atomic.Bool, seed uint64) (*loop, error) {
+	t := targets[0]
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("epoll_create1: %w", err)
@@ -76,7 +89,7 @@ func newLoop(cfg *Config, t *target, n, globalFirst, stride int, rate float64, s
 	var s [32]byte
 	s[0], s[1] = byte(seed), byte(seed>>8)
 	l := &loop{
-		cfg: cfg, t: t, epfd: epfd,
+		cfg: cfg, t: t, targets: targets, epfd: epfd,
 		conns:       make([]conn, n),
 		globalFirst: globalFirst, stride: stride, rate: rate,
 		stop:      stop,
@@ -86,10 +99,19 @@ func newLoop(cfg *Config, t *target, n, globalFirst, stride int, rate float64, s
 		seqCount:  make([]int64, cfg.Events),
 		sources:   make(map[netip.Addr]int),
 	}
-	l.request = fmt.Appendf(nil, "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ", t.path, t.hostPort)
-	// What Chromium offers.
-	l.offer = fmt.Appendf(nil, "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"+
-		"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\nSec-WebSocket-Key: ", t.path, t.hostPort)
+	for _, nt := range targets {
+		path := nt.path
+		if cfg.Resume {
+			path = nt.messagePath
+		}
+		l.requests = append(l.requests, fmt.Appendf(nil, "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ", path, nt.hostPort))
+		// What Chromium offers.
+		l.offers = append(l.offers, fmt.Appendf(nil, "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"+
+			"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\nSec-WebSocket-Key: ", path, nt.hostPort))
+	}
+	if cfg.Resume {
+		l.seqs = newSeqLog(n, cfg.Events)
+	}
 	if cfg.Auth != "" {
 		l.authMsg = fmt.Appendf(nil, `{"type":"authentication","data":{"session":%q}}`, cfg.Auth)
 	}
@@ -104,13 +126,14 @@ func (l *loop) run() {
 	var (
 		nextCheck = l.start
 		nextPing  = l.start.Add(l.cfg.PingEvery)
-		closing   bool
 		closeBy   time.Time
 	)
 	for {
 		now := time.Now()
+		closing := l.closing
 		if !closing && l.stop.Load() {
 			closing, closeBy = true, now.Add(l.cfg.CloseTimeout)
+			l.closing = true
 			l.closeAll(now)
 			// What the stalled connections still hold is read first,
 			// within the same bound; endStallDrain then gives their
@@ -132,6 +155,12 @@ func (l *loop) run() {
 			if now.After(nextCheck) {
 				l.expire(now.UnixNano())
 				nextCheck = now.Add(250 * time.Millisecond)
+			}
+			if l.away > 0 {
+				// The delay is kept to within this wait: 10 ms in the
+				// SDK's 1 s.
+				l.comeBackDue(now)
+				wait = min(wait, 10*time.Millisecond)
 			}
 			if l.cfg.PingEvery > 0 && now.After(nextPing) {
 				l.pingAll()
@@ -193,21 +222,31 @@ func (l *loop) ramp(now time.Time) time.Duration {
 // non-blocking connect, register with epoll.
 func (l *loop) open(i int, now time.Time) {
 	c := &l.conns[i]
-	c.fd = -1
-	c.deadline = now.Add(l.cfg.ConnectTimeout).UnixNano()
+	c.slot = int32(i)
+	c.node = uint8((l.globalFirst + i*l.stride) % len(l.targets))
 	c.stall = stallNone
 	if l.cfg.isStalled(l.globalFirst + i*l.stride) {
 		c.stall = stallPending
 	}
 	c.deflate = l.cfg.isCompressing(l.globalFirst + i*l.stride)
 	l.ctr.attempted.Add(1)
+	l.dial(c, now)
+}
+
+// dial connects c to its node: socket, bind to its source address,
+// non-blocking connect, register with epoll.
+func (l *loop) dial(c *conn, now time.Time) {
+	i := int(c.slot)
+	c.fd = -1
+	c.deadline = now.Add(l.cfg.ConnectTimeout).UnixNano()
+	nt := l.targets[c.node]
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		l.fail(c, &l.ctr.errConnect)
 		return
 	}
 	c.fd = int32(fd)
-	if l.t.loopback {
+	if nt.loopback {
 		g := l.globalFirst + i*l.stride
 		src := &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, byte(2 + g%l.cfg.SourceIPs)}}
 		// Without IP_BIND_ADDRESS_NO_PORT, bind picks the port alone and
@@ -221,7 +260,7 @@ func (l *loop) open(i int, now time.Time) {
 		}
 	}
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	err = unix.Connect(fd, &unix.SockaddrInet4{Addr: l.t.addr, Port: l.t.port})
+	err = unix.Connect(fd, &unix.SockaddrInet4{Addr: nt.addr, Port: nt.port})
 	if err != nil && !errors.Is(err, unix.EINPROGRESS) {
 		l.fail(c, &l.ctr.errConnect)
 		return
@@ -237,7 +276,7 @@ func (l *loop) open(i int, now time.Time) {
 // handle serves one epoll event of slot i.
 func (l *loop) handle(i int, ev uint32) {
 	c := &l.conns[i]
-	if c.state == stDone {
+	if c.gone() {
 		return
 	}
 	if c.stall == stallHeld {
@@ -351,9 +390,9 @@ func (l *loop) endStallDrain(now time.Time) {
 func (l *loop) sendUpgrade(c *conn) bool {
 	var key [16]byte
 	_, _ = l.rng.Read(key[:])
-	req := l.request
+	req := l.requests[c.node]
 	if c.deflate {
-		req = l.offer
+		req = l.offers[c.node]
 	}
 	b := append(l.wbuf[:0], req...)
 	b = base64.StdEncoding.AppendEncode(b, key[:])
@@ -396,7 +435,7 @@ func (l *loop) sendFrame(c *conn, opcode byte, payload []byte) bool {
 // peer has shut down or the socket failed: then it reads on to the EOF or
 // error, which no later edge would report.
 func (l *loop) readAll(c *conn, hangup bool) {
-	for c.state != stDone {
+	for !c.gone() {
 		if c.stall == stallHeld || (c.stall == stallPending && c.state == stReady) {
 			// A stalled connection reads nothing past `connected`.
 			return
@@ -513,10 +552,13 @@ func (l *loop) frame(c *conn, h frameHeader, payload []byte) bool {
 			l.finish(c)
 			return false
 		}
+		if closeCode(payload) == closeGoingAway {
+			l.ctr.goingAway.Add(1)
+		}
 		// Echo the code, as RFC 6455 asks, before letting go.
 		echo := payload[:min(len(payload), 2)]
 		l.sendFrame(c, opClose, echo)
-		if c.state == stDone {
+		if c.gone() {
 			return false
 		}
 		l.lose(c, &l.ctr.serverCloses)
@@ -546,7 +588,7 @@ func (l *loop) frame(c *conn, h frameHeader, payload []byte) bool {
 			c.partial.frag = nil
 			return l.compressedOr(c, c.partial.compressed, msg)
 		}
-		return c.state != stDone
+		return !c.gone()
 	default:
 		l.lose(c, &l.ctr.errProto)
 		return false
@@ -565,7 +607,7 @@ func (l *loop) compressedOr(c *conn, compressed bool, msg []byte) bool {
 		l.ctr.compressedMsgs.Add(1)
 	}
 	l.message(c, msg)
-	return c.state != stDone
+	return !c.gone()
 }
 
 // message handles one server message.
@@ -578,18 +620,21 @@ func (l *loop) message(c *conn, msg []byte) {
 			return
 		}
 		if l.authMsg == nil {
-			l.ready(c)
+			l.authenticated(c)
 			return
 		}
 		if l.sendFrame(c, opText, l.authMsg) {
 			c.state = stAuthing
 		}
 	case "response":
-		if c.state == stAuthing {
+		switch {
+		case c.state == stAuthing:
 			if !bytes.Contains(msg, []byte(`"success":true`)) {
 				l.ctr.authFailed.Add(1)
 			}
-			l.ready(c)
+			l.authenticated(c)
+		case c.state == stSubscribing && bytes.Equal(responseTo(msg), subscribeTo):
+			l.subscribed(c, msg)
 		}
 	case "pong":
 		l.ctr.pongs.Add(1)
@@ -598,9 +643,65 @@ func (l *loop) message(c *conn, msg []byte) {
 		if c.state == stAuthing {
 			// The connection stays, as a guest: the server said so.
 			l.ctr.authFailed.Add(1)
-			l.ready(c)
+			l.authenticated(c)
 		}
 	}
+}
+
+// authenticated moves c on once `connected` (and the authentication's
+// answer) came: a resuming connection subscribes, any other is ready.
+func (l *loop) authenticated(c *conn) {
+	if l.seqs == nil {
+		l.ready(c)
+		return
+	}
+	msg := subscribeMessage(l.subscriptionID(int(c.slot)), l.t.channels)
+	if l.sendFrame(c, opText, msg) {
+		c.state = stSubscribing
+		if c.wasReady {
+			// A returning connection waits for its answer as long as
+			// the SDK does: without a bound (a storm's LiveWithin bounds
+			// the run). Giving up would end a resume the node is still
+			// making, and make it start again.
+			c.deadline = math.MaxInt64
+		}
+	}
+}
+
+// subscriptionID is the id connection slot i subscribes under, every time.
+func (l *loop) subscriptionID(i int) string {
+	return l.cfg.SubscriptionPrefix + strconv.Itoa(l.globalFirst+i*l.stride)
+}
+
+// subscribed counts a resuming connection's subscribe response and makes
+// it ready (again).
+func (l *loop) subscribed(c *conn, msg []byte) {
+	i := int(c.slot)
+	st, reason := resumeStatus(msg)
+	l.seqs.status[i] = st
+	switch st {
+	case resumeNew:
+		l.ctr.resumeNew.Add(1)
+	case resumeResumed:
+		l.ctr.resumeResumed.Add(1)
+	case resumeLive:
+		l.ctr.resumeLive.Add(1)
+		if reason == "incomplete" {
+			l.ctr.resumeLiveIncomplete.Add(1)
+		}
+	default:
+		l.ctr.resumeAbsent.Add(1)
+	}
+	now := time.Now().UnixNano()
+	l.seqs.liveAt[i] = now
+	if !c.wasReady {
+		l.ready(c)
+		return
+	}
+	c.state = stReady
+	l.ctr.open.Add(1)
+	l.ctr.resubscribed.Add(1)
+	l.ctr.lastLiveAt.Store(max(l.ctr.lastLiveAt.Load(), now))
 }
 
 func (l *loop) ready(c *conn) {
@@ -610,9 +711,59 @@ func (l *loop) ready(c *conn) {
 	l.ctr.open.Add(1)
 }
 
+// comeBack takes a resuming connection the server ended, or whose way
+// back failed, out of the run until ReconnectDelay has passed: then it
+// tries the next node (comeBackDue). False when c is not one to come
+// back: it never was ready, or the run is ending.
+func (l *loop) comeBack(c *conn) bool {
+	if l.seqs == nil || !c.wasReady || l.closing || c.state == stClosing || c.state == stDone || c.state == stAway {
+		return false
+	}
+	if c.state == stReady {
+		l.leaveReady(c)
+		l.ctr.wentAway.Add(1)
+		l.seqs.leftAfter[c.slot] = int32(c.next) - 1
+		l.seqs.backWith[c.slot] = -1
+	} else {
+		l.ctr.reconnectFailures.Add(1)
+	}
+	if c.fd >= 0 {
+		unix.Close(int(c.fd))
+	}
+	c.fd = -1
+	c.partial = nil
+	c.state = stAway
+	c.deadline = time.Now().Add(l.cfg.ReconnectDelay).UnixNano()
+	c.node = uint8((int(c.node) + 1) % len(l.targets))
+	l.away++
+	return true
+}
+
+// comeBackDue reconnects the connections whose delay has passed.
+func (l *loop) comeBackDue(now time.Time) {
+	ns := now.UnixNano()
+	for i := range l.conns[:l.ctr.attempted.Load()] {
+		c := &l.conns[i]
+		if c.state != stAway || c.deadline > ns {
+			continue
+		}
+		l.away--
+		l.ctr.reconnects.Add(1)
+		if l.seqs.reconnects[i] < 1<<16-1 {
+			l.seqs.reconnects[i]++
+		}
+		c.state = stConnecting
+		l.dial(c, now)
+	}
+}
+
 // closePolicyViolation is the close code a server closes a slow consumer
 // with.
 const closePolicyViolation = 1008
+
+// closeGoingAway is the close code of a draining node (and of an idle
+// timeout).
+const closeGoingAway = 1001
 
 // closeCode is the status code of a close frame's payload (1005, "no
 // status", when it has none).
@@ -635,11 +786,15 @@ func (l *loop) event(c *conn, msg []byte) {
 		l.ctr.foreign.Add(1)
 		return
 	}
-	if !c.see(uint32(seq)) {
+	now := time.Now().UnixNano()
+	if l.seqs != nil {
+		if !l.seeResuming(c, seq, sent) {
+			return
+		}
+	} else if !c.see(uint32(seq)) {
 		l.ctr.duplicates.Add(1)
 		return
 	}
-	now := time.Now().UnixNano()
 	lat := now - sent
 	l.hist.Record(time.Duration(lat))
 	l.seqMaxLat[seq] = max(l.seqMaxLat[seq], lat)
@@ -649,6 +804,29 @@ func (l *loop) event(c *conn, msg []byte) {
 	}
 	l.lastRecv = now
 	l.ctr.events.Add(1)
+}
+
+// seeResuming records event seq on resuming connection c and reports
+// whether it is new. An event published before c's last subscribe
+// response, received after c came back, is one it caught up with: a
+// replayed one, or a live one the node was late with.
+func (l *loop) seeResuming(c *conn, seq int, sent int64) bool {
+	i := int(c.slot)
+	isNew, late := l.seqs.see(i, uint32(seq), c.next)
+	if !isNew {
+		c.dups++
+		l.ctr.duplicates.Add(1)
+		return false
+	}
+	if late {
+		l.ctr.outOfOrder.Add(1)
+	}
+	c.next = max(c.next, uint32(seq)+1)
+	c.recv++
+	if l.seqs.reconnects[i] > 0 && sent < l.seqs.liveAt[i] {
+		l.ctr.caughtUp.Add(1)
+	}
+	return true
 }
 
 // expire fails connections that did not become ready in time.
@@ -680,6 +858,9 @@ func (l *loop) closeAll(now time.Time) {
 		c := &l.conns[i]
 		switch {
 		case c.state == stDone:
+		case c.state == stAway:
+			c.state = stDone
+			l.away--
 		case c.state < stReady:
 			l.fail(c, &l.ctr.errTimeout)
 		case c.stall == stallHeld:
@@ -700,7 +881,7 @@ func (l *loop) forceCloseAll() {
 		if c.state == stClosing {
 			l.ctr.closeTimeouts.Add(1)
 		}
-		if c.state != stDone {
+		if !c.gone() {
 			l.closeFD(c)
 		}
 	}
@@ -729,6 +910,10 @@ func (l *loop) closeFD(c *conn) {
 // fail closes a connection that never became ready.
 func (l *loop) fail(c *conn, why *atomic.Int64) {
 	why.Add(1)
+	if l.comeBack(c) {
+		// A resuming connection's way back failed: it tries again.
+		return
+	}
 	l.ctr.failed.Add(1)
 	l.closeFD(c)
 }
@@ -736,7 +921,7 @@ func (l *loop) fail(c *conn, why *atomic.Int64) {
 // lose closes a connection because of an error; one that was ready counts
 // as dropped, one that was not as failed.
 func (l *loop) lose(c *conn, why *atomic.Int64) {
-	if c.state == stDone {
+	if c.gone() {
 		return
 	}
 	if c.state < stReady {
@@ -744,6 +929,9 @@ func (l *loop) lose(c *conn, why *atomic.Int64) {
 		return
 	}
 	why.Add(1)
+	if l.comeBack(c) {
+		return
+	}
 	if c.state != stClosing {
 		l.ctr.dropped.Add(1)
 	}

@@ -35,6 +35,11 @@ type Summary struct {
 	// Events is present when the run published. With Stalled connections
 	// its figures cover the healthy connections only.
 	Events *EventSummary `json:"events,omitempty"`
+	// Storm is present when the run was one (Config.Storm).
+	Storm *StormSummary `json:"storm,omitempty"`
+	// Seqs is present with resuming connections: every connection's
+	// events checked over [its first, the last published].
+	Seqs *SeqSummary `json:"seqs,omitempty"`
 	// Stalled is present when the run had stalled connections.
 	Stalled *StalledSummary `json:"stalled,omitempty"`
 	// Servers are the --server-pid processes; Generator is the sum over
@@ -128,6 +133,9 @@ func Run(ctx context.Context, cfg Config, progress io.Writer, workerStderr io.Wr
 	if err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
 	}
+	if cfg.Resume && cfg.SubscriptionPrefix == "" {
+		cfg.SubscriptionPrefix = fmt.Sprintf("lg%x-", time.Now().UnixNano())
+	}
 	var pub *publisher
 	if cfg.publishing() {
 		if pub, err = newPublisher(&cfg, t); err != nil {
@@ -162,7 +170,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer, workerStderr io.Wr
 	for _, w := range workers {
 		sum.Generator.RSSBefore += w.startRSS()
 	}
-	rep := newReporter(progress, workers, cfg.Conns)
+	rep := newReporter(progress, workers, cfg.Conns, cfg.Resume)
 	defer rep.stop()
 
 	// Ramp: until every connection is ready or failed.
@@ -197,12 +205,14 @@ func Run(ctx context.Context, cfg Config, progress io.Writer, workerStderr io.Wr
 
 	// Hold, and publish meanwhile.
 	peaks := sampleRSS(cfg.ServerPIDs)
-	var prep publishReport
-	if pub != nil && ctx.Err() == nil {
+	prep := publishReport{Sent: cfg.Events}
+	if cfg.Storm != nil && ctx.Err() == nil {
+		sum.Storm, prep = runStorm(ctx, &cfg, pub, workers)
+	} else if pub != nil && ctx.Err() == nil {
 		// Stalled connections read nothing: only the healthy ones are
 		// waited for.
 		rep.setExpected(full.healthyOpen() * int64(cfg.Events))
-		prep = pub.run(ctx)
+		prep = pub.run(ctx, nil)
 		drainBy := time.Now().Add(cfg.Drain)
 		for ctx.Err() == nil && time.Now().Before(drainBy) {
 			if p := total(workers); p.Events >= p.healthyOpen()*int64(prep.Published) {
@@ -230,11 +240,21 @@ func Run(ctx context.Context, cfg Config, progress io.Writer, workerStderr io.Wr
 	}
 	sum.Generator.CPUSeconds = generatorCPU(workers, ownCPU).Seconds()
 
-	results, err := finishAll(workers)
+	results, err := finishAll(workers, prep.Sent-1)
 	if err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
 	}
 	merge(sum, results, &cfg, pub != nil, prep)
+	if sum.Storm != nil {
+		sum.Storm.Seqs = sum.Seqs
+		seqMax := make([]int64, cfg.Events)
+		for _, r := range results {
+			for i := range min(len(seqMax), len(r.SeqMaxLat)) {
+				seqMax[i] = max(seqMax[i], r.SeqMaxLat[i])
+			}
+		}
+		sum.Storm.caughtUp(prep.At, seqMax)
+	}
 	sum.Seconds = time.Since(began).Seconds()
 	return sum, nil
 }
@@ -288,7 +308,7 @@ func startWorkers(cfg *Config, t *target, shards []shard, stderr io.Writer) ([]w
 	for _, sh := range shards {
 		w, err := startProc(cfg, sh, stderr)
 		if err != nil {
-			_, ferr := finishAll(ws)
+			_, ferr := finishAll(ws, cfg.Events-1)
 			return nil, errors.Join(err, ferr)
 		}
 		ws = append(ws, w)
@@ -296,12 +316,12 @@ func startWorkers(cfg *Config, t *target, shards []shard, stderr io.Writer) ([]w
 	return ws, nil
 }
 
-func finishAll(ws []worker) ([]*workerResult, error) {
+func finishAll(ws []worker, lastSeq int) ([]*workerResult, error) {
 	res := make([]*workerResult, len(ws))
 	errs := make([]error, len(ws))
 	var wg sync.WaitGroup
 	for i, w := range ws {
-		wg.Go(func() { res[i], errs[i] = w.finish() })
+		wg.Go(func() { res[i], errs[i] = w.finish(lastSeq) })
 	}
 	wg.Wait()
 	return res, errors.Join(errs...)
@@ -402,8 +422,14 @@ func merge(sum *Summary, results []*workerResult, cfg *Config, published bool, p
 		firstRecv, lastRecv   int64
 		stalledReady          int
 	)
+	if cfg.Resume {
+		sum.Seqs = &SeqSummary{LastSeq: prep.Sent - 1}
+	}
 	for _, r := range results {
 		sum.Counters.add(r.Progress)
+		if sum.Seqs != nil {
+			sum.Seqs.merge(r.Seqs)
+		}
 		stalledReady += r.StalledReady
 		for a, n := range r.Sources {
 			sum.Sources[a] += n
@@ -445,6 +471,13 @@ func merge(sum *Summary, results []*workerResult, cfg *Config, published bool, p
 	}
 	if span := prep.Last.Sub(prep.First); span > 0 && prep.Published > 1 {
 		ev.PublishRate = float64(prep.Published+prep.Errors-1) / span.Seconds()
+	}
+	if sum.Seqs != nil {
+		// The workers counted against cfg.Events; resuming connections
+		// are checked against what was sent, from each one's first event.
+		ev.Expected = int64(ready) * int64(prep.Sent)
+		ev.Missing, ev.ConnsMissing = sum.Seqs.Missing, sum.Seqs.ConnsMissing
+		ev.ConnsComplete = ready - ev.ConnsMissing
 	}
 	if ev.Expected > 0 {
 		ev.Completeness = float64(ev.Received) / float64(ev.Expected)

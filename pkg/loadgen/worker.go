@@ -22,19 +22,22 @@ type worker interface {
 	startRSS() int64
 	// pid is the worker's process id; 0 for this process.
 	pid() int
-	// finish closes the connections and returns the worker's figures.
-	finish() (*workerResult, error)
+	// finish closes the connections and returns the worker's figures;
+	// lastSeq is the last sequence published.
+	finish(lastSeq int) (*workerResult, error)
 }
 
 // localWorker runs in the coordinator's own process.
 type localWorker struct{ e *engine }
 
-func (w localWorker) progress() Progress             { return w.e.progress() }
-func (w localWorker) rampDone() bool                 { return w.e.rampDone() }
-func (w localWorker) rss() (int64, error)            { return readRSS(0) }
-func (w localWorker) startRSS() int64                { return w.e.rssStart }
-func (w localWorker) pid() int                       { return 0 }
-func (w localWorker) finish() (*workerResult, error) { return w.e.shutdown(), nil }
+func (w localWorker) progress() Progress  { return w.e.progress() }
+func (w localWorker) rampDone() bool      { return w.e.rampDone() }
+func (w localWorker) rss() (int64, error) { return readRSS(0) }
+func (w localWorker) startRSS() int64     { return w.e.rssStart }
+func (w localWorker) pid() int            { return 0 }
+func (w localWorker) finish(lastSeq int) (*workerResult, error) {
+	return w.e.shutdown(lastSeq), nil
+}
 func startLocal(cfg *Config, t *target, sh shard) (worker, error) {
 	e, err := newEngine(cfg, t, sh)
 	if err != nil {
@@ -95,9 +98,15 @@ func RunWorker(in io.Reader, out io.Writer) error {
 	}
 	e.start()
 	stopped := make(chan struct{})
+	lastSeq := cfg.Events - 1
 	go func() {
-		// Any line, or the parent going away, means stop.
-		_, _ = br.ReadBytes('\n')
+		// Any line, or the parent going away, means stop; a stopLine
+		// says what was published.
+		line, _ := br.ReadBytes('\n')
+		var sl stopLine
+		if json.Unmarshal(line, &sl) == nil && sl.LastSeq != nil {
+			lastSeq = *sl.LastSeq
+		}
 		close(stopped)
 	}()
 	tick := time.NewTicker(100 * time.Millisecond)
@@ -105,16 +114,21 @@ func RunWorker(in io.Reader, out io.Writer) error {
 	for {
 		select {
 		case <-stopped:
-			r := e.shutdown()
+			r := e.shutdown(lastSeq)
 			return emit(workerLine{Result: r})
 		case <-tick.C:
 			p := e.progress()
 			if err := emit(workerLine{Progress: &p, Ramped: e.rampDone()}); err != nil {
-				e.shutdown()
+				e.shutdown(lastSeq)
 				return fmt.Errorf("worker: writing progress: %w", err)
 			}
 		}
 	}
+}
+
+// stopLine is the line that stops a worker process.
+type stopLine struct {
+	LastSeq *int `json:"last_seq"`
 }
 
 // procWorker is a worker process seen from the coordinator.
@@ -237,8 +251,9 @@ func (w *procWorker) startRSS() int64 {
 }
 
 // finish tells the worker to stop and waits for its result.
-func (w *procWorker) finish() (*workerResult, error) {
-	_, _ = w.stdin.Write([]byte("stop\n"))
+func (w *procWorker) finish(lastSeq int) (*workerResult, error) {
+	line, _ := json.Marshal(stopLine{LastSeq: &lastSeq})
+	_, _ = w.stdin.Write(append(line, '\n'))
 	_ = w.stdin.Close()
 	<-w.finished
 	werr := w.cmd.Wait()
