@@ -533,7 +533,7 @@ func (p *resumePlan) lineUp(j *resumeJob) bool {
 	case !j.r0.IsZero():
 		i, ok := s.Find(j.r0)
 		if !ok {
-			return false
+			return p.behind(j)
 		}
 		b = i
 	case len(j.kept) > 0:
@@ -545,7 +545,7 @@ func (p *resumePlan) lineUp(j *resumeJob) bool {
 		}
 		i, ok := s.Find(a)
 		if !ok {
-			return false
+			return p.behind(j)
 		}
 		b = i - a.N
 	default:
@@ -572,6 +572,28 @@ func (p *resumePlan) lineUp(j *resumeJob) bool {
 		}
 		p.first, p.last = s.Start, s.Start-1
 	}
+	return true
+}
+
+// behind lines p up when the router was behind the subscription when the
+// job began, further than the span reaches back: then the kept events
+// come to where the client stood, and those up to there are left out;
+// nothing of the span is replayed (the router routes it after them). The
+// span's events just before its first to replay tell where that is: in
+// the kept events they prove the router behind (were the history behind
+// instead, the kept events would all come after the span). False until
+// the router has routed that far.
+func (p *resumePlan) behind(j *resumeJob) bool {
+	s := p.span
+	var upto history.Anchor
+	for _, e := range s.Events[max(0, s.Start-history.AnchorLen):s.Start] {
+		upto.Push(e.Digest)
+	}
+	n := keptThrough(j.kept, upto)
+	if n == 0 {
+		return false
+	}
+	p.first, p.last, p.skip = s.Start, s.Start-1, n
 	return true
 }
 

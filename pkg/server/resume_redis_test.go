@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -238,4 +239,65 @@ func eventSeq(m message) (int, error) {
 	}
 	err := json.Unmarshal(m.Data, &d)
 	return d.Payload.N, err
+}
+
+// A client that comes back on a node whose router is behind the node it
+// left (its Pub/Sub feed lags): the returning subscription must get no
+// event twice and miss none, the seam waiting for the router to reach
+// where the client stood.
+func TestResumeOnANodeThatIsBehind(t *testing.T) {
+	rd := redistest.Start(t)
+	a := resumeRedisNode(t, rd.URL(), time.Minute, Off)
+	b := resumeRedisNode(t, rd.URL(), time.Minute, Off)
+	c := dial(t, a, "project=p1", nil)
+	c.expect("connected")
+	c.subscribeAs("behind1", "files")
+	for n := 1; n <= 5; n++ {
+		publish(t, a, seqEvent("p1", n))
+	}
+	got := c.seqsUntil(5)
+	redistest.Eventually(t, 5*time.Second, "b routed the first events", func() bool { return counterValue(t, b, "switchboard_events_total") >= 5 })
+
+	// b's router stops (as if its feed lagged): what is published now
+	// waits in its broker's buffer, while a delivers it.
+	b.router.mu.Lock()
+	locked := true
+	defer func() {
+		if locked {
+			b.router.mu.Unlock()
+		}
+	}()
+	for n := 6; n <= 40; n++ {
+		publish(t, a, seqEvent("p1", n))
+	}
+	got = append(got, c.seqsUntil(40)...)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	go func() { _ = a.Shutdown(ctx) }()
+	if code, _ := c.expectClose(); code != ws.StatusGoingAway {
+		t.Fatalf("close %d", code)
+	}
+	c2 := dial(t, b, "project=p1", nil)
+	c2.expect("connected")
+	status := make(chan string, 1)
+	go func() {
+		// The subscribe waits for b's router (the job registers with it).
+		c2.send(`{"type":"subscribe","data":[{"subscriptionId":"behind1","channels":["files"],"queries":[]}]}`)
+		status <- "sent"
+	}()
+	<-status
+	time.Sleep(50 * time.Millisecond)
+	b.router.mu.Unlock()
+	locked = false
+	m := c2.expect("response")
+	if !strings.Contains(string(m.Data), `"resume":{"status":"resumed"}`) {
+		t.Fatalf("response %s", m.Data)
+	}
+	for n := 41; n <= 45; n++ {
+		publish(t, b, seqEvent("p1", n))
+	}
+	got = append(got, c2.seqsUntil(45)...)
+	if !equalInts(got, span(1, 45)) {
+		t.Fatalf("received %v, want 1..45 once each, in order", got)
+	}
 }
