@@ -138,6 +138,11 @@ type ring struct {
 	next       int
 	last       string // the partition's last as this node believes it
 	gap        bool   // the next append records a gap
+	// await, when set, is where history stands (the partition's last)
+	// and this node's feed has not reached yet: it appends nothing until
+	// its ring holds it, or awaitUntil passes (then a gap).
+	await      string
+	awaitUntil time.Time
 }
 
 func (r *ring) at(i int) *ringEntry { return &r.buf[i%len(r.buf)] }
@@ -204,9 +209,19 @@ func (r *ring) find(last string) (int, bool) {
 type Appender struct {
 	store *Redis
 	lease *Lease
+	// resyncWait is how long a successor waits for its own feed to bring
+	// the last appended event before it records a gap (DefaultResyncWait).
+	resyncWait time.Duration
 
 	rings []ring
 }
+
+// DefaultResyncWait bounds how long a new leader whose feed runs behind
+// its predecessor's (a loaded node's Pub/Sub reader lags) waits to hear
+// the last event history holds. It appends nothing meanwhile, which costs
+// readers nothing that a gap would not cost them more: a gap makes every
+// position before it incomplete for good.
+const DefaultResyncWait = 5 * time.Second
 
 // NewAppender returns an Appender of store for lease; ringEvents <= 0 means
 // DefaultRingEvents.
@@ -214,7 +229,7 @@ func NewAppender(store *Redis, lease *Lease, ringEvents int) *Appender {
 	if ringEvents <= 0 {
 		ringEvents = DefaultRingEvents
 	}
-	a := &Appender{store: store, lease: lease, rings: make([]ring, store.n)}
+	a := &Appender{store: store, lease: lease, resyncWait: DefaultResyncWait, rings: make([]ring, store.n)}
 	for i := range a.rings {
 		a.rings[i].buf = make([]ringEntry, ringEvents)
 	}
@@ -231,8 +246,22 @@ func (a *Appender) Offer(ctx context.Context, project string, data []byte) error
 	if !a.lease.Held(p) {
 		// A follower appends nothing; were it to take over now, it would
 		// start from the newest and let the chain walk it back.
-		r.next, r.last, r.gap = r.end, "", false
+		r.next, r.last, r.gap, r.await = r.end, "", false, ""
 		return nil
+	}
+	if r.await != "" {
+		i, ok := r.find(r.await)
+		switch {
+		case ok:
+			// The feed caught up: append what follows history's last.
+			r.next, r.last, r.await = i, r.await, ""
+		case time.Now().Before(r.awaitUntil):
+			r.next = r.end
+			return nil
+		default:
+			// Not in this feed: what was published in between is lost.
+			r.next, r.gap, r.await = r.end-1, true, ""
+		}
 	}
 	return a.flush(ctx, r)
 }
@@ -261,9 +290,14 @@ func (a *Appender) flush(ctx context.Context, r *ring) error {
 		case appendResync:
 			if i, ok := r.find(last); ok && i <= r.end {
 				r.next, r.last = i, last
+			} else if a.resyncWait > 0 {
+				// Where history stands is not in the ring: this node's
+				// feed may be behind the predecessor's. Wait for it
+				// (Offer), rather than record a gap at once.
+				r.next, r.await, r.awaitUntil = r.end, last, time.Now().Add(a.resyncWait)
+				return nil
 			} else {
-				// Where history stands is not in the ring: what was
-				// published in between is lost; say so.
+				// What was published in between is lost; say so.
 				r.next, r.gap = r.end-1, true
 			}
 		}

@@ -166,6 +166,7 @@ func TestAppenderFailoverBeyondRing(t *testing.T) {
 	ttl := 200 * time.Millisecond
 	a := newNode(t, c, "fr", "a", ttl, 64)
 	b := newNode(t, c, "fr", "b", ttl, 2)
+	b.a.resyncWait = 0 // the gap at once (TestAppenderSuccessorBehind waits)
 	a.tick(t)
 	all := msgs(1, 10)
 	feed(t, all[:3], a, b)
@@ -235,4 +236,49 @@ func TestLeaseRelease(t *testing.T) {
 	if got, ok := since(t, b.r, "p", first, 10); !ok || !same(got, texts(all[1:])) {
 		t.Fatalf("since the first: %v %q", ok, got)
 	}
+}
+
+// TestAppenderSuccessorBehind: a successor whose feed runs behind its
+// predecessor's (a loaded node) does not record a gap when it takes over:
+// it waits until its feed brings the last event history holds, then
+// appends what follows it. Every event once, in order, no gap. When the
+// feed never brings it, the gap comes after DefaultResyncWait.
+func TestAppenderSuccessorBehind(t *testing.T) {
+	c := newRedisClient(t)
+	a := newNode(t, c, "sb", "a", time.Minute, 64)
+	b := newNode(t, c, "sb", "b", time.Minute, 64)
+	a.tick(t)
+	all := msgs(1, 12)
+	feed(t, all[:8], a) // a appended 1..8
+	feed(t, all[:5], b) // b's feed has brought only 1..5
+	a.l.Release(context.Background())
+	b.tick(t)
+	feed(t, all[5:6], b) // 6: b leads, history stands at 8, not in b's ring yet
+	if got := stream(t, c, b.r); !same(got, texts(all[:8])) {
+		t.Fatalf("while behind: %q", got)
+	}
+	feed(t, all[6:], b) // 7..12: 8 arrives, then 9.. are appended
+	if got := stream(t, c, b.r); !same(got, texts(all)) {
+		t.Fatalf("after catching up:\n got %q\nwant %q", got, texts(all))
+	}
+	first, _ := ParsePosition(c.XRange(context.Background(), b.r.StreamKey("p"), "-", "+").Val()[0].ID)
+	if got, ok := since(t, b.r, "p", first, 100); !ok || !same(got, texts(all[1:])) {
+		t.Fatalf("since the first: %v %q", ok, got)
+	}
+
+	// A feed that never brings it: the gap once the wait is over.
+	b.a.resyncWait = 50 * time.Millisecond
+	d := newNode(t, c, "sb", "d", time.Minute, 64)
+	feed(t, msgs(13, 14), b) // b appends 13, 14; d never hears them
+	b.l.Release(context.Background())
+	d.tick(t)
+	d.a.resyncWait = 50 * time.Millisecond
+	feed(t, msgs(15, 15), d)
+	time.Sleep(60 * time.Millisecond)
+	feed(t, msgs(16, 16), d)
+	pos := positions(t, c, d.r)
+	if n := len(stream(t, c, d.r)); n != 15 {
+		t.Fatalf("%d events in history, want 1..14 and 16", n)
+	}
+	wantGap(t, d.r, pos[13], pos[14], nil)
 }

@@ -673,6 +673,12 @@ func (rs *resumer) seam(j *resumeJob, subs []subscription, resp []protocol.Subsc
 			if !final {
 				return false
 			}
+			rs.srv.invalidLog.Warn("resume gave up: the history did not meet the router",
+				zap.String("project", j.project), zap.String("subscription", subs[i].id),
+				zap.Bool("history_complete", p.span.Complete), zap.Int("history_events", len(p.span.Events)),
+				zap.Int("start", p.span.Start), zap.Bool("router_anchor", !j.r0.IsZero()),
+				zap.Int("kept", len(j.kept)), zap.Bool("kept_overflow", j.overflow), zap.Bool("held", held),
+				zap.Duration("waited", time.Since(j.began)))
 			p.result = resumeIncomplete
 			p.skip = keptThrough(j.kept, p.from)
 		}
