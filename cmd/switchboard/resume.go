@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -62,8 +63,23 @@ func (b *brokerFlags) resume(window time.Duration, log *zap.Logger) (*server.Res
 		client.Close()
 		return nil, nil, err
 	}
-	lease := history.NewLease(store, 0)
-	feed := history.NewFeed(history.NewAppender(store, lease, 0), lease, feedQueue)
+	// The lease and the appends have a client of their own: a storm of
+	// resuming subscriptions reading the history and the records must
+	// never keep the lease waiting for a pooled connection (it would
+	// lapse, and nobody would append).
+	appendClient, err := b.client()
+	if err != nil {
+		client.Close()
+		return nil, nil, fmt.Errorf("--redis-url: history: %w", err)
+	}
+	appendStore, err := history.NewRedis(history.RedisOptions{Client: appendClient, Partitions: partitions, Node: node, Config: cfg})
+	if err != nil {
+		client.Close()
+		appendClient.Close()
+		return nil, nil, err
+	}
+	lease := history.NewLease(appendStore, 0)
+	feed := history.NewFeed(history.NewAppender(appendStore, lease, 0), lease, feedQueue)
 	feed.OnError = func(project string, err error) {
 		log.Warn("history append failed", zap.String("project", project), zap.Error(err))
 	}
@@ -75,7 +91,7 @@ func (b *brokerFlags) resume(window time.Duration, log *zap.Logger) (*server.Res
 		Feed:    feed.Offer,
 		Run:     feed.Run,
 		Shared:  true,
-	}, client.Close, nil
+	}, func() error { return errors.Join(client.Close(), appendClient.Close()) }, nil
 }
 
 // wantAll makes a sharded broker hear every partition, which the

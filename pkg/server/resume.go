@@ -609,6 +609,19 @@ func keptThrough(kept []keptEvent, a history.Anchor) int {
 	if i, ok := (history.Span{Events: evs}).Find(a); ok {
 		return i + 1
 	}
+	// The kept events may begin inside a's run: its newest m events.
+	for m := min(a.N-1, len(kept)); m > 0; m-- {
+		match := true
+		for k := 0; k < m; k++ {
+			if kept[k].digest != a.D[a.N-m+k] {
+				match = false
+				break
+			}
+		}
+		if match {
+			return m
+		}
+	}
 	return 0
 }
 
