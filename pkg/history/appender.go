@@ -305,6 +305,59 @@ func (a *Appender) flush(ctx context.Context, r *ring) error {
 	return nil
 }
 
+// Flush retries the appends still due on the partitions this node leads
+// (one failed, a round trip that did not answer): Offer does at the next
+// event, and a leader that is about to release its lease must first.
+func (a *Appender) Flush(ctx context.Context) error {
+	var first error
+	for p := range a.rings {
+		r := &a.rings[p]
+		if !a.lease.Held(p) || r.await != "" || r.next >= r.end {
+			continue
+		}
+		if err := a.flush(ctx, r); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// Bridge appends, on each partition this node has just come to lead (it
+// appended nothing yet), what its feed holds after the last event history
+// has: at once, rather than at the partition's next event, which a quiet
+// project may not publish for long while a returning subscription waits
+// for the history to reach what the routers routed.
+func (a *Appender) Bridge(ctx context.Context) error {
+	var first error
+	for p := range a.rings {
+		r := &a.rings[p]
+		if !a.lease.Held(p) || r.last != "" || r.gap || r.await != "" || r.start == r.end {
+			continue
+		}
+		last, err := a.store.c.HGet(ctx, a.store.tag(p)+"p", "last").Result()
+		if err != nil {
+			if err != redis.Nil && first == nil {
+				first = fmt.Errorf("history: bridge partition %d: %w", p, err)
+			}
+			continue
+		}
+		i, ok := r.find(last)
+		switch {
+		case ok:
+			r.next, r.last = i, last
+		case a.resyncWait > 0:
+			r.next, r.await, r.awaitUntil = r.end, last, time.Now().Add(a.resyncWait)
+			continue
+		default:
+			continue // the next Offer's append records the gap
+		}
+		if err := a.flush(ctx, r); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
 // FeedLost tells the Appender that its subscription missed messages (it
 // reconnected, or its buffer overflowed). The rings no longer show the
 // feed's order, so they are emptied; the next append of a partition this

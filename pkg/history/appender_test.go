@@ -282,3 +282,35 @@ func TestAppenderSuccessorBehind(t *testing.T) {
 	}
 	wantGap(t, d.r, pos[13], pos[14], nil)
 }
+
+// TestAppenderBridgesAtOnce: a new leader appends what its feed holds
+// after history's last event as soon as it leads (Bridge, run by the
+// Feed), not at the next event: after a drain the project may be quiet.
+func TestAppenderBridgesAtOnce(t *testing.T) {
+	c := newRedisClient(t)
+	a := newNode(t, c, "bg", "a", time.Minute, 64)
+	b := newNode(t, c, "bg", "b", time.Minute, 64)
+	a.tick(t)
+	all := msgs(1, 7)
+	feed(t, all[:5], a, b)
+	feed(t, all[5:], b) // a's router had stopped: it never appended 6, 7
+	a.l.Release(context.Background())
+	b.tick(t)
+	if err := b.a.Bridge(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := stream(t, c, b.r); !same(got, texts(all)) {
+		t.Fatalf("after the bridge:\n got %q\nwant %q", got, texts(all))
+	}
+	first, _ := ParsePosition(c.XRange(context.Background(), b.r.StreamKey("p"), "-", "+").Val()[0].ID)
+	if got, ok := since(t, b.r, "p", first, 100); !ok || !same(got, texts(all[1:])) {
+		t.Fatalf("since the first: %v %q", ok, got)
+	}
+	// Nothing more to bridge: a second call appends nothing.
+	if err := b.a.Bridge(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(stream(t, c, b.r)); n != len(all) {
+		t.Fatalf("%d events after a second bridge", n)
+	}
+}

@@ -57,28 +57,51 @@ func (f *Feed) Run(ctx context.Context) {
 	leaseDone := make(chan struct{})
 	go func() { defer close(leaseDone); f.lease.Run(lctx) }()
 	defer func() { stopLease(); <-leaseDone }()
+	bridge := time.NewTicker(f.lease.ttl / 6)
+	defer bridge.Stop()
 	for {
 		select {
+		case <-bridge.C:
+			bctx, cancel := context.WithTimeout(context.Background(), offerTimeout)
+			if err := f.app.Bridge(bctx); err != nil && f.OnError != nil {
+				f.OnError("", err)
+			}
+			cancel()
 		case m := <-f.msgs:
-			f.offer(ctx, m)
+			f.offer(m)
 		case <-f.lost:
 			f.app.FeedLost()
 		case <-ctx.Done():
-			fctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			defer cancel()
+			// The router has stopped: append what it routed, and retry
+			// an append that failed (a successor would bridge it only
+			// at its next append, which a quiet project may not have
+			// for a long time).
 			for {
 				select {
 				case m := <-f.msgs:
-					f.offer(fctx, m)
+					f.offer(m)
+					continue
 				default:
-					return
 				}
+				break
 			}
+			fctx, cancel := context.WithTimeout(context.Background(), offerTimeout)
+			defer cancel()
+			if err := f.app.Flush(fctx); err != nil && f.OnError != nil {
+				f.OnError("", err)
+			}
+			return
 		}
 	}
 }
 
-func (f *Feed) offer(ctx context.Context, m fed) {
+// offerTimeout bounds one append: an append is not cancelled with Run's
+// context, which ends when the router stops, before the last appends.
+const offerTimeout = 2 * time.Second
+
+func (f *Feed) offer(m fed) {
+	ctx, cancel := context.WithTimeout(context.Background(), offerTimeout)
+	defer cancel()
 	if err := f.app.Offer(ctx, m.project, m.msg); err != nil && f.OnError != nil {
 		f.OnError(m.project, err)
 	}
