@@ -50,8 +50,9 @@ type Lease struct {
 	ttl  time.Duration
 	now  func() time.Time
 
-	mu    sync.Mutex
-	until []time.Time // per partition: held until then
+	mu        sync.Mutex
+	until     []time.Time // per partition: held until then
+	notBefore []time.Time // per partition: not taken before then (Yield)
 }
 
 // NewLease returns the lease of every partition of r for node r's Node.
@@ -59,7 +60,7 @@ func NewLease(r *Redis, ttl time.Duration) *Lease {
 	if ttl <= 0 {
 		ttl = DefaultLeaseTTL
 	}
-	l := &Lease{c: r.c, node: r.node, ttl: ttl, now: time.Now, until: make([]time.Time, r.n)}
+	l := &Lease{c: r.c, node: r.node, ttl: ttl, now: time.Now, until: make([]time.Time, r.n), notBefore: make([]time.Time, r.n)}
 	for p := range r.n {
 		l.keys = append(l.keys, r.LeaseKey(p))
 	}
@@ -72,6 +73,17 @@ func (l *Lease) Tick(ctx context.Context) error {
 	var first error
 	for p, k := range l.keys {
 		start := l.now()
+		l.mu.Lock()
+		yielding := start.Before(l.notBefore[p])
+		l.mu.Unlock()
+		if yielding {
+			// Yielded: give it up again if a tick took it meanwhile.
+			err := releaseScript.Run(ctx, l.c, []string{k}, l.node).Err()
+			if err != nil && first == nil {
+				first = fmt.Errorf("history: lease %s: %w", k, err)
+			}
+			continue
+		}
 		ok, err := leaseScript.Run(ctx, l.c, []string{k}, l.node, l.ttl.Milliseconds()).Int()
 		l.mu.Lock()
 		if err == nil && ok == 1 {
@@ -111,6 +123,17 @@ func (l *Lease) Held(p int) bool {
 	return l.now().Before(l.until[p])
 }
 
+// Yield gives partition p's lease up and keeps away from it for d, so
+// that another node takes it: one whose feed holds the events this one
+// lacks to continue history without a gap.
+func (l *Lease) Yield(ctx context.Context, p int, d time.Duration) {
+	l.mu.Lock()
+	l.until[p] = time.Time{}
+	l.notBefore[p] = l.now().Add(d)
+	l.mu.Unlock()
+	_ = releaseScript.Run(ctx, l.c, []string{l.keys[p]}, l.node).Err() // it lapses anyway
+}
+
 // Release gives up every lease this node holds (a drain's last step), so
 // that a successor takes over at its next tick instead of after the TTL.
 func (l *Lease) Release(ctx context.Context) {
@@ -143,6 +166,9 @@ type ring struct {
 	// its ring holds it, or awaitUntil passes (then a gap).
 	await      string
 	awaitUntil time.Time
+	// yielded: this node gave the lease up once for want of the last
+	// event; the next time it leads without it, it records the gap.
+	yielded bool
 }
 
 func (r *ring) at(i int) *ringEntry { return &r.buf[i%len(r.buf)] }
@@ -254,16 +280,31 @@ func (a *Appender) Offer(ctx context.Context, project string, data []byte) error
 		switch {
 		case ok:
 			// The feed caught up: append what follows history's last.
-			r.next, r.last, r.await = i, r.await, ""
+			r.next, r.last, r.await, r.yielded = i, r.await, "", false
 		case time.Now().Before(r.awaitUntil):
 			r.next = r.end
 			return nil
+		case !r.yielded:
+			// Not in this feed (it started after it: a fresh node that
+			// won the lease): let a node that has it lead.
+			r.next, r.await, r.yielded = r.end, "", true
+			a.lease.Yield(ctx, p, 2*a.lease.ttl)
+			return nil
 		default:
-			// Not in this feed: what was published in between is lost.
-			r.next, r.gap, r.await = r.end-1, true, ""
+			// Nobody had it: what was published in between is lost.
+			r.next, r.gap, r.await, r.yielded = r.end-1, true, "", false
 		}
 	}
 	return a.flush(ctx, r)
+}
+
+// awaitFor is how long r waits for its feed to bring history's last: a
+// second before it yields the lease, then the whole resyncWait.
+func (a *Appender) awaitFor(r *ring) time.Duration {
+	if r.yielded {
+		return a.resyncWait
+	}
+	return min(a.resyncWait, time.Second)
 }
 
 // flush appends r's events from next on.
@@ -294,7 +335,7 @@ func (a *Appender) flush(ctx context.Context, r *ring) error {
 				// Where history stands is not in the ring: this node's
 				// feed may be behind the predecessor's. Wait for it
 				// (Offer), rather than record a gap at once.
-				r.next, r.await, r.awaitUntil = r.end, last, time.Now().Add(a.resyncWait)
+				r.next, r.await, r.awaitUntil = r.end, last, time.Now().Add(a.awaitFor(r))
 				return nil
 			} else {
 				// What was published in between is lost; say so.
@@ -346,7 +387,7 @@ func (a *Appender) Bridge(ctx context.Context) error {
 		case ok:
 			r.next, r.last = i, last
 		case a.resyncWait > 0:
-			r.next, r.await, r.awaitUntil = r.end, last, time.Now().Add(a.resyncWait)
+			r.next, r.await, r.awaitUntil = r.end, last, time.Now().Add(a.awaitFor(r))
 			continue
 		default:
 			continue // the next Offer's append records the gap

@@ -266,19 +266,31 @@ func TestAppenderSuccessorBehind(t *testing.T) {
 		t.Fatalf("since the first: %v %q", ok, got)
 	}
 
-	// A feed that never brings it: the gap once the wait is over.
-	b.a.resyncWait = 50 * time.Millisecond
-	d := newNode(t, c, "sb", "d", time.Minute, 64)
+	// A feed that never brings it (a node started after it): the lease
+	// is yielded once, for a node that has it; taken again with still
+	// nobody having it, the gap comes after the wait.
+	d := newNode(t, c, "sb", "d", 100*time.Millisecond, 64)
+	d.a.resyncWait = 50 * time.Millisecond
 	feed(t, msgs(13, 14), b) // b appends 13, 14; d never hears them
 	b.l.Release(context.Background())
 	d.tick(t)
-	d.a.resyncWait = 50 * time.Millisecond
 	feed(t, msgs(15, 15), d)
 	time.Sleep(60 * time.Millisecond)
 	feed(t, msgs(16, 16), d)
+	if d.l.Held(0) {
+		t.Fatal("d kept a lease it could not continue")
+	}
+	time.Sleep(250 * time.Millisecond)
+	d.tick(t)
+	if !d.l.Held(0) {
+		t.Fatal("d did not take the lease again after yielding")
+	}
+	feed(t, msgs(17, 17), d)
+	time.Sleep(60 * time.Millisecond)
+	feed(t, msgs(18, 18), d)
 	pos := positions(t, c, d.r)
 	if n := len(stream(t, c, d.r)); n != 15 {
-		t.Fatalf("%d events in history, want 1..14 and 16", n)
+		t.Fatalf("%d events in history, want 1..14 and 18", n)
 	}
 	wantGap(t, d.r, pos[13], pos[14], nil)
 }

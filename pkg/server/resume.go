@@ -531,7 +531,7 @@ func (p *resumePlan) lineUp(j *resumeJob) bool {
 	var b int
 	switch {
 	case !j.r0.IsZero():
-		i, ok := s.Find(j.r0)
+		i, ok := findFrom(s, j.r0)
 		if !ok {
 			return p.behind(j)
 		}
@@ -573,6 +573,30 @@ func (p *resumePlan) lineUp(j *resumeJob) bool {
 		p.first, p.last = s.Start, s.Start-1
 	}
 	return true
+}
+
+// findFrom finds the router's anchor a in span s: its whole run, or else
+// a run cut off by the span's first event (the span begins at a
+// subscription's anchor, which may be shorter than a: made on a node that
+// had routed fewer than four events of the project), as long as the
+// newest two of a's events are in it.
+func findFrom(s history.Span, a history.Anchor) (int, bool) {
+	if i, ok := s.Find(a); ok {
+		return i, true
+	}
+	for i := min(a.N-2, len(s.Events)-1); i >= 1; i-- {
+		match := true
+		for k := 0; k <= i; k++ {
+			if s.Events[i-k].Digest != a.D[a.N-1-k] {
+				match = false
+				break
+			}
+		}
+		if match {
+			return i, true
+		}
+	}
+	return 0, false
 }
 
 // behind lines p up when the router was behind the subscription when the
