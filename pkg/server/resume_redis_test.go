@@ -24,8 +24,8 @@ import (
 // resumeRedisNode starts a node on the Redis at url with resuming on, as
 // `switchboard serve --redis-url` runs it: the shared history and
 // records, and the appender fed beside the router. Its drain time is
-// drain (Off: all at once).
-func resumeRedisNode(t *testing.T, url string, window, drain time.Duration) *Server {
+// drain (Off: all at once). mods change its Config further.
+func resumeRedisNode(t *testing.T, url string, window, drain time.Duration, mods ...func(*Config)) *Server {
 	t.Helper()
 	opts, err := redis.ParseURL(url)
 	if err != nil {
@@ -54,6 +54,9 @@ func resumeRedisNode(t *testing.T, url string, window, drain time.Duration) *Ser
 	s := testNode(t, func(c *Config) {
 		c.Broker, c.Registry, c.DrainTime = b, reg, drain
 		c.Resume = &ResumeConfig{Window: window, Reader: store, Records: records, Feed: feed.Offer, Run: feed.Run}
+		for _, mod := range mods {
+			mod(c)
+		}
 	})
 	redistest.Eventually(t, 10*time.Second, "node subscribed to Redis", func() bool { return b.Ready() == nil })
 	return s
