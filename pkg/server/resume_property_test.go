@@ -65,7 +65,8 @@ const (
 //
 // Every resume must succeed (the window is a minute, the history
 // complete): a subscribe answered `live` fails the run, and the loss
-// check skips what that subscription missed.
+// check skips what that subscription missed. SWITCHBOARD_RESUME_ALLOW_LIVE=1
+// only logs such answers, to look past a known cause for other failures.
 //
 // A crash is left out: a node in this process cannot die without a word
 // (its sockets close with it). kill -9 is TestResumeInChromium's, in
@@ -723,7 +724,12 @@ func (w *resumeWorld) check() {
 			}
 			if pcn.status != want {
 				notResumed++
-				bad = append(bad, fmt.Sprintf("%v: connection %d (%s) subscribed with resume status %q, want %q", pc, pcn.k, pcn.node, pcn.status, want))
+				msg := fmt.Sprintf("%v: connection %d (%s) subscribed with resume status %q, want %q", pc, pcn.k, pcn.node, pcn.status, want)
+				if os.Getenv("SWITCHBOARD_RESUME_ALLOW_LIVE") != "" {
+					t.Log(msg)
+				} else {
+					bad = append(bad, msg)
+				}
 			}
 			if pcn.end == endDrain && (!pcn.closeFrame || pcn.closeCode != ws.StatusGoingAway) {
 				bad = append(bad, fmt.Sprintf("%v: connection %d drained without a close 1001 (%v %d, %v)", pc, pcn.k, pcn.closeFrame, pcn.closeCode, pcn.readErr))
