@@ -113,6 +113,34 @@ func TestResumePropertyRollingDeploy(t *testing.T) {
 	w.finish()
 }
 
+// A drain while events flow, then quiet: the drained node held the
+// history's appender lease (node 0 takes it first), and Appwrite keeps
+// publishing, without a pause, until the node has gone; then nothing is
+// published for a while. Each drained client comes back on the other node
+// and must resume, every event exactly once (issue 24: "a drain loses
+// nothing and duplicates nothing").
+//
+// No node takes the drained one's place (TestResumePropertyRollingDeploy
+// is that case): the survivor takes the lease with every event in its
+// ring. One event published a lease tick after the drain (1.5 s) makes
+// it pass.
+func TestResumePropertyDrainThenQuiet(t *testing.T) {
+	w := newResumeWorld(t, 0, 0)
+	w.noFresh, w.burst = true, true
+	var pcs []*propClient
+	for i := 0; i < 6; i++ {
+		pcs = append(pcs, w.addClient("", false, 0, []string{"files", "documents"}))
+	}
+	for i := 0; i < 20; i++ {
+		w.publish(&propEvent{roles: []string{"any"}, channels: []string{"files"}})
+	}
+	w.drain(0)
+	for _, pc := range pcs {
+		w.connect(pc, 1, pc.conns[0].channels)
+	}
+	w.finish()
+}
+
 // propEvent is one published event.
 type propEvent struct {
 	n          int
@@ -195,6 +223,9 @@ type resumeWorld struct {
 	names [2]string
 
 	start   time.Time
+	pad     int  // bytes of padding in every payload
+	noFresh bool // a drained node is not replaced
+	burst   bool // a drain's publisher publishes without a pause
 	mu      sync.Mutex
 	events  []*propEvent
 	clients []*propClient
@@ -385,7 +416,11 @@ func (w *resumeWorld) publish(ev *propEvent) *propEvent {
 	ev.n = len(w.events) + 1
 	w.events = append(w.events, ev)
 	w.mu.Unlock()
-	msg := event("p1", ev.roles, ev.channels, `{"n":`+strconv.Itoa(ev.n)+`}`)
+	pad := ""
+	if w.pad > 0 {
+		pad = `,"pad":"` + strings.Repeat("x", w.pad) + `"`
+	}
+	msg := event("p1", ev.roles, ev.channels, `{"n":`+strconv.Itoa(ev.n)+pad+`}`)
 	ev.pub = time.Now()
 	err := w.rdb.Publish(context.Background(), broker.DefaultChannel, msg).Err()
 	w.mu.Lock()
@@ -534,10 +569,14 @@ func (w *resumeWorld) drain(i int) {
 	go func() {
 		defer close(published)
 		for {
+			every := time.Duration(2+rng.IntN(8)) * time.Millisecond
+			if w.burst {
+				every = 0
+			}
 			select {
 			case <-stop:
 				return
-			case <-time.After(time.Duration(2+rng.IntN(8)) * time.Millisecond):
+			case <-time.After(every):
 			}
 			w.publish(randomPropEvent(rng))
 		}
@@ -557,6 +596,10 @@ func (w *resumeWorld) drain(i int) {
 	}
 	close(stop)
 	<-published
+	if w.noFresh {
+		w.logf("drained %s", w.names[i])
+		return
+	}
 	old := w.names[i]
 	w.startNode(i)
 	w.logf("drained %s; %s in its place", old, w.names[i])
