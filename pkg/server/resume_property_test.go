@@ -141,6 +141,33 @@ func TestResumePropertyDrainThenQuiet(t *testing.T) {
 	w.finish()
 }
 
+// A drain of a node that does not append the history, while events with
+// 8 KiB payloads flow: the connections' writes are often under way, or
+// their sockets full, when the drain reaches them. Each client comes back
+// on the other node and must get every event exactly once.
+//
+// It fails now and then (1 run in 5 here, -race): a drained connection
+// whose queue was not empty when its close frame was queued (goAway's
+// exact is false) gets no drain record; its end is recorded as a drop's,
+// the resume reads from the subscription's first anchor, and the replay,
+// ~60 events of 8 KiB the client mostly had, is refused as too big
+// (live_size) or, below the cap, sent again: duplicates across a drain.
+func TestResumePropertyDrainWhileWriting(t *testing.T) {
+	w := newResumeWorld(t, 0, 0, func(w *resumeWorld) { w.noFresh, w.pad = true, 8<<10 })
+	var pcs []*propClient
+	for i := 0; i < 6; i++ {
+		pcs = append(pcs, w.addClient("", false, 1, []string{"files", "documents"}))
+	}
+	for i := 0; i < 60; i++ {
+		w.publish(&propEvent{roles: []string{"any"}, channels: []string{"files"}})
+	}
+	w.drain(1)
+	for _, pc := range pcs {
+		w.connect(pc, 0, pc.conns[0].channels)
+	}
+	w.finish()
+}
+
 // propEvent is one published event.
 type propEvent struct {
 	n          int
@@ -271,14 +298,17 @@ func runResumeWorld(t *testing.T, seed uint64, ops int) {
 
 // newResumeWorld starts a redis-server, two nodes on it, and n clients
 // (the first four users u1..u4, the rest guests), each subscribed once.
-func newResumeWorld(t *testing.T, seed uint64, n int) *resumeWorld {
+func newResumeWorld(t *testing.T, seed uint64, n int, opts ...func(*resumeWorld)) *resumeWorld {
 	rd := redistest.Start(t)
 	w := &resumeWorld{t: t, seed: seed, rng: rand.New(rand.NewPCG(seed, 0x5eed)), url: rd.URL(), start: time.Now()}
-	opts, err := redis.ParseURL(w.url)
+	ropts, err := redis.ParseURL(w.url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.rdb = redis.NewClient(opts)
+	for _, o := range opts {
+		o(w)
+	}
+	w.rdb = redis.NewClient(ropts)
 	t.Cleanup(func() { w.rdb.Close() })
 	for i := range w.nodes {
 		w.startNode(i)
