@@ -113,6 +113,27 @@ func TestResumePropertyRollingDeploy(t *testing.T) {
 	w.finish()
 }
 
+// A subscription made on a node whose router has routed fewer than four
+// events of the project (a fresh node: its anchor is partial) comes back
+// on a node that has routed more: TestResumeProperty's seed 4. The
+// resuming node's own anchor (its last four events, taken when the
+// resume begins) reaches back before the first event of the span read
+// from the subscription's anchor, so the seam never finds it, and after
+// seamTimeout (5 s) the subscription starts live.
+func TestResumePropertyPartialAnchor(t *testing.T) {
+	w := newResumeWorld(t, 0, 0)
+	w.drain(1) // a fresh node in place 1; node 0 keeps the appender's lease
+	any := func() *propEvent { return &propEvent{roles: []string{"any"}, channels: []string{"files"}} }
+	w.publish(any())
+	w.publish(any())
+	pc := w.addClient("", false, 1, []string{"files"})
+	time.Sleep(100 * time.Millisecond) // its record written
+	w.drop(pc)
+	time.Sleep(100 * time.Millisecond) // its end written
+	w.reconnectTo(pc, 0)
+	w.finish()
+}
+
 // A drain while events flow, then quiet: the drained node held the
 // history's appender lease (node 0 takes it first), and Appwrite keeps
 // publishing, without a pause, until the node has gone; then nothing is
@@ -399,6 +420,29 @@ func (w *resumeWorld) warmUp() {
 	}
 }
 
+// historyState tells, for a failure's log, who holds p1's appender lease,
+// the partition's gaps and the numbers of the stream's last events.
+func (w *resumeWorld) historyState() string {
+	ctx := context.Background()
+	lease, _ := w.rdb.Get(ctx, "switchboard:history:{0}:lease").Result()
+	gaps, _ := w.rdb.ZRange(ctx, "switchboard:history:{0}:gaps", 0, -1).Result()
+	last, _ := w.rdb.XRevRangeN(ctx, "switchboard:history:{0}:s:p1", "+", "-", 12).Result()
+	var ns []string
+	for i := len(last) - 1; i >= 0; i-- {
+		var m struct {
+			Data struct{ Payload struct{ N *int } } `json:"data"`
+		}
+		d, _ := last[i].Values["d"].(string)
+		_ = json.Unmarshal([]byte(d), &m)
+		if m.Data.Payload.N == nil {
+			ns = append(ns, last[i].ID+":warm-up")
+		} else {
+			ns = append(ns, last[i].ID+":"+strconv.Itoa(*m.Data.Payload.N))
+		}
+	}
+	return fmt.Sprintf("lease %q gaps %v stream ... %v", lease, gaps, ns)
+}
+
 // startNode starts a node in place i.
 func (w *resumeWorld) startNode(i int) {
 	w.nodes[i] = resumeRedisNode(w.t, w.url, propWindow, propDrainTime, func(c *Config) { c.Resolver = mustJWT(w.t) })
@@ -516,6 +560,9 @@ func (w *resumeWorld) connect(pc *propClient, i int, channels []string) {
 		pcn.live, pcn.status = time.Now(), st
 		pcn.mu.Unlock()
 		w.logf("%v: connection %d subscribed: %s", pc, pcn.k, st)
+		if strings.HasPrefix(st, "live") {
+			w.logf("  history then: %s", w.historyState())
+		}
 	}()
 }
 
