@@ -71,6 +71,9 @@ const (
 // A crash is left out: a node in this process cannot die without a word
 // (its sockets close with it). kill -9 is TestResumeInChromium's, in
 // cmd/switchboard.
+//
+// The TestResumeProperty* tests after it are failures it found, cut down
+// to a fixed sequence through the same world and checks.
 func TestResumeProperty(t *testing.T) {
 	seeds := resumePropertySeeds
 	if s := os.Getenv("SWITCHBOARD_RESUME_SEED"); s != "" {
@@ -167,7 +170,8 @@ func TestResumePropertyDrainThenQuiet(t *testing.T) {
 // their sockets full, when the drain reaches them. Each client comes back
 // on the other node and must get every event exactly once.
 //
-// It fails now and then (1 run in 5 here, -race): a drained connection
+// It fails now and then (3 runs of about 40 here, -race, one of them
+// under a CPU hog): a drained connection
 // whose queue was not empty when its close frame was queued (goAway's
 // exact is false) gets no drain record; its end is recorded as a drop's,
 // the resume reads from the subscription's first anchor, and the replay,
