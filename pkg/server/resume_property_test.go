@@ -102,16 +102,20 @@ func TestResumeProperty(t *testing.T) {
 // A rolling deploy, the sequence TestResumeProperty's seeds 2 and 3 fail
 // on: both nodes are drained in turn, each replaced by a fresh node as
 // soon as it has gone. One of the two held the history's appender lease;
-// it releases it as its drain's last step. The client drained comes back
-// and must resume: every event once.
+// it releases it as its drain's last step, and a fresh node ends up with
+// it (its first tick is at its start, the survivor's up to TTL/3 later;
+// after both drains only fresh nodes are left). Its ring lacks the last
+// event appended, so its first append records a gap, and the drained
+// client, anchored before it, cannot resume (live_incomplete, after
+// seamTimeout). It must: every event once.
 func TestResumePropertyRollingDeploy(t *testing.T) {
 	w := newResumeWorld(t, 0, 0)
 	pc := w.addClient("u1", true, 0, []string{"files"})
-	any := func() *propEvent { return &propEvent{roles: []string{"any"}, channels: []string{"files"}} }
-	w.publish(any())
+	anyone := func() *propEvent { return &propEvent{roles: []string{"any"}, channels: []string{"files"}} }
+	w.publish(anyone())
 	w.drain(1)
 	w.drain(0)
-	w.publish(any())
+	w.publish(anyone())
 	w.reconnectTo(pc, 1)
 	w.finish()
 }
@@ -126,9 +130,9 @@ func TestResumePropertyRollingDeploy(t *testing.T) {
 func TestResumePropertyPartialAnchor(t *testing.T) {
 	w := newResumeWorld(t, 0, 0)
 	w.drain(1) // a fresh node in place 1; node 0 keeps the appender's lease
-	any := func() *propEvent { return &propEvent{roles: []string{"any"}, channels: []string{"files"}} }
-	w.publish(any())
-	w.publish(any())
+	anyone := func() *propEvent { return &propEvent{roles: []string{"any"}, channels: []string{"files"}} }
+	w.publish(anyone())
+	w.publish(anyone())
 	pc := w.addClient("", false, 1, []string{"files"})
 	time.Sleep(100 * time.Millisecond) // its record written
 	w.drop(pc)
