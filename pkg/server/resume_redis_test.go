@@ -25,32 +25,37 @@ import (
 // resumeRedisNode starts a node on the Redis at url with resuming on, as
 // `switchboard serve --redis-url` runs it: the shared history and
 // records, and the appender fed beside the router. Its drain time is
-// drain (Off: all at once).
-func resumeRedisNode(t *testing.T, url string, window, drain time.Duration) *Server {
+// drain (Off: all at once). mods change its Config further.
+func resumeRedisNode(t *testing.T, url string, window, drain time.Duration, mods ...func(*Config)) *Server {
 	t.Helper()
-	return resumeNode(t, url, 0, window, drain)
+	return resumeNode(t, url, 0, window, drain, mods...)
 }
 
 // resumeNode is resumeRedisNode on plain Redis (partitions 0), or on a
 // Redis Cluster with the sharded broker's partitions, as `switchboard
 // serve --redis-sharded` runs it.
-func resumeNode(t *testing.T, url string, partitions int, window, drain time.Duration) *Server {
+func resumeNode(t *testing.T, url string, partitions int, window, drain time.Duration, mods ...func(*Config)) *Server {
 	t.Helper()
-	var client redis.UniversalClient
-	if partitions > 0 {
-		opts, err := redis.ParseClusterURL(url)
-		if err != nil {
-			t.Fatal(err)
+	newClient := func() redis.UniversalClient {
+		var client redis.UniversalClient
+		if partitions > 0 {
+			opts, err := redis.ParseClusterURL(url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			client = redis.NewClusterClient(opts)
+		} else {
+			opts, err := redis.ParseURL(url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			client = redis.NewClient(opts)
 		}
-		client = redis.NewClusterClient(opts)
-	} else {
-		opts, err := redis.ParseURL(url)
-		if err != nil {
-			t.Fatal(err)
-		}
-		client = redis.NewClient(opts)
+		t.Cleanup(func() { client.Close() })
+		return client
 	}
-	t.Cleanup(func() { client.Close() })
+	// As serve: the lease and appends on a client of their own.
+	client, appendClient := newClient(), newClient()
 	node := "node-" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	store, err := history.NewRedis(history.RedisOptions{Client: client, Partitions: partitions, Node: node, Config: history.Config{Window: window}})
 	if err != nil {
@@ -60,8 +65,12 @@ func resumeNode(t *testing.T, url string, partitions int, window, drain time.Dur
 	if err != nil {
 		t.Fatal(err)
 	}
-	lease := history.NewLease(store, 0)
-	feed := history.NewFeed(history.NewAppender(store, lease, 0), lease, 0)
+	appendStore, err := history.NewRedis(history.RedisOptions{Client: appendClient, Partitions: partitions, Node: node, Config: history.Config{Window: window}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lease := history.NewLease(appendStore, 0)
+	feed := history.NewFeed(history.NewAppender(appendStore, lease, 0), lease, 0)
 	feed.OnError = func(project string, err error) { t.Logf("%s: append to %s: %v", node, project, err) }
 	reg := prometheus.NewRegistry()
 	bopts := broker.RedisOptions{URL: url, Registerer: reg, OnLoss: feed.Lost}
@@ -85,6 +94,9 @@ func resumeNode(t *testing.T, url string, partitions int, window, drain time.Dur
 	s := testNode(t, func(c *Config) {
 		c.Broker, c.Registry, c.DrainTime = b, reg, drain
 		c.Resume = &ResumeConfig{Window: window, Reader: store, Records: records, Feed: feed.Offer, Run: feed.Run, Shared: true}
+		for _, mod := range mods {
+			mod(c)
+		}
 	})
 	redistest.Eventually(t, 15*time.Second, "node subscribed to Redis", func() bool { return b.Ready() == nil })
 	return s
