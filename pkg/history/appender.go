@@ -275,27 +275,40 @@ func (a *Appender) Offer(ctx context.Context, project string, data []byte) error
 		r.next, r.last, r.gap, r.await = r.end, "", false, ""
 		return nil
 	}
-	if r.await != "" {
-		i, ok := r.find(r.await)
-		switch {
-		case ok:
-			// The feed caught up: append what follows history's last.
-			r.next, r.last, r.await, r.yielded = i, r.await, "", false
-		case time.Now().Before(r.awaitUntil):
-			r.next = r.end
-			return nil
-		case !r.yielded:
-			// Not in this feed (it started after it: a fresh node that
-			// won the lease): let a node that has it lead.
-			r.next, r.await, r.yielded = r.end, "", true
-			a.lease.Yield(ctx, p, 2*a.lease.ttl)
-			return nil
-		default:
-			// Nobody had it: what was published in between is lost.
-			r.next, r.gap, r.await, r.yielded = r.end-1, true, "", false
-		}
+	if !a.settleAwait(ctx, p, r) {
+		return nil
 	}
 	return a.flush(ctx, r)
+}
+
+// settleAwait decides, for a ring waiting for history's last (await),
+// whether appending may go on: the feed brought it, or the wait is over
+// and the gap is recorded. A leader that never had it gives the lease up
+// once instead (a fresh node that won the lease over a node whose feed
+// holds it). It runs at every event (Offer) and every Bridge, so that a
+// quiet project's wait ends too.
+func (a *Appender) settleAwait(ctx context.Context, p int, r *ring) bool {
+	if r.await == "" {
+		return true
+	}
+	i, ok := r.find(r.await)
+	switch {
+	case ok:
+		// The feed caught up: append what follows history's last.
+		r.next, r.last, r.await, r.yielded = i, r.await, "", false
+		return true
+	case time.Now().Before(r.awaitUntil):
+		r.next = r.end
+		return false
+	case !r.yielded:
+		r.next, r.await, r.yielded = r.end, "", true
+		a.lease.Yield(ctx, p, 2*a.lease.ttl)
+		return false
+	default:
+		// Nobody had it: what was published in between is lost.
+		r.next, r.gap, r.await, r.yielded = r.end-1, true, "", false
+		return true
+	}
 }
 
 // awaitFor is how long r waits for its feed to bring history's last: a
@@ -372,7 +385,18 @@ func (a *Appender) Bridge(ctx context.Context) error {
 	var first error
 	for p := range a.rings {
 		r := &a.rings[p]
-		if !a.lease.Held(p) || r.last != "" || r.gap || r.await != "" || r.start == r.end {
+		if !a.lease.Held(p) || r.start == r.end {
+			continue
+		}
+		if r.await != "" {
+			if a.settleAwait(ctx, p, r) && r.next < r.end {
+				if err := a.flush(ctx, r); err != nil && first == nil {
+					first = err
+				}
+			}
+			continue
+		}
+		if r.last != "" || r.gap {
 			continue
 		}
 		last, err := a.store.c.HGet(ctx, a.store.tag(p)+"p", "last").Result()

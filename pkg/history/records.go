@@ -71,7 +71,9 @@ func (m *MemoryRecords) End(_ context.Context, floorAge time.Duration, node stri
 			continue
 		}
 		r.Open = false
-		r.FloorMS = max(r.FloorMS, floorAt(now, floorAge))
+		if floorAge >= 0 {
+			r.FloorMS = max(r.FloorMS, floorAt(now, floorAge))
+		}
 		r.expires = now.Add(m.window)
 		m.recs[k] = r
 	}

@@ -10,11 +10,15 @@ import (
 
 // endScript closes records (KEYS) written by node ARGV[1], keeping their
 // anchors: o = 0, the floor the later of its own and Redis's now -
-// ARGV[2] (µs), and the TTL the window (ARGV[3], ms). A record another
+// ARGV[2] (µs; negative: the floor as it is), and the TTL the window
+// (ARGV[3], ms). A record another
 // node wrote since (its subscription resumed there) is left alone.
 var endScript = redis.NewScript(`
 local t = redis.call('TIME')
-local c = math.floor((tonumber(t[1]) * 1000000 + tonumber(t[2]) - tonumber(ARGV[2])) / 1000)
+local c = -1
+if tonumber(ARGV[2]) >= 0 then
+  c = math.floor((tonumber(t[1]) * 1000000 + tonumber(t[2]) - tonumber(ARGV[2])) / 1000)
+end
 local n = 0
 for _, k in ipairs(KEYS) do
   if redis.call('HGET', k, 'n') == ARGV[1] then
@@ -34,7 +38,10 @@ func (s *RedisRecords) End(ctx context.Context, floorAge time.Duration, node str
 	if len(refs) == 0 {
 		return nil
 	}
-	floorAge = max(floorAge, 0)
+	age := floorAge.Microseconds()
+	if floorAge < 0 {
+		age = -1 // the floor as it is
+	}
 	var calls [][]string
 	open := map[int]int{} // per partition, the index of the call being filled
 	for _, ref := range refs {
@@ -50,7 +57,7 @@ func (s *RedisRecords) End(ctx context.Context, floorAge time.Duration, node str
 	run := func() ([]redis.Cmder, error) {
 		return s.r.c.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for _, keys := range calls {
-				endScript.EvalSha(ctx, p, keys, node, floorAge.Microseconds(), s.window.Milliseconds())
+				endScript.EvalSha(ctx, p, keys, node, age, s.window.Milliseconds())
 			}
 			return nil
 		})

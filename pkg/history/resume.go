@@ -166,9 +166,10 @@ type Records interface {
 	Put(ctx context.Context, floorAge time.Duration, recs ...Record) error
 	// End marks the records of refs (project and id of each) closed by
 	// node, keeping their anchors, with FloorMS = the store's now -
-	// floorAge if later than their own: the subscription's connection
-	// ended and node cannot say exactly what its client received. A
-	// record another node wrote since (it resumed there) is left alone.
+	// floorAge if later than their own (floorAge < 0: the floor as it
+	// is): the subscription's connection ended and node cannot say
+	// exactly what its client received. A record another node wrote since
+	// (it resumed there) is left alone.
 	End(ctx context.Context, floorAge time.Duration, node string, refs ...Record) error
 	// Get returns the record of project's subscription id.
 	Get(ctx context.Context, project, id string) (Record, bool, error)

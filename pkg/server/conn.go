@@ -184,6 +184,7 @@ type subscription struct {
 	queries  []string      // as the client sent them, for the response
 	filter   *query.Filter // nil: every event on the channels
 	recorded bool          // its id is the client's own, and resumable (resume.go)
+	replayed bool          // it resumed with missed events queued at its start (resume.go)
 	since    uint32        // when it was made, as resumer.sinceNow counts (in the struct's padding)
 }
 

@@ -773,8 +773,8 @@ func (rs *resumer) seam(j *resumeJob, subs []subscription, resp []protocol.Subsc
 		since := rs.sinceNow()
 		c.mu.Lock()
 		next := append([]subscription(nil), c.subs...)
-		for _, sub := range subs {
-			sub.since = since
+		for i, sub := range subs {
+			sub.since, sub.replayed = since, replayed[i] > 0
 			next = putSubscription(next, sub)
 		}
 		c.subs = next
@@ -791,9 +791,17 @@ func (rs *resumer) seam(j *resumeJob, subs []subscription, resp []protocol.Subsc
 		if replayed[i] > 0 {
 			s.metrics.resumeReplayed.Add(float64(replayed[i]))
 		}
-		if subs[i].recorded && live && rs.cfg.Shared {
-			recs = append(recs, history.Record{Project: j.project, ID: subs[i].id, User: user, Node: s.node, Open: true, Anchor: anchor})
+		if !subs[i].recorded || !live || !rs.cfg.Shared {
+			continue
 		}
+		rec := history.Record{Project: j.project, ID: subs[i].id, User: user, Node: s.node, Open: true, Anchor: anchor}
+		if replayed[i] > 0 {
+			// Until its client has acknowledged the replay, it stands
+			// where it stood before: the replayed events are old, and no
+			// floor of the time they were sent may pass over them.
+			rec.Anchor, rec.FloorMS = plans[i].from, plans[i].floorMS
+		}
+		recs = append(recs, rec)
 	}
 	rs.put(recs...)
 	return true
@@ -857,23 +865,38 @@ func (c *conn) endRecordsLocked() {
 	if rs == nil || c.flags&flagRecorded != 0 {
 		return
 	}
-	recs := c.recordsLocked(history.Anchor{})
-	if len(recs) == 0 {
-		return
+	uncertain := c.uncertainLocked()
+	// A subscription that resumed with a replay its client may not have
+	// acknowledged yet keeps the record of where it stood before (the
+	// replayed events are old: a floor of now - uncertain would pass over
+	// them). Its next resume replays them again: duplicates, not a loss.
+	var ended, replaying []history.Record
+	for i := range c.subs {
+		sub := &c.subs[i]
+		if !sub.recorded {
+			continue
+		}
+		rec := history.Record{Project: c.project, ID: sub.id, User: c.userID, Node: c.srv.node}
+		fresh := uint64(time.Now().UnixMilli())-rs.sinceMS(sub.since) < uint64(uncertain.Milliseconds())
+		switch {
+		case sub.replayed && fresh:
+			replaying = append(replaying, rec)
+		case rs.cfg.Shared:
+			ended = append(ended, rec)
+		default:
+			// Alone, recorded now for the first time: from when it was made.
+			rec.FloorMS = rs.sinceMS(sub.since)
+			ended = append(ended, rec)
+		}
 	}
 	if rs.cfg.Shared {
 		// Their records, written when they were made, keep their anchors.
-		rs.end(c.uncertainLocked(), recs...)
+		rs.end(uncertain, ended...)
+		rs.end(-1, replaying...)
 		return
 	}
-	// Recorded now, for the first time: from when each was made.
-	for i, j := 0, 0; i < len(c.subs); i++ {
-		if c.subs[i].recorded {
-			recs[j].FloorMS = rs.sinceMS(c.subs[i].since)
-			j++
-		}
-	}
-	rs.putEnded(c.uncertainLocked(), recs...)
+	// Alone, a replaying one's record from its last end stays as it is.
+	rs.putEnded(uncertain, ended...)
 }
 
 // uncertainLocked is how far back from now c's client may have missed
