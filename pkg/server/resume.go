@@ -76,9 +76,9 @@ const (
 	// maxResumeKept bounds the events kept for one resuming connection
 	// while its history is read.
 	maxResumeKept = 1024
-	// recordQueue is the records waiting to be written; beyond it a
-	// record is dropped (and counted), and its subscription starts live
-	// if it comes back.
+	// recordQueue bounds the writes waiting for the writer; beyond it a
+	// write is dropped (and counted), and its subscriptions start live if
+	// they come back.
 	recordQueue = 1 << 16
 )
 
@@ -110,10 +110,14 @@ type resumer struct {
 	jobs   map[string][]*resumeJob
 	active atomic.Int32 // len(jobs): the router's check per event without a map lookup
 
-	writes chan recordWrite
-	stop   context.CancelFunc
-	done   chan struct{}
-	epoch  time.Time // subscription.since counts milliseconds from it
+	// The records waiting for the writer, in order; a slice rather than a
+	// channel, which would hold its whole buffer from the start.
+	wmu     sync.Mutex
+	pending []recordWrite
+	wake    chan struct{}
+	stop    context.CancelFunc
+	done    chan struct{}
+	epoch   time.Time // subscription.since counts milliseconds from it
 }
 
 // recordWrite is a batch of record writes for the writer.
@@ -132,7 +136,7 @@ func newResumer(s *Server, cfg ResumeConfig) *resumer {
 		srv: s, cfg: cfg,
 		anchors: make(map[string]*history.Anchor),
 		jobs:    make(map[string][]*resumeJob),
-		writes:  make(chan recordWrite, recordQueue),
+		wake:    make(chan struct{}, 1),
 		epoch:   time.Now(),
 	}
 }
@@ -239,10 +243,17 @@ func (rs *resumer) queue(w recordWrite) {
 		return
 	}
 	w.at = time.Now()
-	select {
-	case rs.writes <- w:
-	default:
+	rs.wmu.Lock()
+	if len(rs.pending) >= recordQueue {
+		rs.wmu.Unlock()
 		rs.srv.metrics.resumeRecordsDropped.Add(float64(len(w.recs)))
+		return
+	}
+	rs.pending = append(rs.pending, w)
+	rs.wmu.Unlock()
+	select {
+	case rs.wake <- struct{}{}:
+	default:
 	}
 }
 
@@ -251,17 +262,11 @@ func (rs *resumer) queue(w recordWrite) {
 func (rs *resumer) writeRecords(ctx context.Context) {
 	for {
 		select {
-		case w := <-rs.writes:
-			rs.write(w)
+		case <-rs.wake:
+			rs.writeQueued()
 		case <-ctx.Done():
-			for {
-				select {
-				case w := <-rs.writes:
-					rs.write(w)
-				default:
-					return
-				}
-			}
+			rs.writeQueued()
+			return
 		}
 	}
 }
@@ -269,38 +274,29 @@ func (rs *resumer) writeRecords(ctx context.Context) {
 // maxRecordBatch bounds the records of one call to the store.
 const maxRecordBatch = 4096
 
-// write writes w together with the writes queued behind it that are
-// written alike (whole records, one call), keeping their order.
-func (rs *resumer) write(w recordWrite) {
+// writeQueued writes what is queued, in order: a run of whole records
+// (Put without a floor) in calls of up to maxRecordBatch, any other write
+// on its own.
+func (rs *resumer) writeQueued() {
 	for {
-		if w.end || w.floorAge >= 0 {
-			rs.flush(w)
-			select {
-			case w = <-rs.writes:
-				continue
-			default:
-				return
-			}
-		}
-		var next *recordWrite
-	batch:
-		for len(w.recs) < maxRecordBatch {
-			select {
-			case more := <-rs.writes:
-				if more.end || more.floorAge >= 0 {
-					next = &more
-					break batch
-				}
-				w.recs = append(w.recs, more.recs...)
-			default:
-				break batch
-			}
-		}
-		rs.flush(w)
-		if next == nil {
+		rs.wmu.Lock()
+		ws := rs.pending
+		rs.pending = nil
+		rs.wmu.Unlock()
+		if len(ws) == 0 {
 			return
 		}
-		w = *next
+		for i := 0; i < len(ws); {
+			w := ws[i]
+			i++
+			if !w.end && w.floorAge < 0 {
+				for i < len(ws) && !ws[i].end && ws[i].floorAge < 0 && len(w.recs) < maxRecordBatch {
+					w.recs = append(w.recs[:len(w.recs):len(w.recs)], ws[i].recs...)
+					i++
+				}
+			}
+			rs.flush(w)
+		}
 	}
 }
 
