@@ -300,6 +300,13 @@ func (a *Appender) settleAwait(ctx context.Context, p int, r *ring) bool {
 	case time.Now().Before(r.awaitUntil):
 		r.next = r.end
 		return false
+	case !r.yielded && a.behind(ctx, r):
+		// The feed is behind history (its newest event is in it
+		// already): a loaded node. Waiting is right; yielding would leave
+		// nobody appending when no other node is alive.
+		r.next, r.yielded = r.end, true
+		r.awaitUntil = time.Now().Add(a.resyncWait)
+		return false
 	case !r.yielded:
 		r.next, r.await, r.yielded = r.end, "", true
 		a.lease.Yield(ctx, p, 2*a.lease.ttl)
@@ -309,6 +316,30 @@ func (a *Appender) settleAwait(ctx context.Context, p int, r *ring) bool {
 		r.next, r.gap, r.await, r.yielded = r.end-1, true, "", false
 		return true
 	}
+}
+
+// behindWindow is how many of a project's newest events behind looks
+// through for the ring's newest.
+const behindWindow = 512
+
+// behind tells whether r's newest event is among the newest of its
+// project's history: the feed runs behind history rather than having
+// started after its last event. An error counts as not behind.
+func (a *Appender) behind(ctx context.Context, r *ring) bool {
+	if r.start == r.end {
+		return false
+	}
+	e := r.at(r.end - 1)
+	xs, err := a.store.c.XRevRangeN(ctx, a.store.StreamKey(e.project), "+", "-", behindWindow).Result()
+	if err != nil {
+		return false
+	}
+	for _, x := range xs {
+		if d, ok := x.Values["d"].(string); ok && Digest([]byte(d)) == e.digest {
+			return true
+		}
+	}
+	return false
 }
 
 // awaitFor is how long r waits for its feed to bring history's last: a

@@ -257,7 +257,15 @@ func TestAppenderSuccessorBehind(t *testing.T) {
 	if got := stream(t, c, b.r); !same(got, texts(all[:8])) {
 		t.Fatalf("while behind: %q", got)
 	}
-	feed(t, all[6:], b) // 7..12: 8 arrives, then 9.. are appended
+	// Still behind past the first second: its newest event (6) is in
+	// history, so it keeps waiting rather than yield the lease.
+	b.a.resyncWait = 2 * time.Second
+	b.a.rings[0].awaitUntil = time.Now().Add(-time.Millisecond)
+	feed(t, all[6:7], b) // 7
+	if !b.l.Held(0) {
+		t.Fatal("b yielded the lease though its feed was only behind")
+	}
+	feed(t, all[7:], b) // 8..12: 8 arrives, then 9.. are appended
 	if got := stream(t, c, b.r); !same(got, texts(all)) {
 		t.Fatalf("after catching up:\n got %q\nwant %q", got, texts(all))
 	}
