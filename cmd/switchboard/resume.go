@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/switchboard-rt/switchboard/pkg/broker"
 	"github.com/switchboard-rt/switchboard/pkg/history"
@@ -80,8 +81,12 @@ func (b *brokerFlags) resume(window time.Duration, log *zap.Logger) (*server.Res
 	}
 	lease := history.NewLease(appendStore, 0)
 	feed := history.NewFeed(history.NewAppender(appendStore, lease, 0), lease, feedQueue)
+	// Sampled: a Redis outage fails every append, up to the event rate.
+	sampled := log.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
+		return zapcore.NewSamplerWithOptions(c, time.Second, 5, 0)
+	}))
 	feed.OnError = func(project string, err error) {
-		log.Warn("history append failed", zap.String("project", project), zap.Error(err))
+		sampled.Warn("history append failed", zap.String("project", project), zap.Error(err))
 	}
 	b.onLoss = feed.Lost
 	return &server.ResumeConfig{
