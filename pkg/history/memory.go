@@ -232,34 +232,17 @@ func (m *Memory) ReadFrom(_ context.Context, projectID string, from Anchor, floo
 	if p != nil {
 		held, floor = p.held(), p.floor
 	}
-	var span Span
 	if from.IsZero() {
 		after := Position{MS: floorMS, Seq: 1<<64 - 1}
 		if floorMS+uint64(m.cfg.Window.Milliseconds()) < now || after.Less(floor) {
 			return Span{}, nil
 		}
-		i := sort.Search(len(held), func(i int) bool { return after.Less(held[i].pos) })
-		// The events before as context, so the span can be lined up
-		// with other anchors.
-		c := max(0, i-AnchorLen)
-		span.Events, span.Start = copyEntries(held[c:]), i-c
-	} else {
-		end, ok := findRun(len(held), func(i int) uint64 { return held[i].digest }, from)
-		if !ok {
-			return Span{}, nil
-		}
-		if held[end].pos.Less(floor) {
-			return Span{}, nil
-		}
-		span.Events = copyEntries(held[end+1-from.N:])
-		span.Start = from.N
-		// What comes after the anchor must also pass floorMS.
-		for span.Start < len(span.Events) && span.Events[span.Start].Pos.MS <= floorMS {
-			span.Start++
-		}
 	}
-	span.Complete = true
-	return span, nil
+	first, start, end, ok := cut(len(held), func(i int) (Position, uint64) { return held[i].pos, held[i].digest }, from, floorMS)
+	if !ok || end >= 0 && held[end].pos.Less(floor) {
+		return Span{}, nil
+	}
+	return Span{Events: copyEntries(held[first:]), Start: start, Complete: true}, nil
 }
 
 // copyEntries returns held as events (the data shared, never modified).

@@ -170,6 +170,19 @@ func modelPayload(rng *rand.Rand, project string, step int) []byte {
 // newest run (or, for the zero anchor, after floorMS), exactly the
 // model's events, and from Start exactly those after floorMS. It returns
 // the model's events after the anchor, and the run's end (-1: none).
+// modelAnchor picks where a reader stands in the model's events: most
+// often among the newest dozen (a run ending there), else the zero Anchor.
+func modelAnchor(rng *rand.Rand, evs []modelEvent) Anchor {
+	var a Anchor
+	if len(evs) > 0 && rng.IntN(5) > 0 {
+		j := len(evs) - 1 - rng.IntN(min(len(evs), 12))
+		for _, e := range evs[max(0, j-AnchorLen+1) : j+1] {
+			a.Push(Digest([]byte(e.data)))
+		}
+	}
+	return a
+}
+
 func checkSpan(t *testing.T, step int, evs []modelEvent, a Anchor, floorMS uint64, span Span) (after []modelEvent, end int) {
 	t.Helper()
 	end = -1
@@ -253,13 +266,7 @@ func memoryReadFromAgainstModel(t *testing.T, seed uint64) {
 		default:
 			p := projects[rng.IntN(len(projects))]
 			evs := model[p]
-			var a Anchor
-			if len(evs) > 0 && rng.IntN(5) > 0 {
-				j := len(evs) - 1 - rng.IntN(min(len(evs), 12))
-				for _, e := range evs[max(0, j-AnchorLen+1) : j+1] {
-					a.Push(Digest([]byte(e.data)))
-				}
-			}
+			a := modelAnchor(rng, evs)
 			var floorMS uint64
 			if a.IsZero() || rng.IntN(2) == 0 {
 				floorMS = nowMS(c.now()) - uint64(rng.IntN(12000))

@@ -278,13 +278,7 @@ func redisReadFromAgainstModel(t *testing.T, c redis.UniversalClient, h harness,
 		default:
 			p := projects[rng.IntN(len(projects))]
 			evs := model[p]
-			var a Anchor
-			if len(evs) > 0 && rng.IntN(5) > 0 {
-				j := len(evs) - 1 - rng.IntN(min(len(evs), 12))
-				for _, e := range evs[max(0, j-AnchorLen+1) : j+1] {
-					a.Push(Digest([]byte(e.data)))
-				}
-			}
+			a := modelAnchor(rng, evs)
 			var floorMS uint64
 			if a.IsZero() || rng.IntN(2) == 0 {
 				floorMS = nowMS(time.Now()) - uint64(rng.IntN(500))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -101,25 +102,77 @@ func (s Span) Find(a Anchor) (int, bool) {
 	return findRun(len(s.Events), func(i int) uint64 { return s.Events[i].Digest }, a)
 }
 
+// AnchorBefore returns the anchor of s's events before index i: the
+// newest AnchorLen of them (the zero Anchor when there are none).
+func (s Span) AnchorBefore(i int) Anchor {
+	var a Anchor
+	for _, e := range s.Events[max(0, i-AnchorLen):i] {
+		a.Push(e.Digest)
+	}
+	return a
+}
+
 // findRun returns the index of the last event of the newest run of n
 // events (digest(i) of each) whose digests are a.D[:a.N].
 func findRun(n int, digest func(int) uint64, a Anchor) (int, bool) {
+	return FindRun(n, digest, a, a.N)
+}
+
+// FindRun returns the index of the last event of the newest run of n
+// events (digest(i) of each) whose digests are a.D[:a.N]. When there is
+// none, and cut < a.N, it looks for a run that the first event cuts off:
+// a's newest m events at indexes 0 to m-1, the longest with m >= cut. The
+// zero Anchor is never found.
+func FindRun(n int, digest func(int) uint64, a Anchor, cut int) (int, bool) {
 	if a.N == 0 {
 		return 0, false
 	}
-	for i := n - 1; i >= a.N-1; i-- {
-		ok := true
-		for k := 0; k < a.N; k++ {
+	// matches tells whether the m events ending at index i are a's newest m.
+	matches := func(i, m int) bool {
+		for k := 0; k < m; k++ {
 			if digest(i-k) != a.D[a.N-1-k] {
-				ok = false
-				break
+				return false
 			}
 		}
-		if ok {
+		return true
+	}
+	for i := n - 1; i >= a.N-1; i-- {
+		if matches(i, a.N) {
 			return i, true
 		}
 	}
+	for m := min(a.N-1, n); m >= max(cut, 1); m-- {
+		if matches(m-1, m) {
+			return m - 1, true
+		}
+	}
 	return 0, false
+}
+
+// cut finds where a span read from an anchor, or from a floor, begins in
+// n held events, oldest first (at gives each one's position and digest):
+// first is the index of the span's first event (the anchor's run, or up
+// to AnchorLen events of context before the floor), start the index in
+// the span of its first event to replay (after the run and after
+// floorMS), and end the index of the anchor's last event (-1 for the
+// zero Anchor). ok is false when the anchor's run is not held. Both
+// stores read through it; what makes a span incomplete is theirs.
+func cut(n int, at func(int) (Position, uint64), from Anchor, floorMS uint64) (first, start, end int, ok bool) {
+	ms := func(i int) uint64 { p, _ := at(i); return p.MS }
+	if from.IsZero() {
+		i := sort.Search(n, func(i int) bool { return ms(i) > floorMS })
+		first = max(0, i-AnchorLen)
+		return first, i - first, -1, true
+	}
+	end, ok = findRun(n, func(i int) uint64 { _, d := at(i); return d }, from)
+	if !ok {
+		return 0, 0, 0, false
+	}
+	first, start = end+1-from.N, from.N
+	for first+start < n && ms(first+start) <= floorMS {
+		start++
+	}
+	return first, start, end, true
 }
 
 // Reader reads what a returning subscription missed.

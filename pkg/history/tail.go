@@ -201,7 +201,6 @@ func (tl *tail) span(from Anchor, floorMS, window uint64) (span Span, more bool)
 		return Span{}, false // nobody records what is published now
 	}
 	evs := tl.events
-	start := 0
 	if from.IsZero() {
 		after := Position{MS: floorMS, Seq: 1<<64 - 1}
 		if floorMS+window < tl.now || after.Less(tl.floor) || after.Less(tl.gap) {
@@ -210,26 +209,15 @@ func (tl *tail) span(from Anchor, floorMS, window uint64) (span Span, more bool)
 		if !tl.whole && (len(evs) == 0 || evs[0].Pos.MS > floorMS) {
 			return Span{}, true
 		}
-		for start < len(evs) && evs[start].Pos.MS <= floorMS {
-			start++
-		}
-		// The events before as context (ReadFrom's doc).
-		c := max(0, start-AnchorLen)
-		evs, start = evs[c:], start-c
-	} else {
-		end, ok := findRun(len(evs), func(i int) uint64 { return evs[i].Digest }, from)
-		if !ok {
-			return Span{}, !tl.whole
-		}
-		if evs[end].Pos.Less(tl.gap) {
-			return Span{}, false
-		}
-		evs = evs[end+1-from.N:]
-		start = from.N
-		for start < len(evs) && evs[start].Pos.MS <= floorMS {
-			start++
-		}
 	}
+	first, start, end, ok := cut(len(evs), func(i int) (Position, uint64) { return evs[i].Pos, evs[i].Digest }, from, floorMS)
+	switch {
+	case !ok:
+		return Span{}, !tl.whole
+	case end >= 0 && evs[end].Pos.Less(tl.gap):
+		return Span{}, false
+	}
+	evs = evs[first:]
 	return Span{Events: slices.Clone(evs), Start: start, Complete: true}, false
 }
 
