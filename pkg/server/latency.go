@@ -144,13 +144,8 @@ func (s *Server) oldestQueued() time.Duration {
 	for _, c := range s.waiter.sample(maxOldestScan) {
 		c.mu.Lock()
 		if c.q.waitOut {
-			for _, f := range c.q.frames {
-				if f.born != 0 {
-					if oldest == 0 || f.born < oldest {
-						oldest = f.born
-					}
-					break
-				}
+			if born := c.q.oldestBorn(); born != 0 && (oldest == 0 || born < oldest) {
+				oldest = born
 			}
 		}
 		c.mu.Unlock()

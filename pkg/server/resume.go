@@ -108,7 +108,7 @@ type resumer struct {
 	// jobs are the connections whose subscribe waits for its history, per
 	// project; the router keeps every event of the project for them.
 	jobs   map[string][]*resumeJob
-	active atomic.Int32 // len(jobs): the router's check per event without a map lookup
+	active atomic.Int32 // the jobs of every project: the router's check per event without a map lookup
 
 	// The records waiting for the writer, in order; a slice rather than a
 	// channel, which would hold its whole buffer from the start.
@@ -469,11 +469,7 @@ func (rs *resumer) plan(ctx context.Context, project, user, id string) resumePla
 // retries of a seam cost what is new, not the whole span again.
 func (rs *resumer) read(ctx context.Context, project string, p *resumePlan) {
 	if n := len(p.span.Events); p.span.Complete && n > 0 {
-		var tail history.Anchor
-		for _, e := range p.span.Events[max(0, n-history.AnchorLen):] {
-			tail.Push(e.Digest)
-		}
-		more, err := rs.cfg.Reader.ReadFrom(ctx, project, tail, 0)
+		more, err := rs.cfg.Reader.ReadFrom(ctx, project, p.span.AnchorBefore(n), 0)
 		if err == nil && more.Complete {
 			p.span.Events = append(p.span.Events, more.Events[more.Start:]...)
 			rs.parse(project, p, n)
@@ -577,22 +573,7 @@ func (p *resumePlan) lineUp(j *resumeJob) bool {
 // had routed fewer than four events of the project), as long as the
 // newest two of a's events are in it.
 func findFrom(s history.Span, a history.Anchor) (int, bool) {
-	if i, ok := s.Find(a); ok {
-		return i, true
-	}
-	for i := min(a.N-2, len(s.Events)-1); i >= 1; i-- {
-		match := true
-		for k := 0; k <= i; k++ {
-			if s.Events[i-k].Digest != a.D[a.N-1-k] {
-				match = false
-				break
-			}
-		}
-		if match {
-			return i, true
-		}
-	}
-	return 0, false
+	return history.FindRun(len(s.Events), func(i int) uint64 { return s.Events[i].Digest }, a, 2)
 }
 
 // behind lines p up when the router was behind the subscription when the
@@ -605,11 +586,7 @@ func findFrom(s history.Span, a history.Anchor) (int, bool) {
 // the router has routed that far.
 func (p *resumePlan) behind(j *resumeJob) bool {
 	s := p.span
-	var upto history.Anchor
-	for _, e := range s.Events[max(0, s.Start-history.AnchorLen):s.Start] {
-		upto.Push(e.Digest)
-	}
-	n := keptThrough(j.kept, upto)
+	n := keptThrough(j.kept, s.AnchorBefore(s.Start))
 	if n == 0 {
 		return false
 	}
@@ -622,25 +599,9 @@ func (p *resumePlan) behind(j *resumeJob) bool {
 // it (a subscription that starts live then gets no event twice from
 // this node); 0 when a's run is not among them.
 func keptThrough(kept []keptEvent, a history.Anchor) int {
-	evs := make([]history.Event, len(kept))
-	for i, k := range kept {
-		evs[i].Digest = k.digest
-	}
-	if i, ok := (history.Span{Events: evs}).Find(a); ok {
+	// The kept events may also begin inside a's run: its newest events.
+	if i, ok := history.FindRun(len(kept), func(i int) uint64 { return kept[i].digest }, a, 1); ok {
 		return i + 1
-	}
-	// The kept events may begin inside a's run: its newest m events.
-	for m := min(a.N-1, len(kept)); m > 0; m-- {
-		match := true
-		for k := 0; k < m; k++ {
-			if kept[k].digest != a.D[a.N-m+k] {
-				match = false
-				break
-			}
-		}
-		if match {
-			return m
-		}
 	}
 	return 0
 }
@@ -816,28 +777,15 @@ func (r *router) deliverTo(c *conn, ev *protocol.Event, subs []subscription) boo
 		c.mu.Unlock()
 		return false
 	}
-	r.ids = r.ids[:0]
-	for i := range subs {
-		sub := &subs[i]
-		if anyIn(sub.channels, ev.Channels) && sub.filter.Match(&r.doc) {
-			r.ids = append(r.ids, sub.id)
-		}
-	}
+	r.ids = matchSubscriptions(subs, ev, &r.doc, r.ids[:0])
 	if len(r.ids) == 0 {
 		c.mu.Unlock()
 		return false
 	}
-	f := r.frameFor(r.ids, false)
-	if err := c.q.push(f, r.srv.cfg.MaxQueueBytes); err != nil {
-		c.slowConsumerLocked()
-	}
-	r.count++
-	r.outBytes += f.size()
-	wake := c.q.wake(c.state == stateClosing)
-	c.mu.Unlock()
-	if wake {
-		r.sched = append(r.sched, c)
-	}
+	// Plain: a connection that negotiated permessage-deflate may receive
+	// uncompressed messages (RFC 7692 6), and a replay's events are its
+	// own.
+	r.queueUnlock(c, r.frameFor(r.ids, false))
 	return true
 }
 
@@ -853,8 +801,8 @@ func (c *conn) recordsLocked(anchor history.Anchor) []history.Record {
 	return recs
 }
 
-// endLocked tells the records of c's subscriptions that its connection
-// ended, unless the drain told them exactly. The caller holds c.mu, before
+// endRecordsLocked tells the records of c's subscriptions that its
+// connection ended, unless the drain told them exactly. The caller holds c.mu, before
 // the queue is dropped.
 func (c *conn) endRecordsLocked() {
 	rs := c.srv.resume
@@ -873,15 +821,15 @@ func (c *conn) endRecordsLocked() {
 			continue
 		}
 		rec := history.Record{Project: c.project, ID: sub.id, User: c.userID, Node: c.srv.node}
-		fresh := uint64(time.Now().UnixMilli())-rs.sinceMS(sub.since) < uint64(uncertain.Milliseconds())
+		made := rs.sinceMS(sub.since)
 		switch {
-		case sub.replayed && fresh:
+		case sub.replayed && uint64(time.Now().UnixMilli())-made < uint64(uncertain.Milliseconds()):
 			replaying = append(replaying, rec)
 		case rs.cfg.Shared:
 			ended = append(ended, rec)
 		default:
 			// Alone, recorded now for the first time: from when it was made.
-			rec.FloorMS = rs.sinceMS(sub.since)
+			rec.FloorMS = made
 			ended = append(ended, rec)
 		}
 	}
@@ -903,11 +851,8 @@ func (c *conn) endRecordsLocked() {
 // round trip, on top of those. The caller holds c.mu.
 func (c *conn) uncertainLocked() time.Duration {
 	d := resumeMargin
-	for _, f := range c.q.frames {
-		if f.born != 0 {
-			d += time.Duration(max(c.srv.latency.stamp()-f.born, 0))
-			break
-		}
+	if born := c.q.oldestBorn(); born != 0 {
+		d += time.Duration(max(c.srv.latency.stamp()-born, 0))
 	}
 	info, err := unix.GetsockoptTCPInfo(c.fd, unix.IPPROTO_TCP, unix.TCP_INFO)
 	switch {

@@ -163,7 +163,13 @@ func (r *router) visit(_ index.ID, c *conn) {
 		c.mu.Unlock()
 		return
 	}
-	f := r.frameFor(r.ids, c.flags&flagDeflate != 0)
+	r.queueUnlock(c, r.frameFor(r.ids, c.flags&flagDeflate != 0))
+}
+
+// queueUnlock queues f, an event's frame, on c and counts it; the caller
+// holds c.mu, which queueUnlock releases. c is scheduled for the write
+// pool when the event's delivery finishes.
+func (r *router) queueUnlock(c *conn, f outFrame) {
 	if err := c.q.push(f, r.srv.cfg.MaxQueueBytes); err != nil {
 		c.slowConsumerLocked()
 	}
@@ -199,8 +205,14 @@ func (r *router) swapUsage(empty *usage.Tally) *usage.Tally {
 // subscriptions, and is also what keeps a subscription that was just
 // removed (but not yet re-indexed) from receiving.
 func (c *conn) matchLocked(ev *protocol.Event, doc *query.Document, dst []string) []string {
-	for i := range c.subs {
-		sub := &c.subs[i]
+	return matchSubscriptions(c.subs, ev, doc, dst)
+}
+
+// matchSubscriptions appends the ids of subs that ev matches (doc is its
+// payload): on one of their channels, and passing their filters.
+func matchSubscriptions(subs []subscription, ev *protocol.Event, doc *query.Document, dst []string) []string {
+	for i := range subs {
+		sub := &subs[i]
 		if anyIn(sub.channels, ev.Channels) && sub.filter.Match(doc) {
 			dst = append(dst, sub.id)
 		}

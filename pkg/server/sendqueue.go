@@ -97,6 +97,17 @@ func (q *sendQueue) cut() error {
 	return errSlowConsumer
 }
 
+// oldestBorn returns the stamp of the first event frame queued (its
+// oldest: frames leave in order), 0 when none is.
+func (q *sendQueue) oldestBorn() int64 {
+	for _, f := range q.frames {
+		if f.born != 0 {
+			return f.born
+		}
+	}
+	return 0
+}
+
 // empty reports whether nothing is queued.
 func (q *sendQueue) empty() bool { return len(q.frames) == 0 }
 
