@@ -758,29 +758,11 @@ func (pcn *propConn) has(n int) bool {
 // resumeStatus reads the resume status of subscription id from a
 // subscribe response: "resumed", "new", or "live_<reason>".
 func resumeStatus(m message, id string) (string, error) {
-	if m.Type != "response" {
-		return "", fmt.Errorf("not a response")
+	st, err := parseResumeStatus(m, id)
+	if err == nil && st == "" {
+		err = fmt.Errorf("no resume status for %s", id)
 	}
-	var resp struct {
-		Subscriptions []struct {
-			SubscriptionID string `json:"subscriptionId"`
-			Resume         *struct {
-				Status string `json:"status"`
-				Reason string `json:"reason"`
-			} `json:"resume"`
-		} `json:"subscriptions"`
-	}
-	if err := json.Unmarshal(m.Data, &resp); err != nil {
-		return "", err
-	}
-	if len(resp.Subscriptions) != 1 || resp.Subscriptions[0].SubscriptionID != id || resp.Subscriptions[0].Resume == nil {
-		return "", fmt.Errorf("no resume status for %s", id)
-	}
-	r := resp.Subscriptions[0].Resume
-	if r.Reason != "" {
-		return r.Status + "_" + r.Reason, nil
-	}
-	return r.Status, nil
+	return st, err
 }
 
 // matches tells whether ev is deliverable to pcn: one of its roles (or

@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -48,6 +46,20 @@ func (c *client) subscribeAs(id string, channels ...string) string {
 	ch, _ := json.Marshal(channels)
 	c.send(`{"type":"subscribe","data":[{"subscriptionId":"` + id + `","channels":` + string(ch) + `,"queries":[]}]}`)
 	m := c.expect("response")
+	st, err := parseResumeStatus(m, id)
+	if err != nil {
+		c.t.Fatalf("subscribe response %s (%v)", m.Data, err)
+	}
+	return st
+}
+
+// parseResumeStatus reads the resume status of subscription id, the one
+// subscription of a subscribe response: "resumed", "new", "live_<reason>",
+// or "" when the response has no resume field.
+func parseResumeStatus(m message, id string) (string, error) {
+	if m.Type != "response" {
+		return "", fmt.Errorf("not a response")
+	}
 	var resp struct {
 		Subscriptions []struct {
 			SubscriptionID string `json:"subscriptionId"`
@@ -57,17 +69,20 @@ func (c *client) subscribeAs(id string, channels ...string) string {
 			} `json:"resume"`
 		} `json:"subscriptions"`
 	}
-	if err := json.Unmarshal(m.Data, &resp); err != nil || len(resp.Subscriptions) != 1 || resp.Subscriptions[0].SubscriptionID != id {
-		c.t.Fatalf("subscribe response %s (%v)", m.Data, err)
+	if err := json.Unmarshal(m.Data, &resp); err != nil {
+		return "", err
 	}
-	r := resp.Subscriptions[0].Resume
-	if r == nil {
-		return ""
+	if len(resp.Subscriptions) != 1 || resp.Subscriptions[0].SubscriptionID != id {
+		return "", fmt.Errorf("not the response for %s", id)
 	}
-	if r.Reason != "" {
-		return r.Status + "_" + r.Reason
+	switch r := resp.Subscriptions[0].Resume; {
+	case r == nil:
+		return "", nil
+	case r.Reason != "":
+		return r.Status + "_" + r.Reason, nil
+	default:
+		return r.Status, nil
 	}
-	return r.Status
 }
 
 // seqs reads events until one numbered last arrives and returns their
@@ -354,11 +369,6 @@ func TestNoResumeFieldWithoutResume(t *testing.T) {
 // serve` runs it alone): issue 24's "no per-connection state beyond what
 // is held today".
 func BenchmarkIdleSubscribedConnHeap(b *testing.B) {
-	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer devnull.Close()
 	req := strings.Replace(upgradeRequest, "&channels[]=files", "", 1)
 	for _, resume := range []bool{false, true} {
 		b.Run("resume="+strconv.FormatBool(resume), func(b *testing.B) {
@@ -369,35 +379,17 @@ func BenchmarkIdleSubscribedConnHeap(b *testing.B) {
 			s := offlineNode(b, cfg)
 			if s.resume != nil {
 				s.resume.start()
-				defer s.resume.shutdown(context.Background())
+				b.Cleanup(func() { _ = s.resume.shutdown(context.Background()) })
 			}
-			conns := make([]*conn, 0, b.N)
 			frames := make([][]byte, b.N)
 			for i := range frames {
 				// Ids as the SDK makes them: 20 hex digits, each its own.
 				sub := fmt.Sprintf(`{"type":"subscribe","data":[{"subscriptionId":"%020x","channels":["files"],"queries":[]}]}`, i)
 				frames[i] = maskedFrame(ws.OpText, true, []byte(sub), [4]byte{1, 2, 3, 4})
 			}
-			var before, after runtime.MemStats
-			runtime.GC()
-			runtime.ReadMemStats(&before)
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				c := &conn{Context: context.Background(), srv: s, nc: &fakeNC{}, fd: int(devnull.Fd())}
-				c.id = s.idx.Insert(c)
-				c.feed(append([]byte(req), frames[i]...))
-				conns = append(conns, c)
-			}
-			b.StopTimer()
-			frames = nil
-			runtime.GC()
-			runtime.ReadMemStats(&after)
-			b.ReportMetric(float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)-int64(cap(conns))*8)/float64(b.N), "heap-B/conn")
+			conns := idleConnHeap(b, s, func(i int) []byte { return append([]byte(req), frames[i]...) })
 			if len(conns[0].subs) != 1 {
 				b.Fatalf("subscriptions: %d", len(conns[0].subs))
-			}
-			for _, c := range conns {
-				c.onClosed(nil)
 			}
 		})
 	}
