@@ -178,11 +178,19 @@ type link struct {
 	channel string
 	// where names the server(s) in logs and errors; never the password.
 	where string
+	// markChannel, when set, is subscribed on the same PubSub as channel
+	// (open subscribes both in one command), so that a mark published on
+	// it reaches the queue in its place among channel's messages: Redis
+	// writes a connection's Pub/Sub messages in the order it ran the
+	// publishes.
+	markChannel string
+	// partition is the partition whose marks markChannel carries.
+	partition int
 	// open returns a fresh PubSub that has sent its (S)SUBSCRIBE. It may
 	// return a PubSub together with an error; the link closes it.
 	open func(ctx context.Context) (*redis.PubSub, error)
 	// out is the queue Run drains into the handler.
-	out chan<- string
+	out chan<- delivery
 	// report is called on every state change: nil once subscribed, the
 	// reason while not.
 	report func(err error)
@@ -313,6 +321,10 @@ func (l *link) session(ctx context.Context) (subscribed bool, err error) {
 		seen.Add(1)
 		switch m := v.(type) {
 		case *redis.Message:
+			if m.Channel == l.markChannel {
+				l.deliverMark(m.Payload)
+				continue
+			}
 			l.deliver(m.Payload)
 		case *redis.Subscription:
 			// We never unsubscribe a live PubSub (we close it), so this
@@ -352,11 +364,20 @@ func (l *link) awaitConfirmation(ctx context.Context, ps *redis.PubSub) error {
 func (l *link) deliver(payload string) {
 	l.m.messages.Inc()
 	select {
-	case l.out <- payload:
+	case l.out <- delivery{payload: payload}:
 	default:
 		l.m.dropped.Inc()
 		l.drops.note(l.log, l.channel)
 		l.lost()
+	}
+}
+
+// deliverMark queues a mark like a message. A full queue drops it
+// uncounted: a mark is no event, and whoever waits for it gives up in time.
+func (l *link) deliverMark(mark string) {
+	select {
+	case l.out <- delivery{payload: mark, mark: true, partition: l.partition}:
+	default:
 	}
 }
 
@@ -408,18 +429,32 @@ func (l *link) watch(ctx context.Context, ps *redis.PubSub, seen *atomic.Uint64,
 	}
 }
 
-// dispatch drains the queue into h, one message at a time and in order,
-// until ctx ends. The payload is copied into one reused buffer: Handler's
-// contract (valid until it returns) allows that, so steady-state delivery
-// allocates nothing beyond go-redis's own string.
-func dispatch(ctx context.Context, in <-chan string, h Handler) {
+// delivery is one entry of Run's queue: a message for the handler, or a
+// mark of partition for RedisOptions.OnMark.
+type delivery struct {
+	payload   string
+	mark      bool
+	partition int
+}
+
+// dispatch drains the queue into h (and marks into onMark), one at a time
+// and in order, until ctx ends. The payload is copied into one reused
+// buffer: Handler's contract (valid until it returns) allows that, so
+// steady-state delivery allocates nothing beyond go-redis's own string.
+func dispatch(ctx context.Context, in <-chan delivery, h Handler, onMark func(partition int, mark string)) {
 	var buf []byte
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case s := <-in:
-			buf = append(buf[:0], s...)
+		case d := <-in:
+			if d.mark {
+				if onMark != nil {
+					onMark(d.partition, d.payload)
+				}
+				continue
+			}
+			buf = append(buf[:0], d.payload...)
 			h(buf)
 			if cap(buf) > 1<<16 {
 				// One huge message must not pin its size for the node's life.

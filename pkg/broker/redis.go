@@ -20,7 +20,7 @@ const DefaultChannel = "realtime"
 // DefaultBuffer is the number of messages a Redis broker holds between its
 // Redis reader and the handler when none is configured: about a second of a
 // busy backbone, enough to ride out a garbage-collection pause or a burst
-// without dropping, small enough (its slots cost 16 bytes plus the
+// without dropping, small enough (its slots cost 32 bytes plus the
 // messages) to keep a stalled node's memory bounded.
 const DefaultBuffer = 4096
 
@@ -49,7 +49,19 @@ type RedisOptions struct {
 	// gap). It is called from the broker's reader goroutines and must not
 	// block.
 	OnLoss func()
+	// OnMark, when set, makes the broker carry marks (Mark) beside the
+	// messages and hand each to OnMark in its place among them: after
+	// every message of its partition published before the mark, before
+	// every one published after it. The history's appender hands its
+	// lease over with one (RESUME.md). It is called between the handler's
+	// calls, on the same goroutine, and must not block.
+	OnMark func(partition int, mark string)
 }
+
+// MarkSuffix names the channel of marks: <channel>.marks, on the
+// sharded broker ShardChannel(<channel>.marks, partition), in the slot of
+// the partition's own channel.
+const MarkSuffix = ".marks"
 
 // Redis is the multi-node broker: every node SUBSCRIBEs to one Redis Pub/Sub
 // channel, and Publish PUBLISHes on it, so a message published anywhere
@@ -71,12 +83,13 @@ type Redis struct {
 	timing  timing
 	drops   dropLog
 	onLoss  func()
+	onMark  func(int, string)
 
 	state atomic.Pointer[errBox] // what Ready returns
 
 	mu      sync.Mutex
 	runDone chan struct{} // non-nil while Run runs; closed when it returns
-	queue   chan string   // Run's queue into the handler, while Run runs
+	queue   chan delivery // Run's queue into the handler, while Run runs
 	closed  chan struct{}
 }
 
@@ -113,6 +126,7 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 		buffer:  opts.Buffer,
 		log:     opts.Logger,
 		onLoss:  opts.OnLoss,
+		onMark:  opts.OnMark,
 		timing:  defaultTiming(),
 		closed:  make(chan struct{}),
 	}
@@ -167,6 +181,25 @@ func (r *Redis) Publish(ctx context.Context, msg []byte) error {
 	return nil
 }
 
+// Mark publishes mark on the channel of marks, for every node's OnMark.
+// partition must be 0: the single channel is one partition. Like Publish
+// it gives up after 2 s or when ctx ends.
+func (r *Redis) Mark(ctx context.Context, partition int, mark string) error {
+	if partition != 0 {
+		return fmt.Errorf("redis broker: mark of partition %d: the single channel has only partition 0", partition)
+	}
+	if r.isClosed() {
+		return ErrClosed
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.timing.publishTimeout)
+	defer cancel()
+	ch := r.channel + MarkSuffix
+	if err := r.client.Publish(ctx, ch, mark).Err(); err != nil {
+		return fmt.Errorf("redis broker: publish mark to %q on %s: %w", ch, r.addr, err)
+	}
+	return nil
+}
+
 // Run implements Broker: it subscribes (retrying until Redis answers),
 // calls h for each message in order, and keeps the subscription alive until
 // ctx ends, when it returns ctx's error, or until Close, when it returns
@@ -182,7 +215,7 @@ func (r *Redis) Run(ctx context.Context, h Handler) error {
 		return fmt.Errorf("redis broker: %w", errRunning)
 	}
 	runDone := make(chan struct{})
-	queue := make(chan string, r.buffer)
+	queue := make(chan delivery, r.buffer)
 	r.runDone, r.queue = runDone, queue
 	r.mu.Unlock()
 	defer func() {
@@ -202,6 +235,12 @@ func (r *Redis) Run(ctx context.Context, h Handler) error {
 		}
 	}()
 
+	channels := []string{r.channel}
+	markChannel := ""
+	if r.onMark != nil {
+		markChannel = r.channel + MarkSuffix
+		channels = append(channels, markChannel)
+	}
 	l := &link{
 		timing:  r.timing,
 		kind:    "subscribe",
@@ -209,17 +248,18 @@ func (r *Redis) Run(ctx context.Context, h Handler) error {
 		where:   r.addr,
 		open: func(ctx context.Context) (*redis.PubSub, error) {
 			ps := r.client.Subscribe(ctx) // no channel yet: no I/O, no error swallowed
-			if err := ps.Subscribe(ctx, r.channel); err != nil {
+			if err := ps.Subscribe(ctx, channels...); err != nil {
 				return ps, fmt.Errorf("subscribe: %w", err)
 			}
 			return ps, nil
 		},
-		out:    queue,
-		report: r.report,
-		onLoss: r.onLoss,
-		m:      r.m,
-		log:    r.log,
-		drops:  &r.drops,
+		markChannel: markChannel,
+		out:         queue,
+		report:      r.report,
+		onLoss:      r.onLoss,
+		m:           r.m,
+		log:         r.log,
+		drops:       &r.drops,
 	}
 	done := make(chan struct{})
 	go func() {
@@ -227,7 +267,7 @@ func (r *Redis) Run(ctx context.Context, h Handler) error {
 		l.run(lctx)
 	}()
 
-	dispatch(lctx, queue, h)
+	dispatch(lctx, queue, h, r.onMark)
 	cancel()
 	<-done
 	r.report(r.notRunning())

@@ -87,6 +87,7 @@ type RedisSharded struct {
 	timing  timing
 	drops   dropLog
 	onLoss  func()
+	onMark  func(int, string)
 	closed  chan struct{}
 
 	mu sync.Mutex
@@ -104,7 +105,7 @@ type RedisSharded struct {
 	// Want during Run must end with it, so it has to be reachable from
 	// Want. nil while Run is not running.
 	runCtx  context.Context
-	queue   chan string
+	queue   chan delivery
 	runDone chan struct{} // non-nil while Run runs; closed when it returns
 	wg      sync.WaitGroup
 	// clusterErr is the result of the last cluster PING during Run: it
@@ -165,6 +166,7 @@ func NewRedisSharded(opts RedisShardedOptions) (*RedisSharded, error) {
 		buffer:  opts.Buffer,
 		log:     opts.Logger,
 		onLoss:  opts.OnLoss,
+		onMark:  opts.OnMark,
 		timing:  defaultTiming(),
 		closed:  make(chan struct{}),
 	}
@@ -226,6 +228,25 @@ func (s *RedisSharded) Publish(ctx context.Context, msg []byte) error {
 			return ErrClosed
 		}
 		return fmt.Errorf("redis sharded broker: spublish to %q on %s: %w", ch, s.where, err)
+	}
+	return nil
+}
+
+// Mark SPUBLISHes mark on partition's channel of marks, for the OnMark of
+// every node subscribed to the partition. Like Publish it gives up after
+// 2 s or when ctx ends.
+func (s *RedisSharded) Mark(ctx context.Context, partition int, mark string) error {
+	if partition < 0 || partition >= s.n {
+		return fmt.Errorf("redis sharded broker: mark of partition %d: out of [0, %d)", partition, s.n)
+	}
+	if s.isClosed() {
+		return ErrClosed
+	}
+	ch := ShardChannel(s.channel+MarkSuffix, partition)
+	ctx, cancel := context.WithTimeout(ctx, s.timing.publishTimeout)
+	defer cancel()
+	if err := s.client.SPublish(ctx, ch, mark).Err(); err != nil {
+		return fmt.Errorf("redis sharded broker: spublish mark to %q on %s: %w", ch, s.where, err)
 	}
 	return nil
 }
@@ -298,7 +319,7 @@ func (s *RedisSharded) Run(ctx context.Context, h Handler) error {
 	runDone := make(chan struct{})
 	s.runDone = runDone
 	s.runCtx = rctx
-	s.queue = make(chan string, s.buffer)
+	s.queue = make(chan delivery, s.buffer)
 	s.clusterErr = fmt.Errorf("no answer from %s yet", s.where)
 	for p, w := range s.want {
 		if w > 0 {
@@ -322,7 +343,7 @@ func (s *RedisSharded) Run(ctx context.Context, h Handler) error {
 		}
 	}()
 
-	dispatch(rctx, queue, h)
+	dispatch(rctx, queue, h, s.onMark)
 	cancel()
 
 	s.mu.Lock()
@@ -352,6 +373,12 @@ func (s *RedisSharded) Run(ctx context.Context, h Handler) error {
 func (s *RedisSharded) startLocked(p int) {
 	ctx, cancel := context.WithCancel(s.runCtx)
 	ch := ShardChannel(s.channel, p)
+	channels := []string{ch}
+	markChannel := ""
+	if s.onMark != nil {
+		markChannel = ShardChannel(s.channel+MarkSuffix, p) // the same slot as ch
+		channels = append(channels, markChannel)
+	}
 	sub := &partitionSub{cancel: cancel, done: make(chan struct{})}
 	prev := s.lastDone[p]
 	s.subs[p] = sub
@@ -364,18 +391,20 @@ func (s *RedisSharded) startLocked(p int) {
 			// Empty first, then SSUBSCRIBE: the cluster client picks the
 			// node that owns ch's slot when the connection is made.
 			ps := s.client.SSubscribe(ctx)
-			if err := ps.SSubscribe(ctx, ch); err != nil {
+			if err := ps.SSubscribe(ctx, channels...); err != nil {
 				return ps, fmt.Errorf("ssubscribe: %w", err)
 			}
 			return ps, nil
 		},
-		out:    s.queue,
-		report: func(err error) { s.reportPartition(p, sub, err) },
-		onLoss: s.onLoss,
-		quiet:  true,
-		m:      s.m,
-		log:    s.log.With(zap.Int("partition", p)),
-		drops:  &s.drops,
+		markChannel: markChannel,
+		partition:   p,
+		out:         s.queue,
+		report:      func(err error) { s.reportPartition(p, sub, err) },
+		onLoss:      s.onLoss,
+		quiet:       true,
+		m:           s.m,
+		log:         s.log.With(zap.Int("partition", p)),
+		drops:       &s.drops,
 	}
 	s.wg.Add(1)
 	go func() {
