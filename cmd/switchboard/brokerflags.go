@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/switchboard-rt/switchboard/pkg/broker"
+	"github.com/switchboard-rt/switchboard/pkg/history"
 	"github.com/switchboard-rt/switchboard/pkg/presence"
 	projectusage "github.com/switchboard-rt/switchboard/pkg/usage" // main.go has a func usage
 )
@@ -23,8 +24,10 @@ type brokerFlags struct {
 	sharded    bool
 	partitions int
 	buffer     int
-	// onLoss, set by resume, hears of lost backbone messages.
-	onLoss func()
+	// feed, set by resume, is the history's appender feed: it hears of
+	// lost backbone messages and of marks, and publishes its marks
+	// through the broker.
+	feed *history.Feed
 }
 
 func (b *brokerFlags) register(fs *flag.FlagSet) {
@@ -63,17 +66,26 @@ func (b *brokerFlags) open(log *zap.Logger, reg prometheus.Registerer) (broker.B
 	// go-redis logs through a process-wide logger; route it through ours so
 	// an outage is one line per state change, not one per dial.
 	redis.SetLogger(broker.NewRedisLogger(log))
-	opts := broker.RedisOptions{URL: b.redisURL, Channel: b.channel, Buffer: b.buffer, Logger: log, Registerer: reg, OnLoss: b.onLoss}
-	if b.sharded {
-		r, err := broker.NewRedisSharded(broker.RedisShardedOptions{RedisOptions: opts, Partitions: b.partitions})
-		if err != nil {
-			return nil, nil, fmt.Errorf("--redis-url: %w", err)
-		}
-		return r, r.Close, nil
+	opts := broker.RedisOptions{URL: b.redisURL, Channel: b.channel, Buffer: b.buffer, Logger: log, Registerer: reg}
+	if b.feed != nil {
+		opts.OnLoss, opts.OnMark = b.feed.Lost, b.feed.Mark
 	}
-	r, err := broker.NewRedis(opts)
+	var r interface {
+		broker.Broker
+		history.Marker
+		Close() error
+	}
+	var err error
+	if b.sharded {
+		r, err = broker.NewRedisSharded(broker.RedisShardedOptions{RedisOptions: opts, Partitions: b.partitions})
+	} else {
+		r, err = broker.NewRedis(opts)
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("--redis-url: %w", err)
+	}
+	if b.feed != nil {
+		b.feed.Marker = r
 	}
 	return r, r.Close, nil
 }

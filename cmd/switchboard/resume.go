@@ -26,8 +26,8 @@ const feedQueue = 1 << 16
 // node's own memory when it is alone; with Redis, the shared history and
 // records, and the appender that copies the feed into Redis on the node
 // that holds a partition's lease. It must run before open, whose broker
-// tells the appender of lost messages. The returned close function is
-// never nil.
+// tells the appender of lost messages and carries its marks. The returned
+// close function is never nil.
 func (b *brokerFlags) resume(window time.Duration, log *zap.Logger) (*server.ResumeConfig, func() error, error) {
 	cfg := history.Config{Window: window}
 	if b.redisURL == "" {
@@ -88,7 +88,7 @@ func (b *brokerFlags) resume(window time.Duration, log *zap.Logger) (*server.Res
 	feed.OnError = func(project string, err error) {
 		sampled.Warn("history append failed", zap.String("project", project), zap.Error(err))
 	}
-	b.onLoss = feed.Lost
+	b.feed = feed
 	return &server.ResumeConfig{
 		Window:  window,
 		Reader:  store,

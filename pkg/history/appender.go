@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -35,6 +36,19 @@ return 1
 var releaseScript = redis.NewScript(`
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+`)
+
+// sealScript records, fenced by the lease and only while history's last
+// is still ARGV[2], that history is whole up to mark ARGV[3]: every event
+// published before the mark is in it, up to last. A leader writes it as
+// its last act on the partition (Appender.Mark); a successor whose feed
+// heard the mark continues history right after it (ring.sealed). Replies
+// 1 when written.
+var sealScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[2], 'last') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[2], 'seal', ARGV[3] .. ' ' .. ARGV[2])
+return 1
 `)
 
 // Lease elects one appender per partition: SET NX PX with the node's id,
@@ -166,12 +180,64 @@ type ring struct {
 	// its ring holds it, or awaitUntil passes (then a gap).
 	await      string
 	awaitUntil time.Time
+	// awaitSeal is the seal (sealScript) history had when await was set:
+	// the feed bringing its mark also ends the wait.
+	awaitSeal string
 	// yielded: this node gave the lease up once for want of the last
 	// event; the next time it leads without it, it records the gap.
 	yielded bool
+	// marks are the newest marks the feed brought (Appender.Mark), each
+	// at the ring's end when it came: events from at on followed it.
+	marks []ringMark
+	// sealing is the mark this node published to hand the partition over
+	// (Feed's hand-over); empty when none.
+	sealing string
 }
 
+// ringMark is a mark heard in the feed, and where.
+type ringMark struct {
+	id string
+	at int
+}
+
+// maxMarks bounds the marks a ring keeps: a hand-over's successor needs
+// only the newest, and a few more ride out marks of nodes handing over
+// other partitions' leases at the same time.
+const maxMarks = 8
+
 func (r *ring) at(i int) *ringEntry { return &r.buf[i%len(r.buf)] }
+
+// mark notes mark id at the ring's end, and forgets marks whose following
+// events the ring no longer holds whole.
+func (r *ring) mark(id string) {
+	kept := r.marks[:0]
+	for _, m := range r.marks {
+		if m.at >= r.start {
+			kept = append(kept, m)
+		}
+	}
+	if len(kept) == maxMarks {
+		kept = append(kept[:0], kept[1:]...)
+	}
+	r.marks = append(kept, ringMark{id: id, at: r.end})
+}
+
+// sealed tells where r continues a history whose last is last, by the
+// seal a leader wrote when it handed the partition over ("<mark> <last>",
+// sealScript): right after the mark, when the seal is of this very last
+// and r heard the mark and still holds every event since.
+func (r *ring) sealed(last, seal string) (int, bool) {
+	i := strings.LastIndexByte(seal, ' ')
+	if last == "" || i < 0 || seal[i+1:] != last {
+		return 0, false
+	}
+	for _, m := range r.marks {
+		if m.id == seal[:i] && m.at >= r.start {
+			return m.at, true
+		}
+	}
+	return 0, false
+}
 
 func (r *ring) push(e ringEntry) {
 	if r.end-r.start == len(r.buf) {
@@ -240,6 +306,7 @@ type Appender struct {
 	resyncWait time.Duration
 
 	rings []ring
+	marks int // marks published so far, for their ids
 }
 
 // DefaultResyncWait bounds how long a new leader whose feed runs behind
@@ -292,10 +359,14 @@ func (a *Appender) settleAwait(ctx context.Context, p int, r *ring) bool {
 		return true
 	}
 	i, ok := r.find(r.await)
+	if !ok {
+		i, ok = r.sealed(r.await, r.awaitSeal)
+	}
 	switch {
 	case ok:
-		// The feed caught up: append what follows history's last.
-		r.next, r.last, r.await, r.yielded = i, r.await, "", false
+		// The feed caught up (or brought the mark of a hand-over):
+		// append what follows history's last.
+		r.next, r.last, r.await, r.awaitSeal, r.yielded = i, r.await, "", "", false
 		return true
 	case time.Now().Before(r.awaitUntil):
 		r.next = r.end
@@ -308,12 +379,12 @@ func (a *Appender) settleAwait(ctx context.Context, p int, r *ring) bool {
 		r.awaitUntil = time.Now().Add(a.resyncWait)
 		return false
 	case !r.yielded:
-		r.next, r.await, r.yielded = r.end, "", true
+		r.next, r.await, r.awaitSeal, r.yielded = r.end, "", "", true
 		a.lease.Yield(ctx, p, 2*a.lease.ttl)
 		return false
 	default:
 		// Nobody had it: what was published in between is lost.
-		r.next, r.gap, r.await, r.yielded = r.end-1, true, "", false
+		r.next, r.gap, r.await, r.awaitSeal, r.yielded = r.end-1, true, "", "", false
 		return true
 	}
 }
@@ -359,27 +430,29 @@ func (a *Appender) flush(ctx context.Context, r *ring) error {
 		if r.gap {
 			prev = "*"
 		}
-		st, _, last, err := a.store.append(ctx, e.project, e.data, prev, e.digest)
+		rep, err := a.store.append(ctx, e.project, e.data, prev, e.digest)
 		if err != nil {
 			// Unknown whether it was written: the chain tells at the
 			// next append.
 			return err
 		}
-		switch st {
+		switch rep.status {
 		case appendDone:
 			r.next++
-			r.last, r.gap = last, false
+			r.last, r.gap = rep.last, false
 		case appendNotLeader:
 			r.next = r.end
 			return nil
 		case appendResync:
-			if i, ok := r.find(last); ok && i <= r.end {
-				r.next, r.last = i, last
+			if i, ok := r.find(rep.last); ok && i <= r.end {
+				r.next, r.last = i, rep.last
+			} else if i, ok := r.sealed(rep.last, rep.seal); ok {
+				r.next, r.last = i, rep.last
 			} else if a.resyncWait > 0 {
 				// Where history stands is not in the ring: this node's
 				// feed may be behind the predecessor's. Wait for it
 				// (Offer), rather than record a gap at once.
-				r.next, r.await, r.awaitUntil = r.end, last, time.Now().Add(a.awaitFor(r))
+				r.next, r.await, r.awaitSeal, r.awaitUntil = r.end, rep.last, rep.seal, time.Now().Add(a.awaitFor(r))
 				return nil
 			} else {
 				// What was published in between is lost; say so.
@@ -416,7 +489,7 @@ func (a *Appender) Bridge(ctx context.Context) error {
 	var first error
 	for p := range a.rings {
 		r := &a.rings[p]
-		if !a.lease.Held(p) || r.start == r.end {
+		if !a.lease.Held(p) || r.start == r.end && len(r.marks) == 0 {
 			continue
 		}
 		if r.await != "" {
@@ -430,28 +503,110 @@ func (a *Appender) Bridge(ctx context.Context) error {
 		if r.last != "" || r.gap {
 			continue
 		}
-		last, err := a.store.c.HGet(ctx, a.store.tag(p)+"p", "last").Result()
-		if err != nil {
-			if err != redis.Nil && first == nil {
-				first = fmt.Errorf("history: bridge partition %d: %w", p, err)
-			}
-			continue
-		}
-		i, ok := r.find(last)
-		switch {
-		case ok:
-			r.next, r.last = i, last
-		case a.resyncWait > 0:
-			r.next, r.await, r.awaitUntil = r.end, last, time.Now().Add(a.awaitFor(r))
-			continue
-		default:
-			continue // the next Offer's append records the gap
-		}
-		if err := a.flush(ctx, r); err != nil && first == nil {
+		if err := a.bridge(ctx, p, r); err != nil && first == nil {
 			first = err
 		}
 	}
 	return first
+}
+
+// bridge is Bridge of one partition this node has just come to lead.
+func (a *Appender) bridge(ctx context.Context, p int, r *ring) error {
+	vals, err := a.store.c.HMGet(ctx, a.store.tag(p)+"p", "last", "seal").Result()
+	if err != nil {
+		return fmt.Errorf("history: bridge partition %d: %w", p, err)
+	}
+	last, _ := vals[0].(string)
+	seal, _ := vals[1].(string)
+	if last == "" {
+		return nil // no history yet: the first append begins it
+	}
+	i, ok := r.find(last)
+	if !ok {
+		i, ok = r.sealed(last, seal)
+	}
+	switch {
+	case ok:
+		r.next, r.last = i, last
+	case r.start == r.end:
+		return nil // heard nothing but marks: the next Offer's append finds where history stands
+	case a.resyncWait > 0:
+		r.next, r.await, r.awaitSeal, r.awaitUntil = r.end, last, seal, time.Now().Add(a.awaitFor(r))
+		return nil
+	default:
+		return nil // the next Offer's append records the gap
+	}
+	return a.flush(ctx, r)
+}
+
+// Sealable returns the partitions this node leads and holds whole: it
+// has appended every event its feed brought, after history's last. Only
+// those can be handed over with a mark (Feed's hand-over). It first
+// appends what is due, and bridges a partition it came to lead quietly.
+func (a *Appender) Sealable(ctx context.Context) []int {
+	var ps []int
+	for p := range a.rings {
+		r := &a.rings[p]
+		if !a.lease.Held(p) || r.await != "" || r.gap {
+			continue
+		}
+		if r.last == "" {
+			_ = a.bridge(ctx, p, r) // failed: not sealable
+		} else if r.next < r.end {
+			_ = a.flush(ctx, r)
+		}
+		if r.last != "" && !r.gap && r.await == "" && r.next == r.end {
+			ps = append(ps, p)
+		}
+	}
+	return ps
+}
+
+// NewMark returns a mark id of this node's, never used before, for the
+// hand-over of partition p, and expects it back through Mark.
+func (a *Appender) NewMark(p int) string {
+	a.marks++
+	id := a.store.node + "/" + strconv.Itoa(a.marks)
+	a.rings[p].sealing = id
+	return id
+}
+
+// Mark notes a mark the feed brought for partition p, in its place among
+// the events. When it is the one this node published to hand p over
+// (NewMark), Mark seals: it appends what came before the mark, records
+// that history is whole up to it (sealScript), and gives the lease up,
+// so that a successor whose feed heard the mark continues right after it
+// even when no node that heard history's last event is left. It reports
+// whether the mark was the one expected.
+func (a *Appender) Mark(ctx context.Context, p int, id string) (bool, error) {
+	if p < 0 || p >= len(a.rings) {
+		return false, nil
+	}
+	r := &a.rings[p]
+	r.mark(id)
+	if r.sealing == "" || r.sealing != id {
+		return false, nil
+	}
+	r.sealing = ""
+	if !a.lease.Held(p) || r.await != "" || r.gap {
+		return true, nil
+	}
+	if err := a.flush(ctx, r); err != nil {
+		return true, err
+	}
+	if r.last == "" || r.gap || r.await != "" || r.next != r.end {
+		return true, nil
+	}
+	ok, err := sealScript.Run(ctx, a.store.c, []string{a.store.LeaseKey(p), a.store.tag(p) + "p"}, a.store.node, r.last, id).Int()
+	if err != nil {
+		return true, fmt.Errorf("history: seal partition %d: %w", p, err)
+	}
+	if ok == 1 {
+		// Nothing more from this node: an append after the seal would
+		// move last away from it, and the successor could not use it.
+		a.lease.Yield(ctx, p, 2*a.lease.ttl)
+	}
+	return true, nil
 }
 
 // FeedLost tells the Appender that its subscription missed messages (it
@@ -462,6 +617,6 @@ func (a *Appender) FeedLost() {
 	for i := range a.rings {
 		r := &a.rings[i]
 		r.start, r.next = r.end, r.end
-		r.gap = true
+		r.gap, r.await, r.awaitSeal, r.marks, r.sealing = true, "", "", r.marks[:0], ""
 	}
 }

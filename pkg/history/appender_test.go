@@ -334,3 +334,73 @@ func TestAppenderBridgesAtOnce(t *testing.T) {
 		t.Fatalf("%d events after a second bridge", n)
 	}
 }
+
+// handOver is what Feed's hand-over does with a's partition 0, the
+// broker in between played by the test: a publishes a mark, and every
+// node alive hears it in its place in the feed (after what was fed so
+// far). It reports whether a sealed.
+func handOver(t *testing.T, a *node, alive ...*node) bool {
+	t.Helper()
+	ctx := context.Background()
+	ps := a.a.Sealable(ctx)
+	if len(ps) == 0 {
+		return false
+	}
+	id := a.a.NewMark(ps[0])
+	for _, n := range append([]*node{a}, alive...) {
+		if _, err := n.a.Mark(ctx, 0, id); err != nil {
+			t.Fatalf("%s: mark: %v", n.r.node, err)
+		}
+	}
+	return !a.l.Held(0)
+}
+
+// TestAppenderHandsOverWithAMark: a rolling deploy while the project is
+// quiet. The leader a appended 1..3; b starts after them, so its ring
+// never holds history's last event. When a drains it hands the lease
+// over with a mark (handOver), which b hears: b continues history right
+// after the mark, with no gap, and can hand over to c in turn, though c
+// never heard any event before it led. A node that started after the
+// mark (d) cannot prove it heard everything since, and records the gap.
+func TestAppenderHandsOverWithAMark(t *testing.T) {
+	c := newRedisClient(t)
+	a := newNode(t, c, "ho", "a", time.Minute, 64)
+	a.tick(t)
+	feed(t, msgs(1, 3), a)
+	b := newNode(t, c, "ho", "b", time.Minute, 64)
+	if !handOver(t, a, b) {
+		t.Fatal("a, leading with history whole, did not seal")
+	}
+	b.tick(t)
+	if !b.l.Held(0) {
+		t.Fatal("b did not take the lease a gave up")
+	}
+	// Quiet: b bridges on its tick with nothing to append, and then
+	// holds history whole from the mark on.
+	if err := b.a.Bridge(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	cn := newNode(t, c, "ho", "c", time.Minute, 64)
+	if !handOver(t, b, cn) {
+		t.Fatal("b, which heard a's mark, did not seal in turn")
+	}
+	cn.tick(t)
+	feed(t, msgs(4, 5), cn, a, b)
+	if got := stream(t, c, cn.r); !same(got, texts(msgs(1, 5))) {
+		t.Fatalf("stream:\n got %q\nwant %q", got, texts(msgs(1, 5)))
+	}
+	pos := positions(t, c, cn.r)
+	if got, ok := since(t, cn.r, "p", pos[0], 100); !ok || !same(got, texts(msgs(2, 5))) {
+		t.Fatalf("since 1, across two hand-overs: %v %q", ok, got)
+	}
+
+	// d starts after c led: c dies without a hand-over (its lease is
+	// given up, no mark), and d has nothing to continue from.
+	d := newNode(t, c, "ho", "d", 50*time.Millisecond, 64)
+	d.a.resyncWait = 0
+	cn.l.Release(context.Background())
+	d.tick(t)
+	feed(t, msgs(6, 6), d)
+	pos = positions(t, c, d.r)
+	wantGap(t, d.r, pos[4], pos[5], nil)
+}

@@ -269,12 +269,12 @@ func redisReadFromAgainstModel(t *testing.T, c redis.UniversalClient, h harness,
 			// What the Appender does after its feed lost messages.
 			p := projects[rng.IntN(len(projects))]
 			d := modelPayload(rng, p, step)
-			_, pos, _, err := r.append(ctx, p, d, "*", Digest(d))
+			rep, err := r.append(ctx, p, d, "*", Digest(d))
 			if err != nil {
 				t.Fatal(err)
 			}
-			model[p] = append(model[p], modelEvent{pos: pos, data: string(d)})
-			lastGap = pos
+			model[p] = append(model[p], modelEvent{pos: rep.pos, data: string(d)})
+			lastGap = rep.pos
 		default:
 			p := projects[rng.IntN(len(projects))]
 			evs := model[p]

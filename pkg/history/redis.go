@@ -48,7 +48,8 @@ type RedisOptions struct {
 // Redis is the history shared by all nodes. Its keys, per partition tag T:
 //
 //	<prefix>:{T}:lease           string: the node allowed to append (Lease)
-//	<prefix>:{T}:p               hash: b = bytes held, id = the newest position, last = the digests of the last 4 events appended
+//	<prefix>:{T}:p               hash: b = bytes held, id = the newest position, last = the digests of the last 4 events appended,
+//	                             seal = "<mark> <last>" of the last hand-over (sealScript)
 //	<prefix>:{T}:heads           zset: project -> ms of its oldest held event
 //	<prefix>:{T}:gaps            zset: positions before which events may be missing
 //	<prefix>:{T}:s:<project>     stream: the project's events (field d)
@@ -122,15 +123,17 @@ func (r *Redis) StreamKey(project string) string {
 // partition. ARGV[3] (prev) selects the mode: "*" records a gap first
 // (events before this one may be missing); "-" appends unchained; any
 // other value must equal the partition's last (the digests of its last
-// events) or nothing is written and {2, last} tells the Appender where
-// history stands. A partition without last has unknown history: its first
+// events) or nothing is written and {2, last, seal} tells the Appender
+// where history stands (seal: sealScript's, or empty). A partition without last has unknown history: its first
 // append is always a gap. Replies {0} when the caller does not hold the
 // lease, {1, id, last} when appended.
 var appendScript = redis.NewScript(`
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0} end
 local last = redis.call('HGET', KEYS[2], 'last')
 local gap = ARGV[3] == '*' or not last
-if not gap and ARGV[3] ~= '-' and last ~= ARGV[3] then return {2, last} end
+if not gap and ARGV[3] ~= '-' and last ~= ARGV[3] then
+  return {2, last, redis.call('HGET', KEYS[2], 'seal') or ''}
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local w = tonumber(ARGV[5])
@@ -240,39 +243,53 @@ var ErrNotLeader = errors.New("history: this node does not hold the partition's 
 // RedisOptions.Node) and unchained: for a single writer that knows it is
 // the only one (tests, tools). Nodes append through the Appender.
 func (r *Redis) Append(ctx context.Context, project string, data []byte) (Position, error) {
-	st, id, _, err := r.append(ctx, project, data, "-", Digest(data))
+	rep, err := r.append(ctx, project, data, "-", Digest(data))
 	if err != nil {
 		return Position{}, err
 	}
-	if st != appendDone {
+	if rep.status != appendDone {
 		return Position{}, fmt.Errorf("append to %s: %w", project, ErrNotLeader)
 	}
-	return id, nil
+	return rep.pos, nil
+}
+
+// appendReply is appendScript's answer: the position and the partition's
+// last after an append (appendDone); where history stands, and its seal,
+// when the chain did not follow (appendResync).
+type appendReply struct {
+	status appendStatus
+	pos    Position
+	last   string
+	seal   string
 }
 
 // append runs appendScript; prev is "*", "-" or the expected last.
-func (r *Redis) append(ctx context.Context, project string, data []byte, prev string, digest uint64) (appendStatus, Position, string, error) {
+func (r *Redis) append(ctx context.Context, project string, data []byte, prev string, digest uint64) (appendReply, error) {
 	t := r.tag(r.PartitionOf(project))
 	keys := []string{t + "lease", t + "p", t + "heads", t + "gaps", t + "s:" + project, t + "m:" + project}
 	res, err := appendScript.Run(ctx, r.c, keys,
 		r.node, data, prev, fmt.Sprintf("%016x", digest), r.cfg.Window.Milliseconds(),
 		r.cfg.MaxProjectBytes, r.cfg.MaxBytes, r.ttl.Milliseconds(), project, t+"s:", t+"m:", redisOverhead).Slice()
 	if err != nil {
-		return 0, Position{}, "", fmt.Errorf("history: append to %s: %w", project, err)
+		return appendReply{}, fmt.Errorf("history: append to %s: %w", project, err)
 	}
 	st, _ := res[0].(int64)
 	switch appendStatus(st) {
 	case appendDone:
 		pos, err := ParsePosition(fmt.Sprint(res[1]))
 		if err != nil {
-			return 0, Position{}, "", fmt.Errorf("history: append to %s: Redis answered id: %w", project, err)
+			return appendReply{}, fmt.Errorf("history: append to %s: Redis answered id: %w", project, err)
 		}
-		return appendDone, pos, fmt.Sprint(res[2]), nil
+		return appendReply{status: appendDone, pos: pos, last: fmt.Sprint(res[2])}, nil
 	case appendResync:
-		last, _ := res[1].(string)
-		return appendResync, Position{}, last, nil
+		rep := appendReply{status: appendResync}
+		rep.last, _ = res[1].(string)
+		if len(res) > 2 {
+			rep.seal, _ = res[2].(string)
+		}
+		return rep, nil
 	}
-	return appendNotLeader, Position{}, "", nil
+	return appendReply{status: appendNotLeader}, nil
 }
 
 // Since implements Store.

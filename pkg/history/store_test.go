@@ -291,7 +291,7 @@ func redisHarness(client redis.UniversalClient, partitions int) newStore {
 			gap: func() {
 				// What the Appender does after FeedLost: the next append
 				// of the partition records the gap.
-				if _, _, _, err := r.append(context.Background(), "p", []byte("gap"), "*", 1); err != nil {
+				if _, err := r.append(context.Background(), "p", []byte("gap"), "*", 1); err != nil {
 					t.Fatal(err)
 				}
 			},

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,8 +40,10 @@ type ResumeConfig struct {
 	// order routed: the embedded store appends it, the Redis appender
 	// queues it. It must not block.
 	Feed func(project string, msg []byte)
-	// Run, when set, runs from Start until the router has stopped (the
-	// Redis appender and its lease, which it releases as its last step).
+	// Run, when set, runs from Start until the drain has told every
+	// client, before the router stops: the Redis appender and its lease,
+	// which it hands over as its last step with marks that the router
+	// must still route (history.Feed.Run). Shutdown waits for it.
 	Run func(ctx context.Context)
 	// Shared tells that other nodes read the history and records (Redis):
 	// then a subscription is recorded when it is made, so that another
@@ -117,6 +120,8 @@ type resumer struct {
 	wake    chan struct{}
 	stop    context.CancelFunc
 	done    chan struct{}
+	stopRun context.CancelFunc // ends cfg.Run (handOver)
+	runDone chan struct{}
 	epoch   time.Time // subscription.since counts milliseconds from it
 }
 
@@ -161,27 +166,49 @@ func (rs *resumer) start() {
 	wg.Add(2)
 	go func() { defer wg.Done(); rs.writeRecords(ctx) }()
 	go func() { defer wg.Done(); rs.checkpoints(ctx) }()
-	if rs.cfg.Run != nil {
-		wg.Add(1)
-		go func() { defer wg.Done(); rs.cfg.Run(ctx) }()
-	}
 	go func() { wg.Wait(); close(rs.done) }()
+	rctx, stopRun := context.WithCancel(context.Background())
+	rs.stopRun = stopRun
+	rs.runDone = make(chan struct{})
+	go func() {
+		defer close(rs.runDone)
+		if rs.cfg.Run != nil {
+			rs.cfg.Run(rctx)
+		}
+	}()
+}
+
+// handOver ends cfg.Run, before the router stops, and waits for it.
+func (rs *resumer) handOver(ctx context.Context) error {
+	if rs.stopRun == nil {
+		return nil
+	}
+	rs.stopRun()
+	select {
+	case <-rs.runDone:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("hand the history over: %w", ctx.Err())
+	}
 }
 
 // shutdown stops what start started, after the router: the writer writes
-// what is queued first (the drain's records), and cfg.Run releases the
-// appender's lease.
+// what is queued first (the drain's records). cfg.Run has ended already
+// (handOver), unless the drain ran out of time before.
 func (rs *resumer) shutdown(ctx context.Context) error {
 	if rs.stop == nil {
 		return nil
 	}
+	rs.stopRun()
 	rs.stop()
-	select {
-	case <-rs.done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
+	for _, done := range []chan struct{}{rs.done, rs.runDone} {
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
+	return nil
 }
 
 // observe moves the router's anchor of project on by msg, and feeds the

@@ -73,9 +73,10 @@ func resumeNode(t *testing.T, url string, partitions int, window, drain time.Dur
 	feed := history.NewFeed(history.NewAppender(appendStore, lease, 0), lease, 0)
 	feed.OnError = func(project string, err error) { t.Logf("%s: append to %s: %v", node, project, err) }
 	reg := prometheus.NewRegistry()
-	bopts := broker.RedisOptions{URL: url, Registerer: reg, OnLoss: feed.Lost}
+	bopts := broker.RedisOptions{URL: url, Registerer: reg, OnLoss: feed.Lost, OnMark: feed.Mark}
 	var b interface {
 		broker.Broker
+		history.Marker
 		Close() error
 	}
 	if partitions > 0 {
@@ -91,6 +92,7 @@ func resumeNode(t *testing.T, url string, partitions int, window, drain time.Dur
 		}
 	}
 	t.Cleanup(func() { _ = b.Close() })
+	feed.Marker = b
 	s := testNode(t, func(c *Config) {
 		c.Broker, c.Registry, c.DrainTime = b, reg, drain
 		c.Resume = &ResumeConfig{Window: window, Reader: store, Records: records, Feed: feed.Offer, Run: feed.Run, Shared: true}

@@ -581,6 +581,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.draining.Store(true)
 	s.log.Info("telling clients to go away", zap.Int64("connections", s.open.Load()), zap.Duration("drain_time", s.cfg.DrainTime))
 	s.goAwayAll(ctx)
+	if s.resume != nil {
+		// Before the router stops: the history's appender hands its lease
+		// over with marks the router must still route.
+		if err := s.resume.handOver(ctx); err != nil {
+			s.log.Warn("resume: the history's hand-over did not finish", zap.Error(err))
+		}
+	}
 	s.stopRouter()
 	// The last steps keep the end of the time for themselves, so that a
 	// stuck router or poller does not leave them none.
@@ -599,8 +606,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	close(s.stopSweep)
 	errs = append(errs, s.tasks.wait(early))
 	if s.resume != nil {
-		// After the router: the drain's records are written, then the
-		// appender's lease released.
+		// After the router: the drain's records are written.
 		if err := s.resume.shutdown(early); err != nil {
 			errs = append(errs, fmt.Errorf("resume: %w", err))
 		}
