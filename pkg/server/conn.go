@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"github.com/switchboard-rt/switchboard/pkg/history"
 	"github.com/switchboard-rt/switchboard/pkg/index"
 	"github.com/switchboard-rt/switchboard/pkg/query"
 )
@@ -152,6 +153,7 @@ const (
 	flagPresence                       // it holds its user's presence (presence.go): its close may end the presence
 	flagDeflate                        // it negotiated permessage-deflate (deflate.go): events go to it compressed, its messages may be
 	flagRecorded                       // the drain wrote where its subscriptions ended (resume.go)
+	flagFlushing                       // told to go away with its queue not yet written: it closes once the queue has reached the socket (goAway)
 )
 
 // busyLocked reports whether something holds the socket, so that a close
@@ -336,7 +338,7 @@ func (c *conn) shut(r closeReason) {
 // close or clears a busy bit ends in it. The caller holds c.mu, which
 // settleLocked releases.
 func (c *conn) settleLocked() {
-	if c.state != stateClosing || c.busyLocked() {
+	if c.state != stateClosing || c.busyLocked() || c.flags&flagFlushing != 0 && c.q.bytes > 0 {
 		c.mu.Unlock()
 		return
 	}
@@ -473,6 +475,7 @@ func (c *conn) flushLocked() {
 		}
 	}
 	if err != nil {
+		c.flags &^= flagFlushing // the rest will never reach the client
 		c.closeLocked(closeReset, 0)
 	}
 }
@@ -499,16 +502,21 @@ func (c *conn) drain() {
 	c.settleLocked()
 }
 
-// goAway tells the client the node is going away (1001) and closes; a
-// connection still in its HTTP handshake is just closed. It reports
-// whether everything queued, the close frame last, reached the socket at
-// once: then the drain knows exactly what the client will receive.
-func (c *conn) goAway() (exact bool) {
+// goAway tells the client the node is going away (1001) and closes, once
+// what was queued before the close frame has reached the socket; a
+// connection still in its HTTP handshake is just closed. With rs (resuming
+// on), it also says where the drain leaves c's subscriptions: the router's
+// anchor, which the caller holds still, since the client receives every
+// event queued before the close frame. It returns those records when
+// everything queued, the close frame last, reached the socket at once;
+// otherwise rs keeps them until c ends and the rest has reached it
+// (endRecordsLocked), or not (a drop's end, then).
+func (c *conn) goAway(rs *resumer) []history.Record {
 	c.mu.Lock()
 	if c.state != stateLive {
 		c.mu.Unlock()
 		c.shut(closeShutdown)
-		return false
+		return nil
 	}
 	for c.q.writing {
 		// A write-pool worker's writev: let it end, so that what is left
@@ -521,13 +529,24 @@ func (c *conn) goAway() (exact bool) {
 	c.enqueueLocked(outFrame{head: closeShutdown.frame(0, "")})
 	c.closeLocked(closeShutdown, ws.StatusGoingAway)
 	c.flushLocked()
-	// Exact when everything queued reached the socket, close frame
-	// included (a held connection's kept events never were): the kernel
-	// sends it all before the FIN.
-	exact = c.q.bytes == 0 && c.state == stateClosing && c.reason == closeShutdown && c.flags&flagHeld == 0
-	if exact {
-		c.flags |= flagRecorded
+	told := c.state == stateClosing && c.reason == closeShutdown
+	if told && c.q.bytes > 0 {
+		// A slow reader: the rest goes out as its socket takes it, the
+		// close frame last (Shutdown's awaitFlushed bounds the wait).
+		c.flags |= flagFlushing
+	}
+	var recs []history.Record
+	// A held connection's kept events were never queued: not exact.
+	if rs != nil && told && c.flags&flagHeld == 0 {
+		recs = c.recordsLocked(rs.anchor(c.project))
+		if c.q.bytes == 0 {
+			// The kernel sends it all before the FIN.
+			c.flags |= flagRecorded
+		} else {
+			rs.keepDrained(c, recs)
+			recs = nil
+		}
 	}
 	c.settleLocked()
-	return exact
+	return recs
 }

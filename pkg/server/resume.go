@@ -122,6 +122,11 @@ type resumer struct {
 	done    chan struct{}
 	stopRun context.CancelFunc // ends cfg.Run (handOver)
 	runDone chan struct{}
+	// drained holds the drain's records of connections whose queue had
+	// not reached the socket when their close frame was queued
+	// (conn.goAway), until they end.
+	dmu     sync.Mutex
+	drained map[*conn][]history.Record
 	epoch   time.Time // subscription.since counts milliseconds from it
 }
 
@@ -251,6 +256,25 @@ func (rs *resumer) keep(ev *protocol.Event, digest uint64) {
 // put queues records for the writer to write whole (Records.Put).
 func (rs *resumer) put(recs ...history.Record) {
 	rs.queue(recordWrite{recs: recs, floorAge: -1})
+}
+
+// keepDrained keeps the drain's records of c until c ends (takeDrained).
+func (rs *resumer) keepDrained(c *conn, recs []history.Record) {
+	rs.dmu.Lock()
+	if rs.drained == nil {
+		rs.drained = make(map[*conn][]history.Record)
+	}
+	rs.drained[c] = recs
+	rs.dmu.Unlock()
+}
+
+// takeDrained returns and forgets what keepDrained kept of c.
+func (rs *resumer) takeDrained(c *conn) ([]history.Record, bool) {
+	rs.dmu.Lock()
+	defer rs.dmu.Unlock()
+	recs, ok := rs.drained[c]
+	delete(rs.drained, c)
+	return recs, ok
 }
 
 // end queues the end of records' connection for the writer (Records.End):
@@ -835,6 +859,14 @@ func (c *conn) endRecordsLocked() {
 	rs := c.srv.resume
 	if rs == nil || c.flags&flagRecorded != 0 {
 		return
+	}
+	if c.reason == closeShutdown {
+		if recs, ok := rs.takeDrained(c); ok && c.q.bytes == 0 {
+			// The rest of the queue, the drain's close frame last,
+			// reached the socket after all: the drain's records are exact.
+			rs.put(recs...)
+			return
+		}
 	}
 	uncertain := c.uncertainLocked()
 	// A subscription that resumed with a replay its client may not have

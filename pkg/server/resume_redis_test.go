@@ -36,6 +36,13 @@ func resumeRedisNode(t *testing.T, url string, window, drain time.Duration, mods
 // serve --redis-sharded` runs it.
 func resumeNode(t *testing.T, url string, partitions int, window, drain time.Duration, mods ...func(*Config)) *Server {
 	t.Helper()
+	return resumeNodeSendBuffer(t, url, partitions, 0, window, drain, mods...)
+}
+
+// resumeNodeSendBuffer is resumeNode with Server.sendBuffer set (when
+// positive): see testNodeSendBuffer.
+func resumeNodeSendBuffer(t *testing.T, url string, partitions, sendBuffer int, window, drain time.Duration, mods ...func(*Config)) *Server {
+	t.Helper()
 	newClient := func() redis.UniversalClient {
 		var client redis.UniversalClient
 		if partitions > 0 {
@@ -93,7 +100,7 @@ func resumeNode(t *testing.T, url string, partitions int, window, drain time.Dur
 	}
 	t.Cleanup(func() { _ = b.Close() })
 	feed.Marker = b
-	s := testNode(t, func(c *Config) {
+	s := testNodeSendBuffer(t, sendBuffer, func(c *Config) {
 		c.Broker, c.Registry, c.DrainTime = b, reg, drain
 		c.Resume = &ResumeConfig{Window: window, Reader: store, Records: records, Feed: feed.Offer, Run: feed.Run, Shared: true}
 		for _, mod := range mods {
@@ -314,4 +321,88 @@ func TestResumeOnANodeThatIsBehind(t *testing.T) {
 	if !equalInts(got, span(1, 45)) {
 		t.Fatalf("received %v, want 1..45 once each, in order", got)
 	}
+}
+
+// A drain that finds a client's socket full: the node holds events the
+// client has not read yet, and queues its close frame behind them. The
+// client then reads them all, and the close, and comes back on another
+// node: every event exactly once. The node keeps the connection until the
+// rest of its queue has reached the socket (up to drainFlushWait), and
+// the drain's record waits for it (conn.goAway). Before, the connection
+// was closed with its queue unwritten: the client got part of it and no
+// close frame, and came back with a dropped connection's record, given
+// the events of its last second or so again (issue 24: "a drain loses
+// nothing and duplicates nothing").
+func TestResumeAcrossADrainOfASlowReader(t *testing.T) {
+	rd := redistest.Start(t)
+	// A small send buffer, and no drain time: every client is told at
+	// once, in one pass under the router's lock.
+	a := resumeNodeSendBuffer(t, rd.URL(), 0, 4096, time.Minute, Off)
+	b := resumeRedisNode(t, rd.URL(), time.Minute, Off)
+	slow := dialReadBuffer(t, a, "project=p1", testClientReadBuffer)
+	slow.expect("connected")
+	if st := slow.subscribeAs("slow", "files"); st != "new" {
+		t.Fatalf("resume status %q", st)
+	}
+	watch := dial(t, a, "project=p1", nil)
+	watch.expect("connected")
+	watch.subscribeAs("watch", "files")
+
+	// 40 events of 16 KiB: more than the slow client's receive window and
+	// the node's send buffer hold, less than max-queue-bytes.
+	pad := strings.Repeat("x", 16<<10)
+	big := func(n int) string {
+		return event("p1", []string{"any"}, []string{"files"}, `{"n":`+strconv.Itoa(n)+`,"pad":"`+pad+`"}`)
+	}
+	for n := 1; n <= 40; n++ {
+		publish(t, b, big(n))
+	}
+	watch.seqsUntil(40) // a has queued all 40 for the slow client too
+	if full := counterValue(t, a, "switchboard_send_buffer_full_total"); full == 0 {
+		t.Fatal("the slow client's socket never filled: the test shows nothing")
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = a.Shutdown(ctx)
+	}()
+	if _, err := watch.tryRead(10 * time.Second); !isGoingAway(err) {
+		t.Fatalf("watching client: %v, want close 1001", err)
+	}
+	// Told; the slow client has read none of its queue yet. What is
+	// published now it misses.
+	for n := 41; n <= 45; n++ {
+		publish(t, b, big(n))
+	}
+	var got []int
+	for {
+		m, err := slow.tryRead(10 * time.Second)
+		if isGoingAway(err) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("slow client, after %d events: %v", len(got), err)
+		}
+		n, err := eventSeq(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, n)
+	}
+	back := dial(t, b, "project=p1", nil)
+	back.expect("connected")
+	if st := back.subscribeAs("slow", "files"); st != "resumed" {
+		t.Fatalf("back on b: resume status %q", st)
+	}
+	publish(t, b, big(46))
+	got = append(got, back.seqsUntil(46)...)
+	if !equalInts(got, span(1, 46)) {
+		t.Fatalf("the slow client received %v, want 1..46 exactly once, in order", got)
+	}
+}
+
+// isGoingAway tells whether err is a close frame with 1001.
+func isGoingAway(err error) bool {
+	var closed wsutil.ClosedError
+	return errors.As(err, &closed) && closed.Code == ws.StatusGoingAway
 }

@@ -559,8 +559,9 @@ func (s *Server) AdminAddr() net.Addr { return s.adminLn.Addr() }
 // Shutdown drains the node: /readyz turns 503 and new upgrades are refused
 // at once; every client gets close 1001, spread evenly over DrainTime so
 // that they reconnect to other nodes without a stampede, while events keep
-// flowing to those not yet told; then the router, the listeners and the
-// remaining sockets stop. The spread is shortened to end before ctx does.
+// flowing to those not yet told; slow readers get up to drainFlushWait
+// more to take what was queued before their close frame; then the router,
+// the listeners and the remaining sockets stop. The spread is shortened to end before ctx does.
 //
 // It returns when everything has stopped, or by the time ctx ends: then
 // the error names what did not stop (still running in the background).
@@ -580,7 +581,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.draining.Store(true)
 	s.log.Info("telling clients to go away", zap.Int64("connections", s.open.Load()), zap.Duration("drain_time", s.cfg.DrainTime))
-	s.goAwayAll(ctx)
+	s.awaitFlushed(ctx, s.goAwayAll(ctx))
 	if s.resume != nil {
 		// Before the router stops: the history's appender hands its lease
 		// over with marks the router must still route.
@@ -673,7 +674,7 @@ const drainTick = 10 * time.Millisecond
 // goAwayAll sends close 1001 to every connection, spread over DrainTime
 // (or what is left of ctx, keeping a tenth of it for the rest of the
 // shutdown).
-func (s *Server) goAwayAll(ctx context.Context) {
+func (s *Server) goAwayAll(ctx context.Context) []*conn {
 	var conns []*conn
 	s.idx.Range(func(_ index.ID, c *conn) { conns = append(conns, c) })
 	span := s.cfg.DrainTime
@@ -702,6 +703,53 @@ func (s *Server) goAwayAll(ctx context.Context) {
 			span = 0 // out of time: tell the rest now
 		}
 	}
+	return conns
+}
+
+// drainFlushWait bounds how long the drain waits, once every client is
+// told, for the slowest readers to take what was queued before their
+// close frame.
+const drainFlushWait = 5 * time.Second
+
+// awaitFlushed waits until every connection the drain told has written
+// what it had queued, its close frame last, and closed: a client that
+// reads slowly still gets everything sent before its 1001, and the
+// drain's record of it stays exact (conn.goAway). It waits up to
+// drainFlushWait, keeping a tenth of what is left of ctx for the rest of
+// the shutdown; a client that has not read its queue by then is cut, as
+// a dropped connection.
+func (s *Server) awaitFlushed(ctx context.Context, conns []*conn) {
+	wait := drainFlushWait
+	if dl, ok := ctx.Deadline(); ok {
+		wait = min(wait, time.Until(dl)*9/10)
+	}
+	deadline := time.Now().Add(wait)
+	t := time.NewTicker(drainTick)
+	defer t.Stop()
+	for conns = stillOpen(conns); len(conns) > 0 && time.Now().Before(deadline) && ctx.Err() == nil; conns = stillOpen(conns) {
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		}
+	}
+	for _, c := range conns {
+		c.mu.Lock()
+		c.flags &^= flagFlushing
+		c.settleLocked()
+	}
+}
+
+// stillOpen returns those of conns not yet closed, in conns' array.
+func stillOpen(conns []*conn) []*conn {
+	open := conns[:0]
+	for _, c := range conns {
+		c.mu.Lock()
+		if c.state != stateClosed {
+			open = append(open, c)
+		}
+		c.mu.Unlock()
+	}
+	return open
 }
 
 // goAway sends close 1001 to conns. With resuming on, it does so between
@@ -713,18 +761,14 @@ func (s *Server) goAway(conns []*conn) {
 	rs := s.resume
 	if rs == nil {
 		for _, c := range conns {
-			c.goAway()
+			c.goAway(nil)
 		}
 		return
 	}
 	var recs []history.Record
 	s.router.mu.Lock()
 	for _, c := range conns {
-		if c.goAway() {
-			c.mu.Lock()
-			recs = append(recs, c.recordsLocked(rs.anchor(c.project))...)
-			c.mu.Unlock()
-		}
+		recs = append(recs, c.goAway(rs)...)
 	}
 	s.router.mu.Unlock()
 	rs.put(recs...)
