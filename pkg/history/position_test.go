@@ -314,3 +314,40 @@ func memoryReadFromAgainstModel(t *testing.T, seed uint64) {
 		t.Fatalf("only %d complete reads", completes)
 	}
 }
+
+// FuzzParseRecord: a record's hash comes back from Redis, where anything
+// may have written it; parseRecord refuses what putScript did not write
+// with errBadRecord, and what it accepts is what its fields say.
+func FuzzParseRecord(f *testing.F) {
+	a := anchorOf([]byte("a"), []byte("b")).String()
+	f.Add("1", a, "1767225600000", "1767225601234", true)
+	f.Add("0", "", "0", "", false)
+	f.Add("2", a, "1", "0", true)
+	f.Add("0", "zz", "1", "0", true)
+	f.Add("0", a, "-1", "+1", true)
+	f.Add("1", a, "18446744073709551616", "1", true)
+	f.Fuzz(func(t *testing.T, o, anchor, floor, replay string, withReplay bool) {
+		h := map[string]string{"p": "p", "u": "u", "n": "n", "o": o, "a": anchor, "f": floor}
+		if withReplay {
+			h["r"] = replay
+		}
+		rec, err := parseRecord("p", "id", h)
+		if err != nil {
+			if !errors.Is(err, errBadRecord) {
+				t.Fatalf("%v: %v is not errBadRecord", h, err)
+			}
+			return
+		}
+		v, err := strconv.ParseUint(floor, 10, 64)
+		if rec.Open != (o == "1") || rec.Anchor.String() != strings.ToLower(anchor) || err != nil || v != rec.FloorMS {
+			t.Fatalf("%v read as %+v", h, rec)
+		}
+		if withReplay {
+			if v, err := strconv.ParseUint(replay, 10, 64); err != nil || v != rec.ReplayMS {
+				t.Fatalf("replay %q read as %d", replay, rec.ReplayMS)
+			}
+		} else if rec.ReplayMS != 0 {
+			t.Fatalf("no replay field read as %d", rec.ReplayMS)
+		}
+	})
+}

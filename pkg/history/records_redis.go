@@ -58,8 +58,8 @@ func (s *RedisRecords) CheckpointKey(node string) string {
 	return s.r.prefix + ":node:" + node
 }
 
-// putScript writes records (KEYS, and 7 ARGV each after ARGV[1]:
-// project, user, node, open, anchor, floor, TTL in ms). With ARGV[1]
+// putScript writes records (KEYS, and 8 ARGV each after ARGV[1]:
+// project, user, node, open, anchor, floor, replay, TTL in ms). With ARGV[1]
 // (floorAge, µs) >= 0 each floor becomes the later of its own and Redis's
 // now - floorAge, so that floors are on the store's clock, whatever the
 // node's. One call per partition of a batch rather than one per record:
@@ -73,11 +73,11 @@ if age >= 0 then
   c = math.floor((tonumber(t[1]) * 1000000 + tonumber(t[2]) - age) / 1000)
 end
 for i, k in ipairs(KEYS) do
-  local b = 1 + (i - 1) * 7
+  local b = 1 + (i - 1) * 8
   local f = ARGV[b + 6]
   if c and c > tonumber(f) then f = string.format('%d', c) end
-  redis.call('HSET', k, 'p', ARGV[b + 1], 'u', ARGV[b + 2], 'n', ARGV[b + 3], 'o', ARGV[b + 4], 'a', ARGV[b + 5], 'f', f)
-  redis.call('PEXPIRE', k, ARGV[b + 7])
+  redis.call('HSET', k, 'p', ARGV[b + 1], 'u', ARGV[b + 2], 'n', ARGV[b + 3], 'o', ARGV[b + 4], 'a', ARGV[b + 5], 'f', f, 'r', ARGV[b + 7])
+  redis.call('PEXPIRE', k, ARGV[b + 8])
 end
 return #KEYS
 `)
@@ -135,7 +135,7 @@ func (s *RedisRecords) Put(ctx context.Context, floorAge time.Duration, recs ...
 			ttl, o = OpenRecordTTL, "1"
 		}
 		c.keys = append(c.keys, s.RecordKey(rec.Project, rec.ID))
-		c.args = append(c.args, rec.Project, rec.User, rec.Node, o, rec.Anchor.String(), rec.FloorMS, ttl.Milliseconds())
+		c.args = append(c.args, rec.Project, rec.User, rec.Node, o, rec.Anchor.String(), rec.FloorMS, rec.ReplayMS, ttl.Milliseconds())
 	}
 	run := func() ([]redis.Cmder, error) {
 		return s.r.c.Pipelined(ctx, func(p redis.Pipeliner) error {
@@ -210,6 +210,11 @@ func parseRecord(project, id string, h map[string]string) (Record, error) {
 		return Record{}, fmt.Errorf("%w: floor %q", errBadRecord, h["f"])
 	}
 	rec.FloorMS = f
+	if r, ok := h["r"]; ok { // absent in a record of a node from before it
+		if rec.ReplayMS, err = parseDecimal(r); err != nil {
+			return Record{}, fmt.Errorf("%w: replay %q", errBadRecord, r)
+		}
+	}
 	return rec, nil
 }
 

@@ -209,6 +209,13 @@ type Record struct {
 	// reached the client or were not its to get. Replay starts after the
 	// anchor and after FloorMS. 0: none.
 	FloorMS uint64
+	// ReplayMS, in Unix ms on the node's clock, is when the node queued
+	// missed events to the subscription (it resumed), which its client
+	// may not have acknowledged yet: the replayed events are old, so a
+	// floor taken from the node's last checkpoint (it died) must not pass
+	// over them unless the checkpoint shows that all queued by then had
+	// left. 0: none.
+	ReplayMS uint64
 }
 
 // Records keeps subscription records and node checkpoints (RESUME.md).

@@ -286,7 +286,7 @@ func testRecords(t *testing.T, mk newRecords) {
 	full := anchorOf(events("p", 1, 5, 50)...)
 	recs := []Record{
 		{Project: "p", ID: "6650f1e2a3b4c5d", User: "u1", Node: "n1", Open: true, Anchor: full, FloorMS: 1767225600000},
-		{Project: "p", ID: "6650f1e2a3b4c5e", User: "", Node: "n2", Anchor: anchorOf(event("p", 1, 50))},
+		{Project: "p", ID: "6650f1e2a3b4c5e", User: "", Node: "n2", Anchor: anchorOf(event("p", 1, 50)), ReplayMS: 1767225601234},
 		{Project: "q", ID: "6650f1e2a3b4c5d", User: "u2", Node: "n1", Open: true},
 	}
 	get := func(t *testing.T, rs Records, project, id string) (Record, bool) {

@@ -483,9 +483,11 @@ func (rs *resumer) plan(ctx context.Context, project, user, id string) resumePla
 			}
 			if cp.Age > deadAfter {
 				// Dead: everything it routed before its last checkpoint,
-				// less the queued age and the margin, had left it.
+				// less the queued age and the margin, had left it. Not
+				// a replay queued after that: its events are older than
+				// the floor, and the client may not have them.
 				lost := uint64((cp.Queued + resumeMargin).Milliseconds())
-				if cp.MS > lost {
+				if cp.MS > lost && rec.ReplayMS < cp.MS-lost {
 					floor = max(floor, cp.MS-lost)
 				}
 				break
@@ -806,8 +808,12 @@ func (rs *resumer) seam(j *resumeJob, subs []subscription, resp []protocol.Subsc
 		if replayed[i] > 0 {
 			// Until its client has acknowledged the replay, it stands
 			// where it stood before: the replayed events are old, and no
-			// floor of the time they were sent may pass over them.
+			// floor of the time they were sent may pass over them, not
+			// even its node's last checkpoint's if it dies (plan). The
+			// node's clock: a checkpoint's floor is on the store's, less
+			// resumeMargin, which covers clocks that far apart.
 			rec.Anchor, rec.FloorMS = plans[i].from, plans[i].floorMS
+			rec.ReplayMS = uint64(time.Now().UnixMilli())
 		}
 		recs = append(recs, rec)
 	}

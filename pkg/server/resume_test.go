@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -390,6 +391,70 @@ func BenchmarkIdleSubscribedConnHeap(b *testing.B) {
 			conns := idleConnHeap(b, s, func(i int) []byte { return append([]byte(req), frames[i]...) })
 			if len(conns[0].subs) != 1 {
 				b.Fatalf("subscriptions: %d", len(conns[0].subs))
+			}
+		})
+	}
+}
+
+// A node died (kill -9) within a second of a resume that queued missed
+// events to a subscription: its record, still open, stands where the
+// subscription stood before the replay, and the floor taken from the
+// node's last checkpoint (everything routed before it, less the queued
+// age and the margin, had left the node) must not pass over the replayed
+// events, which are older than that floor and may never have reached the
+// client. Before, it did: the returning subscription was given nothing
+// of them (issue 24: "a node crash loses nothing"). A replay queued well
+// before the checkpoint's floor was received, and the floor applies.
+func TestResumeAfterACrashRightAfterAReplay(t *testing.T) {
+	var offset atomic.Int64 // the records' clock runs ahead of the history's
+	clock := func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
+	store := history.NewMemory(history.Config{Window: time.Minute}, nil)
+	records := history.NewMemoryRecords(time.Minute, clock)
+	s := testNode(t, func(cfg *Config) {
+		cfg.Resume = &ResumeConfig{Window: time.Minute, Reader: store, Records: records,
+			Feed: func(project string, msg []byte) { _, _ = store.Append(context.Background(), project, msg) }}
+	})
+	var anchor history.Anchor
+	for n := 1; n <= 5; n++ {
+		msg := seqEvent("p1", n)
+		publish(t, s, msg)
+		if n <= 2 {
+			anchor.Push(history.Digest([]byte(msg)))
+		}
+	}
+	redistest.Eventually(t, 5*time.Second, "five events in history", func() bool {
+		span, err := store.ReadFrom(context.Background(), "p1", anchor, 0)
+		return err == nil && len(span.Events)-span.Start == 3
+	})
+	ctx := context.Background()
+	// The dead node's last checkpoint, 5 s after the events were
+	// appended; then silence past deadAfter.
+	offset.Store(int64(5 * time.Second))
+	if err := records.Checkpoint(ctx, "dead", 0); err != nil {
+		t.Fatal(err)
+	}
+	cp, _, _ := records.LastCheckpoint(ctx, "dead")
+	offset.Store(int64(5*time.Second + deadAfter + time.Second))
+	for _, tc := range []struct {
+		name     string
+		replayMS uint64
+		want     int // events to replay
+	}{
+		{"replay just before the crash", cp.MS - 500, 3},
+		{"replay long before the crash", cp.MS - 3000, 0},
+		{"no replay", 0, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := history.Record{Project: "p1", ID: "sub", Node: "dead", Open: true, Anchor: anchor, ReplayMS: tc.replayMS}
+			if err := records.Put(ctx, -1, rec); err != nil {
+				t.Fatal(err)
+			}
+			p := s.resume.plan(ctx, "p1", "", "sub")
+			if p.result != resumeResumed {
+				t.Fatalf("plan: %s", p.result)
+			}
+			if got := len(p.span.Events) - p.span.Start; got != tc.want {
+				t.Fatalf("%d events to replay (floor %d, checkpoint at %d), want %d", got, p.floorMS, cp.MS, tc.want)
 			}
 		})
 	}
