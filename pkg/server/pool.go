@@ -5,7 +5,9 @@ import "sync"
 // boundedPool runs a function on items, on at most max goroutines at once:
 // a goroutine is started only while fewer run, and it takes queued items
 // before it ends. Nothing runs for an idle node, and a burst queues
-// instead of starting a goroutine per item.
+// instead of starting a goroutine per item. A run that is about to wait
+// for long steps out of the count meanwhile (detach), so that the queue
+// does not wait behind it.
 type boundedPool[T any] struct {
 	max int
 	do  func(T)
@@ -46,4 +48,32 @@ func (p *boundedPool[T]) work(x T) {
 		}
 		p.mu.Unlock()
 	}
+}
+
+// detach tells the pool that the calling run is about to wait for long
+// (a resume waiting for its history, up to seconds): it no longer counts
+// against max, and a queued item gets a goroutine of its own now rather
+// than after the wait. attach undoes it when the wait is over; the count
+// may then exceed max for a while, until runs end.
+func (p *boundedPool[T]) detach() {
+	p.mu.Lock()
+	p.running--
+	if len(p.queue) == 0 || p.running >= p.max {
+		p.mu.Unlock()
+		return
+	}
+	x := p.queue[0]
+	var zero T
+	p.queue[0] = zero
+	p.queue = p.queue[1:]
+	p.running++
+	p.mu.Unlock()
+	go p.work(x)
+}
+
+// attach ends a detach.
+func (p *boundedPool[T]) attach() {
+	p.mu.Lock()
+	p.running++
+	p.mu.Unlock()
 }

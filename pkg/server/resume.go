@@ -668,7 +668,17 @@ func (c *conn) subscribeResuming(subs []subscription, resp []protocol.Subscripti
 	rs := s.resume
 	c.mu.Lock()
 	project, user := c.project, c.userID
+	// In the input poller: this runs on a reader-pool goroutine (adopt's
+	// first read is netpoll's), which the waits below may hold for
+	// seconds (an open record, a seam): out of the pool's count
+	// meanwhile, so that other connections' input does not queue behind
+	// a storm of resumes.
+	pooled := c.flags&flagInPoll != 0
 	c.mu.Unlock()
+	if pooled {
+		s.readers.detach()
+		defer s.readers.attach()
+	}
 	j := rs.begin(c, project)
 	ctx, cancel := context.WithTimeout(context.Background(), openWait+2*seamTimeout)
 	defer cancel()
