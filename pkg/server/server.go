@@ -561,7 +561,8 @@ func (s *Server) AdminAddr() net.Addr { return s.adminLn.Addr() }
 // that they reconnect to other nodes without a stampede, while events keep
 // flowing to those not yet told; slow readers get up to drainFlushWait
 // more to take what was queued before their close frame; then the router,
-// the listeners and the remaining sockets stop. The spread is shortened to end before ctx does.
+// the listeners and the remaining sockets stop. The spread is shortened
+// to end before ctx does.
 //
 // It returns when everything has stopped, or by the time ctx ends: then
 // the error names what did not stop (still running in the background).
