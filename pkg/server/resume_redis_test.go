@@ -173,14 +173,7 @@ func TestResumeAcrossADrainOnRedisCluster(t *testing.T) {
 func testDrainExactlyOnce(t *testing.T, a, b *Server) {
 
 	const clients = 20
-	conns := make([]*client, clients)
-	for i := range conns {
-		conns[i] = dial(t, a, "project=p1", nil)
-		conns[i].expect("connected")
-		if st := conns[i].subscribeAs("sub"+strconv.Itoa(i), "files"); st != "new" {
-			t.Fatalf("client %d: resume status %q", i, st)
-		}
-	}
+	conns := subscribedClients(t, a, clients)
 	pub := startPublisher(t, func() *Server { return b }, 5*time.Millisecond)
 	redistest.Eventually(t, 5*time.Second, "events flowing", func() bool { return pub.last.Load() > 20 })
 
@@ -248,6 +241,21 @@ func testDrainExactlyOnce(t *testing.T, a, b *Server) {
 	if n := resumeCount(t, b, "resumed"); n != clients {
 		t.Fatalf("b: switchboard_resume_total{result=resumed} = %v, want %d", n, clients)
 	}
+}
+
+// subscribedClients dials n clients of project p1 to s, each subscribed
+// to files under its own id, sub<i>, new to the node.
+func subscribedClients(t *testing.T, s *Server, n int) []*client {
+	t.Helper()
+	conns := make([]*client, n)
+	for i := range conns {
+		conns[i] = dial(t, s, "project=p1", nil)
+		conns[i].expect("connected")
+		if st := conns[i].subscribeAs("sub"+strconv.Itoa(i), "files"); st != "new" {
+			t.Fatalf("client %d: resume status %q", i, st)
+		}
+	}
+	return conns
 }
 
 // eventSeq is the number of an event message.
@@ -424,14 +432,7 @@ func TestResumeRollingDeployOnRedisCluster(t *testing.T) {
 		return err == nil && v == parts
 	})
 	const clients = 5
-	conns := make([]*client, clients)
-	for i := range conns {
-		conns[i] = dial(t, a, "project=p1", nil)
-		conns[i].expect("connected")
-		if st := conns[i].subscribeAs("sub"+strconv.Itoa(i), "files"); st != "new" {
-			t.Fatalf("client %d: resume status %q", i, st)
-		}
-	}
+	conns := subscribedClients(t, a, clients)
 	for n := 1; n <= 10; n++ {
 		publish(t, a, seqEvent("p1", n))
 	}
