@@ -8,10 +8,12 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/switchboard-rt/switchboard/internal/redistest"
@@ -458,4 +460,77 @@ func TestResumeAfterACrashRightAfterAReplay(t *testing.T) {
 			}
 		})
 	}
+}
+
+// BenchmarkResumeReplay is the cost of a resume's replay per replayed
+// event: a subscription comes back under its id having missed `events`
+// events of the embedded history, and a client on loopback reads the
+// response and every one of them. ns/event is wall time; cpu-ns/event is
+// the process's CPU, node and client together (an upper bound on the
+// node's), per replayed event.
+func BenchmarkResumeReplay(b *testing.B) {
+	const events = 1000
+	store := history.NewMemory(history.Config{Window: time.Minute}, nil)
+	records := history.NewMemoryRecords(time.Minute, nil)
+	s := testNode(b, func(cfg *Config) {
+		cfg.MaxQueueBytes = 64 << 20
+		cfg.Resume = &ResumeConfig{Window: time.Minute, Reader: store, Records: records,
+			Feed: func(project string, msg []byte) { _, _ = store.Append(context.Background(), project, msg) }}
+	})
+	ctx := context.Background()
+	var anchor history.Anchor
+	for n := 0; n <= events; n++ {
+		msg := seqEvent("p1", n)
+		if n == 0 {
+			anchor.Push(history.Digest([]byte(msg)))
+		}
+		if err := s.cfg.Broker.Publish(ctx, []byte(msg)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	redistest.Eventually(b, 10*time.Second, "the events in history", func() bool {
+		span, err := store.ReadFrom(ctx, "p1", anchor, 0)
+		return err == nil && span.Complete && len(span.Events)-span.Start == events
+	})
+	cpu := func() time.Duration {
+		var ru syscall.Rusage
+		_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	b.ResetTimer()
+	cpu0, wall0 := cpu(), time.Now()
+	for i := range b.N {
+		id := "replay" + strconv.Itoa(i)
+		if err := records.Put(ctx, -1, history.Record{Project: "p1", ID: id, Anchor: anchor}); err != nil {
+			b.Fatal(err)
+		}
+		c, err := tryDial(s, "project=p1", nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if m, err := c.tryRead(5 * time.Second); err != nil || m.Type != "connected" {
+			b.Fatalf("%v %s", err, m.Type)
+		}
+		if err := wsutil.WriteClientText(c.conn, []byte(`{"type":"subscribe","data":[{"subscriptionId":"`+id+`","channels":["files"],"queries":[]}]}`)); err != nil {
+			b.Fatal(err)
+		}
+		m, err := c.tryRead(5 * time.Second)
+		if st, perr := parseResumeStatus(m, id); err != nil || perr != nil || st != "resumed" {
+			b.Fatalf("subscribe: %v %v %q", err, perr, st)
+		}
+		for n := 1; n <= events; n++ {
+			m, err := c.tryRead(5 * time.Second)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if got, err := eventSeq(m); err != nil || got != n {
+				b.Fatalf("event %d: got %d (%v)", n, got, err)
+			}
+		}
+		c.conn.Close()
+	}
+	wall, used := time.Since(wall0), cpu()-cpu0
+	b.StopTimer()
+	b.ReportMetric(float64(wall.Nanoseconds())/float64(b.N*events), "ns/event")
+	b.ReportMetric(float64(used.Nanoseconds())/float64(b.N*events), "cpu-ns/event")
 }
