@@ -585,10 +585,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.awaitFlushed(ctx, s.goAwayAll(ctx))
 	if s.resume != nil {
 		// Before the router stops: the history's appender hands its lease
-		// over with marks the router must still route.
-		if err := s.resume.handOver(ctx); err != nil {
+		// over with marks the router must still route. A slow one leaves
+		// the last steps their time.
+		hctx, cancel := reserveEnd(ctx)
+		if err := s.resume.handOver(hctx); err != nil {
 			s.log.Warn("resume: the history's hand-over did not finish", zap.Error(err))
 		}
+		cancel()
 	}
 	s.stopRouter()
 	// The last steps keep the end of the time for themselves, so that a
