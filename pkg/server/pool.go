@@ -39,15 +39,22 @@ func (p *boundedPool[T]) work(x T) {
 			p.mu.Unlock()
 			return
 		}
-		x = p.queue[0]
-		var zero T
-		p.queue[0] = zero
-		p.queue = p.queue[1:]
-		if len(p.queue) == 0 {
-			p.queue = nil // let a burst's backing array go
-		}
+		x = p.popLocked()
 		p.mu.Unlock()
 	}
+}
+
+// popLocked takes the queue's first item; the queue is not empty. p.mu
+// is held.
+func (p *boundedPool[T]) popLocked() T {
+	x := p.queue[0]
+	var zero T
+	p.queue[0] = zero
+	p.queue = p.queue[1:]
+	if len(p.queue) == 0 {
+		p.queue = nil // let a burst's backing array go
+	}
+	return x
 }
 
 // detach tells the pool that the calling run is about to wait for long
@@ -62,10 +69,7 @@ func (p *boundedPool[T]) detach() {
 		p.mu.Unlock()
 		return
 	}
-	x := p.queue[0]
-	var zero T
-	p.queue[0] = zero
-	p.queue = p.queue[1:]
+	x := p.popLocked()
 	p.running++
 	p.mu.Unlock()
 	go p.work(x)
