@@ -239,6 +239,22 @@ func (r *ring) sealed(last, seal string) (int, bool) {
 	return 0, false
 }
 
+// continues tells where r continues a history whose last is last: after
+// the newest run of last's events in the ring, or else after the mark
+// of seal (sealed).
+func (r *ring) continues(last, seal string) (int, bool) {
+	if i, ok := r.find(last); ok {
+		return i, true
+	}
+	return r.sealed(last, seal)
+}
+
+// whole tells that r has appended every event it holds, in the chain of
+// a history whose last it knows: what a hand-over's seal needs.
+func (r *ring) whole() bool {
+	return r.last != "" && !r.gap && r.await == "" && r.next == r.end
+}
+
 func (r *ring) push(e ringEntry) {
 	if r.end-r.start == len(r.buf) {
 		r.start++
@@ -358,10 +374,7 @@ func (a *Appender) settleAwait(ctx context.Context, p int, r *ring) bool {
 	if r.await == "" {
 		return true
 	}
-	i, ok := r.find(r.await)
-	if !ok {
-		i, ok = r.sealed(r.await, r.awaitSeal)
-	}
+	i, ok := r.continues(r.await, r.awaitSeal)
 	switch {
 	case ok:
 		// The feed caught up (or brought the mark of a hand-over):
@@ -444,9 +457,7 @@ func (a *Appender) flush(ctx context.Context, r *ring) error {
 			r.next = r.end
 			return nil
 		case appendResync:
-			if i, ok := r.find(rep.last); ok && i <= r.end {
-				r.next, r.last = i, rep.last
-			} else if i, ok := r.sealed(rep.last, rep.seal); ok {
+			if i, ok := r.continues(rep.last, rep.seal); ok {
 				r.next, r.last = i, rep.last
 			} else if a.resyncWait > 0 {
 				// Where history stands is not in the ring: this node's
@@ -521,10 +532,7 @@ func (a *Appender) bridge(ctx context.Context, p int, r *ring) error {
 	if last == "" {
 		return nil // no history yet: the first append begins it
 	}
-	i, ok := r.find(last)
-	if !ok {
-		i, ok = r.sealed(last, seal)
-	}
+	i, ok := r.continues(last, seal)
 	switch {
 	case ok:
 		r.next, r.last = i, last
@@ -555,7 +563,7 @@ func (a *Appender) Sealable(ctx context.Context) []int {
 		} else if r.next < r.end {
 			_ = a.flush(ctx, r)
 		}
-		if r.last != "" && !r.gap && r.await == "" && r.next == r.end {
+		if r.whole() {
 			ps = append(ps, p)
 		}
 	}
@@ -594,7 +602,7 @@ func (a *Appender) Mark(ctx context.Context, p int, id string) (bool, error) {
 	if err := a.flush(ctx, r); err != nil {
 		return true, err
 	}
-	if r.last == "" || r.gap || r.await != "" || r.next != r.end {
+	if !r.whole() {
 		return true, nil
 	}
 	ok, err := sealScript.Run(ctx, a.store.c, []string{a.store.LeaseKey(p), a.store.tag(p) + "p"}, a.store.node, r.last, id).Int()
